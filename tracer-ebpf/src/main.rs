@@ -1,0 +1,392 @@
+//! Kernel side of the tracer. Programs stay short: copy what they need into locals, filter first,
+//! update the per-socket record, write one event.
+//!
+//! - `inet_sock_set_state` (classic tracepoint): every TCP state transition.
+//! - `timer_start` / `timer_cancel` (tp_btf): the timewait socket's timer, the only trace the kernel
+//!   leaves of the TIME-WAIT phase; every other timer is dropped by the first comparison.
+//! - `sys_exit_accept` / `sys_exit_accept4` (classic tracepoints): the process that accepts a socket
+//!   becomes its owner, since the accepted socket's own transitions run in softirq.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    Global,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task, bpf_ktime_get_ns},
+    },
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use aya_log_ebpf::warn;
+use tracer_common::{
+    AF_INET, AF_INET6, Event, EventKind, IPPROTO_TCP, KernelFilter, Offsets, Owner, SockRecord,
+    TcpState, TracepointLayout, Tuple, UNKNOWN_DURATION, counter, normalize_family,
+    runs_in_owner_context,
+};
+
+/// Sized by the daemon before load (`--ring-buffer-size`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-socket records; the daemon may resize it and pin it.
+#[map]
+static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(1 << 18, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[map]
+static LOCAL_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+static REMOTE_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+#[unsafe(no_mangle)]
+static FILTER: Global<KernelFilter> = Global::new(KernelFilter {
+    family: 0,
+    local_ports: 0,
+    remote_ports: 0,
+    _pad: 0,
+});
+
+#[unsafe(no_mangle)]
+static LAYOUT: Global<TracepointLayout> = Global::new(TracepointLayout {
+    skaddr: 8,
+    oldstate: 16,
+    newstate: 20,
+    sport: 24,
+    dport: 26,
+    family: 28,
+    protocol: 30,
+    saddr: 32,
+    daddr: 36,
+    saddr_v6: 40,
+    daddr_v6: 56,
+    accept_ret: 16,
+});
+
+#[unsafe(no_mangle)]
+static OFFSETS: Global<Offsets> = Global::new(Offsets {
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_family: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    tw_substate: 0,
+    tw_timer: 0,
+    timer_function: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+});
+
+/// Address of `tw_timer_handler`, from /proc/kallsyms.
+#[unsafe(no_mangle)]
+static TW_TIMER_HANDLER: Global<u64> = Global::new(0);
+
+/// Wake the reader only once this many bytes are waiting: one wake-up per batch, not per event.
+/// The daemon also polls on a short timer, which bounds the delivery delay.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn current_owner() -> Owner {
+    Owner {
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn passes_filter(tuple: &Tuple) -> bool {
+    let filter = FILTER.load();
+    if filter.family != 0 && filter.family != tuple.family {
+        return false;
+    }
+    // SAFETY: lookups only test presence.
+    if filter.local_ports != 0 && unsafe { LOCAL_PORTS.get(tuple.sport) }.is_none() {
+        return false;
+    }
+    if filter.remote_ports != 0 && unsafe { REMOTE_PORTS.get(tuple.dport) }.is_none() {
+        return false;
+    }
+    true
+}
+
+/// Writes one event. The reader is woken only when enough data waits (see `WAKEUP_BYTES`).
+#[inline(always)]
+fn emit(event: Event) {
+    let threshold = WAKEUP_BYTES.load();
+    let flags = if threshold == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    };
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut slot) => {
+            slot.write(event);
+            slot.submit(flags);
+        }
+        None => count(counter::LOST),
+    }
+}
+
+#[inline(always)]
+fn event(
+    kind: EventKind,
+    sock: u64,
+    ts_ns: u64,
+    tuple: Tuple,
+    owner: Owner,
+    old: u8,
+    new: u8,
+) -> Event {
+    Event {
+        ts_ns,
+        sock,
+        prev_state_ns: UNKNOWN_DURATION,
+        tuple,
+        owner,
+        kind: kind as u8,
+        old,
+        new,
+        _pad: [0; 5],
+    }
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = on_set_state(&ctx);
+    0
+}
+
+fn on_set_state(ctx: &TracePointContext) -> Result<(), i64> {
+    let layout = LAYOUT.load();
+    // SAFETY: offsets come from the tracepoint's format file; reads are bounds-checked by the kernel.
+    let protocol: u16 = unsafe { ctx.read_at(layout.protocol as usize) }?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let ts_ns = now();
+    let sock: u64 = unsafe { ctx.read_at(layout.skaddr as usize) }?;
+    let old: i32 = unsafe { ctx.read_at(layout.oldstate as usize) }?;
+    let new: i32 = unsafe { ctx.read_at(layout.newstate as usize) }?;
+    let (old, new) = (old as u8, new as u8);
+    let mut tuple = Tuple {
+        sport: unsafe { ctx.read_at(layout.sport as usize) }?,
+        dport: unsafe { ctx.read_at(layout.dport as usize) }?,
+        family: unsafe { ctx.read_at(layout.family as usize) }?,
+        ..Tuple::default()
+    };
+    if tuple.family == AF_INET {
+        let s: [u8; 4] = unsafe { ctx.read_at(layout.saddr as usize) }?;
+        let d: [u8; 4] = unsafe { ctx.read_at(layout.daddr as usize) }?;
+        tuple.saddr[..4].copy_from_slice(&s);
+        tuple.daddr[..4].copy_from_slice(&d);
+    } else if tuple.family == AF_INET6 {
+        tuple.saddr = unsafe { ctx.read_at(layout.saddr_v6 as usize) }?;
+        tuple.daddr = unsafe { ctx.read_at(layout.daddr_v6 as usize) }?;
+        normalize_family(&mut tuple);
+    } else {
+        return Ok(());
+    }
+
+    // What the kernel knew of this socket: valid only if it was left in the state now being left
+    // (a record from a freed socket whose address was reused does not match).
+    let mut prev_state_ns = UNKNOWN_DURATION;
+    let mut owner = Owner::default();
+    // SAFETY: the value is copied out at once.
+    if old != TcpState::Close as u8
+        && let Some(record) = unsafe { SOCKETS.get(sock) }
+        && record.state == old
+    {
+        prev_state_ns = ts_ns.saturating_sub(record.since_ns);
+        owner = record.owner;
+    }
+    if runs_in_owner_context(old, new) {
+        owner = current_owner();
+    }
+    if new == TcpState::Close as u8 {
+        let _ = SOCKETS.remove(sock);
+    } else {
+        let record = SockRecord {
+            since_ns: ts_ns,
+            tuple,
+            owner,
+            state: new,
+            _pad: [0; 7],
+        };
+        if SOCKETS.insert(sock, record, 0).is_err() {
+            count(counter::RECORD_FAILED);
+            warn!(ctx, "tcpstate: per-socket record not stored");
+        }
+    }
+
+    if passes_filter(&tuple) {
+        emit(Event {
+            prev_state_ns,
+            ..event(EventKind::Transition, sock, ts_ns, tuple, owner, old, new)
+        });
+    }
+    Ok(())
+}
+
+/// Reads a `struct sock_common`'s addresses and ports (a full socket or a timewait socket).
+#[inline(always)]
+fn read_sock_common(sk: u64, offsets: &Offsets) -> Result<Tuple, i64> {
+    let at = |offset: u32| (sk + offset as u64) as *const u8;
+    // SAFETY: bpf_probe_read_kernel checks the addresses.
+    unsafe {
+        let family: u16 = bpf_probe_read_kernel(at(offsets.skc_family).cast())?;
+        let dport_be: u16 = bpf_probe_read_kernel(at(offsets.skc_dport).cast())?;
+        let mut tuple = Tuple {
+            sport: bpf_probe_read_kernel(at(offsets.skc_num).cast())?,
+            dport: u16::from_be(dport_be),
+            family,
+            ..Tuple::default()
+        };
+        if family == AF_INET {
+            let s: [u8; 4] = bpf_probe_read_kernel(at(offsets.skc_rcv_saddr).cast())?;
+            let d: [u8; 4] = bpf_probe_read_kernel(at(offsets.skc_daddr).cast())?;
+            tuple.saddr[..4].copy_from_slice(&s);
+            tuple.daddr[..4].copy_from_slice(&d);
+        } else {
+            tuple.saddr = bpf_probe_read_kernel(at(offsets.skc_v6_rcv_saddr).cast())?;
+            tuple.daddr = bpf_probe_read_kernel(at(offsets.skc_v6_daddr).cast())?;
+            normalize_family(&mut tuple);
+        }
+        Ok(tuple)
+    }
+}
+
+#[btf_tracepoint(function = "timer_start")]
+pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
+    let _ = on_timewait_timer(&ctx, EventKind::TimewaitStart);
+    0
+}
+
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
+    let _ = on_timewait_timer(&ctx, EventKind::TimewaitStop);
+    0
+}
+
+/// Every kernel timer passes here: the comparison with `tw_timer_handler` comes first.
+fn on_timewait_timer(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i64> {
+    let timer: u64 = ctx.arg(0);
+    let offsets = OFFSETS.load();
+    // SAFETY: probe read of the timer's callback pointer.
+    let function: u64 =
+        unsafe { bpf_probe_read_kernel((timer + offsets.timer_function as u64) as *const u64) }?;
+    if function != TW_TIMER_HANDLER.load() {
+        return Ok(());
+    }
+    let tw = timer - offsets.tw_timer as u64;
+    let substate: u8 =
+        unsafe { bpf_probe_read_kernel((tw + offsets.tw_substate as u64) as *const u8) }?;
+    let tuple = read_sock_common(tw, &offsets)?;
+    if passes_filter(&tuple) {
+        let time_wait = TcpState::TimeWait as u8;
+        emit(event(
+            kind,
+            tw,
+            now(),
+            tuple,
+            Owner::default(),
+            time_wait,
+            substate,
+        ));
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let _ = on_accept(&ctx);
+    0
+}
+
+/// The accepted socket's file descriptor is the return value: follow it from the current task to
+/// the socket and record the caller as the socket's owner.
+fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
+    let fd: i64 = unsafe { ctx.read_at(LAYOUT.load().accept_ret as usize) }?;
+    if fd < 0 {
+        return Ok(());
+    }
+    let o = OFFSETS.load();
+    // SAFETY: every pointer is read with bpf_probe_read_kernel.
+    let sk = unsafe {
+        let read = |addr: u64| bpf_probe_read_kernel(addr as *const u64);
+        let task = bpf_get_current_task();
+        let files = read(task + o.task_files as u64)?;
+        let fdt = read(files + o.files_fdt as u64)?;
+        let max_fds: u32 = bpf_probe_read_kernel((fdt + o.fdt_max_fds as u64) as *const u32)?;
+        if fd as u64 >= max_fds as u64 {
+            return Ok(());
+        }
+        let fd_array = read(fdt + o.fdt_fd as u64)?;
+        let file = read(fd_array + 8 * fd as u64)?;
+        let socket = read(file + o.file_private_data as u64)?;
+        read(socket + o.socket_sk as u64)?
+    };
+    let owner = current_owner();
+    // SAFETY: the pointer is used at once, under RCU.
+    let (tuple, state) = match SOCKETS.get_ptr_mut(sk) {
+        Some(record) => unsafe {
+            (*record).owner = owner;
+            ((*record).tuple, (*record).state)
+        },
+        None => (read_sock_common(sk, &o)?, 0),
+    };
+    // The accepted socket is TCP only if its record exists or the family says so.
+    if state == 0 && tuple.family != AF_INET && tuple.family != AF_INET6 {
+        return Ok(());
+    }
+    if passes_filter(&tuple) {
+        emit(event(
+            EventKind::Accepted,
+            sk,
+            now(),
+            tuple,
+            owner,
+            state,
+            state,
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,188 @@
+//! Command-line flags. Parsing is the only validation users meet first, so every value is checked
+//! here with a message that names the flag and the accepted form.
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "tracer",
+    version,
+    about = "Trace TCP state transitions with eBPF: time spent in each state, stuck sockets, TIME-WAIT.",
+    after_help = "Runs as root (or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_RESOURCE)."
+)]
+pub struct Config {
+    /// Output format of every event line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log every transition. `auto`: yes for a bounded capture (--duration) or on a terminal, no
+    /// for a long-running daemon writing to a pipe or the journal.
+    #[arg(long, value_enum, default_value_t = When::Auto, num_args = 0..=1,
+          default_missing_value = "always", value_name = "WHEN")]
+    pub log_transitions: When,
+
+    /// Stop after this long (e.g. 30s, 5m), printing a final summary.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Only sockets with one of these local ports (comma-separated or repeated).
+    #[arg(long = "lport", visible_alias = "local-port", value_delimiter = ',',
+          value_parser = parse_port, value_name = "PORT")]
+    pub local_ports: Vec<u16>,
+
+    /// Only sockets with one of these remote ports (comma-separated or repeated).
+    #[arg(long = "rport", visible_alias = "remote-port", value_delimiter = ',',
+          value_parser = parse_port, value_name = "PORT")]
+    pub remote_ports: Vec<u16>,
+
+    /// Only IPv4 sockets (IPv4-mapped IPv6 sockets count as IPv4).
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6 sockets.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Size of the kernel-to-daemon ring buffer, in bytes (a power of two, at least 4096).
+    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size, value_name = "BYTES")]
+    pub ring_buffer_size: u32,
+
+    /// Longest time an event may wait in the ring buffer before the daemon reads it.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub poll_interval: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Aligned columns for people.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Config {
+    /// Address family filter for the kernel: 0 for any.
+    pub fn family_filter(&self) -> u16 {
+        match (self.ipv4, self.ipv6) {
+            (true, _) => tracer_common::AF_INET,
+            (_, true) => tracer_common::AF_INET6,
+            _ => 0,
+        }
+    }
+
+    /// Whether transitions are logged, `auto` resolved against where the output goes.
+    pub fn logs_transitions(&self, stdout_is_terminal: bool) -> bool {
+        match self.log_transitions {
+            When::Always => true,
+            When::Never => false,
+            When::Auto => self.duration.is_some() || stdout_is_terminal,
+        }
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|err| format!("`{text}` is not a duration like 500ms, 30s or 5m ({err})"))?;
+    if duration.is_zero() {
+        return Err("a duration must be longer than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u32>() {
+        Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
+        Ok(port) => Err(format!("port {port} is out of range (1-65535)")),
+        Err(_) => Err(format!("`{text}` is not a port number (1-65535)")),
+    }
+}
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size in bytes"))?;
+    if size < 4096 || !size.is_power_of_two() {
+        return Err(format!("{size} is not a power of two of at least 4096"));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("tracer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.family_filter(), 0);
+        assert!(config.local_ports.is_empty());
+        assert!(!config.logs_transitions(false));
+        assert!(config.logs_transitions(true));
+    }
+
+    #[test]
+    fn ports_lists_and_ranges() {
+        let config = parse(&["--lport", "80,443", "--rport", "5432", "--rport=6379"]).unwrap();
+        assert_eq!(config.local_ports, vec![80, 443]);
+        assert_eq!(config.remote_ports, vec![5432, 6379]);
+        for bad in ["70000", "0", "http", "-1"] {
+            let err = parse(&[&format!("--lport={bad}")]).unwrap_err().to_string();
+            assert!(err.contains("port"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let config = parse(&["--duration", "5s"]).unwrap();
+        assert_eq!(config.duration, Some(Duration::from_secs(5)));
+        assert!(
+            config.logs_transitions(false),
+            "a bounded capture logs transitions"
+        );
+        assert!(parse(&["--duration", "abc"]).is_err());
+        assert!(parse(&["--duration", "0s"]).is_err());
+        let quiet = parse(&["--duration", "5s", "--log-transitions", "never"]).unwrap();
+        assert!(!quiet.logs_transitions(true));
+        let loud = parse(&["--log-transitions"]).unwrap();
+        assert!(loud.logs_transitions(false));
+    }
+
+    #[test]
+    fn families_exclude_each_other() {
+        assert_eq!(
+            parse(&["-4"]).unwrap().family_filter(),
+            tracer_common::AF_INET
+        );
+        assert_eq!(
+            parse(&["-6"]).unwrap().family_filter(),
+            tracer_common::AF_INET6
+        );
+        assert!(parse(&["-4", "-6"]).is_err());
+    }
+
+    #[test]
+    fn ring_buffer_size_must_be_a_power_of_two() {
+        assert_eq!(
+            parse(&["--ring-buffer-size", "65536"])
+                .unwrap()
+                .ring_buffer_size,
+            65536
+        );
+        assert!(parse(&["--ring-buffer-size", "5000"]).is_err());
+        assert!(parse(&["--ring-buffer-size", "1024"]).is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! Puts the programs into the kernel: checks privileges and prerequisites, reads the running
+//! kernel's layouts, fills the programs' read-only globals, loads and attaches. Dropping the
+//! returned [`Probe`] detaches everything (and the kernel does the same if the process dies).
+pub mod kernel_layout;
+pub mod privileges;
+pub mod tracefs;
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use tracer_common::{KernelFilter, TracepointLayout, counter};
+
+use self::kernel_layout::{TracepointOffsets, VMLINUX_BTF};
+
+/// The eBPF object built by build.rs, embedded so the daemon is a single file.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// What to load, from the command line.
+#[derive(Debug, Clone)]
+pub struct LoadSettings {
+    pub ring_buffer_size: u32,
+    pub family: u16,
+    pub local_ports: Vec<u16>,
+    pub remote_ports: Vec<u16>,
+}
+
+/// The loaded and attached programs.
+pub struct Probe {
+    ebpf: Ebpf,
+    /// TIME-WAIT tracking is attached (it needs BTF tracepoints and a readable kallsyms).
+    pub timewait: Option<String>,
+    /// Accept owners are tracked in the kernel (it needs syscall tracepoints).
+    pub accept_owners: Option<String>,
+}
+
+pub fn load(settings: &LoadSettings) -> Result<Probe> {
+    privileges::check(privileges::effective_capabilities()?)?;
+    if !Path::new(VMLINUX_BTF).exists() {
+        bail!(
+            "the kernel exposes no BTF ({VMLINUX_BTF} is missing): a kernel built with CONFIG_DEBUG_INFO_BTF=y is required"
+        );
+    }
+    let tracefs = tracefs::ensure_mounted()?;
+    let tracepoints = TracepointOffsets::read(&tracefs)?;
+    let layout = tracepoint_layout(&tracepoints)?;
+    let offsets = kernel_layout::read_offsets(Path::new(VMLINUX_BTF))?;
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let tw_handler = kernel_layout::kernel_symbol(&kallsyms, "tw_timer_handler");
+
+    let btf = aya::Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
+    let filter = KernelFilter {
+        family: settings.family,
+        local_ports: u8::from(!settings.local_ports.is_empty()),
+        remote_ports: u8::from(!settings.remote_ports.is_empty()),
+        _pad: 0,
+    };
+    // Wake the reader once a quarter of the buffer is used; the poll timer covers the rest.
+    let wakeup_bytes = u64::from(settings.ring_buffer_size / 4);
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .map_max_entries("EVENTS", settings.ring_buffer_size)
+        .override_global("FILTER", &filter, true)
+        .override_global("LAYOUT", &layout, true)
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("TW_TIMER_HANDLER", &tw_handler.unwrap_or(0), true)
+        .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+        .load(PROGRAMS)
+        .context(
+            "loading the eBPF programs failed (is BPF allowed here? check lockdown and seccomp)",
+        )?;
+
+    fill_port_map(&mut ebpf, "LOCAL_PORTS", &settings.local_ports)?;
+    fill_port_map(&mut ebpf, "REMOTE_PORTS", &settings.remote_ports)?;
+
+    attach_tracepoint(
+        &mut ebpf,
+        "inet_sock_set_state",
+        &[("sock", "inet_sock_set_state")],
+    )?;
+    let accept_owners = match tracepoints.accept_exit {
+        Some(_) => attach_tracepoint(
+            &mut ebpf,
+            "sys_exit_accept",
+            &[
+                ("syscalls", "sys_exit_accept4"),
+                ("syscalls", "sys_exit_accept"),
+            ],
+        )
+        .err()
+        .map(|err| format!("{err:#}")),
+        None => Some("the kernel has no syscall tracepoints".to_owned()),
+    };
+    let timewait = match tw_handler {
+        Some(_) => attach_timewait(&mut ebpf, &btf)
+            .err()
+            .map(|err| format!("{err:#}")),
+        None => Some("tw_timer_handler is not readable in /proc/kallsyms".to_owned()),
+    };
+    Ok(Probe {
+        ebpf,
+        timewait,
+        accept_owners,
+    })
+}
+
+fn tracepoint_layout(tracepoints: &TracepointOffsets) -> Result<TracepointLayout> {
+    let f = &tracepoints.set_state;
+    Ok(TracepointLayout {
+        skaddr: f.offset("skaddr", 8)?,
+        oldstate: f.offset("oldstate", 4)?,
+        newstate: f.offset("newstate", 4)?,
+        sport: f.offset("sport", 2)?,
+        dport: f.offset("dport", 2)?,
+        family: f.offset("family", 2)?,
+        protocol: f.offset("protocol", 2)?,
+        saddr: f.offset("saddr", 4)?,
+        daddr: f.offset("daddr", 4)?,
+        saddr_v6: f.offset("saddr_v6", 16)?,
+        daddr_v6: f.offset("daddr_v6", 16)?,
+        accept_ret: match &tracepoints.accept_exit {
+            Some(format) => format.offset("ret", 8)?,
+            None => 0,
+        },
+    })
+}
+
+fn fill_port_map(ebpf: &mut Ebpf, name: &str, ports: &[u16]) -> Result<()> {
+    let map = ebpf
+        .map_mut(name)
+        .with_context(|| format!("map {name} missing"))?;
+    let mut map: HashMap<_, u16, u8> = HashMap::try_from(map)?;
+    for port in ports {
+        map.insert(port, 1, 0)
+            .with_context(|| format!("adding port {port} to {name}"))?;
+    }
+    Ok(())
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, points: &[(&str, &str)]) -> Result<()> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("the kernel refused program {program}"))?;
+    for (category, name) in points {
+        prog.attach(category, name)
+            .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
+    }
+    Ok(())
+}
+
+fn attach_timewait(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
+    for name in ["timer_start", "timer_cancel"] {
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        prog.load(name, btf)
+            .with_context(|| format!("the kernel refused tp_btf/{name}"))?;
+        prog.attach()
+            .with_context(|| format!("attaching tp_btf/{name}"))?;
+    }
+    Ok(())
+}
+
+impl Probe {
+    /// Takes the ring buffer of events out of the loaded object.
+    pub fn events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("map EVENTS missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Sum over CPUs of one of the kernel's counters.
+    pub fn counter(&self, index: u32) -> Result<u64> {
+        let map = self.ebpf.map("COUNTERS").context("map COUNTERS missing")?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(counters.get(&index, 0)?.iter().sum())
+    }
+
+    /// Events the kernel could not write to the ring buffer.
+    pub fn lost_events(&self) -> Result<u64> {
+        self.counter(counter::LOST)
+    }
+
+    /// Gives the aya-log records of the programs a reader (their ring buffer).
+    pub fn logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).context("starting the kernel log reader")
+    }
+}

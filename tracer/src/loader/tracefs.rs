@@ -1,0 +1,170 @@
+//! tracefs: where classic tracepoints are found by name, and where their record layouts are
+//! described. Machines often boot without it mounted; the daemon mounts it itself.
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const MOUNT_POINT: &str = "/sys/kernel/tracing";
+const LEGACY_MOUNT_POINT: &str = "/sys/kernel/debug/tracing";
+
+/// Returns the tracefs root, mounting tracefs at /sys/kernel/tracing if it is not mounted yet.
+pub fn ensure_mounted() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if let Some(path) = mounted_tracefs(&mounts) {
+        return Ok(path);
+    }
+    let target = Path::new(MOUNT_POINT);
+    if !target.is_dir() {
+        bail!(
+            "tracefs is not mounted and {MOUNT_POINT} does not exist (kernel built without tracing?)"
+        );
+    }
+    let source = CString::new("nodev").context("mount source")?;
+    let fstype = CString::new("tracefs").context("mount type")?;
+    let dir = CString::new(MOUNT_POINT).context("mount point")?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            dir.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!("tracefs is not mounted and mounting it at {MOUNT_POINT} failed: {err}");
+    }
+    Ok(target.to_path_buf())
+}
+
+/// Finds a tracefs mount in /proc/self/mounts at one of the places aya looks.
+fn mounted_tracefs(mounts: &str) -> Option<PathBuf> {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _source = fields.next()?;
+            let target = fields.next()?;
+            let fstype = fields.next()?;
+            (fstype == "tracefs").then_some(target)
+        })
+        .find(|target| *target == MOUNT_POINT || *target == LEGACY_MOUNT_POINT)
+        .map(PathBuf::from)
+}
+
+/// A tracepoint's record layout: field name to (offset, size), from its `format` file.
+#[derive(Debug)]
+pub struct Format {
+    tracepoint: String,
+    fields: HashMap<String, (u32, u32)>,
+}
+
+impl Format {
+    pub fn read(tracefs: &Path, category: &str, name: &str) -> Result<Self> {
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "tracepoint {category}/{name} is not available ({} unreadable)",
+                path.display()
+            )
+        })?;
+        Ok(Self::parse(&format!("{category}/{name}"), &text))
+    }
+
+    pub fn parse(tracepoint: &str, text: &str) -> Self {
+        let fields = text
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim().strip_prefix("field:")?;
+                let mut parts = line.split(';').map(str::trim);
+                let declaration = parts.next()?;
+                let offset = parts.next()?.strip_prefix("offset:")?.parse().ok()?;
+                let size = parts.next()?.strip_prefix("size:")?.parse().ok()?;
+                // "__u8 saddr[4]" -> "saddr"; "const void * skaddr" -> "skaddr"
+                let name = declaration.rsplit([' ', '*']).next()?;
+                let name = name.split('[').next()?;
+                Some((name.to_owned(), (offset, size)))
+            })
+            .collect();
+        Self {
+            tracepoint: tracepoint.to_owned(),
+            fields,
+        }
+    }
+
+    /// Offset of a field, checking its size is the one the program reads.
+    pub fn offset(&self, field: &str, size: u32) -> Result<u32> {
+        match self.fields.get(field) {
+            Some(&(offset, actual)) if actual == size => Ok(offset),
+            Some(&(_, actual)) => bail!(
+                "tracepoint {} field `{field}` is {actual} bytes, expected {size}: unsupported kernel",
+                self.tracepoint
+            ),
+            None => bail!(
+                "tracepoint {} has no field `{field}`: unsupported kernel",
+                self.tracepoint
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT: &str = "name: inet_sock_set_state
+ID: 2287
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+
+print fmt: \"family=%s\"";
+
+    #[test]
+    fn parses_fields() {
+        let format = Format::parse("sock/inet_sock_set_state", FORMAT);
+        assert_eq!(format.offset("skaddr", 8).unwrap(), 8);
+        assert_eq!(format.offset("oldstate", 4).unwrap(), 16);
+        assert_eq!(format.offset("sport", 2).unwrap(), 24);
+        assert_eq!(format.offset("saddr_v6", 16).unwrap(), 40);
+        assert_eq!(format.offset("common_pid", 4).unwrap(), 4);
+    }
+
+    #[test]
+    fn rejects_missing_or_resized_fields() {
+        let format = Format::parse("sock/inet_sock_set_state", FORMAT);
+        let err = format.offset("daddr", 4).unwrap_err().to_string();
+        assert!(err.contains("no field `daddr`"), "{err}");
+        let err = format.offset("sport", 4).unwrap_err().to_string();
+        assert!(err.contains("2 bytes"), "{err}");
+    }
+
+    #[test]
+    fn finds_tracefs_mounts() {
+        let mounts = "proc /proc proc rw 0 0\nnodev /sys/kernel/tracing tracefs rw 0 0\n";
+        assert_eq!(mounted_tracefs(mounts), Some(PathBuf::from(MOUNT_POINT)));
+        let legacy = "debugfs /sys/kernel/debug debugfs rw 0 0\ntracefs /sys/kernel/debug/tracing tracefs rw 0 0\n";
+        assert_eq!(
+            mounted_tracefs(legacy),
+            Some(PathBuf::from(LEGACY_MOUNT_POINT))
+        );
+        assert_eq!(mounted_tracefs("tracefs /elsewhere tracefs rw 0 0\n"), None);
+        assert_eq!(mounted_tracefs(""), None);
+    }
+}

@@ -1,0 +1,105 @@
+//! What a user sees when the tracer cannot run: one clear line on stderr, a non-zero exit, no
+//! panic and no backtrace.
+mod support;
+
+use std::process::{Command, Output};
+
+use support::{TRACER, require_root};
+
+fn assert_one_line_error(out: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "exit status {} for: {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains(expected),
+        "expected `{expected}` in: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+}
+
+fn tracer(args: &[&str]) -> Output {
+    Command::new(TRACER).args(args).output().unwrap()
+}
+
+#[test]
+fn bad_flags() {
+    for (args, expected) in [
+        (&["--lport", "70000"][..], "port 70000 is out of range"),
+        (&["--rport", "http"][..], "not a port number"),
+        (&["--duration", "soon"][..], "not a duration"),
+        (&["--log-format", "xml"][..], "invalid value 'xml'"),
+        (
+            &["--no-such-flag"][..],
+            "unexpected argument '--no-such-flag'",
+        ),
+        (&["-4", "-6"][..], "cannot be used with"),
+    ] {
+        let out = tracer(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_one_line_error(&out, expected);
+    }
+}
+
+/// Runs the tracer as an unprivileged user via setpriv.
+#[test]
+fn not_root() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            TRACER,
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(&out, "needs root (or CAP_BPF and CAP_PERFMON)");
+}
+
+/// Root without CAP_BPF: BPF is not permitted.
+#[test]
+fn bpf_not_permitted() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args([
+            "--inh-caps=-bpf,-sys_admin",
+            "--bounding-set=-bpf,-sys_admin",
+            TRACER,
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(&out, "needs root (or CAP_BPF)");
+}
+
+/// In a mount namespace without tracefs and without the right to mount it.
+#[test]
+fn tracefs_cannot_be_mounted() {
+    require_root();
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         exec setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin {TRACER} --duration 1s"
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(
+        &out,
+        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed",
+    );
+}

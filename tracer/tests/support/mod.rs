@@ -1,0 +1,178 @@
+//! Runs the built tracer as a child process and collects its JSON lines, so integration tests see
+//! exactly what users see. These tests load eBPF programs: they need root and never skip.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
+
+/// Fails loudly when not root: a privileged test must never pass without loading anything.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF programs and must run as root (use `sudo cargo xtask test`)"
+    );
+}
+
+pub struct Tracer {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// What a stopped tracer left behind.
+pub struct Finished {
+    pub events: Vec<Value>,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+}
+
+impl Tracer {
+    /// Starts `tracer --log-format json <args>` and waits until it has attached.
+    pub fn start(args: &[&str]) -> Tracer {
+        require_root();
+        let mut child = Command::new(TRACER)
+            .args(["--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start the tracer binary");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let sink = events.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|err| panic!("stdout line is not JSON ({err}): {line}"));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let err_pipe = child.stderr.take().expect("stderr");
+        let err_sink = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut text = err_sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let mut tracer = Tracer {
+            child,
+            events,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !tracer.stderr().contains("attached;") {
+            if let Ok(Some(status)) = tracer.child.try_wait() {
+                panic!(
+                    "the tracer exited ({status}) before attaching:\n{}",
+                    tracer.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the tracer did not attach in 30 s:\n{}",
+                tracer.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        tracer
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for the events seen so far; panics after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.events.lock().unwrap()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; events seen:\n{}",
+                self.events()
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits for the tracer to exit.
+    pub fn stop_with(mut self, signal: i32) -> Finished {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let status = self.child.wait().expect("waiting for the tracer");
+        // Let the reader threads drain the pipes.
+        thread::sleep(Duration::from_millis(100));
+        Finished {
+            events: self.events(),
+            stderr: self.stderr(),
+            status,
+        }
+    }
+
+    pub fn stop(self) -> Finished {
+        self.stop_with(libc::SIGTERM)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Events of one kind.
+pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
+
+/// `(old, new)` pairs of a list of transitions.
+pub fn states(events: &[&Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["old"].as_str().unwrap().to_owned(),
+                e["new"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The comm of the calling thread, as the kernel reports it for system calls it makes.
+pub fn thread_comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .unwrap()
+        .trim()
+        .to_owned()
+}

@@ -1,0 +1,55 @@
+//! Project tasks: `cargo xtask <task>`. Each task first makes sure the eBPF toolchain is present,
+//! so every command works on a fresh machine.
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cargo;
+mod setup;
+
+#[derive(Parser)]
+#[command(about = "tcpstate project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF programs needs (rust-src, bpf-linker); quick when present.
+    Setup,
+    /// Build the daemon (release), with its eBPF programs embedded.
+    Build,
+    /// Build, then run the tracer as root with the given flags: `cargo xtask run -- --help`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: formatting, lints, unit, property and real-kernel tests.
+    Test,
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::ensure_toolchain(),
+        Task::Build => {
+            setup::ensure_toolchain()?;
+            cargo::build_release()
+        }
+        Task::Run { args } => {
+            setup::ensure_toolchain()?;
+            cargo::build_release()?;
+            cargo::exec_tracer(&args)
+        }
+        Task::Test => {
+            setup::ensure_toolchain()?;
+            cargo::test_all()
+        }
+    }
+}
