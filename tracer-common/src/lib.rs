@@ -47,6 +47,8 @@ impl EventKind {
 pub struct Tuple {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// Inode number of the socket's network namespace (`/proc/<pid>/ns/net`).
+    pub netns: u32,
     /// Local port, host order.
     pub sport: u16,
     /// Remote port, host order.
@@ -77,6 +79,10 @@ pub struct Event {
     pub prev_state_ns: u64,
     pub tuple: Tuple,
     pub owner: Owner,
+    /// Timewait events: `jiffies` when the event fired and the timer's expiry, in jiffies. The
+    /// kernel may re-arm a timewait timer without an event; its expiry then still tells when.
+    pub jiffies: u64,
+    pub timer_expires: u64,
     /// An [`EventKind`].
     pub kind: u8,
     /// Kernel state numbers ([`TcpState`]).
@@ -120,11 +126,15 @@ pub struct Offsets {
     pub skc_family: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
+    pub skc_net: u32,
+    /// `struct net` to its namespace inode number (`ns.inum`).
+    pub net_inum: u32,
     // `struct inet_timewait_sock`
     pub tw_substate: u32,
     pub tw_timer: u32,
     // `struct timer_list`
     pub timer_function: u32,
+    pub timer_expires: u32,
     // current task -> open file -> socket, for accept()
     pub task_files: u32,
     pub files_fdt: u32,
@@ -309,9 +319,9 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         // The ring buffer and the pinned map are read by other builds of the daemon: keep sizes fixed.
-        assert_eq!(core::mem::size_of::<Tuple>(), 40);
+        assert_eq!(core::mem::size_of::<Tuple>(), 44);
         assert_eq!(core::mem::size_of::<Owner>(), 24);
-        assert_eq!(core::mem::size_of::<Event>(), 96);
-        assert_eq!(core::mem::size_of::<SockRecord>(), 80);
+        assert_eq!(core::mem::size_of::<Event>(), 120);
+        assert_eq!(core::mem::size_of::<SockRecord>(), 88);
     }
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_task, bpf_ktime_get_ns},
+        generated::{bpf_get_current_task, bpf_jiffies64, bpf_ktime_get_ns},
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -77,9 +77,12 @@ static OFFSETS: Global<Offsets> = Global::new(Offsets {
     skc_family: 0,
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
+    skc_net: 0,
+    net_inum: 0,
     tw_substate: 0,
     tw_timer: 0,
     timer_function: 0,
+    timer_expires: 0,
     task_files: 0,
     files_fdt: 0,
     fdt_max_fds: 0,
@@ -172,6 +175,8 @@ fn event(
         prev_state_ns: UNKNOWN_DURATION,
         tuple,
         owner,
+        jiffies: 0,
+        timer_expires: 0,
         kind: kind as u8,
         old,
         new,
@@ -201,6 +206,7 @@ fn on_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         sport: unsafe { ctx.read_at(layout.sport as usize) }?,
         dport: unsafe { ctx.read_at(layout.dport as usize) }?,
         family: unsafe { ctx.read_at(layout.family as usize) }?,
+        netns: netns_of(sock, &OFFSETS.load()),
         ..Tuple::default()
     };
     if tuple.family == AF_INET {
@@ -256,6 +262,20 @@ fn on_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// Inode number of the network namespace of a socket (full or timewait).
+#[inline(always)]
+fn netns_of(sk: u64, offsets: &Offsets) -> u32 {
+    // SAFETY: bpf_probe_read_kernel checks the addresses.
+    unsafe {
+        match bpf_probe_read_kernel((sk + offsets.skc_net as u64) as *const u64) {
+            Ok(net) => {
+                bpf_probe_read_kernel((net + offsets.net_inum as u64) as *const u32).unwrap_or(0)
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
 /// Reads a `struct sock_common`'s addresses and ports (a full socket or a timewait socket).
 #[inline(always)]
 fn read_sock_common(sk: u64, offsets: &Offsets) -> Result<Tuple, i64> {
@@ -268,6 +288,7 @@ fn read_sock_common(sk: u64, offsets: &Offsets) -> Result<Tuple, i64> {
             sport: bpf_probe_read_kernel(at(offsets.skc_num).cast())?,
             dport: u16::from_be(dport_be),
             family,
+            netns: netns_of(sk, offsets),
             ..Tuple::default()
         };
         if family == AF_INET {
@@ -311,16 +332,24 @@ fn on_timewait_timer(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), 
         unsafe { bpf_probe_read_kernel((tw + offsets.tw_substate as u64) as *const u8) }?;
     let tuple = read_sock_common(tw, &offsets)?;
     if passes_filter(&tuple) {
+        // SAFETY: probe read of the timer's expiry.
+        let timer_expires: u64 =
+            unsafe { bpf_probe_read_kernel((timer + offsets.timer_expires as u64) as *const u64) }?;
         let time_wait = TcpState::TimeWait as u8;
-        emit(event(
-            kind,
-            tw,
-            now(),
-            tuple,
-            Owner::default(),
-            time_wait,
-            substate,
-        ));
+        emit(Event {
+            // SAFETY: helper without arguments.
+            jiffies: unsafe { bpf_jiffies64() },
+            timer_expires,
+            ..event(
+                kind,
+                tw,
+                now(),
+                tuple,
+                Owner::default(),
+                time_wait,
+                substate,
+            )
+        });
     }
     Ok(())
 }

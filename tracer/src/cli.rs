@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use tracer_common::TcpState;
+
+use crate::{detect::Thresholds, events::Family, filter::SocketFilter};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -44,6 +47,28 @@ pub struct Config {
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
 
+    /// Report a socket as stuck after this long in a state: STATE=DURATION or STATE=off
+    /// (repeatable). Defaults: syn-sent=10s syn-recv=10s close-wait=60s last-ack=60s
+    /// fin-wait-1=60s closing=60s fin-wait-2=120s.
+    #[arg(long = "stuck", value_parser = crate::detect::parse_threshold, value_name = "STATE=DURATION")]
+    pub stuck: Vec<(TcpState, Option<Duration>)>,
+
+    /// Repeat a stuck socket in the summaries at most this often.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub stuck_repeat: Duration,
+
+    /// Log a summary this often (and once at exit).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub summary_interval: Duration,
+
+    /// Compare the socket table with the kernel's socket list this often, and fix differences.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub reconcile_interval: Duration,
+
+    /// Most sockets kept in the table; the least recently active go first when it is full.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_sockets: u32,
+
     /// Size of the kernel-to-daemon ring buffer, in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size, value_name = "BYTES")]
     pub ring_buffer_size: u32,
@@ -69,12 +94,25 @@ pub enum When {
 }
 
 impl Config {
-    /// Address family filter for the kernel: 0 for any.
-    pub fn family_filter(&self) -> u16 {
-        match (self.ipv4, self.ipv6) {
-            (true, _) => tracer_common::AF_INET,
-            (_, true) => tracer_common::AF_INET6,
-            _ => 0,
+    /// Stuck thresholds: the defaults, changed by `--stuck`.
+    pub fn thresholds(&self) -> Thresholds {
+        let mut thresholds = Thresholds::default();
+        for (state, threshold) in &self.stuck {
+            thresholds.set(*state, *threshold);
+        }
+        thresholds
+    }
+
+    /// The sockets to report, from the address and port flags.
+    pub fn socket_filter(&self) -> SocketFilter {
+        SocketFilter {
+            family: match (self.ipv4, self.ipv6) {
+                (true, _) => Some(Family::Ipv4),
+                (_, true) => Some(Family::Ipv6),
+                _ => None,
+            },
+            local_ports: self.local_ports.clone(),
+            remote_ports: self.remote_ports.clone(),
         }
     }
 
@@ -128,7 +166,7 @@ mod tests {
     fn defaults() {
         let config = parse(&[]).unwrap();
         assert_eq!(config.log_format, LogFormat::Text);
-        assert_eq!(config.family_filter(), 0);
+        assert_eq!(config.socket_filter(), SocketFilter::default());
         assert!(config.local_ports.is_empty());
         assert!(!config.logs_transitions(false));
         assert!(config.logs_transitions(true));
@@ -162,14 +200,38 @@ mod tests {
     }
 
     #[test]
+    fn stuck_thresholds() {
+        let config = parse(&[
+            "--stuck",
+            "close-wait=2s",
+            "--stuck=syn-sent=off",
+            "--stuck",
+            "established=1h",
+        ])
+        .unwrap();
+        let t = config.thresholds();
+        assert_eq!(t.get(TcpState::CloseWait), Some(Duration::from_secs(2)));
+        assert_eq!(t.get(TcpState::SynSent), None);
+        assert_eq!(
+            t.get(TcpState::Established),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(t.get(TcpState::LastAck), Some(Duration::from_secs(60)));
+        for bad in ["close-wait=abc", "nowhere=5s", "close-wait"] {
+            assert!(parse(&["--stuck", bad]).is_err(), "{bad}");
+        }
+        assert!(parse(&["--max-sockets", "0"]).is_err());
+    }
+
+    #[test]
     fn families_exclude_each_other() {
         assert_eq!(
-            parse(&["-4"]).unwrap().family_filter(),
-            tracer_common::AF_INET
+            parse(&["-4"]).unwrap().socket_filter().family,
+            Some(Family::Ipv4)
         );
         assert_eq!(
-            parse(&["-6"]).unwrap().family_filter(),
-            tracer_common::AF_INET6
+            parse(&["-6"]).unwrap().socket_filter().family,
+            Some(Family::Ipv6)
         );
         assert!(parse(&["-4", "-6"]).is_err());
     }

@@ -1,30 +1,35 @@
-//! The daemon's loop: load, then read events until the duration ends or a signal arrives, then
-//! detach and report.
-use std::io::Write;
+//! The daemon's loop: load, seed the socket table from the kernel's list, then read events until
+//! the duration ends or a signal arrives, waking also for stuck deadlines, summaries and
+//! reconciliations; at the end, a last summary, and everything is detached.
+use std::{io::Write, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    time::{Instant, MissedTickBehavior},
+    time::{Instant, MissedTickBehavior, interval_at},
 };
+use tracer_common::TcpState;
 use tracing::{info, warn};
 
 use crate::{
     cli::Config,
-    clock::WallClock,
-    events::{KernelEvent, decode},
-    loader::{self, LoadSettings},
+    clock::{WallClock, monotonic_ns},
+    detect::nanos,
+    events::decode,
+    filter::SocketFilter,
+    kernel_view,
+    loader::{self, LoadSettings, Probe},
     output::Output,
+    summary::{Context, Summary},
+    tracker::{Sink, Tracker},
 };
 
 pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -> Result<()> {
     let mut probe = loader::load(&LoadSettings {
         ring_buffer_size: config.ring_buffer_size,
-        family: config.family_filter(),
-        local_ports: config.local_ports.clone(),
-        remote_ports: config.remote_ports.clone(),
+        filter: config.socket_filter(),
     })?;
     for (what, problem) in [
         ("TIME-WAIT tracking", &probe.timewait),
@@ -41,75 +46,217 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
             .context("watching the ring buffer")?;
     let mut kernel_log = probe.logger()?;
 
-    let log_transitions = config.logs_transitions(stdout_is_terminal);
-    let mut output = Output::new(config.log_format, WallClock::now(), stdout);
+    let mut output = Output::new(
+        config.log_format,
+        WallClock::now(),
+        stdout,
+        config.logs_transitions(stdout_is_terminal),
+    );
+    let mut tracker = Tracker::new(
+        config.max_sockets as usize,
+        config.thresholds(),
+        nanos(config.stuck_repeat),
+    );
+    let mut reader = Reader::default();
+    let filter = config.socket_filter();
+    let netns = kernel_view::own_netns()?;
+    let started_ns = monotonic_ns();
+    // Seed the table with the sockets that exist now: the programs are attached already, so a
+    // socket changing meanwhile is seen by both and the events win.
+    reconcile(
+        &mut tracker,
+        ring.get_mut(),
+        &mut reader,
+        (netns, &filter),
+        &mut output,
+        true,
+    )?;
+
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut poll = tokio::time::interval(config.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let deadline = config.duration.map(|d| Instant::now() + d);
+    let mut summaries = interval_at(
+        Instant::now() + config.summary_interval,
+        config.summary_interval,
+    );
+    summaries.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut lingering_checks = tokio::time::interval(LINGERING_CHECK);
+    lingering_checks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reconciles = interval_at(
+        Instant::now() + config.reconcile_interval,
+        config.reconcile_interval,
+    );
+    reconciles.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let end = config.duration.map(|d| Instant::now() + d);
+    let mut interval_started_ns = started_ns;
     info!("attached; tracing TCP state transitions");
 
-    let mut decode_errors = 0u64;
     loop {
+        let mut summary_due = false;
+        let mut reconcile_due = false;
+        let mut lingering_due = false;
+        let deadline = tracker.next_deadline().map(instant_of);
         tokio::select! {
             guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for the ring buffer")?;
-                guard.clear_ready();
+                guard.context("waiting for the ring buffer")?.clear_ready();
             }
             _ = poll.tick() => {}
+            _ = sleep_until(deadline) => {}
+            _ = summaries.tick() => summary_due = true,
+            _ = reconciles.tick() => reconcile_due = true,
+            _ = lingering_checks.tick() => lingering_due = true,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sleep_until(deadline) => break,
+            _ = sleep_until(end) => break,
         }
-        drain(
-            ring.get_mut(),
-            &mut output,
-            log_transitions,
-            &mut decode_errors,
-        )?;
+        reader.drain(ring.get_mut(), &mut tracker, &mut output);
+        tracker.tick(monotonic_ns(), &mut output);
         kernel_log.flush();
+        if lingering_due && !tracker.table().lingering().is_empty() {
+            check_lingering(
+                &mut tracker,
+                ring.get_mut(),
+                &mut reader,
+                netns,
+                &mut output,
+            )?;
+        }
+        if reconcile_due {
+            reconcile(
+                &mut tracker,
+                ring.get_mut(),
+                &mut reader,
+                (netns, &filter),
+                &mut output,
+                false,
+            )?;
+        }
+        if summary_due {
+            let now_ns = monotonic_ns();
+            summarize(
+                &mut tracker,
+                &probe,
+                &mut output,
+                started_ns,
+                interval_started_ns,
+                now_ns,
+                false,
+            )?;
+            interval_started_ns = now_ns;
+        }
+        output.flush().context("writing events")?;
     }
-    drain(
-        ring.get_mut(),
+    reader.drain(ring.get_mut(), &mut tracker, &mut output);
+    let now_ns = monotonic_ns();
+    tracker.tick(now_ns, &mut output);
+    summarize(
+        &mut tracker,
+        &probe,
         &mut output,
-        log_transitions,
-        &mut decode_errors,
+        started_ns,
+        interval_started_ns,
+        now_ns,
+        true,
     )?;
     output.flush().context("writing events")?;
     drop(ring);
-
     let lost = probe.lost_events()?;
     if lost > 0 {
         warn!("lost events: {lost} (the ring buffer was full; raise --ring-buffer-size)");
     }
-    if decode_errors > 0 {
-        warn!("malformed events: {decode_errors}");
+    if reader.malformed > 0 {
+        warn!("malformed events: {}", reader.malformed);
     }
     Ok(())
 }
 
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    output: &mut Output<impl Write>,
-    log_transitions: bool,
-    decode_errors: &mut u64,
-) -> Result<()> {
-    while let Some(item) = ring.next() {
-        match decode(&item) {
-            Ok(KernelEvent::Transition(t)) if log_transitions => {
-                output.transition(&t).context("writing events")?
-            }
-            Ok(_) => {}
-            Err(err) => {
-                *decode_errors += 1;
-                if *decode_errors == 1 {
-                    warn!("malformed event from the kernel: {err}");
+/// Reads and decodes the ring buffer into the tracker.
+#[derive(Default)]
+struct Reader {
+    malformed: u64,
+}
+
+impl Reader {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, tracker: &mut Tracker, sink: &mut impl Sink) {
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(event) => tracker.on_event(event, sink),
+                Err(err) => {
+                    self.malformed += 1;
+                    if self.malformed == 1 {
+                        warn!("malformed event from the kernel: {err}");
+                    }
                 }
             }
         }
     }
-    output.flush().context("writing events")
+}
+
+/// How often lingering FIN-WAIT-2 timewait sockets are checked for a silent move to TIME_WAIT.
+const LINGERING_CHECK: Duration = Duration::from_secs(1);
+
+/// Lists the kernel's sockets and fixes the table where it differs. Events written while the
+/// listing is taken are applied first, so only older differences count.
+fn reconcile(
+    tracker: &mut Tracker,
+    ring: &mut RingBuf<MapData>,
+    reader: &mut Reader,
+    (netns, filter): (u32, &SocketFilter),
+    sink: &mut impl Sink,
+    seed: bool,
+) -> Result<()> {
+    tracker.begin_reconcile(monotonic_ns());
+    let mut listing =
+        kernel_view::list_tcp_sockets(netns, None).context("listing the kernel's TCP sockets")?;
+    listing.retain(|s| filter.matches(&s.endpoints));
+    reader.drain(ring, tracker, sink);
+    tracker.reconcile(&listing, netns, monotonic_ns(), seed, sink);
+    Ok(())
+}
+
+/// Lists the kernel's FIN_WAIT2 sockets: lingering timewait sockets missing from it moved to
+/// TIME_WAIT.
+fn check_lingering(
+    tracker: &mut Tracker,
+    ring: &mut RingBuf<MapData>,
+    reader: &mut Reader,
+    netns: u32,
+    sink: &mut impl Sink,
+) -> Result<()> {
+    let listed_at = monotonic_ns();
+    let listing = kernel_view::list_tcp_sockets(netns, Some(TcpState::FinWait2))
+        .context("listing the kernel's FIN_WAIT2 sockets")?;
+    reader.drain(ring, tracker, sink);
+    let now = monotonic_ns();
+    tracker.tick(now, sink);
+    tracker.check_lingering(&listing, netns, listed_at, now, sink);
+    Ok(())
+}
+
+fn summarize(
+    tracker: &mut Tracker,
+    probe: &Probe,
+    output: &mut Output<impl Write>,
+    started_ns: u64,
+    interval_started_ns: u64,
+    now_ns: u64,
+    last: bool,
+) -> Result<()> {
+    let context = Context {
+        now_ns,
+        started_ns,
+        interval_started_ns,
+        lost_events: probe.lost_events()?,
+        last,
+    };
+    output.summary(&Summary::take(tracker, context));
+    Ok(())
+}
+
+/// The tokio instant of a CLOCK_MONOTONIC time (tokio's clock is CLOCK_MONOTONIC too).
+fn instant_of(mono_ns: u64) -> Instant {
+    Instant::now() + Duration::from_nanos(mono_ns.saturating_sub(monotonic_ns()))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -27,6 +27,8 @@ impl Family {
 /// A connection's two ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoints {
+    /// Inode number of the network namespace (0 when unknown).
+    pub netns: u32,
     pub family: Family,
     pub local: IpAddr,
     pub local_port: u16,
@@ -85,6 +87,9 @@ pub struct Timewait {
     pub sock: u64,
     pub endpoints: Endpoints,
     pub substate: TcpState,
+    /// `jiffies` at the event, and the timer's expiry in jiffies.
+    pub jiffies: u64,
+    pub expires: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -150,6 +155,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 sock: raw.sock,
                 endpoints,
                 substate: state(raw.new)?,
+                jiffies: raw.jiffies,
+                expires: raw.timer_expires,
             };
             if kind == EventKind::TimewaitStart {
                 KernelEvent::TimewaitArmed(timewait)
@@ -176,7 +183,8 @@ fn process(owner: &Owner) -> Option<Process> {
     })
 }
 
-fn endpoints(tuple: &Tuple) -> Result<Endpoints, DecodeError> {
+/// The endpoints of a kernel address tuple.
+pub fn endpoints(tuple: &Tuple) -> Result<Endpoints, DecodeError> {
     let (family, local, remote) = match tuple.family {
         AF_INET => {
             let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
@@ -190,6 +198,7 @@ fn endpoints(tuple: &Tuple) -> Result<Endpoints, DecodeError> {
         other => return Err(DecodeError::Family(other)),
     };
     Ok(Endpoints {
+        netns: tuple.netns,
         family,
         local,
         local_port: tuple.sport,
@@ -234,6 +243,8 @@ mod tests {
                 _pad: 0,
                 comm,
             },
+            jiffies: 5_000,
+            timer_expires: 20_000,
             kind: kind as u8,
             old,
             new,

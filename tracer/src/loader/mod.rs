@@ -13,9 +13,10 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
-use tracer_common::{KernelFilter, TracepointLayout, counter};
+use tracer_common::{AF_INET, AF_INET6, KernelFilter, TracepointLayout, counter};
 
 use self::kernel_layout::{TracepointOffsets, VMLINUX_BTF};
+use crate::{events::Family, filter::SocketFilter};
 
 /// The eBPF object built by build.rs, embedded so the daemon is a single file.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -24,9 +25,7 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 #[derive(Debug, Clone)]
 pub struct LoadSettings {
     pub ring_buffer_size: u32,
-    pub family: u16,
-    pub local_ports: Vec<u16>,
-    pub remote_ports: Vec<u16>,
+    pub filter: SocketFilter,
 }
 
 /// The loaded and attached programs.
@@ -53,10 +52,15 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
     let tw_handler = kernel_layout::kernel_symbol(&kallsyms, "tw_timer_handler");
 
     let btf = aya::Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
+    let wanted = &settings.filter;
     let filter = KernelFilter {
-        family: settings.family,
-        local_ports: u8::from(!settings.local_ports.is_empty()),
-        remote_ports: u8::from(!settings.remote_ports.is_empty()),
+        family: match wanted.family {
+            None => 0,
+            Some(Family::Ipv4) => AF_INET,
+            Some(Family::Ipv6) => AF_INET6,
+        },
+        local_ports: u8::from(!wanted.local_ports.is_empty()),
+        remote_ports: u8::from(!wanted.remote_ports.is_empty()),
         _pad: 0,
     };
     // Wake the reader once a quarter of the buffer is used; the poll timer covers the rest.
@@ -74,8 +78,8 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
             "loading the eBPF programs failed (is BPF allowed here? check lockdown and seccomp)",
         )?;
 
-    fill_port_map(&mut ebpf, "LOCAL_PORTS", &settings.local_ports)?;
-    fill_port_map(&mut ebpf, "REMOTE_PORTS", &settings.remote_ports)?;
+    fill_port_map(&mut ebpf, "LOCAL_PORTS", &wanted.local_ports)?;
+    fill_port_map(&mut ebpf, "REMOTE_PORTS", &wanted.remote_ports)?;
 
     attach_tracepoint(
         &mut ebpf,

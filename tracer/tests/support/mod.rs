@@ -176,3 +176,91 @@ pub fn thread_comm() -> String {
         .trim()
         .to_owned()
 }
+
+/// The `workload` example (built by `cargo test` next to the tracer binary).
+pub fn workload_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(TRACER)
+        .parent()
+        .expect("binary directory")
+        .join("examples/workload");
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole suite (cargo xtask test)",
+        path.display()
+    );
+    path
+}
+
+/// A `workload close-wait` process: a server holding accepted sockets in CLOSE_WAIT.
+pub struct CloseWaitServer {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    pub pid: u32,
+    pub listen_port: u16,
+    pub client_ports: Vec<u16>,
+}
+
+impl CloseWaitServer {
+    /// Starts it directly, or through `sh -c` with `wrapper`, a shell command in which `{}`
+    /// stands for the workload's (e.g. `unshare -n sh -c '... && exec {}'`).
+    pub fn start(ip: &str, count: usize, wrapper: Option<&str>) -> CloseWaitServer {
+        let binary = workload_binary();
+        let mut command = match wrapper {
+            None => {
+                let mut c = Command::new(&binary);
+                c.args(["close-wait", ip, &count.to_string()]);
+                c
+            }
+            Some(wrapper) => {
+                let workload = format!("{} close-wait {ip} {count}", binary.display());
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(wrapper.replace("{}", &workload));
+                c
+            }
+        };
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cannot start the workload");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines
+            .next()
+            .expect("workload said nothing")
+            .expect("workload output");
+        let info: Value = serde_json::from_str(&first).expect("workload JSON");
+        CloseWaitServer {
+            child,
+            lines,
+            pid: info["pid"].as_u64().unwrap() as u32,
+            listen_port: info["listen_port"].as_u64().unwrap() as u16,
+            client_ports: info["client_ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap() as u16)
+                .collect(),
+        }
+    }
+
+    /// Closes the accepted sockets and waits until it has.
+    pub fn release(&mut self) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "release").expect("writing to the workload");
+        stdin.flush().unwrap();
+        let line = self
+            .lines
+            .next()
+            .expect("workload ended")
+            .expect("workload output");
+        assert_eq!(line, "released");
+    }
+}
+
+impl Drop for CloseWaitServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,106 @@
+//! The periodic summary: what the daemon knows, in counts and distributions, never a line per
+//! socket (except the stuck ones due for a reminder).
+use std::collections::BTreeMap;
+
+use tracer_common::TcpState;
+
+use crate::{
+    stats::Percentiles,
+    tracker::{Reconciliation, StuckReport, Tracker},
+};
+
+/// Stuck reminders listed in one summary at most; the rest are counted.
+pub const MAX_REMINDERS: usize = 100;
+/// Remote ports listed for TIME-WAIT sockets at most.
+pub const MAX_PORTS: usize = 10;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub ts_ns: u64,
+    /// The last summary of the run (at exit).
+    pub last: bool,
+    pub uptime_ns: u64,
+    pub interval_ns: u64,
+    /// Live sockets by state (non-zero only).
+    pub sockets: Vec<(TcpState, u64)>,
+    pub tracked: usize,
+    pub transitions: Vec<(TcpState, TcpState, u64)>,
+    pub interval_transitions: Vec<(TcpState, TcpState, u64)>,
+    pub durations: Vec<(TcpState, Percentiles)>,
+    pub interval_durations: Vec<(TcpState, Percentiles)>,
+    pub stuck: usize,
+    pub stuck_by_state: Vec<(TcpState, u64)>,
+    /// Stuck sockets due for a reminder (at most [`MAX_REMINDERS`]).
+    pub reminders: Vec<StuckReport>,
+    /// Reminders due but not listed.
+    pub reminders_omitted: usize,
+    /// TIME-WAIT sockets by remote port, most first (at most [`MAX_PORTS`]).
+    pub time_wait_by_remote_port: Vec<(u16, u64)>,
+    pub lost_events: u64,
+    pub evictions: u64,
+    pub reconciliation: Reconciliation,
+}
+
+/// Daemon-side figures the tracker does not hold.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context {
+    pub now_ns: u64,
+    pub started_ns: u64,
+    pub interval_started_ns: u64,
+    pub lost_events: u64,
+    pub last: bool,
+}
+
+impl Summary {
+    /// Takes a summary and starts the next interval.
+    pub fn take(tracker: &mut Tracker, context: Context) -> Self {
+        let table = tracker.table();
+        let sockets = TcpState::ALL
+            .into_iter()
+            .map(|state| (state, table.count(state)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let mut stuck_by_state: BTreeMap<TcpState, u64> = BTreeMap::new();
+        for key in tracker.stuck_keys() {
+            if let Some(entry) = table.get(key) {
+                *stuck_by_state.entry(entry.state).or_default() += 1;
+            }
+        }
+        let mut by_port: BTreeMap<u16, u64> = BTreeMap::new();
+        for (_, entry) in table.iter().filter(|(_, e)| e.state == TcpState::TimeWait) {
+            *by_port.entry(entry.endpoints.remote_port).or_default() += 1;
+        }
+        let mut time_wait_by_remote_port: Vec<(u16, u64)> = by_port.into_iter().collect();
+        time_wait_by_remote_port.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        time_wait_by_remote_port.truncate(MAX_PORTS);
+        let tracked = table.len();
+        let evictions = table.evictions();
+        let stuck = tracker.stuck_count();
+        let mut reminders = tracker.reminders(context.now_ns);
+        reminders.sort_by_key(|r| std::cmp::Reverse(r.age_ns));
+        let reminders_omitted = reminders.len().saturating_sub(MAX_REMINDERS);
+        reminders.truncate(MAX_REMINDERS);
+        let summary = Self {
+            ts_ns: context.now_ns,
+            last: context.last,
+            uptime_ns: context.now_ns.saturating_sub(context.started_ns),
+            interval_ns: context.now_ns.saturating_sub(context.interval_started_ns),
+            sockets,
+            tracked,
+            transitions: tracker.transitions.pairs(),
+            interval_transitions: tracker.interval_transitions.pairs(),
+            durations: tracker.durations.percentiles(),
+            interval_durations: tracker.interval_durations.percentiles(),
+            stuck,
+            stuck_by_state: stuck_by_state.into_iter().collect(),
+            reminders,
+            reminders_omitted,
+            time_wait_by_remote_port,
+            lost_events: context.lost_events,
+            evictions,
+            reconciliation: tracker.reconciliation(),
+        };
+        tracker.reset_interval();
+        summary
+    }
+}
