@@ -1,13 +1,16 @@
-//! A loopback workload in a process of its own, for the integration tests: the sockets it holds
+//! Loopback workloads in a process of their own, for the integration tests: the sockets they hold
 //! have a known owner (this process, named `workload`) that is not the test itself.
 //!
-//! `workload close-wait <ip> <count>`: leaves `count` accepted sockets in CLOSE_WAIT; their clients,
-//! closed first, linger in FIN_WAIT2 (held by timewait sockets) until `tcp_fin_timeout`. Prints one
-//! JSON line with the pid and ports, closes the accepted sockets when a line arrives on stdin,
-//! prints `released`, and exits at the end of stdin.
+//! - `workload close-wait <ip> <count>`: leaves `count` accepted sockets in CLOSE_WAIT; their
+//!   clients, closed first, linger in FIN_WAIT2 (held by timewait sockets) until
+//!   `tcp_fin_timeout`. Closes the accepted sockets when a line arrives on stdin.
+//! - `workload serve <ip> <count>`: accepts `count` connections from outside, prints `accepted`,
+//!   then closes each once its client has closed, and prints `closed`.
+//!
+//! Both print one JSON line first, with the pid and ports, and exit at the end of stdin.
 use std::{
-    io::{BufRead as _, Write as _},
-    net::IpAddr,
+    io::{BufRead as _, Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -16,29 +19,57 @@ use xtask::workload::CloseWaitLeak;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [mode, ip, count] = args.as_slice() else {
-        bail!("usage: workload close-wait <ip> <count>");
+        bail!("usage: workload close-wait|serve <ip> <count>");
     };
-    if mode != "close-wait" {
-        bail!("unknown workload {mode}");
-    }
     let ip: IpAddr = ip.parse().context("ip")?;
-    let leak = CloseWaitLeak::start(ip, count.parse().context("count")?)?;
+    let count: usize = count.parse().context("count")?;
+    match mode.as_str() {
+        "close-wait" => close_wait(ip, count),
+        "serve" => serve(ip, count),
+        other => bail!("unknown workload {other}"),
+    }
+}
+
+fn say(line: &str) -> Result<()> {
     let mut stdout = std::io::stdout();
-    writeln!(
-        stdout,
-        "{}",
-        serde_json::json!({
-            "pid": std::process::id(),
-            "listen_port": leak.listen_port,
-            "client_ports": leak.client_ports,
-        })
-    )?;
-    stdout.flush()?;
+    writeln!(stdout, "{line}")?;
+    Ok(stdout.flush()?)
+}
+
+fn close_wait(ip: IpAddr, count: usize) -> Result<()> {
+    let leak = CloseWaitLeak::start(ip, count)?;
+    let info = serde_json::json!({
+        "pid": std::process::id(),
+        "listen_port": leak.listen_port,
+        "client_ports": leak.client_ports,
+    });
+    say(&info.to_string())?;
     let mut lines = std::io::stdin().lock().lines();
     let _ = lines.next();
     leak.release();
-    writeln!(stdout, "released")?;
-    stdout.flush()?;
+    say("released")?;
     for _ in lines {}
+    Ok(())
+}
+
+fn serve(ip: IpAddr, count: usize) -> Result<()> {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).context("binding")?;
+    let info = serde_json::json!({
+        "pid": std::process::id(),
+        "listen_port": listener.local_addr()?.port(),
+        "client_ports": [],
+    });
+    say(&info.to_string())?;
+    let mut accepted = Vec::with_capacity(count);
+    for _ in 0..count {
+        accepted.push(listener.accept().context("accepting")?.0);
+    }
+    say("accepted")?;
+    for mut stream in accepted {
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+    }
+    say("closed")?;
+    for _ in std::io::stdin().lock().lines() {}
     Ok(())
 }

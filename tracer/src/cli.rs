@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use tracer_common::TcpState;
 
-use crate::{detect::Thresholds, events::Family, filter::SocketFilter};
+use crate::{detect::Thresholds, events::Family, filter::SocketFilter, owners::OwnerFilter};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -38,6 +38,18 @@ pub struct Config {
     #[arg(long = "rport", visible_alias = "remote-port", value_delimiter = ',',
           value_parser = parse_port, value_name = "PORT")]
     pub remote_ports: Vec<u16>,
+
+    /// Only sockets owned by these process ids (comma-separated or repeated).
+    #[arg(long = "pid", value_delimiter = ',', value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Only sockets owned by processes with these names (comma-separated or repeated).
+    #[arg(long = "comm", value_delimiter = ',', value_name = "NAME")]
+    pub comms: Vec<String>,
+
+    /// Only sockets owned by processes in cgroups under this path (e.g. /kubepods).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroup: Option<String>,
 
     /// Only IPv4 sockets (IPv4-mapped IPv6 sockets count as IPv4).
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -94,6 +106,15 @@ pub enum When {
 }
 
 impl Config {
+    /// The owners to report, from `--pid`, `--comm` and `--cgroup`.
+    pub fn owner_filter(&self) -> OwnerFilter {
+        OwnerFilter {
+            pids: self.pids.clone(),
+            comms: self.comms.clone(),
+            cgroup_prefix: self.cgroup.clone(),
+        }
+    }
+
     /// Stuck thresholds: the defaults, changed by `--stuck`.
     pub fn thresholds(&self) -> Thresholds {
         let mut thresholds = Thresholds::default();
@@ -221,6 +242,17 @@ mod tests {
             assert!(parse(&["--stuck", bad]).is_err(), "{bad}");
         }
         assert!(parse(&["--max-sockets", "0"]).is_err());
+    }
+
+    #[test]
+    fn owner_filters() {
+        let config = parse(&["--pid", "1,2", "--comm", "nginx", "--cgroup", "/kubepods"]).unwrap();
+        let filter = config.owner_filter();
+        assert_eq!(filter.pids, vec![1, 2]);
+        assert_eq!(filter.comms, vec!["nginx".to_owned()]);
+        assert_eq!(filter.cgroup_prefix.as_deref(), Some("/kubepods"));
+        assert!(parse(&["--pid", "x"]).is_err());
+        assert!(parse(&[]).unwrap().owner_filter().is_empty());
     }
 
     #[test]

@@ -1,7 +1,13 @@
-//! The daemon's loop: load, seed the socket table from the kernel's list, then read events until
+//! The daemon's loop: load, seed the socket table from the kernel's lists, then read events until
 //! the duration ends or a signal arrives, waking also for stuck deadlines, summaries and
 //! reconciliations; at the end, a last summary, and everything is detached.
-use std::{io::Write, time::Duration};
+use std::{
+    cell::RefCell,
+    collections::{HashMap, HashSet},
+    io::Write,
+    rc::Rc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -17,14 +23,18 @@ use crate::{
     cli::Config,
     clock::{WallClock, monotonic_ns},
     detect::nanos,
-    events::decode,
+    events::{KernelEvent, decode},
     filter::SocketFilter,
     kernel_view,
     loader::{self, LoadSettings, Probe},
-    output::Output,
+    output::{Output, Settings},
+    owners::Owners,
     summary::{Context, Summary},
     tracker::{Sink, Tracker},
 };
+
+/// How often lingering FIN-WAIT-2 timewait sockets are checked for a silent move to TIME_WAIT.
+const LINGERING_CHECK: Duration = Duration::from_secs(1);
 
 pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -> Result<()> {
     let mut probe = loader::load(&LoadSettings {
@@ -46,31 +56,30 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
             .context("watching the ring buffer")?;
     let mut kernel_log = probe.logger()?;
 
-    let mut output = Output::new(
-        config.log_format,
-        WallClock::now(),
-        stdout,
-        config.logs_transitions(stdout_is_terminal),
-    );
-    let mut tracker = Tracker::new(
+    let owners = Rc::new(RefCell::new(Owners::default()));
+    let settings = Settings {
+        format: config.log_format,
+        clock: WallClock::now(),
+        log_transitions: config.logs_transitions(stdout_is_terminal),
+        owner_filter: config.owner_filter(),
+    };
+    let mut output = Output::new(settings, owners.clone(), stdout);
+    let tracker = Tracker::new(
         config.max_sockets as usize,
         config.thresholds(),
         nanos(config.stuck_repeat),
     );
-    let mut reader = Reader::default();
-    let filter = config.socket_filter();
-    let netns = kernel_view::own_netns()?;
+    let mut pipeline = Pipeline {
+        tracker,
+        owners,
+        filter: config.socket_filter(),
+        namespaces: HashMap::new(),
+        malformed: 0,
+    };
     let started_ns = monotonic_ns();
     // Seed the table with the sockets that exist now: the programs are attached already, so a
     // socket changing meanwhile is seen by both and the events win.
-    reconcile(
-        &mut tracker,
-        ring.get_mut(),
-        &mut reader,
-        (netns, &filter),
-        &mut output,
-        true,
-    )?;
+    pipeline.reconcile(ring.get_mut(), &mut output, true)?;
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -96,7 +105,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         let mut summary_due = false;
         let mut reconcile_due = false;
         let mut lingering_due = false;
-        let deadline = tracker.next_deadline().map(instant_of);
+        let deadline = pipeline.tracker.next_deadline().map(instant_of);
         tokio::select! {
             guard = ring.readable_mut() => {
                 guard.context("waiting for the ring buffer")?.clear_ready();
@@ -110,32 +119,19 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
             _ = sigterm.recv() => break,
             _ = sleep_until(end) => break,
         }
-        reader.drain(ring.get_mut(), &mut tracker, &mut output);
-        tracker.tick(monotonic_ns(), &mut output);
+        pipeline.drain(ring.get_mut(), &mut output);
+        pipeline.tracker.tick(monotonic_ns(), &mut output);
         kernel_log.flush();
-        if lingering_due && !tracker.table().lingering().is_empty() {
-            check_lingering(
-                &mut tracker,
-                ring.get_mut(),
-                &mut reader,
-                netns,
-                &mut output,
-            )?;
+        if lingering_due && !pipeline.tracker.table().lingering().is_empty() {
+            pipeline.check_lingering(ring.get_mut(), &mut output)?;
         }
         if reconcile_due {
-            reconcile(
-                &mut tracker,
-                ring.get_mut(),
-                &mut reader,
-                (netns, &filter),
-                &mut output,
-                false,
-            )?;
+            pipeline.reconcile(ring.get_mut(), &mut output, false)?;
         }
         if summary_due {
             let now_ns = monotonic_ns();
             summarize(
-                &mut tracker,
+                &mut pipeline.tracker,
                 &probe,
                 &mut output,
                 started_ns,
@@ -147,11 +143,11 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         }
         output.flush().context("writing events")?;
     }
-    reader.drain(ring.get_mut(), &mut tracker, &mut output);
+    pipeline.drain(ring.get_mut(), &mut output);
     let now_ns = monotonic_ns();
-    tracker.tick(now_ns, &mut output);
+    pipeline.tracker.tick(now_ns, &mut output);
     summarize(
-        &mut tracker,
+        &mut pipeline.tracker,
         &probe,
         &mut output,
         started_ns,
@@ -165,23 +161,34 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     if lost > 0 {
         warn!("lost events: {lost} (the ring buffer was full; raise --ring-buffer-size)");
     }
-    if reader.malformed > 0 {
-        warn!("malformed events: {}", reader.malformed);
+    if pipeline.malformed > 0 {
+        warn!("malformed events: {}", pipeline.malformed);
     }
     Ok(())
 }
 
-/// Reads and decodes the ring buffer into the tracker.
-#[derive(Default)]
-struct Reader {
+/// Everything between the ring buffer and the output: decoding, owners, the tracker, and the
+/// kernel's socket lists that keep it right.
+struct Pipeline {
+    tracker: Tracker,
+    owners: Rc<RefCell<Owners>>,
+    filter: SocketFilter,
+    /// Network namespaces seen at the last reconciliation, each with a process inside.
+    namespaces: HashMap<u32, u32>,
     malformed: u64,
 }
 
-impl Reader {
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, tracker: &mut Tracker, sink: &mut impl Sink) {
+impl Pipeline {
+    /// Reads and decodes the ring buffer into the tracker.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut impl Sink) {
         while let Some(item) = ring.next() {
             match decode(&item) {
-                Ok(event) => tracker.on_event(event, sink),
+                Ok(event) => {
+                    if let Some(owner) = owner_of(&event) {
+                        self.owners.borrow_mut().observe(owner, monotonic_ns());
+                    }
+                    self.tracker.on_event(event, sink);
+                }
                 Err(err) => {
                     self.malformed += 1;
                     if self.malformed == 1 {
@@ -191,47 +198,56 @@ impl Reader {
             }
         }
     }
+
+    /// Lists the kernel's sockets in every network namespace and fixes the table where it differs.
+    /// Events written while the lists are taken are applied first, so only older differences
+    /// count. Owners of listed sockets are then found by inode.
+    fn reconcile(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        sink: &mut impl Sink,
+        seed: bool,
+    ) -> Result<()> {
+        self.tracker.begin_reconcile(monotonic_ns());
+        self.namespaces = kernel_view::namespaces();
+        let (mut listing, listed) = kernel_view::list_namespaces(&self.namespaces, None)
+            .context("listing the kernel's TCP sockets")?;
+        listing.retain(|s| self.filter.matches(&s.endpoints));
+        self.drain(ring, sink);
+        let now = monotonic_ns();
+        let unowned = self.tracker.reconcile(&listing, &listed, now, seed, sink);
+        let inodes: HashSet<u32> = unowned.iter().map(|(_, inode)| *inode).collect();
+        let found = self.owners.borrow_mut().by_inode(&inodes, now);
+        for (key, inode) in unowned {
+            if let Some(owner) = found.get(&inode) {
+                self.tracker.assign_owner(key, *owner);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the kernel's FIN_WAIT2 sockets: lingering timewait sockets missing from it moved to
+    /// TIME_WAIT.
+    fn check_lingering(&mut self, ring: &mut RingBuf<MapData>, sink: &mut impl Sink) -> Result<()> {
+        let listed_at = monotonic_ns();
+        let (listing, listed) =
+            kernel_view::list_namespaces(&self.namespaces, Some(TcpState::FinWait2))
+                .context("listing the kernel's FIN_WAIT2 sockets")?;
+        self.drain(ring, sink);
+        let now = monotonic_ns();
+        self.tracker.tick(now, sink);
+        self.tracker
+            .check_lingering(&listing, &listed, listed_at, now, sink);
+        Ok(())
+    }
 }
 
-/// How often lingering FIN-WAIT-2 timewait sockets are checked for a silent move to TIME_WAIT.
-const LINGERING_CHECK: Duration = Duration::from_secs(1);
-
-/// Lists the kernel's sockets and fixes the table where it differs. Events written while the
-/// listing is taken are applied first, so only older differences count.
-fn reconcile(
-    tracker: &mut Tracker,
-    ring: &mut RingBuf<MapData>,
-    reader: &mut Reader,
-    (netns, filter): (u32, &SocketFilter),
-    sink: &mut impl Sink,
-    seed: bool,
-) -> Result<()> {
-    tracker.begin_reconcile(monotonic_ns());
-    let mut listing =
-        kernel_view::list_tcp_sockets(netns, None).context("listing the kernel's TCP sockets")?;
-    listing.retain(|s| filter.matches(&s.endpoints));
-    reader.drain(ring, tracker, sink);
-    tracker.reconcile(&listing, netns, monotonic_ns(), seed, sink);
-    Ok(())
-}
-
-/// Lists the kernel's FIN_WAIT2 sockets: lingering timewait sockets missing from it moved to
-/// TIME_WAIT.
-fn check_lingering(
-    tracker: &mut Tracker,
-    ring: &mut RingBuf<MapData>,
-    reader: &mut Reader,
-    netns: u32,
-    sink: &mut impl Sink,
-) -> Result<()> {
-    let listed_at = monotonic_ns();
-    let listing = kernel_view::list_tcp_sockets(netns, Some(TcpState::FinWait2))
-        .context("listing the kernel's FIN_WAIT2 sockets")?;
-    reader.drain(ring, tracker, sink);
-    let now = monotonic_ns();
-    tracker.tick(now, sink);
-    tracker.check_lingering(&listing, netns, listed_at, now, sink);
-    Ok(())
+fn owner_of(event: &KernelEvent) -> Option<&crate::events::Process> {
+    match event {
+        KernelEvent::Transition(t) => t.owner.as_ref(),
+        KernelEvent::Accepted(a) => Some(&a.owner),
+        KernelEvent::TimewaitArmed(_) | KernelEvent::TimewaitDisarmed(_) => None,
+    }
 }
 
 fn summarize(

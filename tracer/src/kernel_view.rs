@@ -1,6 +1,9 @@
 //! The kernel's own list of TCP sockets (netlink sock_diag, the source of `ss`), IPv4 and IPv6,
 //! every state: timewait and request sockets included.
-use std::net::IpAddr;
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use anyhow::{Context as _, Result, bail};
 use netlink_packet_core::{
@@ -27,15 +30,86 @@ pub struct ListedSocket {
     pub inode: u32,
 }
 
-/// Inode number of the daemon's own network namespace: the one sock_diag lists.
+/// Inode number of the daemon's own network namespace.
 pub fn own_netns() -> Result<u32> {
+    netns_of("/proc/self/ns/net")
+}
+
+fn netns_of(path: &str) -> Result<u32> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {path}"))?;
     Ok(meta.ino() as u32)
 }
 
-/// Lists the TCP sockets of the daemon's network namespace (`netns`): all of them, or those in
-/// one state (for a timewait socket, its substate).
+/// The network namespaces in use on the host (containers have their own), each with a process
+/// in it through which it can be entered.
+pub fn namespaces() -> HashMap<u32, u32> {
+    let mut found = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(netns) = netns_of(&format!("/proc/{pid}/ns/net")) {
+            found.entry(netns).or_insert(pid);
+        }
+    }
+    found
+}
+
+/// Lists the TCP sockets of every network namespace in `namespaces` (inode to a process in it):
+/// the daemon's own directly, the others from a thread that enters them. Returns the sockets and
+/// the namespaces actually listed (a namespace whose last process just exited is skipped).
+pub fn list_namespaces(
+    namespaces: &HashMap<u32, u32>,
+    only: Option<TcpState>,
+) -> Result<(Vec<ListedSocket>, HashSet<u32>)> {
+    let own = own_netns()?;
+    let mut sockets = list_tcp_sockets(own, only)?;
+    let mut listed = HashSet::from([own]);
+    for (&netns, &pid) in namespaces.iter().filter(|(netns, _)| **netns != own) {
+        if let Ok(more) = list_in(netns, pid, only) {
+            sockets.extend(more);
+            listed.insert(netns);
+        }
+    }
+    Ok((sockets, listed))
+}
+
+/// Lists the sockets of another network namespace from a thread that enters it (a network
+/// namespace is a per-thread attribute; the netlink socket belongs to the namespace it is made in).
+fn list_in(netns: u32, pid: u32, only: Option<TcpState>) -> Result<Vec<ListedSocket>> {
+    use std::os::fd::AsRawFd as _;
+    let path = format!("/proc/{pid}/ns/net");
+    let handle = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    if netns_of(&path)? != netns {
+        bail!("process {pid} left network namespace {netns}");
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on this thread only, with an open namespace file.
+                if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!(
+                        "entering network namespace {netns}: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                list_tcp_sockets(netns, only)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("listing thread panicked"))?
+    })
+}
+
+/// Lists the TCP sockets of the calling thread's network namespace (`netns`): all of them, or
+/// those in one state (for a timewait socket, its substate).
 pub fn list_tcp_sockets(netns: u32, only: Option<TcpState>) -> Result<Vec<ListedSocket>> {
     let mut socket =
         Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
@@ -232,5 +306,61 @@ mod tests {
         let listening = list_tcp_sockets(netns, Some(TcpState::Listen)).unwrap();
         assert!(listening.iter().all(|s| s.state == TcpState::Listen));
         assert!(listening.iter().any(|s| s.endpoints.local_port == port));
+    }
+
+    /// A listener in a namespace of its own (held by `unshare -n sleep`) is listed through that
+    /// namespace, tagged with it.
+    #[test]
+    fn lists_other_namespaces() {
+        use std::os::fd::AsRawFd as _;
+        let mut holder = std::process::Command::new("unshare")
+            .args(["-n", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        let path = format!("/proc/{}/ns/net", holder.id());
+        let own = own_netns().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while netns_of(&path).unwrap() == own {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let theirs = netns_of(&path).unwrap();
+        let handle = std::fs::File::open(&path).unwrap();
+        // A thread enters the namespace, brings its loopback up and listens there.
+        let listener = std::thread::spawn(move || {
+            assert_eq!(
+                unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .unwrap();
+            assert!(up.success());
+            TcpListener::bind("127.0.0.1:0").unwrap()
+        })
+        .join()
+        .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let all = namespaces();
+        assert_eq!(all.get(&theirs), Some(&holder.id()));
+        let (sockets, listed) = list_namespaces(&all, Some(TcpState::Listen)).unwrap();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert!(listed.contains(&theirs) && listed.contains(&own));
+        assert!(
+            sockets
+                .iter()
+                .any(|s| s.endpoints.netns == theirs && s.endpoints.local_port == port),
+            "{sockets:?}"
+        );
+        assert!(
+            !sockets
+                .iter()
+                .any(|s| s.endpoints.netns == own && s.endpoints.local_port == port)
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! tcpstate: traces TCP state transitions with eBPF. Data flows one way:
 //! kernel programs ([`loader`]) → ring buffer → [`events`] (decode) → [`tracker`] (the socket
 //! [`table`], [`stats`], stuck detection ([`detect`]), reconciliation against [`kernel_view`])
-//! → [`output`] (text, JSON) and [`summary`].
+//! → [`output`] (text, JSON; owners described by [`owners`]) and [`summary`].
 pub mod cli;
 pub mod clock;
 pub mod daemon;
@@ -11,6 +11,7 @@ pub mod filter;
 pub mod kernel_view;
 pub mod loader;
 pub mod output;
+pub mod owners;
 pub mod stats;
 pub mod summary;
 pub mod table;

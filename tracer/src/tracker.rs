@@ -350,11 +350,11 @@ impl Tracker {
     /// Finds the lingering timewait sockets that moved to TIME_WAIT without a timer event: they
     /// are no longer in `fin_wait2`, the kernel's current list of FIN_WAIT2 sockets (taken since
     /// `listed_at_ns`, with every event written meanwhile already applied).
-    /// Only sockets of `netns`, the namespace listed, are judged.
+    /// Only sockets of the namespaces listed (`namespaces`) are judged.
     pub fn check_lingering(
         &mut self,
         fin_wait2: &[ListedSocket],
-        netns: u32,
+        namespaces: &HashSet<u32>,
         listed_at_ns: u64,
         now_ns: u64,
         sink: &mut impl Sink,
@@ -367,7 +367,7 @@ impl Tracker {
             .filter_map(|key| Some((*key, self.table.get(key)?)))
             .filter(|(key, e)| {
                 e.last_active_ns < listed_at_ns
-                    && e.endpoints.netns == netns
+                    && namespaces.contains(&e.endpoints.netns)
                     && !still.contains(&e.endpoints)
                     && !self.disarmed.contains_key(&key.id())
             })
@@ -505,18 +505,22 @@ impl Tracker {
 
     /// Compares the table with the kernel's listing (taken since [`Self::begin_reconcile`], with
     /// every event written meanwhile already applied) and fixes what differs. The listing covers
-    /// one network namespace, `netns`: sockets of other namespaces are left alone. `seed` marks
+    /// the network namespaces in `namespaces`: sockets of others are left alone. `seed` marks
     /// the first listing, at start-up: sockets added then are not fixes.
+    ///
+    /// Returns the sockets whose owner is not known but whose file the kernel listed (by inode),
+    /// for the caller to look up.
     pub fn reconcile(
         &mut self,
         listing: &[ListedSocket],
-        netns: u32,
+        namespaces: &HashSet<u32>,
         now_ns: u64,
         seed: bool,
         sink: &mut impl Sink,
-    ) {
+    ) -> Vec<(SockKey, u32)> {
+        let mut unowned = Vec::new();
         let Some((listed_at, closed)) = self.closed_since_listing.take() else {
-            return;
+            return unowned;
         };
         self.tick(now_ns, sink);
         // Kernel sockets by endpoints; each can match one entry.
@@ -527,7 +531,7 @@ impl Tracker {
         let mut keys: Vec<(SockKey, Endpoints, TcpState, u64)> = self
             .table
             .iter()
-            .filter(|(_, e)| e.endpoints.netns == netns)
+            .filter(|(_, e)| namespaces.contains(&e.endpoints.netns))
             .map(|(k, e)| (*k, e.endpoints, e.state, e.last_active_ns))
             .collect();
         // Sockets the events name come before sockets known only from a listing.
@@ -539,12 +543,14 @@ impl Tracker {
             }
             let found = take_match(&mut unmatched, listing, &endpoints, |s| s.state == state);
             match found {
-                Some(i) if endpoints.local_port == 0 => {
-                    // A connecting socket, whose port was not yet known at its first event.
-                    let port = listing[i].endpoints.local_port;
-                    self.table.update(&key, |e| e.endpoints.local_port = port);
+                Some(i) => {
+                    if endpoints.local_port == 0 {
+                        // A connecting socket, whose port was not yet known at its first event.
+                        let port = listing[i].endpoints.local_port;
+                        self.table.update(&key, |e| e.endpoints.local_port = port);
+                    }
+                    self.note_unowned(key, &listing[i], &mut unowned);
                 }
-                Some(_) => {}
                 None => mismatched.push((key, endpoints)),
             }
         }
@@ -564,6 +570,7 @@ impl Tracker {
                         e.endpoints = listing[i].endpoints;
                     });
                     self.watch(key, now_ns, sink);
+                    self.note_unowned(key, &listing[i], &mut unowned);
                     self.reconciliation.corrected += 1;
                 }
                 None => {
@@ -581,7 +588,9 @@ impl Tracker {
             let mut entry = Entry::new(socket.state, now_ns, false, socket.endpoints);
             entry.timewait = matches!(socket.state, TcpState::TimeWait)
                 || (socket.state == TcpState::FinWait2 && socket.inode == 0);
-            self.insert(SockKey::Listed(socket.cookie), entry, now_ns, sink);
+            let key = SockKey::Listed(socket.cookie);
+            self.insert(key, entry, now_ns, sink);
+            self.note_unowned(key, socket, &mut unowned);
             if !seed {
                 self.reconciliation.added += 1;
             }
@@ -589,6 +598,20 @@ impl Tracker {
         if !seed {
             self.reconciliation.runs += 1;
         }
+        unowned
+    }
+
+    fn note_unowned(&self, key: SockKey, socket: &ListedSocket, unowned: &mut Vec<(SockKey, u32)>) {
+        if socket.inode != 0 && self.table.get(&key).is_some_and(|e| e.owner.is_none()) {
+            unowned.push((key, socket.inode));
+        }
+    }
+
+    /// Records the owner found for a socket (by its inode).
+    pub fn assign_owner(&mut self, key: SockKey, owner: Process) {
+        self.table.update(&key, |e| {
+            e.owner.get_or_insert(owner);
+        });
     }
 
     /// Leaves `old` for `new` at `ts_ns`: stops watching, records the time spent (the table's
@@ -795,6 +818,10 @@ mod tests {
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;
     const NETNS: u32 = 4026531840;
+
+    fn ours() -> HashSet<u32> {
+        HashSet::from([NETNS])
+    }
 
     #[derive(Default, Debug)]
     struct Recorded {
@@ -1087,9 +1114,9 @@ mod tests {
             cookie: 5,
             inode: 0,
         };
-        t.check_lingering(std::slice::from_ref(&still), NETNS, S, S, &mut r);
+        t.check_lingering(std::slice::from_ref(&still), &ours(), S, S, &mut r);
         assert_eq!(t.table().count(FinWait2), 1);
-        t.check_lingering(&[], NETNS, 2 * S, 2 * S, &mut r);
+        t.check_lingering(&[], &ours(), 2 * S, 2 * S, &mut r);
         assert_eq!(t.table().count(TimeWait), 1);
         assert_eq!(pairs(&r).last(), Some(&(FinWait2, TimeWait)));
         assert!(t.table().lingering().is_empty());
@@ -1120,7 +1147,7 @@ mod tests {
             listed(5, CloseWait, 50),
             listed(6, Close, 60),
         ];
-        t.reconcile(&listing, NETNS, 2 * S, false, &mut r);
+        let unowned = t.reconcile(&listing, &ours(), 2 * S, false, &mut r);
         let fixes = t.reconciliation();
         assert_eq!(
             (fixes.runs, fixes.added, fixes.removed, fixes.corrected),
@@ -1132,6 +1159,10 @@ mod tests {
         assert!(t.table().get(&SockKey::Kernel(4)).is_some());
         let added = t.table().get(&SockKey::Listed(50)).unwrap();
         assert_eq!((added.state, added.age_known), (CloseWait, false));
+        // Its owner is for the caller to find, by inode.
+        assert_eq!(unowned, vec![(SockKey::Listed(50), 1)]);
+        t.assign_owner(SockKey::Listed(50), owner().unwrap());
+        assert_eq!(t.table().get(&SockKey::Listed(50)).unwrap().owner, owner());
         // Stuck thresholds count from when it was first seen.
         t.tick(4 * S, &mut r);
         assert_eq!(r.stuck.len(), 1);
@@ -1154,7 +1185,7 @@ mod tests {
         }
         t.on_event(in_container, &mut r);
         t.begin_reconcile(S);
-        t.reconcile(&[], NETNS, S, false, &mut r);
+        t.reconcile(&[], &ours(), S, false, &mut r);
         assert_eq!(t.table().len(), 1);
         assert_eq!(t.reconciliation().fixes(), 0);
     }
@@ -1168,7 +1199,7 @@ mod tests {
         }
         t.on_event(connect, &mut r);
         t.begin_reconcile(S);
-        t.reconcile(&[listed(1, SynSent, 10)], NETNS, S, false, &mut r);
+        t.reconcile(&[listed(1, SynSent, 10)], &ours(), S, false, &mut r);
         assert_eq!(t.reconciliation().fixes(), 0);
         assert_eq!(
             t.table().get(&SockKey::Kernel(1)).unwrap().endpoints,
@@ -1183,7 +1214,7 @@ mod tests {
         t.begin_reconcile(S);
         t.on_event(tr(1, CloseWait, LastAck, S + 1, None), &mut r);
         t.on_event(tr(1, LastAck, Close, S + 2, None), &mut r);
-        t.reconcile(&[listed(1, CloseWait, 10)], NETNS, 2 * S, false, &mut r);
+        t.reconcile(&[listed(1, CloseWait, 10)], &ours(), 2 * S, false, &mut r);
         assert!(t.table().is_empty());
         assert_eq!(t.reconciliation().fixes(), 0);
     }
@@ -1250,6 +1281,7 @@ mod tests {
             at: usize,
             last_ns: u64,
             life_start: u64,
+            life: usize,
         }
 
         struct Run {
@@ -1259,7 +1291,17 @@ mod tests {
             max: usize,
         }
 
-        fn run(steps: &[Step], max: usize) -> (Run, Vec<(u64, u64, u64)>) {
+        /// A completed life: socket id, its life number, first and last transition times.
+        struct Life {
+            id: u64,
+            number: usize,
+            start: u64,
+            end: u64,
+        }
+
+        /// Runs the steps; returns the run, the completed lives, and for each event fed to the
+        /// tracker, the (socket id, life number) it belongs to.
+        fn run(steps: &[Step], max: usize) -> (Run, Vec<Life>, Vec<(u64, usize)>) {
             let mut run = Run {
                 tracker: Tracker::new(max, thresholds(CloseWait, 3), 300 * S),
                 recorded: Recorded::default(),
@@ -1272,10 +1314,11 @@ mod tests {
                     at: 0,
                     last_ns: 0,
                     life_start: 0,
+                    life: 0,
                 })
                 .collect();
-            // (id, life start, life end) of every completed life.
             let mut lives = Vec::new();
+            let mut fed = Vec::new();
             for step in steps {
                 match *step {
                     Step::Tick { gap_ms } => {
@@ -1291,15 +1334,23 @@ mod tests {
                         if s.at == 0 {
                             s.life_start = run.now;
                         }
+                        let life = s.life;
                         s.at += 1;
                         s.last_ns = run.now;
                         if s.at + 1 == path.len() {
-                            lives.push((id, s.life_start, run.now));
+                            lives.push(Life {
+                                id,
+                                number: life,
+                                start: s.life_start,
+                                end: run.now,
+                            });
                             // The id comes back on another path.
                             s.path = (s.path + 1 + id as usize) % PATHS.len();
                             s.at = 0;
+                            s.life += 1;
                         }
                         if !lost {
+                            fed.push((id, life));
                             run.tracker
                                 .on_event(tr(id, old, new, run.now, prev), &mut run.recorded);
                         }
@@ -1307,7 +1358,7 @@ mod tests {
                 }
                 check_invariants(&run);
             }
-            (run, lives)
+            (run, lives, fed)
         }
 
         fn check_invariants(run: &Run) {
@@ -1329,15 +1380,21 @@ mod tests {
 
             #[test]
             fn lossless_streams(steps in steps(false)) {
-                let (run, lives) = run(&steps, 1000);
+                let (run, lives, fed) = run(&steps, 1000);
                 let r = &run.recorded;
+                // Every event is reported once, in order.
+                prop_assert_eq!(r.transitions.len(), fed.len());
                 // The times spent in a life's states add up to its lifetime.
-                for (id, start, end) in &lives {
-                    let spent: u64 = r.transitions.iter()
-                        .filter(|t| t.sock == *id && t.ts_ns > *start && t.ts_ns <= *end)
-                        .map(|t| t.prev_state_ns.expect("a lossless stream knows every duration"))
+                for life in &lives {
+                    let spent: Vec<Option<u64>> = r.transitions.iter().zip(&fed)
+                        .filter(|(_, (id, number))| *id == life.id && *number == life.number)
+                        .map(|(t, _)| t.prev_state_ns)
+                        .collect();
+                    prop_assert_eq!(spent[0], None, "a socket's first transition has no duration");
+                    let total: u64 = spent[1..].iter()
+                        .map(|d| d.expect("a lossless stream knows every duration"))
                         .sum();
-                    prop_assert_eq!(spent, end - start);
+                    prop_assert_eq!(total, life.end - life.start);
                 }
                 // One stuck report per episode, and one unstuck when it ends.
                 let mut episodes = std::collections::HashMap::new();
@@ -1364,7 +1421,7 @@ mod tests {
 
             #[test]
             fn lossy_streams_keep_the_table_sound(steps in steps(true), max in 1usize..8) {
-                let (run, _) = run(&steps, max);
+                let (run, _, _) = run(&steps, max);
                 let r = &run.recorded;
                 prop_assert!(r.unstuck.len() <= r.stuck.len());
                 prop_assert_eq!(r.stuck.len() - r.unstuck.len(), run.tracker.stuck_count());

@@ -11,11 +11,11 @@ use std::{
 
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
-use support::{CloseWaitServer, Tracer, of_kind};
+use support::{Tracer, Workload, of_kind};
 use tracer::kernel_view;
 use tracer_common::TcpState;
 
-fn for_server<'a>(events: &'a [Value], kind: &str, server: &CloseWaitServer) -> Vec<&'a Value> {
+fn for_server<'a>(events: &'a [Value], kind: &str, server: &Workload) -> Vec<&'a Value> {
     of_kind(events, kind)
         .into_iter()
         .filter(|e| {
@@ -32,7 +32,7 @@ fn for_server<'a>(events: &'a [Value], kind: &str, server: &CloseWaitServer) -> 
 #[test]
 fn close_wait_leak_is_reported_once_per_socket() {
     let tracer = Tracer::start(&["--stuck", "close-wait=2s", "--summary-interval", "1s"]);
-    let mut server = CloseWaitServer::start("127.0.0.1", 17, None);
+    let mut server = Workload::close_wait("127.0.0.1", 17, None);
     let leaked_at = Instant::now();
     tracer.wait_for(Duration::from_secs(10), "17 stuck reports", |events| {
         for_server(events, "stuck", &server).len() >= 17
@@ -230,7 +230,7 @@ fn active_close_enters_time_wait_and_its_reuse_ends_it() {
 #[test]
 fn lingering_fin_wait2_ends_after_the_fin_timeout() {
     let tracer = Tracer::start(&["--log-transitions"]);
-    let server = CloseWaitServer::start(
+    let server = Workload::close_wait(
         "127.0.0.1",
         1,
         Some(

@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Tracer, of_kind, states, thread_comm};
+use support::{Tracer, of_kind, process_comm, states};
 use xtask::workload::{self, V4, V6};
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -25,7 +25,7 @@ fn full_sequences(ip: IpAddr, family: &str) {
     let tracer = Tracer::start(&["--log-transitions"]);
     let wall_start = SystemTime::now();
     let started = Instant::now();
-    let comm = thread_comm();
+    let comm = process_comm();
     let hold = Duration::from_millis(200);
     let ex = workload::connect_and_close(ip, hold).unwrap();
     let elapsed = started.elapsed();

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use super::millis;
 use crate::{
     clock::WallClock,
-    events::{Endpoints, Process, Transition},
+    events::{Endpoints, Transition},
+    owners::OwnerInfo,
     stats::Percentiles,
     summary::Summary,
     tracker::{StuckReport, UnstuckReport},
@@ -69,13 +70,17 @@ impl Socket {
 struct OwnerFields {
     pid: Option<u32>,
     comm: Option<String>,
+    cgroup: Option<String>,
 }
 
 impl OwnerFields {
-    fn new(owner: &Option<Process>) -> Self {
+    fn new(owner: &Option<OwnerInfo>) -> Self {
         Self {
-            pid: owner.map(|o| o.pid),
-            comm: owner.map(|o| o.comm.as_str().into_owned()),
+            pid: owner.as_ref().map(|o| o.pid),
+            comm: owner.as_ref().map(|o| o.comm.as_str().into_owned()),
+            cgroup: owner
+                .as_ref()
+                .and_then(|o| o.cgroup.as_deref().map(str::to_owned)),
         }
     }
 }
@@ -137,7 +142,12 @@ fn line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
-pub fn transition(out: &mut impl Write, clock: &WallClock, t: &Transition) -> io::Result<()> {
+pub fn transition(
+    out: &mut impl Write,
+    clock: &WallClock,
+    t: &Transition,
+    owner: &Option<OwnerInfo>,
+) -> io::Result<()> {
     line(
         out,
         &TransitionLine {
@@ -146,12 +156,12 @@ pub fn transition(out: &mut impl Write, clock: &WallClock, t: &Transition) -> io
             old: t.old.name(),
             new: t.new.name(),
             prev_state_ms: t.prev_state_ns.map(millis),
-            owner: OwnerFields::new(&t.owner),
+            owner: OwnerFields::new(owner),
         },
     )
 }
 
-fn stuck_line(clock: &WallClock, r: &StuckReport) -> StuckLine {
+fn stuck_line(clock: &WallClock, r: &StuckReport, owner: &Option<OwnerInfo>) -> StuckLine {
     StuckLine {
         head: Head::new("stuck", "warn", clock, r.ts_ns),
         socket: Socket::new(r.sock, &r.endpoints),
@@ -159,15 +169,25 @@ fn stuck_line(clock: &WallClock, r: &StuckReport) -> StuckLine {
         age_ms: millis(r.age_ns),
         age_known: r.age_known,
         threshold_ms: millis(r.threshold_ns),
-        owner: OwnerFields::new(&r.owner),
+        owner: OwnerFields::new(owner),
     }
 }
 
-pub fn stuck(out: &mut impl Write, clock: &WallClock, r: &StuckReport) -> io::Result<()> {
-    line(out, &stuck_line(clock, r))
+pub fn stuck(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &StuckReport,
+    owner: &Option<OwnerInfo>,
+) -> io::Result<()> {
+    line(out, &stuck_line(clock, r, owner))
 }
 
-pub fn unstuck(out: &mut impl Write, clock: &WallClock, r: &UnstuckReport) -> io::Result<()> {
+pub fn unstuck(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &UnstuckReport,
+    owner: &Option<OwnerInfo>,
+) -> io::Result<()> {
     line(
         out,
         &UnstuckLine {
@@ -177,7 +197,7 @@ pub fn unstuck(out: &mut impl Write, clock: &WallClock, r: &UnstuckReport) -> io
             new: r.new.map(|s| s.name()),
             duration_ms: millis(r.duration_ns),
             age_known: r.age_known,
-            owner: OwnerFields::new(&r.owner),
+            owner: OwnerFields::new(owner),
         },
     )
 }
@@ -208,12 +228,17 @@ fn by_state(list: &[(tracer_common::TcpState, u64)]) -> BTreeMap<&'static str, u
     list.iter().map(|(state, n)| (state.name(), *n)).collect()
 }
 
-pub fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> io::Result<()> {
-    let reminders: Vec<Value> = s
-        .reminders
+pub fn summary(
+    out: &mut impl Write,
+    clock: &WallClock,
+    s: &Summary,
+    reminders: &[(&StuckReport, Option<OwnerInfo>)],
+) -> io::Result<()> {
+    let reminders: Vec<Value> = reminders
         .iter()
-        .map(|r| {
-            let mut value = serde_json::to_value(stuck_line(clock, r)).unwrap_or(Value::Null);
+        .map(|(r, owner)| {
+            let mut value =
+                serde_json::to_value(stuck_line(clock, r, owner)).unwrap_or(Value::Null);
             if let Some(map) = value.as_object_mut() {
                 map.remove("event");
                 map.remove("level");
@@ -295,6 +320,7 @@ mod tests {
                 "prev_state_ms": 0.052125,
                 "pid": 4242,
                 "comm": "curl",
+                "cgroup": "/system.slice/curl.service",
             })
         );
     }
@@ -311,6 +337,7 @@ mod tests {
         assert!(value["prev_state_ms"].is_null());
         assert!(value["pid"].is_null());
         assert!(value["comm"].is_null());
+        assert!(value["cgroup"].is_null());
     }
 
     #[test]
@@ -323,7 +350,7 @@ mod tests {
                 "sock": "ffff88810a3c1200", "netns": 4026531840u32, "family": "ipv4",
                 "saddr": "127.0.0.1", "sport": 43210, "daddr": "10.0.0.2", "dport": 8080,
                 "state": "CLOSE_WAIT", "age_ms": 62500.0, "age_known": true, "threshold_ms": 60000.0,
-                "pid": 4242, "comm": "curl",
+                "pid": 4242, "comm": "curl", "cgroup": "/system.slice/curl.service",
             })
         );
         let value = parse(&render(LogFormat::Json, |o| o.unstuck(&unstuck())));

@@ -4,43 +4,73 @@
 mod json;
 mod text;
 
-use std::io::{self, Write};
+use std::{
+    cell::RefCell,
+    io::{self, Write},
+    rc::Rc,
+};
 
 use crate::{
     cli::LogFormat,
     clock::WallClock,
-    events::Transition,
+    events::{Process, Transition},
+    owners::{OwnerFilter, OwnerInfo, Owners},
     summary::Summary,
     tracker::{Sink, StuckReport, UnstuckReport},
 };
 
+/// How lines are written, and which are.
+pub struct Settings {
+    pub format: LogFormat,
+    pub clock: WallClock,
+    pub log_transitions: bool,
+    /// `--pid`, `--comm`, `--cgroup`: only sockets of these owners are reported.
+    pub owner_filter: OwnerFilter,
+}
+
 pub struct Output<W: Write> {
-    format: LogFormat,
-    clock: WallClock,
+    settings: Settings,
+    owners: Rc<RefCell<Owners>>,
     out: io::BufWriter<W>,
-    log_transitions: bool,
     header_written: bool,
     error: Option<io::Error>,
 }
 
 impl<W: Write> Output<W> {
-    pub fn new(format: LogFormat, clock: WallClock, out: W, log_transitions: bool) -> Self {
+    pub fn new(settings: Settings, owners: Rc<RefCell<Owners>>, out: W) -> Self {
         Self {
-            format,
-            clock,
+            settings,
+            owners,
             out: io::BufWriter::with_capacity(64 << 10, out),
-            log_transitions,
             header_written: false,
             error: None,
         }
     }
 
     pub fn summary(&mut self, summary: &Summary) {
-        let result = match self.format {
-            LogFormat::Json => json::summary(&mut self.out, &self.clock, summary),
-            LogFormat::Text => text::summary(&mut self.out, &self.clock, summary),
+        let owners = self.owners.borrow();
+        let reminders: Vec<(&StuckReport, Option<OwnerInfo>)> = summary
+            .reminders
+            .iter()
+            .map(|r| (r, r.owner.as_ref().map(|o| owners.describe(o))))
+            .filter(|(_, info)| self.settings.owner_filter.matches(info.as_ref()))
+            .collect();
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::summary(&mut self.out, clock, summary, &reminders),
+            LogFormat::Text => text::summary(&mut self.out, clock, summary, &reminders),
         };
+        drop(owners);
         self.keep(result);
+    }
+
+    /// The owner as reported, if it passes the owner filter.
+    fn wanted(&self, owner: &Option<Process>) -> Option<Option<OwnerInfo>> {
+        let info = owner.as_ref().map(|o| self.owners.borrow().describe(o));
+        self.settings
+            .owner_filter
+            .matches(info.as_ref())
+            .then_some(info)
     }
 
     /// Flushes buffered lines; returns the first write error since the last call.
@@ -59,11 +89,15 @@ impl<W: Write> Output<W> {
 
 impl<W: Write> Sink for Output<W> {
     fn transition(&mut self, t: &Transition) {
-        if !self.log_transitions {
+        if !self.settings.log_transitions {
             return;
         }
-        let result = match self.format {
-            LogFormat::Json => json::transition(&mut self.out, &self.clock, t),
+        let Some(owner) = self.wanted(&t.owner) else {
+            return;
+        };
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::transition(&mut self.out, clock, t, &owner),
             LogFormat::Text => {
                 let header = if self.header_written {
                     Ok(())
@@ -71,24 +105,32 @@ impl<W: Write> Sink for Output<W> {
                     self.header_written = true;
                     text::transition_header(&mut self.out)
                 };
-                header.and_then(|()| text::transition(&mut self.out, &self.clock, t))
+                header.and_then(|()| text::transition(&mut self.out, clock, t, &owner))
             }
         };
         self.keep(result);
     }
 
     fn stuck(&mut self, report: &StuckReport) {
-        let result = match self.format {
-            LogFormat::Json => json::stuck(&mut self.out, &self.clock, report),
-            LogFormat::Text => text::stuck(&mut self.out, &self.clock, report),
+        let Some(owner) = self.wanted(&report.owner) else {
+            return;
+        };
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::stuck(&mut self.out, clock, report, &owner),
+            LogFormat::Text => text::stuck(&mut self.out, clock, report, &owner),
         };
         self.keep(result);
     }
 
     fn unstuck(&mut self, report: &UnstuckReport) {
-        let result = match self.format {
-            LogFormat::Json => json::unstuck(&mut self.out, &self.clock, report),
-            LogFormat::Text => text::unstuck(&mut self.out, &self.clock, report),
+        let Some(owner) = self.wanted(&report.owner) else {
+            return;
+        };
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::unstuck(&mut self.out, clock, report, &owner),
+            LogFormat::Text => text::unstuck(&mut self.out, clock, report, &owner),
         };
         self.keep(result);
     }
@@ -215,22 +257,63 @@ pub(crate) mod tests {
         }
     }
 
-    /// Renders through the real writer: one event kind at a time.
-    pub fn render(format: LogFormat, write: impl FnOnce(&mut Output<&mut Vec<u8>>)) -> String {
+    pub fn settings(format: LogFormat) -> Settings {
+        Settings {
+            format,
+            clock: clock(),
+            log_transitions: true,
+            owner_filter: OwnerFilter::default(),
+        }
+    }
+
+    /// Renders through the real writer: one event kind at a time. The owner (pid 4242) is
+    /// described as process `curl` in cgroup `/system.slice/curl.service`.
+    pub fn render_with(
+        settings: Settings,
+        write: impl FnOnce(&mut Output<&mut Vec<u8>>),
+    ) -> String {
+        let mut owners = Owners::default();
+        owners.assume(4242, Comm::new("curl"), Some("/system.slice/curl.service"));
         let mut buf = Vec::new();
         {
-            let mut out = Output::new(format, clock(), &mut buf, true);
+            let mut out = Output::new(settings, Rc::new(RefCell::new(owners)), &mut buf);
             write(&mut out);
             out.flush().unwrap();
         }
         String::from_utf8(buf).unwrap()
     }
 
+    pub fn render(format: LogFormat, write: impl FnOnce(&mut Output<&mut Vec<u8>>)) -> String {
+        render_with(settings(format), write)
+    }
+
+    #[test]
+    fn owner_filters_select_lines() {
+        let mut only_nginx = settings(LogFormat::Json);
+        only_nginx.owner_filter.comms = vec!["nginx".into()];
+        let text = render_with(only_nginx, |o| {
+            o.transition(&sample(Family::Ipv4));
+            o.stuck(&stuck());
+            o.unstuck(&unstuck());
+            o.summary(&summary());
+        });
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("\"reminders\":[]"), "{text}");
+        let mut only_curl = settings(LogFormat::Json);
+        only_curl.owner_filter.cgroup_prefix = Some("/system.slice/".into());
+        let text = render_with(only_curl, |o| o.stuck(&stuck()));
+        assert_eq!(text.lines().count(), 1);
+    }
+
     #[test]
     fn quiet_mode_writes_no_transitions() {
         let mut buf = Vec::new();
         {
-            let mut out = Output::new(LogFormat::Json, clock(), &mut buf, false);
+            let quiet = Settings {
+                log_transitions: false,
+                ..settings(LogFormat::Json)
+            };
+            let mut out = Output::new(quiet, Rc::new(RefCell::new(Owners::default())), &mut buf);
             out.transition(&sample(Family::Ipv4));
             out.stuck(&stuck());
             out.flush().unwrap();
@@ -251,7 +334,7 @@ pub(crate) mod tests {
                 Ok(())
             }
         }
-        let mut out = Output::new(LogFormat::Json, clock(), Broken, true);
+        let mut out = Output::new(settings(LogFormat::Json), Rc::default(), Broken);
         out.stuck(&stuck());
         assert_eq!(out.flush().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }

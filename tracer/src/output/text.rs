@@ -8,7 +8,8 @@ use std::{
 use super::millis;
 use crate::{
     clock::WallClock,
-    events::{Endpoints, Process, Transition},
+    events::{Endpoints, Transition},
+    owners::OwnerInfo,
     summary::Summary,
     tracker::{StuckReport, UnstuckReport},
 };
@@ -35,8 +36,13 @@ fn time(clock: &WallClock, ts_ns: u64) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_micros(clock.wall(ts_ns))
 }
 
-pub fn transition(out: &mut impl Write, clock: &WallClock, t: &Transition) -> io::Result<()> {
-    let (pid, comm) = match &t.owner {
+pub fn transition(
+    out: &mut impl Write,
+    clock: &WallClock,
+    t: &Transition,
+    owner: &Option<OwnerInfo>,
+) -> io::Result<()> {
+    let (pid, comm) = match owner {
         Some(owner) => (owner.pid.to_string(), owner.comm.as_str().into_owned()),
         None => ("-".to_owned(), "-".to_owned()),
     };
@@ -70,10 +76,15 @@ fn socket(e: &Endpoints) -> String {
     )
 }
 
-fn owner(owner: &Option<Process>) -> String {
+fn describe(owner: &Option<OwnerInfo>) -> String {
     match owner {
-        Some(o) => format!("pid={} comm={}", o.pid, o.comm.as_str()),
-        None => "pid=- comm=-".to_owned(),
+        Some(o) => format!(
+            "pid={} comm={} cgroup={}",
+            o.pid,
+            o.comm.as_str(),
+            o.cgroup.as_deref().unwrap_or("-")
+        ),
+        None => "pid=- comm=- cgroup=-".to_owned(),
     }
 }
 
@@ -81,7 +92,7 @@ fn at_least(known: bool) -> &'static str {
     if known { "" } else { ">=" }
 }
 
-fn stuck_details(r: &StuckReport) -> String {
+fn stuck_details(r: &StuckReport, owner: &Option<OwnerInfo>) -> String {
     format!(
         "{:<11} for {}{} (threshold {})  {}  {}  sock={:x}",
         r.state.name(),
@@ -89,21 +100,27 @@ fn stuck_details(r: &StuckReport) -> String {
         seconds(r.age_ns),
         seconds(r.threshold_ns),
         socket(&r.endpoints),
-        owner(&r.owner),
+        describe(owner),
         r.sock
     )
 }
 
-pub fn stuck(out: &mut impl Write, clock: &WallClock, r: &StuckReport) -> io::Result<()> {
-    writeln!(
-        out,
-        "{} WARN  stuck    {}",
-        time(clock, r.ts_ns),
-        stuck_details(r)
-    )
+pub fn stuck(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &StuckReport,
+    owner: &Option<OwnerInfo>,
+) -> io::Result<()> {
+    let details = stuck_details(r, owner);
+    writeln!(out, "{} WARN  stuck    {details}", time(clock, r.ts_ns))
 }
 
-pub fn unstuck(out: &mut impl Write, clock: &WallClock, r: &UnstuckReport) -> io::Result<()> {
+pub fn unstuck(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &UnstuckReport,
+    owner: &Option<OwnerInfo>,
+) -> io::Result<()> {
     let new = r.new.map_or("gone", |s| s.name());
     writeln!(
         out,
@@ -113,12 +130,17 @@ pub fn unstuck(out: &mut impl Write, clock: &WallClock, r: &UnstuckReport) -> io
         at_least(r.age_known),
         seconds(r.duration_ns),
         socket(&r.endpoints),
-        owner(&r.owner),
+        describe(owner),
         r.sock
     )
 }
 
-pub fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> io::Result<()> {
+pub fn summary(
+    out: &mut impl Write,
+    clock: &WallClock,
+    s: &Summary,
+    reminders: &[(&StuckReport, Option<OwnerInfo>)],
+) -> io::Result<()> {
     let list = |items: Vec<String>| {
         if items.is_empty() {
             "none".to_owned()
@@ -200,8 +222,8 @@ pub fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> io::Resu
         s.reconciliation.runs,
         s.reconciliation.fixes()
     )?;
-    for r in &s.reminders {
-        writeln!(out, "    still stuck: {}", stuck_details(r))?;
+    for (r, owner) in reminders {
+        writeln!(out, "    still stuck: {}", stuck_details(r, owner))?;
     }
     if s.reminders_omitted > 0 {
         writeln!(out, "    … and {} more stuck sockets", s.reminders_omitted)?;
@@ -263,7 +285,8 @@ mod tests {
         assert_eq!(
             text,
             "2027-01-15T08:00:02.000000Z WARN  stuck    CLOSE_WAIT  for 62.500s (threshold 60.000s)  \
-             127.0.0.1:43210 <-> 10.0.0.2:8080  pid=4242 comm=curl  sock=ffff88810a3c1200\n"
+             127.0.0.1:43210 <-> 10.0.0.2:8080  pid=4242 comm=curl cgroup=/system.slice/curl.service  \
+             sock=ffff88810a3c1200\n"
         );
         let mut unknown_age = stuck();
         unknown_age.age_known = false;

@@ -169,9 +169,9 @@ pub fn states(events: &[&Value]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The comm of the calling thread, as the kernel reports it for system calls it makes.
-pub fn thread_comm() -> String {
-    std::fs::read_to_string("/proc/thread-self/comm")
+/// This process's name, as `ps` and the tracer report it (not the test thread's name).
+pub fn process_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
         .unwrap()
         .trim()
         .to_owned()
@@ -191,8 +191,8 @@ pub fn workload_binary() -> std::path::PathBuf {
     path
 }
 
-/// A `workload close-wait` process: a server holding accepted sockets in CLOSE_WAIT.
-pub struct CloseWaitServer {
+/// A `workload` process: a server holding accepted sockets (see tracer/examples/workload.rs).
+pub struct Workload {
     child: Child,
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
     pub pid: u32,
@@ -200,19 +200,29 @@ pub struct CloseWaitServer {
     pub client_ports: Vec<u16>,
 }
 
-impl CloseWaitServer {
+impl Workload {
+    /// `workload close-wait`: a server holding accepted sockets in CLOSE_WAIT.
+    pub fn close_wait(ip: &str, count: usize, wrapper: Option<&str>) -> Workload {
+        Self::start("close-wait", ip, count, wrapper)
+    }
+
+    /// `workload serve`: a server accepting connections from outside.
+    pub fn serve(ip: &str, count: usize) -> Workload {
+        Self::start("serve", ip, count, None)
+    }
+
     /// Starts it directly, or through `sh -c` with `wrapper`, a shell command in which `{}`
     /// stands for the workload's (e.g. `unshare -n sh -c '... && exec {}'`).
-    pub fn start(ip: &str, count: usize, wrapper: Option<&str>) -> CloseWaitServer {
+    fn start(mode: &str, ip: &str, count: usize, wrapper: Option<&str>) -> Workload {
         let binary = workload_binary();
         let mut command = match wrapper {
             None => {
                 let mut c = Command::new(&binary);
-                c.args(["close-wait", ip, &count.to_string()]);
+                c.args([mode, ip, &count.to_string()]);
                 c
             }
             Some(wrapper) => {
-                let workload = format!("{} close-wait {ip} {count}", binary.display());
+                let workload = format!("{} {mode} {ip} {count}", binary.display());
                 let mut c = Command::new("sh");
                 c.arg("-c").arg(wrapper.replace("{}", &workload));
                 c
@@ -229,7 +239,7 @@ impl CloseWaitServer {
             .expect("workload said nothing")
             .expect("workload output");
         let info: Value = serde_json::from_str(&first).expect("workload JSON");
-        CloseWaitServer {
+        Workload {
             child,
             lines,
             pid: info["pid"].as_u64().unwrap() as u32,
@@ -249,16 +259,21 @@ impl CloseWaitServer {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "release").expect("writing to the workload");
         stdin.flush().unwrap();
-        let line = self
+        self.expect_line("released");
+    }
+
+    /// Waits for the workload to print `line`.
+    pub fn expect_line(&mut self, line: &str) {
+        let got = self
             .lines
             .next()
             .expect("workload ended")
             .expect("workload output");
-        assert_eq!(line, "released");
+        assert_eq!(got, line);
     }
 }
 
-impl Drop for CloseWaitServer {
+impl Drop for Workload {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
         let _ = self.child.wait();

@@ -1,0 +1,163 @@
+//! Real-kernel tests of what the tracer knows of sockets it did not see open, and of whom it
+//! names as their owner.
+mod support;
+
+use std::{net::TcpStream, time::Duration};
+
+use serde_json::Value;
+use support::{Tracer, Workload, of_kind};
+
+/// Sockets a server put into CLOSE_WAIT before the tracer started are found by the start-up
+/// snapshot, owned by that server (found by socket inode), flagged as of unknown age.
+#[test]
+fn close_wait_sockets_older_than_the_tracer_are_reported() {
+    let server = Workload::close_wait("127.0.0.1", 5, None);
+    let tracer = Tracer::start(&["--stuck", "close-wait=1s"]);
+    let mine = |events: &[Value]| -> Vec<Value> {
+        of_kind(events, "stuck")
+            .into_iter()
+            .filter(|e| e["sport"] == server.listen_port)
+            .cloned()
+            .collect()
+    };
+    tracer.wait_for(Duration::from_secs(10), "5 stuck reports", |events| {
+        mine(events).len() >= 5
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let done = tracer.stop();
+    let stuck = mine(&done.events);
+    assert_eq!(stuck.len(), 5, "{stuck:#?}");
+    let mut ports: Vec<u16> = stuck
+        .iter()
+        .map(|e| e["dport"].as_u64().unwrap() as u16)
+        .collect();
+    ports.sort_unstable();
+    let mut expected = server.client_ports.clone();
+    expected.sort_unstable();
+    assert_eq!(ports, expected);
+    for e in &stuck {
+        assert_eq!(e["state"], "CLOSE_WAIT");
+        assert_eq!(e["pid"], server.pid, "{e}");
+        assert_eq!(e["comm"], "workload", "{e}");
+        assert_eq!(
+            e["age_known"], false,
+            "the tracer did not see it enter CLOSE_WAIT: {e}"
+        );
+        let age = e["age_ms"].as_f64().unwrap();
+        assert!(
+            (1000.0..2500.0).contains(&age),
+            "at least since start-up: {e}"
+        );
+    }
+}
+
+/// A server in another process accepts the test's connections: every event of its accepted
+/// sockets names the server once it has accepted them, including ESTABLISHED -> CLOSE_WAIT, which
+/// runs in softirq; before accept() no owner is guessed.
+#[test]
+fn accepted_sockets_belong_to_the_accepting_process() {
+    let tracer = Tracer::start(&["--log-transitions"]);
+    let mut server = Workload::serve("127.0.0.1", 3);
+    let clients: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.listen_port)).unwrap())
+        .collect();
+    let ports: Vec<u16> = clients
+        .iter()
+        .map(|c| c.local_addr().unwrap().port())
+        .collect();
+    server.expect_line("accepted");
+    drop(clients);
+    server.expect_line("closed");
+    let of_server = |events: &[Value]| -> Vec<Value> {
+        of_kind(events, "transition")
+            .into_iter()
+            .filter(|e| {
+                e["sport"] == server.listen_port
+                    && ports.contains(&(e["dport"].as_u64().unwrap() as u16))
+            })
+            .cloned()
+            .collect()
+    };
+    tracer.wait_for(
+        Duration::from_secs(5),
+        "15 server-side transitions",
+        |events| of_server(events).len() >= 15,
+    );
+    let done = tracer.stop();
+    let events = of_server(&done.events);
+    assert_eq!(events.len(), 15, "{events:#?}");
+    let me = std::process::id();
+    for e in &events {
+        let (old, new) = (e["old"].as_str().unwrap(), e["new"].as_str().unwrap());
+        match (old, new) {
+            ("LISTEN", "SYN_RECV") | ("SYN_RECV", "ESTABLISHED") => {
+                assert!(
+                    e["pid"].is_null() && e["comm"].is_null(),
+                    "nobody accepted it yet: {e}"
+                );
+            }
+            _ => {
+                assert_eq!(e["pid"], server.pid, "{e}");
+                assert_eq!(e["comm"], "workload", "{e}");
+            }
+        }
+        assert_ne!(e["pid"], me, "never the client: {e}");
+        assert_ne!(e["pid"], 0);
+    }
+    let softirq: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["old"] == "ESTABLISHED" && e["new"] == "CLOSE_WAIT")
+        .collect();
+    assert_eq!(softirq.len(), 3);
+}
+
+/// The first cgroup v2 mount, where a test can make a cgroup of its own.
+fn cgroup2_mount() -> String {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+        })
+        .expect("no cgroup2 mount")
+}
+
+/// A socket owned by a process in a cgroup made by the test reports that cgroup's path, and
+/// `--cgroup` keeps only sockets of processes under it.
+#[test]
+fn owners_carry_their_cgroup() {
+    let name = format!("tcpstate-test-{}", std::process::id());
+    let dir = format!("{}/{name}", cgroup2_mount());
+    std::fs::create_dir(&dir).unwrap();
+    let inside = Workload::close_wait(
+        "127.0.0.1",
+        2,
+        Some(&format!("echo $$ > {dir}/cgroup.procs && exec {{}}")),
+    );
+    let outside = Workload::close_wait("127.0.0.1", 2, None);
+    let tracer = Tracer::start(&["--stuck", "close-wait=1s", "--cgroup", &format!("/{name}")]);
+    tracer.wait_for(Duration::from_secs(10), "2 stuck reports", |events| {
+        of_kind(events, "stuck")
+            .iter()
+            .filter(|e| e["sport"] == inside.listen_port)
+            .count()
+            >= 2
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let done = tracer.stop();
+    let stuck = of_kind(&done.events, "stuck");
+    assert!(!stuck.is_empty());
+    for e in &stuck {
+        assert_eq!(
+            e["cgroup"],
+            format!("/{name}"),
+            "only sockets under the cgroup: {e}"
+        );
+        assert_eq!(e["sport"], inside.listen_port);
+        assert_eq!(e["pid"], inside.pid);
+    }
+    drop(inside);
+    drop(outside);
+    std::fs::remove_dir(&dir).unwrap();
+}
