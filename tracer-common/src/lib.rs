@@ -106,11 +106,13 @@ pub struct SockRecord {
 
 /// Indexes of the per-CPU counter array `COUNTERS`.
 pub mod counter {
-    /// Events that did not fit in the ring buffer.
-    pub const LOST: u32 = 0;
+    /// Transitions that did not fit in the ring buffer.
+    pub const LOST_TRANSITIONS: u32 = 0;
     /// Per-socket records that could not be stored (socket ages become unknown).
     pub const RECORD_FAILED: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Other events (timewait, accept) that did not fit in the ring buffer.
+    pub const LOST_OTHER: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Field offsets the programs need, read from the running kernel's BTF (and the tracepoint's
@@ -144,24 +146,24 @@ pub struct Offsets {
     pub socket_sk: u32,
 }
 
-/// Offsets of the tracepoint record fields the programs read, from the tracepoints' format files.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TracepointLayout {
-    // `sock/inet_sock_set_state`
-    pub skaddr: u32,
-    pub oldstate: u32,
-    pub newstate: u32,
-    pub sport: u32,
-    pub dport: u32,
-    pub family: u32,
-    pub protocol: u32,
-    pub saddr: u32,
-    pub daddr: u32,
-    pub saddr_v6: u32,
-    pub daddr_v6: u32,
-    /// `syscalls/sys_exit_accept4`: the return value.
-    pub accept_ret: u32,
+/// Offsets of the fields of the `sock/inet_sock_set_state` record, unchanged since Linux 4.16. The
+/// program reads them at these constant offsets (the verifier allows direct context loads only at
+/// constant offsets; helper reads would cost a call per field); the daemon checks them against the
+/// tracepoint's format file before loading.
+pub mod set_state_layout {
+    pub const SKADDR: usize = 8;
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+    /// `syscalls/sys_exit_accept4` and `sys_exit_accept`: the return value.
+    pub const ACCEPT_RET: usize = 16;
 }
 
 /// Filters applied in the kernel before an event is written (sockets are tracked regardless, so
@@ -175,7 +177,8 @@ pub struct KernelFilter {
     pub local_ports: u8,
     /// Non-zero: only sockets whose remote port is in the `REMOTE_PORTS` map.
     pub remote_ports: u8,
-    pub _pad: u32,
+    /// Non-zero: only sockets of this network namespace (inode number).
+    pub netns: u32,
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) carry IPv4 traffic on a dual-stack socket.
@@ -231,7 +234,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockRecord {}
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::KernelFilter {}
-    unsafe impl aya::Pod for super::TracepointLayout {}
 }
 
 #[cfg(test)]

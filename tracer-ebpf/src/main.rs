@@ -10,30 +10,32 @@
 #![no_main]
 
 use aya_ebpf::{
-    Global,
+    EbpfContext as _, Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_get_current_task, bpf_jiffies64, bpf_ktime_get_ns},
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
     AF_INET, AF_INET6, Event, EventKind, IPPROTO_TCP, KernelFilter, Offsets, Owner, SockRecord,
-    TcpState, TracepointLayout, Tuple, UNKNOWN_DURATION, counter, normalize_family,
-    runs_in_owner_context,
+    TcpState, Tuple, UNKNOWN_DURATION, counter, normalize_family, runs_in_owner_context,
 };
 
 /// Sized by the daemon before load (`--ring-buffer-size`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
+/// `BPF_F_NO_COMMON_LRU`: per-CPU free lists, no global lock on insert.
+const NO_COMMON_LRU: u32 = 1 << 1;
+
 /// Per-socket records; the daemon may resize it and pin it.
 #[map]
-static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(1 << 18, 0);
+static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(1 << 18, NO_COMMON_LRU);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -49,23 +51,7 @@ static FILTER: Global<KernelFilter> = Global::new(KernelFilter {
     family: 0,
     local_ports: 0,
     remote_ports: 0,
-    _pad: 0,
-});
-
-#[unsafe(no_mangle)]
-static LAYOUT: Global<TracepointLayout> = Global::new(TracepointLayout {
-    skaddr: 8,
-    oldstate: 16,
-    newstate: 20,
-    sport: 24,
-    dport: 26,
-    family: 28,
-    protocol: 30,
-    saddr: 32,
-    daddr: 36,
-    saddr_v6: 40,
-    daddr_v6: 56,
-    accept_ret: 16,
+    netns: 0,
 });
 
 #[unsafe(no_mangle)]
@@ -91,9 +77,11 @@ static OFFSETS: Global<Offsets> = Global::new(Offsets {
     socket_sk: 0,
 });
 
-/// Address of `tw_timer_handler`, from /proc/kallsyms.
-#[unsafe(no_mangle)]
-static TW_TIMER_HANDLER: Global<u64> = Global::new(0);
+/// Address of `tw_timer_handler`, from /proc/kallsyms: a map rather than a load-time global, so
+/// the daemon can load while it reads kallsyms (slow) and fill it in before attaching the timer
+/// programs.
+#[map]
+static TW_TIMER_HANDLER: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Wake the reader only once this many bytes are waiting: one wake-up per batch, not per event.
 /// The daemon also polls on a short timer, which bounds the delivery delay.
@@ -129,6 +117,9 @@ fn passes_filter(tuple: &Tuple) -> bool {
     if filter.family != 0 && filter.family != tuple.family {
         return false;
     }
+    if filter.netns != 0 && filter.netns != tuple.netns {
+        return false;
+    }
     // SAFETY: lookups only test presence.
     if filter.local_ports != 0 && unsafe { LOCAL_PORTS.get(tuple.sport) }.is_none() {
         return false;
@@ -150,12 +141,12 @@ fn emit(event: Event) {
     } else {
         BPF_RB_NO_WAKEUP.into()
     };
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut slot) => {
-            slot.write(event);
-            slot.submit(flags);
-        }
-        None => count(counter::LOST),
+    if EVENTS.output::<Event>(&event, flags).is_err() {
+        count(if event.kind == EventKind::Transition as u8 {
+            counter::LOST_TRANSITIONS
+        } else {
+            counter::LOST_OTHER
+        });
     }
 }
 
@@ -190,67 +181,91 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A field of the tracepoint record, loaded directly from the context at a constant offset.
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: the offset is a constant inside the record, checked against the tracepoint's format
+    // by the daemon; the verifier checks the access.
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
 fn on_set_state(ctx: &TracePointContext) -> Result<(), i64> {
-    let layout = LAYOUT.load();
-    // SAFETY: offsets come from the tracepoint's format file; reads are bounds-checked by the kernel.
-    let protocol: u16 = unsafe { ctx.read_at(layout.protocol as usize) }?;
+    use tracer_common::set_state_layout as at;
+    let protocol: u16 = field(ctx, at::PROTOCOL);
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     let ts_ns = now();
-    let sock: u64 = unsafe { ctx.read_at(layout.skaddr as usize) }?;
-    let old: i32 = unsafe { ctx.read_at(layout.oldstate as usize) }?;
-    let new: i32 = unsafe { ctx.read_at(layout.newstate as usize) }?;
-    let (old, new) = (old as u8, new as u8);
+    let sock: u64 = field(ctx, at::SKADDR);
+    let old = field::<i32>(ctx, at::OLDSTATE) as u8;
+    let new = field::<i32>(ctx, at::NEWSTATE) as u8;
     let mut tuple = Tuple {
-        sport: unsafe { ctx.read_at(layout.sport as usize) }?,
-        dport: unsafe { ctx.read_at(layout.dport as usize) }?,
-        family: unsafe { ctx.read_at(layout.family as usize) }?,
-        netns: netns_of(sock, &OFFSETS.load()),
+        sport: field(ctx, at::SPORT),
+        dport: field(ctx, at::DPORT),
+        family: field(ctx, at::FAMILY),
         ..Tuple::default()
     };
+    // Addresses are loaded as whole words: a byte copy would walk a moved context pointer,
+    // which the verifier refuses.
     if tuple.family == AF_INET {
-        let s: [u8; 4] = unsafe { ctx.read_at(layout.saddr as usize) }?;
-        let d: [u8; 4] = unsafe { ctx.read_at(layout.daddr as usize) }?;
-        tuple.saddr[..4].copy_from_slice(&s);
-        tuple.daddr[..4].copy_from_slice(&d);
+        let s: u32 = field(ctx, at::SADDR);
+        let d: u32 = field(ctx, at::DADDR);
+        tuple.saddr[..4].copy_from_slice(&s.to_ne_bytes());
+        tuple.daddr[..4].copy_from_slice(&d.to_ne_bytes());
     } else if tuple.family == AF_INET6 {
-        tuple.saddr = unsafe { ctx.read_at(layout.saddr_v6 as usize) }?;
-        tuple.daddr = unsafe { ctx.read_at(layout.daddr_v6 as usize) }?;
+        let words: [u64; 4] = [
+            field(ctx, at::SADDR_V6),
+            field(ctx, at::SADDR_V6 + 8),
+            field(ctx, at::DADDR_V6),
+            field(ctx, at::DADDR_V6 + 8),
+        ];
+        tuple.saddr[..8].copy_from_slice(&words[0].to_ne_bytes());
+        tuple.saddr[8..].copy_from_slice(&words[1].to_ne_bytes());
+        tuple.daddr[..8].copy_from_slice(&words[2].to_ne_bytes());
+        tuple.daddr[8..].copy_from_slice(&words[3].to_ne_bytes());
         normalize_family(&mut tuple);
     } else {
         return Ok(());
     }
 
     // What the kernel knew of this socket: valid only if it was left in the state now being left
-    // (a record from a freed socket whose address was reused does not match).
+    // (a record left by a freed socket whose address was reused is not). Records are written in
+    // place and never deleted: a closed socket's record is marked CLOSE and taken over by the
+    // next socket at that address (the allocator reuses addresses at once), or evicted by the LRU
+    // map. Inserting into or deleting from an LRU map costs several times a lookup.
     let mut prev_state_ns = UNKNOWN_DURATION;
     let mut owner = Owner::default();
-    // SAFETY: the value is copied out at once.
-    if old != TcpState::Close as u8
-        && let Some(record) = unsafe { SOCKETS.get(sock) }
-        && record.state == old
-    {
-        prev_state_ns = ts_ns.saturating_sub(record.since_ns);
-        owner = record.owner;
+    let record = SOCKETS.get_ptr_mut(sock);
+    // SAFETY: the map value lives while the program runs (RCU).
+    let known = record.filter(|r| old != TcpState::Close as u8 && unsafe { (**r).state } == old);
+    match known {
+        Some(r) => unsafe {
+            prev_state_ns = ts_ns.saturating_sub((*r).since_ns);
+            owner = (*r).owner;
+            tuple.netns = (*r).tuple.netns;
+        },
+        None => tuple.netns = netns_of(sock, &OFFSETS.load()),
     }
     if runs_in_owner_context(old, new) {
         owner = current_owner();
     }
-    if new == TcpState::Close as u8 {
-        let _ = SOCKETS.remove(sock);
-    } else {
-        let record = SockRecord {
-            since_ns: ts_ns,
-            tuple,
-            owner,
-            state: new,
-            _pad: [0; 7],
-        };
-        if SOCKETS.insert(sock, record, 0).is_err() {
+    let fresh = SockRecord {
+        since_ns: ts_ns,
+        tuple,
+        owner,
+        state: new,
+        _pad: [0; 7],
+    };
+    match record {
+        // A state set again (close() after shutdown() in LAST_ACK) does not restart the clock.
+        Some(_) if old == new && known.is_some() => {}
+        // SAFETY: as above; a socket's transitions are serialized by its lock.
+        Some(r) => unsafe { *r = fresh },
+        None if new != TcpState::Close as u8 && SOCKETS.insert(sock, fresh, 0).is_err() => {
             count(counter::RECORD_FAILED);
             warn!(ctx, "tcpstate: per-socket record not stored");
         }
+        None => {}
     }
 
     if passes_filter(&tuple) {
@@ -322,9 +337,12 @@ fn on_timewait_timer(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), 
     let timer: u64 = ctx.arg(0);
     let offsets = OFFSETS.load();
     // SAFETY: probe read of the timer's callback pointer.
+    // A BTF-typed argument: the verifier lets the field be loaded directly (no helper call), and
+    // this runs for every timer of the kernel.
+    // SAFETY: the offset of `function` in `struct timer_list` comes from the kernel's BTF.
     let function: u64 =
-        unsafe { bpf_probe_read_kernel((timer + offsets.timer_function as u64) as *const u64) }?;
-    if function != TW_TIMER_HANDLER.load() {
+        unsafe { core::ptr::read_volatile((timer + offsets.timer_function as u64) as *const u64) };
+    if TW_TIMER_HANDLER.get(0) != Some(&function) {
         return Ok(());
     }
     let tw = timer - offsets.tw_timer as u64;
@@ -363,7 +381,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 /// The accepted socket's file descriptor is the return value: follow it from the current task to
 /// the socket and record the caller as the socket's owner.
 fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
-    let fd: i64 = unsafe { ctx.read_at(LAYOUT.load().accept_ret as usize) }?;
+    let fd: i64 = field(ctx, tracer_common::set_state_layout::ACCEPT_RET);
     if fd < 0 {
         return Ok(());
     }

@@ -51,6 +51,11 @@ pub struct Config {
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroup: Option<String>,
 
+    /// Only sockets of this network namespace: its inode number, or a path to it
+    /// (/proc/PID/ns/net, /run/netns/NAME).
+    #[arg(long, value_parser = parse_netns, value_name = "NETNS")]
+    pub netns: Option<u32>,
+
     /// Only IPv4 sockets (IPv4-mapped IPv6 sockets count as IPv4).
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
     pub ipv4: bool,
@@ -132,6 +137,7 @@ impl Config {
                 (_, true) => Some(Family::Ipv6),
                 _ => None,
             },
+            netns: self.netns,
             local_ports: self.local_ports.clone(),
             remote_ports: self.remote_ports.clone(),
         }
@@ -162,6 +168,18 @@ pub fn parse_port(text: &str) -> Result<u16, String> {
         Ok(port) => Err(format!("port {port} is out of range (1-65535)")),
         Err(_) => Err(format!("`{text}` is not a port number (1-65535)")),
     }
+}
+
+/// A network namespace: an inode number, or the path of a namespace file.
+fn parse_netns(text: &str) -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(inode) = text.trim().parse::<u32>() {
+        return Ok(inode);
+    }
+    let meta = std::fs::metadata(text.trim()).map_err(|err| {
+        format!("`{text}` is neither a namespace inode number nor a readable path ({err})")
+    })?;
+    u32::try_from(meta.ino()).map_err(|_| format!("`{text}` has an inode number out of range"))
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
@@ -242,6 +260,27 @@ mod tests {
             assert!(parse(&["--stuck", bad]).is_err(), "{bad}");
         }
         assert!(parse(&["--max-sockets", "0"]).is_err());
+    }
+
+    #[test]
+    fn network_namespaces() {
+        assert_eq!(
+            parse(&["--netns", "4026531840"]).unwrap().netns,
+            Some(4026531840)
+        );
+        let own = parse(&["--netns", "/proc/self/ns/net"])
+            .unwrap()
+            .netns
+            .unwrap();
+        assert!(own > 0);
+        assert_eq!(
+            parse(&["--netns", "/proc/self/ns/net"])
+                .unwrap()
+                .socket_filter()
+                .netns,
+            Some(own)
+        );
+        assert!(parse(&["--netns", "/no/such/ns"]).is_err());
     }
 
     #[test]

@@ -33,8 +33,14 @@ use crate::{
     tracker::{Sink, Tracker},
 };
 
-/// How often lingering FIN-WAIT-2 timewait sockets are checked for a silent move to TIME_WAIT.
+/// The program that reports transitions.
+const TRANSITIONS_PROGRAM: &str = "inet_sock_set_state";
+
+/// How often, at most, lingering FIN-WAIT-2 timewait sockets are checked for a silent move to
+/// TIME_WAIT. A check lists the kernel's FIN_WAIT2 sockets, which walks its whole connection
+/// table: on a host with many sockets the checks are spaced so they take at most 2 % of a CPU.
 const LINGERING_CHECK: Duration = Duration::from_secs(1);
+const LINGERING_CHECK_CPU_SHARE: u32 = 50;
 
 pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -> Result<()> {
     let mut probe = loader::load(&LoadSettings {
@@ -77,9 +83,16 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         malformed: 0,
     };
     let started_ns = monotonic_ns();
+    info!("attached; tracing TCP state transitions");
     // Seed the table with the sockets that exist now: the programs are attached already, so a
     // socket changing meanwhile is seen by both and the events win.
     pipeline.reconcile(ring.get_mut(), &mut output, true)?;
+    info!(
+        "start-up snapshot: {} sockets in {} network namespaces",
+        pipeline.tracker.table().len(),
+        pipeline.namespaces.len().max(1)
+    );
+    release_startup_memory();
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -90,8 +103,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         config.summary_interval,
     );
     summaries.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut lingering_checks = tokio::time::interval(LINGERING_CHECK);
-    lingering_checks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next_lingering_check = Instant::now() + LINGERING_CHECK;
     let mut reconciles = interval_at(
         Instant::now() + config.reconcile_interval,
         config.reconcile_interval,
@@ -99,7 +111,6 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     reconciles.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let end = config.duration.map(|d| Instant::now() + d);
     let mut interval_started_ns = started_ns;
-    info!("attached; tracing TCP state transitions");
 
     loop {
         let mut summary_due = false;
@@ -114,7 +125,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
             _ = sleep_until(deadline) => {}
             _ = summaries.tick() => summary_due = true,
             _ = reconciles.tick() => reconcile_due = true,
-            _ = lingering_checks.tick() => lingering_due = true,
+            _ = tokio::time::sleep_until(next_lingering_check) => lingering_due = true,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(end) => break,
@@ -122,8 +133,13 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         pipeline.drain(ring.get_mut(), &mut output);
         pipeline.tracker.tick(monotonic_ns(), &mut output);
         kernel_log.flush();
-        if lingering_due && !pipeline.tracker.table().lingering().is_empty() {
-            pipeline.check_lingering(ring.get_mut(), &mut output)?;
+        if lingering_due {
+            let started = Instant::now();
+            if !pipeline.tracker.table().lingering().is_empty() {
+                pipeline.check_lingering(ring.get_mut(), &mut output)?;
+            }
+            next_lingering_check =
+                started + LINGERING_CHECK.max(started.elapsed() * LINGERING_CHECK_CPU_SHARE);
         }
         if reconcile_due {
             pipeline.reconcile(ring.get_mut(), &mut output, false)?;
@@ -157,9 +173,15 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     )?;
     output.flush().context("writing events")?;
     drop(ring);
-    let lost = probe.lost_events()?;
+    let (_, lost) = probe.lost_events()?;
     if lost > 0 {
         warn!("lost events: {lost} (the ring buffer was full; raise --ring-buffer-size)");
+    }
+    let skipped = probe.program_stats(|_| true)?.recursion_misses;
+    if skipped > 0 {
+        warn!(
+            "skipped events: {skipped} (the kernel did not run the tracer while another BPF program ran on the same CPU)"
+        );
     }
     if pipeline.malformed > 0 {
         warn!("malformed events: {}", pipeline.malformed);
@@ -263,11 +285,27 @@ fn summarize(
         now_ns,
         started_ns,
         interval_started_ns,
-        lost_events: probe.lost_events()?,
+        lost: probe.lost_events()?,
+        skipped: (
+            probe
+                .program_stats(|name| name == TRANSITIONS_PROGRAM)?
+                .recursion_misses,
+            probe.program_stats(|_| true)?.recursion_misses,
+        ),
         last,
     };
     output.summary(&Summary::take(tracker, context));
     Ok(())
+}
+
+/// Start-up parses the kernel's BTF (megabytes) once; hand the freed heap back to the system so
+/// the long-running daemon stays small.
+fn release_startup_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory; no allocation is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The tokio instant of a CLOCK_MONOTONIC time (tokio's clock is CLOCK_MONOTONIC too).

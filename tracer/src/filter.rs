@@ -5,6 +5,8 @@ use crate::events::{Endpoints, Family};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SocketFilter {
     pub family: Option<Family>,
+    /// Network namespace inode number.
+    pub netns: Option<u32>,
     pub local_ports: Vec<u16>,
     pub remote_ports: Vec<u16>,
 }
@@ -12,6 +14,7 @@ pub struct SocketFilter {
 impl SocketFilter {
     pub fn matches(&self, e: &Endpoints) -> bool {
         self.family.is_none_or(|f| f == e.family)
+            && self.netns.is_none_or(|n| n == e.netns)
             && (self.local_ports.is_empty() || self.local_ports.contains(&e.local_port))
             && (self.remote_ports.is_empty() || self.remote_ports.contains(&e.remote_port))
     }
@@ -47,6 +50,7 @@ mod tests {
     fn all_parts_must_match() {
         let f = SocketFilter {
             family: Some(Family::Ipv4),
+            netns: None,
             local_ports: vec![80, 443],
             remote_ports: vec![],
         };
@@ -59,5 +63,13 @@ mod tests {
         };
         assert!(f.matches(&e(Family::Ipv6, 40000, 5432)));
         assert!(!f.matches(&e(Family::Ipv6, 5432, 40000)));
+        let f = SocketFilter {
+            netns: Some(7),
+            ..SocketFilter::default()
+        };
+        assert!(!f.matches(&e(Family::Ipv6, 1, 2)));
+        let mut inside = e(Family::Ipv6, 1, 2);
+        inside.netns = 7;
+        assert!(f.matches(&inside));
     }
 }

@@ -6,7 +6,7 @@ use tracer_common::TcpState;
 
 use crate::{
     stats::Percentiles,
-    tracker::{Reconciliation, StuckReport, Tracker},
+    tracker::{EventCounts, Reconciliation, StuckReport, Tracker},
 };
 
 /// Stuck reminders listed in one summary at most; the rest are counted.
@@ -36,7 +36,13 @@ pub struct Summary {
     pub reminders_omitted: usize,
     /// TIME-WAIT sockets by remote port, most first (at most [`MAX_PORTS`]).
     pub time_wait_by_remote_port: Vec<(u16, u64)>,
-    pub lost_events: u64,
+    /// Kernel events read since start-up.
+    pub events: EventCounts,
+    /// Events the kernel could not deliver (a full ring buffer): transitions, and all kinds.
+    pub lost: (u64, u64),
+    /// Program runs the kernel skipped (another BPF program was running on the CPU):
+    /// of the transitions program, and of all the tracer's programs.
+    pub skipped: (u64, u64),
     pub evictions: u64,
     pub reconciliation: Reconciliation,
 }
@@ -47,7 +53,8 @@ pub struct Context {
     pub now_ns: u64,
     pub started_ns: u64,
     pub interval_started_ns: u64,
-    pub lost_events: u64,
+    pub lost: (u64, u64),
+    pub skipped: (u64, u64),
     pub last: bool,
 }
 
@@ -96,7 +103,9 @@ impl Summary {
             reminders,
             reminders_omitted,
             time_wait_by_remote_port,
-            lost_events: context.lost_events,
+            events: tracker.events,
+            lost: context.lost,
+            skipped: context.skipped,
             evictions,
             reconciliation: tracker.reconciliation(),
         };

@@ -69,6 +69,14 @@ impl Reconciliation {
     }
 }
 
+/// Kernel events read, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EventCounts {
+    pub transitions: u64,
+    pub timewait: u64,
+    pub accepted: u64,
+}
+
 /// A timewait socket armed for a connection whose full socket has not reported its close yet.
 #[derive(Debug, Clone, Copy)]
 struct ArmedTimewait {
@@ -99,6 +107,7 @@ pub struct Tracker {
     /// closed since (the listing may still show them).
     closed_since_listing: Option<(u64, HashSet<Endpoints>)>,
     hz: HzEstimator,
+    pub events: EventCounts,
 }
 
 impl Tracker {
@@ -118,6 +127,7 @@ impl Tracker {
             reconciliation: Reconciliation::default(),
             closed_since_listing: None,
             hz: HzEstimator::default(),
+            events: EventCounts::default(),
         }
     }
 
@@ -154,16 +164,24 @@ impl Tracker {
 
     pub fn on_event(&mut self, event: KernelEvent, sink: &mut impl Sink) {
         match event {
-            KernelEvent::Transition(t) => self.on_transition(t, sink),
+            KernelEvent::Transition(t) => {
+                self.events.transitions += 1;
+                self.on_transition(t, sink)
+            }
             KernelEvent::TimewaitArmed(tw) => {
+                self.events.timewait += 1;
                 self.hz.observe(tw.jiffies, tw.ts_ns);
                 self.on_timewait_armed(tw, sink)
             }
             KernelEvent::TimewaitDisarmed(tw) => {
+                self.events.timewait += 1;
                 self.hz.observe(tw.jiffies, tw.ts_ns);
                 self.disarmed.insert(tw.sock, tw);
             }
-            KernelEvent::Accepted(a) => self.on_accepted(a),
+            KernelEvent::Accepted(a) => {
+                self.events.accepted += 1;
+                self.on_accepted(a)
+            }
         }
     }
 
@@ -209,6 +227,22 @@ impl Tracker {
     /// Moves a socket the table holds from `t.old` to `t.new` and reports the transition, with
     /// the time spent in `t.old` and the socket's owner as the table knows them.
     fn move_to(&mut self, key: SockKey, t: Transition, sink: &mut impl Sink) {
+        if t.old == t.new {
+            // The kernel set the state again (close() after shutdown() in LAST_ACK): reported,
+            // but the socket stays in its state, on the same clock.
+            let entry = self.table.get(&key);
+            let so_far = entry
+                .filter(|e| e.age_known)
+                .map(|e| t.ts_ns.saturating_sub(e.entered_ns));
+            let owner = entry.and_then(|e| e.owner);
+            self.count(t.old, t.new);
+            sink.transition(&Transition {
+                prev_state_ns: so_far.or(t.prev_state_ns),
+                owner: t.owner.or(owner),
+                ..t
+            });
+            return;
+        }
         let (spent, unstuck) = self.leave_state(key, t.old, t.new, t.prev_state_ns, t.ts_ns);
         let owner = if t.new == TcpState::Close {
             self.table.remove(&key).and_then(|e| e.owner)
@@ -940,6 +974,32 @@ mod tests {
             entry.path.states().collect::<Vec<_>>(),
             vec![Close, SynSent, Established]
         );
+    }
+
+    #[test]
+    fn a_state_set_again_keeps_its_clock() {
+        let (mut t, mut r) = (tracker(), Recorded::default());
+        t.on_event(tr(1, CloseWait, LastAck, 0, None), &mut r);
+        t.on_event(tr(1, LastAck, LastAck, 5 * MS, Some(5 * MS)), &mut r);
+        t.on_event(tr(1, LastAck, Close, 7 * MS, Some(2 * MS)), &mut r);
+        assert_eq!(
+            pairs(&r),
+            vec![(CloseWait, LastAck), (LastAck, LastAck), (LastAck, Close)]
+        );
+        assert_eq!(r.transitions[1].prev_state_ns, Some(5 * MS));
+        assert_eq!(
+            r.transitions[2].prev_state_ns,
+            Some(7 * MS),
+            "LAST_ACK lasted from 0 to 7 ms"
+        );
+        let last_ack = t
+            .durations
+            .percentiles()
+            .into_iter()
+            .find(|(s, _)| *s == LastAck)
+            .unwrap()
+            .1;
+        assert_eq!(last_ack.count, 1);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cargo;
 mod setup;
 
@@ -24,8 +25,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: formatting, lints, unit, property and real-kernel tests.
+    /// Run the whole test suite: formatting, lints, unit, property and real-kernel tests, and a
+    /// smoke run of the benchmark.
     Test,
+    /// Measure the tracer against no tracer and its peers (libbpf-tools, bpftrace), as root.
+    Bench(bench::Options),
 }
 
 fn main() {
@@ -49,7 +53,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test => {
             setup::ensure_toolchain()?;
-            cargo::test_all()
+            cargo::test_all()?;
+            bench::run(&bench::Options::smoke())
+        }
+        Task::Bench(options) => {
+            setup::ensure_toolchain()?;
+            cargo::build_release()?;
+            bench::run(&if options.smoke {
+                bench::Options::smoke()
+            } else {
+                options
+            })
         }
     }
 }

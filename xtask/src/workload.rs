@@ -2,7 +2,7 @@
 //! reports the ports it used so callers match the tracer's events by their own sockets.
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     thread,
     time::{Duration, Instant},
 };
@@ -84,10 +84,9 @@ impl CloseWaitLeak {
     }
 }
 
-/// `count` sequential connect / one request / close exchanges against an echo-once server.
-/// Returns the number of completed connections.
-pub fn sequential(ip: IpAddr, count: usize) -> Result<usize> {
-    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).context("binding the listener")?;
+/// `count` sequential connect / one request / close exchanges against an echo-once server on
+/// `listener` (closed at the end). Returns the number of completed connections.
+pub fn sequential(listener: TcpListener, count: usize) -> Result<usize> {
     let addr = listener.local_addr()?;
     let server = thread::spawn(move || serve(listener, count));
     for _ in 0..count {
@@ -98,9 +97,9 @@ pub fn sequential(ip: IpAddr, count: usize) -> Result<usize> {
         .map_err(|_| anyhow::anyhow!("server thread panicked"))?
 }
 
-/// `clients` threads each doing `per_client` sequential exchanges against one server.
-pub fn burst(ip: IpAddr, clients: usize, per_client: usize) -> Result<usize> {
-    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).context("binding the listener")?;
+/// `clients` threads each doing `per_client` sequential exchanges against one server on
+/// `listener` (closed at the end).
+pub fn burst(listener: TcpListener, clients: usize, per_client: usize) -> Result<usize> {
     let addr = listener.local_addr()?;
     let total = clients * per_client;
     let server = thread::spawn(move || serve(listener, total));
@@ -134,6 +133,14 @@ fn exchange(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// Transitions the kernel reports for one exchange (or one leaked connection): five for the
+/// client (CLOSE → SYN_SENT → ESTABLISHED → FIN_WAIT1 → FIN_WAIT2 → CLOSE, its TIME-WAIT
+/// going to a timewait socket), five for the accepted socket (LISTEN → SYN_RECV → ESTABLISHED →
+/// CLOSE_WAIT → LAST_ACK → CLOSE).
+pub const TRANSITIONS_PER_CONNECTION: u64 = 10;
+/// Transitions of the listening socket (CLOSE → LISTEN → CLOSE).
+pub const TRANSITIONS_PER_LISTENER: u64 = 2;
+
 /// Accepts `count` connections, answers one byte each and waits for the client's close.
 fn serve(listener: TcpListener, count: usize) -> Result<usize> {
     for _ in 0..count {
@@ -143,9 +150,10 @@ fn serve(listener: TcpListener, count: usize) -> Result<usize> {
             .read_exact(&mut byte)
             .context("reading the request")?;
         stream.write_all(&byte).context("replying")?;
-        // Read until the client's FIN so the server closes second (no TIME-WAIT on this side).
+        // Read until the client's FIN so the server closes second (no TIME-WAIT on this side),
+        // then close without shutdown(): a shutdown then a close can report LAST_ACK -> LAST_ACK
+        // when the peer's ACK is slow, which would make the transition count vary.
         let _ = stream.read(&mut byte);
-        let _ = stream.shutdown(Shutdown::Both);
     }
     Ok(count)
 }

@@ -7,13 +7,11 @@ use anyhow::{Context as _, Result, bail};
 use btf_rs::{Btf, BtfType, Type};
 use tracer_common::Offsets;
 
-use super::tracefs::Format;
-
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Reads every struct offset the programs use from the kernel's BTF.
 pub fn read_offsets(btf_path: &Path) -> Result<Offsets> {
-    let btf = Btf::from_file(btf_path)
+    let btf = Btf::from_file_with_backend(btf_path, btf_rs::Backend::Mmap)
         .with_context(|| format!("cannot parse the kernel's BTF at {}", btf_path.display()))?;
     let btf = KernelBtf(btf);
     // The programs read `struct sock_common` at the start of full and timewait sockets.
@@ -86,22 +84,6 @@ impl KernelBtf {
                 }
                 _ => None,
             }
-        })
-    }
-}
-
-/// Layout of `sock/inet_sock_set_state` and of the accept exit tracepoints, for the programs.
-pub struct TracepointOffsets {
-    pub set_state: Format,
-    /// `None` when the kernel has no syscall tracepoints.
-    pub accept_exit: Option<Format>,
-}
-
-impl TracepointOffsets {
-    pub fn read(tracefs: &Path) -> Result<Self> {
-        Ok(Self {
-            set_state: Format::read(tracefs, "sock", "inet_sock_set_state")?,
-            accept_exit: Format::read(tracefs, "syscalls", "sys_exit_accept4").ok(),
         })
     }
 }

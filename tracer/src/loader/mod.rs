@@ -3,19 +3,20 @@
 //! returned [`Probe`] detaches everything (and the kernel does the same if the process dies).
 pub mod kernel_layout;
 pub mod privileges;
+pub mod prog_stats;
 pub mod tracefs;
 
-use std::path::Path;
+use std::{os::fd::AsFd as _, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
-use tracer_common::{AF_INET, AF_INET6, KernelFilter, TracepointLayout, counter};
+use tracer_common::{AF_INET, AF_INET6, KernelFilter, counter};
 
-use self::kernel_layout::{TracepointOffsets, VMLINUX_BTF};
+use self::{kernel_layout::VMLINUX_BTF, tracefs::Format};
 use crate::{events::Family, filter::SocketFilter};
 
 /// The eBPF object built by build.rs, embedded so the daemon is a single file.
@@ -44,12 +45,17 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
             "the kernel exposes no BTF ({VMLINUX_BTF} is missing): a kernel built with CONFIG_DEBUG_INFO_BTF=y is required"
         );
     }
+    // /proc/kallsyms is slow to read: read it meanwhile, it is needed only for TIME-WAIT.
+    let tw_handler = std::thread::spawn(|| {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        kernel_layout::kernel_symbol(&kallsyms, "tw_timer_handler")
+    });
     let tracefs = tracefs::ensure_mounted()?;
-    let tracepoints = TracepointOffsets::read(&tracefs)?;
-    let layout = tracepoint_layout(&tracepoints)?;
+    check_set_state_layout(&Format::read(&tracefs, "sock", "inet_sock_set_state")?)?;
+    // Accept owners need the syscall tracepoints, which some kernels are built without.
+    let accept_exit = Format::read(&tracefs, "syscalls", "sys_exit_accept4")
+        .and_then(|f| f.check("ret", tracer_common::set_state_layout::ACCEPT_RET, 8));
     let offsets = kernel_layout::read_offsets(Path::new(VMLINUX_BTF))?;
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let tw_handler = kernel_layout::kernel_symbol(&kallsyms, "tw_timer_handler");
 
     let btf = aya::Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
     let wanted = &settings.filter;
@@ -61,7 +67,7 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
         },
         local_ports: u8::from(!wanted.local_ports.is_empty()),
         remote_ports: u8::from(!wanted.remote_ports.is_empty()),
-        _pad: 0,
+        netns: wanted.netns.unwrap_or(0),
     };
     // Wake the reader once a quarter of the buffer is used; the poll timer covers the rest.
     let wakeup_bytes = u64::from(settings.ring_buffer_size / 4);
@@ -69,9 +75,7 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
         .btf(Some(&btf))
         .map_max_entries("EVENTS", settings.ring_buffer_size)
         .override_global("FILTER", &filter, true)
-        .override_global("LAYOUT", &layout, true)
         .override_global("OFFSETS", &offsets, true)
-        .override_global("TW_TIMER_HANDLER", &tw_handler.unwrap_or(0), true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .load(PROGRAMS)
         .context(
@@ -86,8 +90,8 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
         "inet_sock_set_state",
         &[("sock", "inet_sock_set_state")],
     )?;
-    let accept_owners = match tracepoints.accept_exit {
-        Some(_) => attach_tracepoint(
+    let accept_owners = match accept_exit {
+        Ok(()) => attach_tracepoint(
             &mut ebpf,
             "sys_exit_accept",
             &[
@@ -97,10 +101,10 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
         )
         .err()
         .map(|err| format!("{err:#}")),
-        None => Some("the kernel has no syscall tracepoints".to_owned()),
+        Err(err) => Some(format!("{err:#}")),
     };
-    let timewait = match tw_handler {
-        Some(_) => attach_timewait(&mut ebpf, &btf)
+    let timewait = match tw_handler.join().ok().flatten() {
+        Some(address) => attach_timewait(&mut ebpf, &btf, address)
             .err()
             .map(|err| format!("{err:#}")),
         None => Some("tw_timer_handler is not readable in /proc/kallsyms".to_owned()),
@@ -112,25 +116,25 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
     })
 }
 
-fn tracepoint_layout(tracepoints: &TracepointOffsets) -> Result<TracepointLayout> {
-    let f = &tracepoints.set_state;
-    Ok(TracepointLayout {
-        skaddr: f.offset("skaddr", 8)?,
-        oldstate: f.offset("oldstate", 4)?,
-        newstate: f.offset("newstate", 4)?,
-        sport: f.offset("sport", 2)?,
-        dport: f.offset("dport", 2)?,
-        family: f.offset("family", 2)?,
-        protocol: f.offset("protocol", 2)?,
-        saddr: f.offset("saddr", 4)?,
-        daddr: f.offset("daddr", 4)?,
-        saddr_v6: f.offset("saddr_v6", 16)?,
-        daddr_v6: f.offset("daddr_v6", 16)?,
-        accept_ret: match &tracepoints.accept_exit {
-            Some(format) => format.offset("ret", 8)?,
-            None => 0,
-        },
-    })
+/// Checks the tracepoint records are laid out where the programs read them.
+fn check_set_state_layout(format: &Format) -> Result<()> {
+    use tracer_common::set_state_layout as at;
+    for (field, offset, size) in [
+        ("skaddr", at::SKADDR, 8),
+        ("oldstate", at::OLDSTATE, 4),
+        ("newstate", at::NEWSTATE, 4),
+        ("sport", at::SPORT, 2),
+        ("dport", at::DPORT, 2),
+        ("family", at::FAMILY, 2),
+        ("protocol", at::PROTOCOL, 2),
+        ("saddr", at::SADDR, 4),
+        ("daddr", at::DADDR, 4),
+        ("saddr_v6", at::SADDR_V6, 16),
+        ("daddr_v6", at::DADDR_V6, 16),
+    ] {
+        format.check(field, offset, size)?;
+    }
+    Ok(())
 }
 
 fn fill_port_map(ebpf: &mut Ebpf, name: &str, ports: &[u16]) -> Result<()> {
@@ -159,7 +163,14 @@ fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, points: &[(&str, &str)]) ->
     Ok(())
 }
 
-fn attach_timewait(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
+fn attach_timewait(ebpf: &mut Ebpf, btf: &aya::Btf, tw_timer_handler: u64) -> Result<()> {
+    let map = ebpf
+        .map_mut("TW_TIMER_HANDLER")
+        .context("map TW_TIMER_HANDLER missing")?;
+    let mut handler: Array<_, u64> = Array::try_from(map)?;
+    handler
+        .set(0, tw_timer_handler, 0)
+        .context("setting the timewait timer handler")?;
     for name in ["timer_start", "timer_cancel"] {
         let prog: &mut BtfTracePoint = ebpf
             .program_mut(name)
@@ -181,15 +192,33 @@ impl Probe {
     }
 
     /// Sum over CPUs of one of the kernel's counters.
-    pub fn counter(&self, index: u32) -> Result<u64> {
+    fn counter(&self, index: u32) -> Result<u64> {
         let map = self.ebpf.map("COUNTERS").context("map COUNTERS missing")?;
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(counters.get(&index, 0)?.iter().sum())
     }
 
-    /// Events the kernel could not write to the ring buffer.
-    pub fn lost_events(&self) -> Result<u64> {
-        self.counter(counter::LOST)
+    /// Events the kernel could not write to the ring buffer: transitions, and all kinds.
+    pub fn lost_events(&self) -> Result<(u64, u64)> {
+        let transitions = self.counter(counter::LOST_TRANSITIONS)?;
+        Ok((
+            transitions,
+            transitions + self.counter(counter::LOST_OTHER)?,
+        ))
+    }
+
+    /// The kernel's accounting of the tracer's programs whose names `wanted` accepts, summed.
+    pub fn program_stats(&self, wanted: impl Fn(&str) -> bool) -> Result<prog_stats::ProgramStats> {
+        let mut total = prog_stats::ProgramStats::default();
+        for (name, program) in self.ebpf.programs().filter(|(name, _)| wanted(name)) {
+            let Ok(fd) = program.fd() else {
+                continue; // not loaded (e.g. TIME-WAIT tracking off)
+            };
+            let stats = prog_stats::read(fd.as_fd())
+                .with_context(|| format!("reading the statistics of {name}"))?;
+            total = total + stats;
+        }
+        Ok(total)
     }
 
     /// Gives the aya-log records of the programs a reader (their ring buffer).

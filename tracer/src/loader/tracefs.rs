@@ -103,12 +103,13 @@ impl Format {
         }
     }
 
-    /// Offset of a field, checking its size is the one the program reads.
-    pub fn offset(&self, field: &str, size: u32) -> Result<u32> {
+    /// Checks a field is where, and as wide as, the program reads it.
+    pub fn check(&self, field: &str, offset: usize, size: usize) -> Result<()> {
         match self.fields.get(field) {
-            Some(&(offset, actual)) if actual == size => Ok(offset),
-            Some(&(_, actual)) => bail!(
-                "tracepoint {} field `{field}` is {actual} bytes, expected {size}: unsupported kernel",
+            Some(&(at, width)) if at as usize == offset && width as usize == size => Ok(()),
+            Some(&(at, width)) => bail!(
+                "tracepoint {} field `{field}` is at offset {at} ({width} bytes), the tracer reads \
+                 it at {offset} ({size} bytes): unsupported kernel",
                 self.tracepoint
             ),
             None => bail!(
@@ -139,20 +140,36 @@ print fmt: \"family=%s\"";
     #[test]
     fn parses_fields() {
         let format = Format::parse("sock/inet_sock_set_state", FORMAT);
-        assert_eq!(format.offset("skaddr", 8).unwrap(), 8);
-        assert_eq!(format.offset("oldstate", 4).unwrap(), 16);
-        assert_eq!(format.offset("sport", 2).unwrap(), 24);
-        assert_eq!(format.offset("saddr_v6", 16).unwrap(), 40);
-        assert_eq!(format.offset("common_pid", 4).unwrap(), 4);
+        format.check("skaddr", 8, 8).unwrap();
+        format.check("oldstate", 16, 4).unwrap();
+        format.check("sport", 24, 2).unwrap();
+        format.check("saddr_v6", 40, 16).unwrap();
+        format.check("common_pid", 4, 4).unwrap();
     }
 
     #[test]
-    fn rejects_missing_or_resized_fields() {
+    fn rejects_missing_moved_or_resized_fields() {
         let format = Format::parse("sock/inet_sock_set_state", FORMAT);
-        let err = format.offset("daddr", 4).unwrap_err().to_string();
+        let err = format.check("daddr", 36, 4).unwrap_err().to_string();
         assert!(err.contains("no field `daddr`"), "{err}");
-        let err = format.offset("sport", 4).unwrap_err().to_string();
-        assert!(err.contains("2 bytes"), "{err}");
+        let err = format.check("sport", 24, 4).unwrap_err().to_string();
+        assert!(err.contains("(2 bytes)"), "{err}");
+        let err = format.check("sport", 26, 2).unwrap_err().to_string();
+        assert!(err.contains("at offset 24"), "{err}");
+    }
+
+    /// The running kernel's layout is the one the programs read.
+    #[test]
+    fn running_kernel_matches_the_programs() {
+        let tracefs = ensure_mounted().unwrap();
+        let format = Format::read(&tracefs, "sock", "inet_sock_set_state").unwrap();
+        format.check("daddr_v6", 56, 16).unwrap();
+        assert!(
+            Format::read(Path::new("/nonexistent"), "sock", "x")
+                .unwrap_err()
+                .to_string()
+                .contains("not available")
+        );
     }
 
     #[test]

@@ -272,7 +272,15 @@ pub fn summary(
             "reminders_omitted": s.reminders_omitted,
         },
         "time_wait_by_remote_port": ports,
-        "lost_events": s.lost_events,
+        "events": {
+            "transitions": s.events.transitions,
+            "transitions_lost": s.lost.0,
+            "transitions_skipped": s.skipped.0,
+            "timewait": s.events.timewait,
+            "accepted": s.events.accepted,
+        },
+        "lost_events": s.lost.1,
+        "skipped_events": s.skipped.1,
         "evictions": s.evictions,
         "reconciliation": {
             "runs": s.reconciliation.runs,
@@ -382,6 +390,8 @@ mod tests {
         assert!(reminder.get("event").is_none());
         assert_eq!(value["time_wait_by_remote_port"]["8080"], 4);
         assert_eq!(value["lost_events"], 0);
+        assert_eq!(value["skipped_events"], 2);
+        assert_eq!(value["events"]["transitions"], 12);
         assert_eq!(value["evictions"], 0);
         assert_eq!(value["reconciliation"]["fixes"], 1);
         assert_eq!(value["reconciliation"]["removed"], 1);

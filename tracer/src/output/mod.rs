@@ -246,7 +246,13 @@ pub(crate) mod tests {
             reminders: vec![stuck()],
             reminders_omitted: 0,
             time_wait_by_remote_port: vec![(8080, 4)],
-            lost_events: 0,
+            events: crate::tracker::EventCounts {
+                transitions: 12,
+                timewait: 1,
+                accepted: 2,
+            },
+            lost: (0, 0),
+            skipped: (1, 2),
             evictions: 0,
             reconciliation: Reconciliation {
                 runs: 1,

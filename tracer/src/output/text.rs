@@ -215,9 +215,10 @@ pub fn summary(
     );
     writeln!(
         out,
-        "    stuck now: {} ({by_state}); TIME_WAIT by remote port: {ports}; lost events: {}; evictions: {}; reconciliation: {} runs, {} fixes",
+        "    stuck now: {} ({by_state}); TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; evictions: {}; reconciliation: {} runs, {} fixes",
         s.stuck,
-        s.lost_events,
+        s.lost.1,
+        s.skipped.1,
         s.evictions,
         s.reconciliation.runs,
         s.reconciliation.fixes()

@@ -1,0 +1,58 @@
+//! The kernel's own accounting of a program: how often it ran, for how long (when
+//! `kernel.bpf_stats_enabled` is on), and how often the kernel skipped it because another BPF
+//! program was running on the same CPU (`recursion_misses`): events that never reached the
+//! program, which no counter of the program itself can see.
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
+
+use anyhow::{Result, bail};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub recursion_misses: u64,
+}
+
+impl std::ops::Add for ProgramStats {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            run_count: self.run_count + other.run_count,
+            run_time_ns: self.run_time_ns + other.run_time_ns,
+            recursion_misses: self.recursion_misses + other.recursion_misses,
+        }
+    }
+}
+
+/// Reads `bpf_prog_info` of a loaded program (aya 0.14 does not expose `recursion_misses`).
+pub fn read(fd: BorrowedFd<'_>) -> Result<ProgramStats> {
+    // SAFETY: both are plain C structs for which all-zero is the required initial state.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // The `info` member of the union is the one this command reads.
+    attr.info.bpf_fd = fd.as_fd().as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_prog_info>() as u32;
+    attr.info.info = (&mut info as *mut bpf_prog_info) as u64;
+    // SAFETY: the attribute points at `info`, which lives through the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            size_of::<bpf_attr>(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "BPF_OBJ_GET_INFO_BY_FD: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(ProgramStats {
+        run_count: info.run_cnt,
+        run_time_ns: info.run_time_ns,
+        recursion_misses: info.recursion_misses,
+    })
+}

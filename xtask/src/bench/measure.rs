@@ -1,0 +1,157 @@
+//! What the benchmark reads off the system: a process's CPU time and peak memory, the kernel's
+//! per-program BPF statistics, and the network namespace it runs in.
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+/// CPU time a process has used (user + system), from /proc/<pid>/schedstat (nanoseconds).
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .with_context(|| format!("reading /proc/{pid}/schedstat"))?;
+    let ns: u64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("parsing schedstat")?;
+    Ok(Duration::from_nanos(ns))
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmHWM")?;
+    Ok(kib * 1024)
+}
+
+/// One program's counters, from `bpftool prog show --json` (which leaves out zero counters).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Program {
+    pub id: u32,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub run_time_ns: u64,
+    #[serde(default)]
+    pub run_cnt: u64,
+    #[serde(default)]
+    pub recursion_misses: u64,
+}
+
+/// Ids of the BPF programs whose file descriptors a process holds (`prog_id:` in its fdinfo).
+fn program_ids_of(pid: u32) -> Result<HashSet<u32>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = HashSet::new();
+    for entry in std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {dir}"))?
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        ids.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|id| id.trim().parse::<u32>().ok()),
+        );
+    }
+    Ok(ids)
+}
+
+/// The BPF programs a process holds, by id.
+pub fn programs_of(pid: u32) -> Result<HashMap<u32, Program>> {
+    let ids = program_ids_of(pid)?;
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("running bpftool")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let all: Vec<Program> =
+        serde_json::from_slice(&out.stdout).context("parsing bpftool's JSON")?;
+    Ok(all
+        .into_iter()
+        .filter(|p| ids.contains(&p.id))
+        .map(|p| (p.id, p))
+        .collect())
+}
+
+/// Counter increase between two readings of the same process's programs, by program name.
+pub fn program_deltas(
+    before: &HashMap<u32, Program>,
+    after: &HashMap<u32, Program>,
+) -> Vec<Program> {
+    let mut deltas: Vec<Program> = after
+        .values()
+        .map(|a| {
+            let b = before.get(&a.id).cloned().unwrap_or_default();
+            Program {
+                id: a.id,
+                name: a.name.clone(),
+                run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
+                run_cnt: a.run_cnt.saturating_sub(b.run_cnt),
+                recursion_misses: a.recursion_misses.saturating_sub(b.recursion_misses),
+            }
+        })
+        .collect();
+    deltas.sort_by(|a, b| a.name.cmp(&b.name));
+    deltas
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled` on for the benchmark, restored when dropped.
+pub struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    pub fn enable() -> Result<Self> {
+        let previous =
+            std::fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
+        std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self {
+            previous: previous.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.previous);
+    }
+}
+
+/// Moves this process (the calling thread, and every thread and process it starts afterwards)
+/// into a new network namespace with loopback up, so the benchmark's connections neither fill
+/// the host's TIME-WAIT table nor meet its traffic. Returns the namespace's inode number.
+pub fn enter_own_network_namespace() -> Result<u32> {
+    // SAFETY: unshare affects the calling thread only; called before any thread is started.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    crate::cargo::checked(Command::new("ip").args(["link", "set", "lo", "up"]))?;
+    netns_inode(Path::new("/proc/thread-self/ns/net"))
+}
+
+fn netns_inode(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .ino() as u32)
+}

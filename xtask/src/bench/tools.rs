@@ -1,0 +1,338 @@
+//! The tools compared: none (the baseline), this tracer in its two modes, and the peers present
+//! on the machine. Each is started, waited for until it reports, stopped the way it expects, and
+//! its output counted for the workload's own port.
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cargo::workspace_root;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// No tracer: the workload alone.
+    Baseline,
+    /// This tracer as a daemon: summaries only.
+    TracerQuiet,
+    /// This tracer logging every transition as JSON.
+    TracerLog,
+    /// libbpf-tools `tcpstates` (Debian package libbpf-tools).
+    Libbpf,
+    /// bpftrace with xtask/bench/tcpstates.bt.
+    Bpftrace,
+}
+
+impl Tool {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "no tracer",
+            Self::TracerQuiet => "tracer (quiet)",
+            Self::TracerLog => "tracer (--log-transitions)",
+            Self::Libbpf => "libbpf-tools tcpstates",
+            Self::Bpftrace => "bpftrace tcpstates.bt",
+        }
+    }
+
+    pub fn is_ours(self) -> bool {
+        matches!(self, Self::TracerQuiet | Self::TracerLog)
+    }
+}
+
+/// A started tool and what it has written so far.
+pub struct Running {
+    pub tool: Tool,
+    child: Option<Child>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    pub startup: Duration,
+}
+
+/// What a stopped tool left.
+pub struct Finished {
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+impl Running {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Lines written so far that mention `port` as either end, in the tool's format.
+    pub fn lines_for(&self, port: u16) -> usize {
+        self.stdout
+            .lock()
+            .map(|lines| {
+                lines
+                    .iter()
+                    .filter(|l| mentions_port(self.tool, l, port))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Stops the tool the way it expects (libbpf-tools and bpftrace flush on SIGINT).
+    pub fn stop(mut self) -> Result<Finished> {
+        if let Some(mut child) = self.child.take() {
+            let signal = match self.tool {
+                Tool::Libbpf | Tool::Bpftrace => libc::SIGINT,
+                _ => libc::SIGTERM,
+            };
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let status = child.wait().context("waiting for the tool")?;
+            if !status.success() && self.tool.is_ours() {
+                bail!(
+                    "{} failed ({status}): {}",
+                    self.tool.name(),
+                    self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+                );
+            }
+        }
+        // Let the readers drain the pipes.
+        thread::sleep(Duration::from_millis(200));
+        Ok(Finished {
+            stdout: self.stdout.lock().map(|l| l.clone()).unwrap_or_default(),
+            stderr: self.stderr.lock().map(|s| s.clone()).unwrap_or_default(),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether a line of the tool's output is about a socket with this port at either end.
+fn mentions_port(tool: Tool, line: &str, port: u16) -> bool {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let port = port.to_string();
+    match tool {
+        // SKADDR PID COMM LADDR LPORT RADDR RPORT OLDSTATE -> NEWSTATE MS (COMM may hold spaces)
+        Tool::Libbpf => {
+            fields.len() >= 8
+                && (fields[fields.len() - 7] == port || fields[fields.len() - 5] == port)
+        }
+        // sk pid comm sport dport old new ms
+        Tool::Bpftrace => {
+            fields.len() >= 8
+                && (fields[fields.len() - 5] == port || fields[fields.len() - 4] == port)
+        }
+        Tool::TracerLog | Tool::TracerQuiet => {
+            line.contains(&format!("\"sport\":{port},"))
+                || line.contains(&format!("\"dport\":{port},"))
+        }
+        Tool::Baseline => false,
+    }
+}
+
+pub fn tracer_binary() -> PathBuf {
+    workspace_root().join("target/release/tracer")
+}
+
+fn bpftrace_script() -> PathBuf {
+    workspace_root().join("xtask/bench/tcpstates.bt")
+}
+
+/// Starts `tool` and waits until it reports. The tracer is limited to the benchmark's network
+/// namespace (`netns`), so its counts hold the workload's events only.
+pub fn start(tool: Tool, netns: u32) -> Result<Running> {
+    let mut command = match tool {
+        Tool::Baseline => {
+            return Ok(Running {
+                tool,
+                child: None,
+                stdout: Arc::default(),
+                stderr: Arc::default(),
+                startup: Duration::ZERO,
+            });
+        }
+        Tool::TracerQuiet | Tool::TracerLog => {
+            let mut c = Command::new(tracer_binary());
+            c.args(["--log-format", "json", "--netns", &netns.to_string()]);
+            c.args([
+                "--log-transitions",
+                if tool == Tool::TracerLog {
+                    "always"
+                } else {
+                    "never"
+                },
+            ]);
+            c
+        }
+        Tool::Libbpf => {
+            // Line-buffered: its output is a pipe here.
+            let mut c = Command::new("stdbuf");
+            c.args(["-oL", "/usr/sbin/tcpstates"]);
+            c
+        }
+        Tool::Bpftrace => {
+            let mut c = Command::new("bpftrace");
+            c.args(["-B", "line"]).arg(bpftrace_script());
+            c
+        }
+    };
+    let spawned = Instant::now();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", tool.name()))?;
+    let stdout = collect_lines(child.stdout.take().context("stdout")?);
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let mut err_pipe = child.stderr.take().context("stderr")?;
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err_pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    let mut running = Running {
+        tool,
+        child: Some(child),
+        stdout,
+        stderr,
+        startup: Duration::ZERO,
+    };
+    wait_ready(&mut running, spawned)?;
+    Ok(running)
+}
+
+fn collect_lines(pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut l) = sink.lock() {
+                l.push(line);
+            }
+        }
+    });
+    lines
+}
+
+/// The tracer says when it has attached; a peer is ready when a connection made for the purpose
+/// shows in its output.
+fn wait_ready(running: &mut Running, spawned: Instant) -> Result<()> {
+    let deadline = spawned + Duration::from_secs(60);
+    // A peer's readiness is seen on a connection of its own; the tracer's is not, so that the
+    // tracer's counts hold the workload alone.
+    let sentinel = if running.tool.is_ours() {
+        None
+    } else {
+        Some(TcpListener::bind("127.0.0.1:0").context("binding the sentinel")?)
+    };
+    loop {
+        if let Some(child) = running.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            bail!(
+                "{} exited ({status}): {}",
+                running.tool.name(),
+                running.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+            );
+        }
+        let ready = match &sentinel {
+            // Start-up ends when it traces ("attached"); the workload waits for its snapshot too.
+            None => {
+                let stderr = running.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                if running.startup.is_zero() && stderr.contains("attached;") {
+                    running.startup = spawned.elapsed();
+                }
+                stderr.contains("start-up snapshot")
+            }
+            Some(sentinel) => {
+                drop(TcpStream::connect(sentinel.local_addr()?));
+                let _ = sentinel.accept();
+                running.lines_for(sentinel.local_addr()?.port()) > 0
+            }
+        };
+        if ready {
+            if running.startup.is_zero() {
+                running.startup = spawned.elapsed();
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not start within 60 s", running.tool.name());
+        }
+        thread::sleep(Duration::from_millis(if running.tool.is_ours() {
+            5
+        } else {
+            50
+        }));
+    }
+}
+
+/// Makes sure the peers are installed, from Debian's packages; returns those that are.
+pub fn install_peers() -> Vec<Tool> {
+    let wanted = [
+        ("/usr/sbin/tcpstates", "libbpf-tools"),
+        ("/usr/bin/bpftrace", "bpftrace"),
+        ("/usr/sbin/bpftool", "bpftool"),
+    ];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(path, _)| !Path::new(path).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "xtask: installing {} from Debian's packages",
+            missing.join(", ")
+        );
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    }
+    let mut peers = Vec::new();
+    if Path::new("/usr/sbin/tcpstates").exists() {
+        peers.push(Tool::Libbpf);
+    }
+    if Path::new("/usr/bin/bpftrace").exists() {
+        peers.push(Tool::Bpftrace);
+    }
+    peers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_ports_in_each_format() {
+        let libbpf = "ffff8881a8850940 3128    python3    127.0.0.1       46886 127.0.0.1       9099  SYN_SENT    -> ESTABLISHED 0.062";
+        assert!(mentions_port(Tool::Libbpf, libbpf, 9099));
+        assert!(mentions_port(Tool::Libbpf, libbpf, 46886));
+        assert!(!mentions_port(Tool::Libbpf, libbpf, 3128));
+        let spaced = "ffff8881a8850940 3128    my app    127.0.0.1       46886 127.0.0.1       9099  SYN_SENT    -> ESTABLISHED 0.062";
+        assert!(mentions_port(Tool::Libbpf, spaced, 9099));
+        let bpftrace = "ffff8881a8850940 3128 python3 46886 9099 2 1 0";
+        assert!(mentions_port(Tool::Bpftrace, bpftrace, 9099));
+        assert!(!mentions_port(Tool::Bpftrace, bpftrace, 3128));
+        let ours = r#"{"event":"transition","sport":46886,"dport":9099,"old":"SYN_SENT"}"#;
+        assert!(mentions_port(Tool::TracerLog, ours, 9099));
+        assert!(!mentions_port(Tool::TracerLog, ours, 909));
+    }
+}
