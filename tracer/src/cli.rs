@@ -1,9 +1,13 @@
 //! Command-line flags. Parsing is the only validation users meet first, so every value is checked
 //! here with a message that names the flag and the accepted form.
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use clap::{Parser, ValueEnum};
 use tracer_common::TcpState;
+use tracing_subscriber::filter::LevelFilter;
 
 use crate::{detect::Thresholds, events::Family, filter::SocketFilter, owners::OwnerFilter};
 
@@ -85,6 +89,20 @@ pub struct Config {
     /// Most sockets kept in the table; the least recently active go first when it is full.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_sockets: u32,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics: PORT (loopback) or HOST:PORT.
+    #[arg(long, value_parser = parse_metrics_addr, value_name = "[HOST:]PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Add a `port` label (the port a socket listens on or connects to) to the transition and
+    /// time-in-state metrics, for at most 64 distinct ports (the rest are `other`).
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_port_label: bool,
+
+    /// Lowest level logged: error, warn (stuck reports only), info, debug, trace. RUST_LOG adds
+    /// per-target levels (targets tcpstate::transition, ::stuck, ::unstuck, ::summary).
+    #[arg(long, default_value = "info", value_parser = parse_level, value_name = "LEVEL")]
+    pub log_level: LevelFilter,
 
     /// Size of the kernel-to-daemon ring buffer, in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size, value_name = "BYTES")]
@@ -168,6 +186,24 @@ pub fn parse_port(text: &str) -> Result<u16, String> {
         Ok(port) => Err(format!("port {port} is out of range (1-65535)")),
         Err(_) => Err(format!("`{text}` is not a port number (1-65535)")),
     }
+}
+
+/// The metrics address: a port alone means loopback.
+pub fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(port) = text.trim_start_matches(':').parse::<u32>() {
+        let port = parse_port(&port.to_string())?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!("`{text}` is not PORT or HOST:PORT (e.g. 9100, 127.0.0.1:9100, [::1]:9100)")
+    })
+}
+
+fn parse_level(text: &str) -> Result<LevelFilter, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a log level (error, warn, info, debug, trace, off)"))
 }
 
 /// A network namespace: an inode number, or the path of a namespace file.
@@ -260,6 +296,47 @@ mod tests {
             assert!(parse(&["--stuck", bad]).is_err(), "{bad}");
         }
         assert!(parse(&["--max-sockets", "0"]).is_err());
+    }
+
+    #[test]
+    fn metrics_addresses() {
+        let local = parse(&["--metrics-addr", "9100"])
+            .unwrap()
+            .metrics_addr
+            .unwrap();
+        assert_eq!(local.to_string(), "127.0.0.1:9100");
+        assert_eq!(
+            parse_metrics_addr(":9100").unwrap().to_string(),
+            "127.0.0.1:9100"
+        );
+        assert_eq!(
+            parse_metrics_addr("0.0.0.0:9100").unwrap().to_string(),
+            "0.0.0.0:9100"
+        );
+        assert_eq!(
+            parse_metrics_addr("[::1]:9100").unwrap().to_string(),
+            "[::1]:9100"
+        );
+        assert!(
+            parse_metrics_addr("70000")
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(parse_metrics_addr("localhost").is_err());
+        assert!(
+            parse(&["--metrics-port-label"]).is_err(),
+            "needs --metrics-addr"
+        );
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(parse(&[]).unwrap().log_level, LevelFilter::INFO);
+        assert_eq!(
+            parse(&["--log-level", "warn"]).unwrap().log_level,
+            LevelFilter::WARN
+        );
+        assert!(parse(&["--log-level", "loud"]).is_err());
     }
 
     #[test]

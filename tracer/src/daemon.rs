@@ -17,7 +17,7 @@ use tokio::{
     time::{Instant, MissedTickBehavior, interval_at},
 };
 use tracer_common::TcpState;
-use tracing::{info, warn};
+use tracing::{Level, info, warn};
 
 use crate::{
     cli::Config,
@@ -27,7 +27,9 @@ use crate::{
     filter::SocketFilter,
     kernel_view,
     loader::{self, LoadSettings, Probe},
-    output::{Output, Settings},
+    metrics::{Both, KernelTotals, Metrics},
+    metrics_server,
+    output::{Output, Settings, Shown},
     owners::Owners,
     summary::{Context, Summary},
     tracker::{Sink, Tracker},
@@ -43,6 +45,11 @@ const LINGERING_CHECK: Duration = Duration::from_secs(1);
 const LINGERING_CHECK_CPU_SHARE: u32 = 50;
 
 pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -> Result<()> {
+    // Bind first: a taken address is a configuration error, reported before anything loads.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(metrics_server::bind(addr).await?),
+        None => None,
+    };
     let mut probe = loader::load(&LoadSettings {
         ring_buffer_size: config.ring_buffer_size,
         filter: config.socket_filter(),
@@ -66,8 +73,15 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     let settings = Settings {
         format: config.log_format,
         clock: WallClock::now(),
-        log_transitions: config.logs_transitions(stdout_is_terminal),
+        shown: Shown {
+            transitions: config.logs_transitions(stdout_is_terminal)
+                && tracing::enabled!(target: "tcpstate::transition", Level::INFO),
+            stuck: tracing::enabled!(target: "tcpstate::stuck", Level::WARN),
+            unstuck: tracing::enabled!(target: "tcpstate::unstuck", Level::INFO),
+            summaries: tracing::enabled!(target: "tcpstate::summary", Level::INFO),
+        },
         owner_filter: config.owner_filter(),
+        color: stdout_is_terminal,
     };
     let mut output = Output::new(settings, owners.clone(), stdout);
     let tracker = Tracker::new(
@@ -75,6 +89,10 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         config.thresholds(),
         nanos(config.stuck_repeat),
     );
+    let mut metrics = Metrics::new(config.metrics_port_label);
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics_server::serve(listener, metrics.registry()));
+    }
     let mut pipeline = Pipeline {
         tracker,
         owners,
@@ -86,13 +104,16 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     info!("attached; tracing TCP state transitions");
     // Seed the table with the sockets that exist now: the programs are attached already, so a
     // socket changing meanwhile is seen by both and the events win.
-    pipeline.reconcile(ring.get_mut(), &mut output, true)?;
+    pipeline.reconcile(ring.get_mut(), &mut Both(&mut output, &mut metrics), true)?;
     info!(
         "start-up snapshot: {} sockets in {} network namespaces",
         pipeline.tracker.table().len(),
         pipeline.namespaces.len().max(1)
     );
     release_startup_memory();
+    metrics.refresh(&pipeline.tracker, kernel_totals(&probe)?);
+    // Under systemd (Type=notify): ready once tracing with the table seeded.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -130,19 +151,23 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
             _ = sigterm.recv() => break,
             _ = sleep_until(end) => break,
         }
-        pipeline.drain(ring.get_mut(), &mut output);
-        pipeline.tracker.tick(monotonic_ns(), &mut output);
+        let mut sink = Both(&mut output, &mut metrics);
+        pipeline.drain(ring.get_mut(), &mut sink);
+        pipeline.tracker.tick(monotonic_ns(), &mut sink);
         kernel_log.flush();
         if lingering_due {
             let started = Instant::now();
             if !pipeline.tracker.table().lingering().is_empty() {
-                pipeline.check_lingering(ring.get_mut(), &mut output)?;
+                pipeline.check_lingering(ring.get_mut(), &mut sink)?;
             }
             next_lingering_check =
                 started + LINGERING_CHECK.max(started.elapsed() * LINGERING_CHECK_CPU_SHARE);
         }
         if reconcile_due {
-            pipeline.reconcile(ring.get_mut(), &mut output, false)?;
+            pipeline.reconcile(ring.get_mut(), &mut sink, false)?;
+        }
+        if lingering_due || reconcile_due {
+            metrics.refresh(&pipeline.tracker, kernel_totals(&probe)?);
         }
         if summary_due {
             let now_ns = monotonic_ns();
@@ -159,9 +184,11 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         }
         output.flush().context("writing events")?;
     }
-    pipeline.drain(ring.get_mut(), &mut output);
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let mut sink = Both(&mut output, &mut metrics);
+    pipeline.drain(ring.get_mut(), &mut sink);
     let now_ns = monotonic_ns();
-    pipeline.tracker.tick(now_ns, &mut output);
+    pipeline.tracker.tick(now_ns, &mut sink);
     summarize(
         &mut pipeline.tracker,
         &probe,
@@ -270,6 +297,13 @@ fn owner_of(event: &KernelEvent) -> Option<&crate::events::Process> {
         KernelEvent::Accepted(a) => Some(&a.owner),
         KernelEvent::TimewaitArmed(_) | KernelEvent::TimewaitDisarmed(_) => None,
     }
+}
+
+fn kernel_totals(probe: &Probe) -> Result<KernelTotals> {
+    Ok(KernelTotals {
+        lost_events: probe.lost_events()?.1,
+        skipped_events: probe.program_stats(|_| true)?.recursion_misses,
+    })
 }
 
 fn summarize(

@@ -138,6 +138,8 @@ pub struct SocketTable {
     listed: HashMap<Endpoints, SockKey>,
     /// Timewait sockets in FIN_WAIT2: the kernel may move them to TIME_WAIT without an event.
     lingering: HashSet<SockKey>,
+    /// Listening sockets by (network namespace, port).
+    listening: HashMap<(u32, u16), u32>,
     by_state: [u64; 14],
     max_entries: usize,
     evictions: u64,
@@ -149,6 +151,7 @@ impl SocketTable {
             entries: HashMap::new(),
             listed: HashMap::new(),
             lingering: HashSet::new(),
+            listening: HashMap::new(),
             by_state: [0; 14],
             max_entries: max_entries.max(1),
             evictions: 0,
@@ -191,9 +194,12 @@ impl SocketTable {
         let result = change(entry);
         let after = entry.state;
         let lingering = entry.lingering();
+        let endpoints = entry.endpoints;
         if before != after {
             self.by_state[before as usize] -= 1;
             self.by_state[after as usize] += 1;
+            self.note_listening(&endpoints, before, -1);
+            self.note_listening(&endpoints, after, 1);
         }
         self.mark_lingering(*key, lingering);
         Some(result)
@@ -202,6 +208,23 @@ impl SocketTable {
     /// Timewait sockets in FIN_WAIT2.
     pub fn lingering(&self) -> &HashSet<SockKey> {
         &self.lingering
+    }
+
+    /// Ports something listens on, with their network namespace.
+    pub fn listening_ports(&self) -> impl Iterator<Item = (u32, u16)> + '_ {
+        self.listening.keys().copied()
+    }
+
+    fn note_listening(&mut self, e: &Endpoints, state: TcpState, change: i32) {
+        if state != TcpState::Listen {
+            return;
+        }
+        let key = (e.netns, e.local_port);
+        let count = self.listening.entry(key).or_default();
+        *count = count.saturating_add_signed(change);
+        if *count == 0 {
+            self.listening.remove(&key);
+        }
     }
 
     fn mark_lingering(&mut self, key: SockKey, lingering: bool) {
@@ -224,8 +247,10 @@ impl SocketTable {
             self.listed.insert(entry.endpoints, key);
         }
         self.mark_lingering(key, entry.lingering());
+        self.note_listening(&entry.endpoints, entry.state, 1);
         if let Some(old) = self.entries.insert(key, entry) {
             self.by_state[old.state as usize] -= 1;
+            self.note_listening(&old.endpoints, old.state, -1);
         }
         evicted
     }
@@ -234,6 +259,7 @@ impl SocketTable {
         let entry = self.entries.remove(key)?;
         self.by_state[entry.state as usize] -= 1;
         self.lingering.remove(key);
+        self.note_listening(&entry.endpoints, entry.state, -1);
         if self.listed.get(&entry.endpoints) == Some(key) {
             self.listed.remove(&entry.endpoints);
         }
@@ -352,6 +378,36 @@ mod tests {
         assert_eq!(states.len(), StatePath::CAPACITY);
         assert_eq!(states.last(), Some(&TcpState::CloseWait));
         assert_eq!(path.dropped(), 2);
+    }
+
+    #[test]
+    fn tracks_listening_ports() {
+        let mut table = SocketTable::new(10);
+        table.insert(
+            SockKey::Kernel(1),
+            Entry::new(TcpState::Listen, 0, true, endpoints(80)),
+        );
+        table.insert(
+            SockKey::Kernel(2),
+            Entry::new(TcpState::Listen, 0, true, endpoints(80)),
+        );
+        table.insert(
+            SockKey::Kernel(3),
+            Entry::new(TcpState::SynSent, 0, true, endpoints(90)),
+        );
+        let netns = endpoints(80).netns;
+        assert_eq!(
+            table.listening_ports().collect::<Vec<_>>(),
+            vec![(netns, 80)]
+        );
+        table.update(&SockKey::Kernel(1), |e| e.enter(TcpState::Close, 5));
+        assert_eq!(
+            table.listening_ports().count(),
+            1,
+            "another socket still listens"
+        );
+        table.remove(&SockKey::Kernel(2));
+        assert_eq!(table.listening_ports().count(), 0);
     }
 
     #[test]

@@ -103,3 +103,51 @@ fn tracefs_cannot_be_mounted() {
         "tracefs is not mounted and mounting it at /sys/kernel/tracing failed",
     );
 }
+
+/// A metrics address another process holds.
+#[test]
+fn metrics_address_in_use() {
+    require_root();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = tracer(&["--metrics-addr", &port, "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(
+        &out,
+        &format!("cannot listen on 127.0.0.1:{port} for metrics"),
+    );
+    assert_one_line_error(&out, "in use");
+}
+
+/// The least privilege: the capability set the README and the systemd unit give is enough for
+/// every feature (no warning), and dropping one says what is lost.
+#[test]
+fn minimal_capabilities() {
+    require_root();
+    let minimal = "+bpf,+perfmon,+syslog,+sys_admin,+sys_ptrace,+dac_read_search";
+    let run = |caps: &str| {
+        Command::new("setpriv")
+            .arg(format!("--bounding-set=-all,{caps}"))
+            .args(["--inh-caps=-all", TRACER, "--duration", "500ms"])
+            .output()
+            .unwrap()
+    };
+    let out = run(minimal);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("attached;"), "{stderr}");
+    assert!(
+        !stderr.contains("WARN"),
+        "nothing degraded with the minimal set: {stderr}"
+    );
+    for (dropped, says) in [
+        ("+syslog", "CAP_SYSLOG"),
+        ("+sys_ptrace", "CAP_SYS_PTRACE"),
+        ("+sys_admin", "CAP_SYS_ADMIN"),
+    ] {
+        let out = run(&minimal.replace(&format!(",{dropped}"), ""));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{dropped}: {stderr}");
+        assert!(stderr.contains(says), "without {dropped}: {stderr}");
+    }
+}

@@ -39,7 +39,11 @@ pub struct Probe {
 }
 
 pub fn load(settings: &LoadSettings) -> Result<Probe> {
-    privileges::check(privileges::effective_capabilities()?)?;
+    let capabilities = privileges::effective_capabilities()?;
+    privileges::check(capabilities)?;
+    for limit in privileges::degraded(capabilities) {
+        tracing::warn!("{limit}");
+    }
     if !Path::new(VMLINUX_BTF).exists() {
         bail!(
             "the kernel exposes no BTF ({VMLINUX_BTF} is missing): a kernel built with CONFIG_DEBUG_INFO_BTF=y is required"

@@ -3,9 +3,37 @@
 use anyhow::{Result, bail};
 
 /// Capability numbers from linux/capability.h.
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYSLOG: u32 = 34;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
+
+/// What works less well without the capabilities beyond the two it cannot run without.
+pub fn degraded(effective: u64) -> Vec<&'static str> {
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    let mut limits = Vec::new();
+    if !has(CAP_SYS_ADMIN) {
+        limits.push(
+            "without CAP_SYS_ADMIN, sockets of other network namespaces (containers) are known \
+             from their first event only, and tracefs cannot be mounted if it is not",
+        );
+    }
+    if !(has(CAP_SYS_PTRACE) && has(CAP_DAC_READ_SEARCH)) {
+        limits.push(
+            "without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, owners of sockets older than the \
+             tracer are found for processes of its own user only",
+        );
+    }
+    if !has(CAP_SYSLOG) {
+        limits.push(
+            "without CAP_SYSLOG, /proc/kallsyms may hide the timewait timer's address, which \
+             TIME-WAIT tracking needs",
+        );
+    }
+    limits
+}
 
 /// Fails with the names of the missing capabilities, given the `CapEff:` mask of
 /// /proc/self/status.
@@ -59,6 +87,19 @@ mod tests {
             err.contains("CAP_PERFMON") && !err.contains("CAP_BPF "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn names_what_is_degraded() {
+        let minimal = (1u64 << CAP_BPF)
+            | (1 << CAP_PERFMON)
+            | (1 << CAP_SYSLOG)
+            | (1 << CAP_SYS_ADMIN)
+            | (1 << CAP_SYS_PTRACE)
+            | (1 << CAP_DAC_READ_SEARCH);
+        assert!(degraded(minimal).is_empty());
+        assert_eq!(degraded(minimal & !(1 << CAP_SYSLOG)).len(), 1);
+        assert_eq!(degraded((1 << CAP_BPF) | (1 << CAP_PERFMON)).len(), 3);
     }
 
     #[test]

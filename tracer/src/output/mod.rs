@@ -23,9 +23,29 @@ use crate::{
 pub struct Settings {
     pub format: LogFormat,
     pub clock: WallClock,
-    pub log_transitions: bool,
+    pub shown: Shown,
     /// `--pid`, `--comm`, `--cgroup`: only sockets of these owners are reported.
     pub owner_filter: OwnerFilter,
+    /// Colour the level of text lines (stdout is a terminal); plain otherwise.
+    pub color: bool,
+}
+
+/// Which kinds of lines are written, from `--log-transitions`, `--log-level` and RUST_LOG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shown {
+    pub transitions: bool,
+    pub stuck: bool,
+    pub unstuck: bool,
+    pub summaries: bool,
+}
+
+impl Shown {
+    pub const ALL: Shown = Shown {
+        transitions: true,
+        stuck: true,
+        unstuck: true,
+        summaries: true,
+    };
 }
 
 pub struct Output<W: Write> {
@@ -48,6 +68,9 @@ impl<W: Write> Output<W> {
     }
 
     pub fn summary(&mut self, summary: &Summary) {
+        if !self.settings.shown.summaries {
+            return;
+        }
         let owners = self.owners.borrow();
         let reminders: Vec<(&StuckReport, Option<OwnerInfo>)> = summary
             .reminders
@@ -89,7 +112,7 @@ impl<W: Write> Output<W> {
 
 impl<W: Write> Sink for Output<W> {
     fn transition(&mut self, t: &Transition) {
-        if !self.settings.log_transitions {
+        if !self.settings.shown.transitions {
             return;
         }
         let Some(owner) = self.wanted(&t.owner) else {
@@ -112,18 +135,26 @@ impl<W: Write> Sink for Output<W> {
     }
 
     fn stuck(&mut self, report: &StuckReport) {
+        if !self.settings.shown.stuck {
+            return;
+        }
         let Some(owner) = self.wanted(&report.owner) else {
             return;
         };
         let clock = &self.settings.clock;
         let result = match self.settings.format {
             LogFormat::Json => json::stuck(&mut self.out, clock, report, &owner),
-            LogFormat::Text => text::stuck(&mut self.out, clock, report, &owner),
+            LogFormat::Text => {
+                text::stuck(&mut self.out, clock, report, &owner, self.settings.color)
+            }
         };
         self.keep(result);
     }
 
     fn unstuck(&mut self, report: &UnstuckReport) {
+        if !self.settings.shown.unstuck {
+            return;
+        }
         let Some(owner) = self.wanted(&report.owner) else {
             return;
         };
@@ -267,8 +298,9 @@ pub(crate) mod tests {
         Settings {
             format,
             clock: clock(),
-            log_transitions: true,
+            shown: Shown::ALL,
             owner_filter: OwnerFilter::default(),
+            color: false,
         }
     }
 
@@ -316,7 +348,10 @@ pub(crate) mod tests {
         let mut buf = Vec::new();
         {
             let quiet = Settings {
-                log_transitions: false,
+                shown: Shown {
+                    transitions: false,
+                    ..Shown::ALL
+                },
                 ..settings(LogFormat::Json)
             };
             let mut out = Output::new(quiet, Rc::new(RefCell::new(Owners::default())), &mut buf);
@@ -327,6 +362,33 @@ pub(crate) mod tests {
         let text = String::from_utf8(buf).unwrap();
         assert_eq!(text.lines().count(), 1);
         assert!(text.contains("\"event\":\"stuck\""));
+    }
+
+    #[test]
+    fn warn_level_keeps_only_stuck_reports() {
+        let warn_only = Settings {
+            shown: Shown {
+                transitions: false,
+                stuck: true,
+                unstuck: false,
+                summaries: false,
+            },
+            ..settings(LogFormat::Text)
+        };
+        let text = render_with(warn_only, |o| {
+            o.transition(&sample(Family::Ipv4));
+            o.stuck(&stuck());
+            o.unstuck(&unstuck());
+            o.summary(&summary());
+        });
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(" WARN  stuck"));
+        assert!(!text.contains('\x1b'), "plain when not a terminal");
+        let colored = Settings {
+            color: true,
+            ..settings(LogFormat::Text)
+        };
+        assert!(render_with(colored, |o| o.stuck(&stuck())).contains("\x1b[33mWARN\x1b[0m"));
     }
 
     #[test]

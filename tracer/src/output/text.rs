@@ -110,9 +110,11 @@ pub fn stuck(
     clock: &WallClock,
     r: &StuckReport,
     owner: &Option<OwnerInfo>,
+    color: bool,
 ) -> io::Result<()> {
     let details = stuck_details(r, owner);
-    writeln!(out, "{} WARN  stuck    {details}", time(clock, r.ts_ns))
+    let level = if color { "\x1b[33mWARN\x1b[0m" } else { "WARN" };
+    writeln!(out, "{} {level}  stuck    {details}", time(clock, r.ts_ns))
 }
 
 pub fn unstuck(

@@ -163,6 +163,15 @@ pub fn run(options: &Options) -> Result<()> {
     } else {
         tools.extend(tools::install_peers());
     }
+    // Idle: the quiet tracer in the new, empty namespace, before any workload.
+    let idle = {
+        let running = tools::start(Tool::TracerQuiet, netns)?;
+        thread::sleep(Duration::from_secs(2));
+        let rss = running.pid().map(measure::rss).transpose()?.unwrap_or(0);
+        let startup = running.startup;
+        running.stop()?;
+        (rss, startup)
+    };
     let workloads = [
         Workload::Sequential(options.sequential),
         Workload::Burst(options.burst_clients, options.burst_per_client),
@@ -202,7 +211,12 @@ pub fn run(options: &Options) -> Result<()> {
         dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let table = markdown(&results, &tools, &workloads);
+    let table = format!(
+        "Idle tracer (quiet, no traffic): resident memory {:.1} MiB, start-up {} ms.\n\n{}",
+        idle.0 as f64 / f64::from(1 << 20),
+        idle.1.as_millis(),
+        markdown(&results, &tools, &workloads)
+    );
     std::fs::write(dir.join(format!("{name}.md")), &table)?;
     println!("{table}");
     if options.smoke {

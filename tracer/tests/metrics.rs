@@ -1,0 +1,342 @@
+//! The Prometheus endpoint during a scripted workload: its counters and gauges equal the
+//! workload's own counts, and its text parses. The workload runs in a network namespace of the
+//! test's own and the tracer is limited to it, so other tests' traffic does not count.
+mod support;
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use support::{Tracer, Workload};
+
+/// A network namespace held by `unshare -n sleep`, with loopback up.
+struct Namespace {
+    holder: Child,
+}
+
+impl Namespace {
+    fn new() -> Namespace {
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let holder = Command::new("unshare")
+            .args(["-n", "sleep", "120"])
+            .spawn()
+            .unwrap();
+        let ns = Namespace { holder };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(ns.path())
+            .map(|l| l == own)
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "unshare did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let up = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .args(["ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success());
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/proc/{}/ns/net", self.holder.id())
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scrape(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// Samples by name and labels (sorted `k=v` pairs joined by commas).
+fn samples(text: &str) -> HashMap<(String, String), f64> {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses as Prometheus text");
+    scrape
+        .samples
+        .into_iter()
+        .filter_map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => return None,
+            };
+            let mut labels: Vec<String> =
+                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            Some(((s.metric, labels.join(",")), value))
+        })
+        .collect()
+}
+
+fn value(samples: &HashMap<(String, String), f64>, name: &str, labels: &str) -> f64 {
+    samples
+        .get(&(name.to_owned(), labels.to_owned()))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Waits until a scrape satisfies `done`; returns it.
+fn scrape_until(
+    port: u16,
+    what: &str,
+    done: impl Fn(&HashMap<(String, String), f64>) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = scrape(port);
+        if done(&samples(&text)) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last scrape:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn metrics_count_the_workload() {
+    let ns = Namespace::new();
+    let port = free_port();
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.path(),
+        "--metrics-addr",
+        &port.to_string(),
+        "--stuck",
+        "close-wait=1s",
+    ]);
+    let mut server = Workload::close_wait(
+        "127.0.0.1",
+        3,
+        Some(&format!("nsenter --net={} {{}}", ns.path())),
+    );
+
+    // Three leaked sockets: counted by state, stuck, with their transitions.
+    let text = scrape_until(port, "3 stuck CLOSE_WAIT sockets", |s| {
+        value(s, "tcpstate_stuck_sockets", "state=CLOSE_WAIT") == 3.0
+    });
+    let s = samples(&text);
+    assert_eq!(
+        value(&s, "tcpstate_sockets", "state=CLOSE_WAIT"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(value(&s, "tcpstate_sockets", "state=LISTEN"), 1.0, "{text}");
+    assert_eq!(
+        value(&s, "tcpstate_stuck_episodes_total", "state=CLOSE_WAIT"),
+        3.0,
+        "{text}"
+    );
+    for (old, new, count) in [
+        ("CLOSE", "LISTEN", 1.0),
+        ("CLOSE", "SYN_SENT", 3.0),
+        ("SYN_SENT", "ESTABLISHED", 3.0),
+        ("LISTEN", "SYN_RECV", 3.0),
+        ("SYN_RECV", "ESTABLISHED", 3.0),
+        ("ESTABLISHED", "FIN_WAIT1", 3.0),
+        ("FIN_WAIT1", "FIN_WAIT2", 3.0),
+        ("ESTABLISHED", "CLOSE_WAIT", 3.0),
+        ("CLOSE_WAIT", "LAST_ACK", 0.0),
+    ] {
+        let labels = format!("new={new},old={old}");
+        assert_eq!(
+            value(&s, "tcpstate_transitions_total", &labels),
+            count,
+            "{old}->{new}:\n{text}"
+        );
+    }
+
+    // Released: no longer stuck; the episode and the time in CLOSE_WAIT are counted.
+    server.release();
+    let text = scrape_until(port, "the stuck gauge back to 0", |s| {
+        value(s, "tcpstate_stuck_sockets", "state=CLOSE_WAIT") == 0.0
+            && value(s, "tcpstate_transitions_total", "new=CLOSE,old=LAST_ACK") == 3.0
+    });
+    let s = samples(&text);
+    assert_eq!(
+        value(
+            &s,
+            "tcpstate_transitions_total",
+            "new=LAST_ACK,old=CLOSE_WAIT"
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(&s, "tcpstate_transitions_total", "new=CLOSE,old=LISTEN"),
+        1.0
+    );
+    assert_eq!(value(&s, "tcpstate_sockets", "state=CLOSE_WAIT"), 0.0);
+    assert_eq!(
+        value(&s, "tcpstate_stuck_episodes_total", "state=CLOSE_WAIT"),
+        3.0
+    );
+    assert_eq!(value(&s, "tcpstate_lost_events_total", ""), 0.0);
+    assert!(
+        text.contains("tcpstate_state_duration_seconds_count{state=\"CLOSE_WAIT\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("tcpstate_build_info{version="), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"));
+    // Low cardinality: no label names a socket, an address or a process.
+    for forbidden in ["pid=", "comm=", "saddr=", "daddr=", "sock=", "port="] {
+        assert!(!text.contains(forbidden), "{forbidden} in:\n{text}");
+    }
+    promtool_check(&text);
+    drop(tracer);
+}
+
+/// `promtool check metrics`, from Debian's prometheus package, when it is installed.
+fn promtool_check(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!(
+            "promtool is not installed: the exposition was checked with prometheus-parse only"
+        );
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With `--metrics-port-label`, transitions are labelled with the port the socket listens on or
+/// connects to: the server's port for both ends of a connection.
+#[test]
+fn port_label_is_the_service_port() {
+    let ns = Namespace::new();
+    let port = free_port();
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.path(),
+        "--metrics-addr",
+        &port.to_string(),
+        "--metrics-port-label",
+    ]);
+    let mut server = Workload::close_wait(
+        "127.0.0.1",
+        2,
+        Some(&format!("nsenter --net={} {{}}", ns.path())),
+    );
+    let service = server.listen_port;
+    let text = scrape_until(port, "labelled transitions", |s| {
+        value(
+            s,
+            "tcpstate_transitions_total",
+            &format!("new=CLOSE_WAIT,old=ESTABLISHED,port={service}"),
+        ) == 2.0
+    });
+    let s = samples(&text);
+    assert_eq!(
+        value(
+            &s,
+            "tcpstate_transitions_total",
+            &format!("new=ESTABLISHED,old=SYN_SENT,port={service}")
+        ),
+        2.0,
+        "the client side carries the server's port:\n{text}"
+    );
+    server.release();
+    drop(tracer);
+}
+
+/// The manifests parse and say what the README says they do.
+#[test]
+fn kubernetes_manifest_is_valid_yaml() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/daemonset.yaml"
+    ))
+    .unwrap();
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("valid YAML");
+    let ds = &docs[0];
+    assert_eq!(ds["kind"].as_str(), Some("DaemonSet"));
+    assert_eq!(ds["apiVersion"].as_str(), Some("apps/v1"));
+    let template = &ds["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["annotations"]["prometheus.io/scrape"].as_str(),
+        Some("true")
+    );
+    assert_eq!(
+        template["metadata"]["annotations"]["prometheus.io/port"].as_str(),
+        Some("9977")
+    );
+    assert_eq!(template["spec"]["hostPID"].as_bool(), Some(true));
+    assert_eq!(template["spec"]["hostNetwork"].as_bool(), Some(true));
+    let container = &template["spec"]["containers"][0];
+    assert_eq!(
+        container["securityContext"]["privileged"].as_bool(),
+        Some(true)
+    );
+    let args: Vec<&str> = container["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--metrics-addr=0.0.0.0:9977"), "{args:?}");
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    assert_eq!(mounts, ["/sys/fs/bpf", "/sys/kernel/tracing"]);
+    let selector = &ds["spec"]["selector"]["matchLabels"];
+    assert_eq!(
+        selector, &template["metadata"]["labels"],
+        "the selector matches the pods"
+    );
+}
