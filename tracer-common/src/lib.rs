@@ -91,6 +91,13 @@ pub struct Event {
     pub _pad: [u8; 5],
 }
 
+/// Version of the [`SockRecord`] layout, part of the pinned map's name: a daemon never reads
+/// records written by an incompatible one.
+pub const SOCK_RECORD_VERSION: u32 = 1;
+
+/// Entries of the per-socket map.
+pub const SOCKET_RECORDS: u32 = 1 << 18;
+
 /// The kernel's per-socket record, keyed by socket address: when it entered its current state,
 /// which state that is, and its owner. Kept in a map that can be pinned, so a restarted daemon
 /// still knows true ages.

@@ -22,8 +22,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    AF_INET, AF_INET6, Event, EventKind, IPPROTO_TCP, KernelFilter, Offsets, Owner, SockRecord,
-    TcpState, Tuple, UNKNOWN_DURATION, counter, normalize_family, runs_in_owner_context,
+    AF_INET, AF_INET6, Event, EventKind, IPPROTO_TCP, KernelFilter, Offsets, Owner, SOCKET_RECORDS,
+    SockRecord, TcpState, Tuple, UNKNOWN_DURATION, counter, normalize_family,
+    runs_in_owner_context,
 };
 
 /// Sized by the daemon before load (`--ring-buffer-size`).
@@ -35,7 +36,8 @@ const NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Per-socket records; the daemon may resize it and pin it.
 #[map]
-static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(1 << 18, NO_COMMON_LRU);
+static SOCKETS: LruHashMap<u64, SockRecord> =
+    LruHashMap::with_max_entries(SOCKET_RECORDS, NO_COMMON_LRU);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

@@ -2,6 +2,7 @@
 //! here with a message that names the flag and the accepted form.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -104,6 +105,21 @@ pub struct Config {
     #[arg(long, default_value = "info", value_parser = parse_level, value_name = "LEVEL")]
     pub log_level: LevelFilter,
 
+    /// Where the per-socket kernel state is pinned (bpffs), so a restarted tracer keeps the true
+    /// ages of sockets already open.
+    #[arg(
+        long,
+        default_value = "/sys/fs/bpf/tcpstate",
+        value_name = "DIR",
+        conflicts_with = "no_pin"
+    )]
+    pub pin_dir: PathBuf,
+
+    /// Do not pin the per-socket kernel state: ages of open sockets are forgotten on restart, and
+    /// several tracers can run side by side.
+    #[arg(long)]
+    pub no_pin: bool,
+
     /// Size of the kernel-to-daemon ring buffer, in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size, value_name = "BYTES")]
     pub ring_buffer_size: u32,
@@ -129,6 +145,11 @@ pub enum When {
 }
 
 impl Config {
+    /// The directory to pin kernel state in, unless `--no-pin`.
+    pub fn pin_dir(&self) -> Option<PathBuf> {
+        (!self.no_pin).then(|| self.pin_dir.clone())
+    }
+
     /// The owners to report, from `--pid`, `--comm` and `--cgroup`.
     pub fn owner_filter(&self) -> OwnerFilter {
         OwnerFilter {
@@ -296,6 +317,20 @@ mod tests {
             assert!(parse(&["--stuck", bad]).is_err(), "{bad}");
         }
         assert!(parse(&["--max-sockets", "0"]).is_err());
+    }
+
+    #[test]
+    fn pinning() {
+        assert_eq!(
+            parse(&[]).unwrap().pin_dir(),
+            Some(PathBuf::from("/sys/fs/bpf/tcpstate"))
+        );
+        assert_eq!(parse(&["--no-pin"]).unwrap().pin_dir(), None);
+        assert_eq!(
+            parse(&["--pin-dir", "/sys/fs/bpf/x"]).unwrap().pin_dir(),
+            Some(PathBuf::from("/sys/fs/bpf/x"))
+        );
+        assert!(parse(&["--no-pin", "--pin-dir", "/x"]).is_err());
     }
 
     #[test]

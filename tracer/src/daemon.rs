@@ -45,6 +45,9 @@ const LINGERING_CHECK: Duration = Duration::from_secs(1);
 const LINGERING_CHECK_CPU_SHARE: u32 = 50;
 
 pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -> Result<()> {
+    // From the start, so a stop requested during start-up is a clean stop too.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     // Bind first: a taken address is a configuration error, reported before anything loads.
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(metrics_server::bind(addr).await?),
@@ -53,6 +56,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     let mut probe = loader::load(&LoadSettings {
         ring_buffer_size: config.ring_buffer_size,
         filter: config.socket_filter(),
+        pin_dir: config.pin_dir(),
     })?;
     for (what, problem) in [
         ("TIME-WAIT tracking", &probe.timewait),
@@ -105,18 +109,22 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     // Seed the table with the sockets that exist now: the programs are attached already, so a
     // socket changing meanwhile is seen by both and the events win.
     pipeline.reconcile(ring.get_mut(), &mut Both(&mut output, &mut metrics), true)?;
+    if probe.pins.as_ref().is_some_and(|p| p.reused) {
+        // A restart: the kernel kept recording while no daemon ran; its records give the sockets
+        // found at start-up their true ages and owners.
+        let adopted = pipeline.tracker.adopt_records(&probe.socket_records()?);
+        info!("restart: {adopted} sockets keep the ages recorded in the kernel");
+    }
     info!(
         "start-up snapshot: {} sockets in {} network namespaces",
         pipeline.tracker.table().len(),
         pipeline.namespaces.len().max(1)
     );
-    release_startup_memory();
+    release_free_memory();
     metrics.refresh(&pipeline.tracker, kernel_totals(&probe)?);
     // Under systemd (Type=notify): ready once tracing with the table seeded.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut poll = tokio::time::interval(config.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut summaries = interval_at(
@@ -131,7 +139,10 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     );
     reconciles.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let end = config.duration.map(|d| Instant::now() + d);
-    let mut interval_started_ns = started_ns;
+    let mut summaries_clock = SummaryClock {
+        started_ns,
+        interval_started_ns: started_ns,
+    };
 
     loop {
         let mut summary_due = false;
@@ -165,39 +176,21 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         }
         if reconcile_due {
             pipeline.reconcile(ring.get_mut(), &mut sink, false)?;
+            release_free_memory();
         }
         if lingering_due || reconcile_due {
             metrics.refresh(&pipeline.tracker, kernel_totals(&probe)?);
         }
         if summary_due {
-            let now_ns = monotonic_ns();
-            summarize(
-                &mut pipeline.tracker,
-                &probe,
-                &mut output,
-                started_ns,
-                interval_started_ns,
-                now_ns,
-                false,
-            )?;
-            interval_started_ns = now_ns;
+            summaries_clock.summarize(&mut pipeline.tracker, &probe, &mut output, false)?;
         }
         output.flush().context("writing events")?;
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let mut sink = Both(&mut output, &mut metrics);
     pipeline.drain(ring.get_mut(), &mut sink);
-    let now_ns = monotonic_ns();
-    pipeline.tracker.tick(now_ns, &mut sink);
-    summarize(
-        &mut pipeline.tracker,
-        &probe,
-        &mut output,
-        started_ns,
-        interval_started_ns,
-        now_ns,
-        true,
-    )?;
+    pipeline.tracker.tick(monotonic_ns(), &mut sink);
+    summaries_clock.summarize(&mut pipeline.tracker, &probe, &mut output, true)?;
     output.flush().context("writing events")?;
     drop(ring);
     let (_, lost) = probe.lost_events()?;
@@ -306,35 +299,44 @@ fn kernel_totals(probe: &Probe) -> Result<KernelTotals> {
     })
 }
 
-fn summarize(
-    tracker: &mut Tracker,
-    probe: &Probe,
-    output: &mut Output<impl Write>,
+/// When the daemon started and the current summary interval began.
+struct SummaryClock {
     started_ns: u64,
     interval_started_ns: u64,
-    now_ns: u64,
-    last: bool,
-) -> Result<()> {
-    let context = Context {
-        now_ns,
-        started_ns,
-        interval_started_ns,
-        lost: probe.lost_events()?,
-        skipped: (
-            probe
-                .program_stats(|name| name == TRANSITIONS_PROGRAM)?
-                .recursion_misses,
-            probe.program_stats(|_| true)?.recursion_misses,
-        ),
-        last,
-    };
-    output.summary(&Summary::take(tracker, context));
-    Ok(())
 }
 
-/// Start-up parses the kernel's BTF (megabytes) once; hand the freed heap back to the system so
-/// the long-running daemon stays small.
-fn release_startup_memory() {
+impl SummaryClock {
+    /// Writes a summary and starts the next interval.
+    fn summarize(
+        &mut self,
+        tracker: &mut Tracker,
+        probe: &Probe,
+        output: &mut Output<impl Write>,
+        last: bool,
+    ) -> Result<()> {
+        let now_ns = monotonic_ns();
+        let context = Context {
+            now_ns,
+            started_ns: self.started_ns,
+            interval_started_ns: self.interval_started_ns,
+            lost: probe.lost_events()?,
+            skipped: (
+                probe
+                    .program_stats(|name| name == TRANSITIONS_PROGRAM)?
+                    .recursion_misses,
+                probe.program_stats(|_| true)?.recursion_misses,
+            ),
+            last,
+        };
+        output.summary(&Summary::take(tracker, context));
+        self.interval_started_ns = now_ns;
+        Ok(())
+    }
+}
+
+/// Start-up parses the kernel's BTF (megabytes) once, and each reconciliation lists every socket:
+/// hand the freed heap back to the system so the long-running daemon stays small.
+fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free memory; no allocation is touched.
     unsafe {

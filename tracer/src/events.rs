@@ -176,7 +176,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     })
 }
 
-fn process(owner: &Owner) -> Option<Process> {
+/// The process of a kernel owner record, if known.
+pub fn process(owner: &Owner) -> Option<Process> {
     (owner.pid != 0).then_some(Process {
         pid: owner.pid,
         comm: Comm(owner.comm),

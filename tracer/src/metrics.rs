@@ -5,7 +5,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use prometheus_client::{
     encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use tracer_common::TcpState;
@@ -67,6 +67,11 @@ impl EncodeLabelSet for DurationLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         encode_labels(encoder, &[("state", self.state)], &self.port)
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -173,11 +178,15 @@ impl Metrics {
             "Sockets dropped from the table to keep it within --max-sockets",
             evictions.counter.clone(),
         );
-        registry.register(
-            "tcpstate_build",
-            "The tracer's version",
-            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // A gauge set to 1 rather than an OpenMetrics `info`, which the classic text format
+        // (promtool, older scrapers) does not know.
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("tcpstate_build_info", "The tracer's version", build_info);
         Self {
             registry: Arc::new(registry),
             sockets,

@@ -113,3 +113,60 @@ impl Summary {
         summary
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashSet,
+        net::{IpAddr, Ipv4Addr},
+    };
+
+    use super::*;
+    use crate::{
+        detect::Thresholds,
+        events::{Endpoints, Family},
+        kernel_view::ListedSocket,
+        tracker::{Sink, UnstuckReport},
+    };
+
+    struct Nowhere;
+    impl Sink for Nowhere {
+        fn transition(&mut self, _: &crate::events::Transition) {}
+        fn stuck(&mut self, _: &StuckReport) {}
+        fn unstuck(&mut self, _: &UnstuckReport) {}
+    }
+
+    fn time_wait(cookie: u64, remote_port: u16) -> ListedSocket {
+        ListedSocket {
+            endpoints: Endpoints {
+                netns: 1,
+                family: Family::Ipv4,
+                local: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                local_port: 40_000 + cookie as u16,
+                remote: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                remote_port,
+            },
+            state: TcpState::TimeWait,
+            cookie,
+            inode: 0,
+        }
+    }
+
+    #[test]
+    fn time_wait_by_remote_port_keeps_the_largest() {
+        let mut tracker = Tracker::new(1000, Thresholds::default(), 1);
+        // Port 1000+i has i+1 sockets in TIME_WAIT, for 12 ports.
+        let listing: Vec<ListedSocket> = (0..12u16)
+            .flat_map(|i| (0..=i).map(move |_| 1000 + i))
+            .enumerate()
+            .map(|(n, port)| time_wait(n as u64, port))
+            .collect();
+        tracker.begin_reconcile(0);
+        tracker.reconcile(&listing, &HashSet::from([1]), 0, true, &mut Nowhere);
+        let summary = Summary::take(&mut tracker, Context::default());
+        assert_eq!(summary.time_wait_by_remote_port.len(), MAX_PORTS);
+        assert_eq!(summary.time_wait_by_remote_port[0], (1011, 12));
+        assert_eq!(summary.time_wait_by_remote_port[9], (1002, 3));
+        assert_eq!(summary.sockets, vec![(TcpState::TimeWait, 78)]);
+    }
+}

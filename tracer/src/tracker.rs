@@ -568,12 +568,18 @@ impl Tracker {
             .filter(|(_, e)| namespaces.contains(&e.endpoints.netns))
             .map(|(k, e)| (*k, e.endpoints, e.state, e.last_active_ns))
             .collect();
-        // Sockets the events name come before sockets known only from a listing.
-        keys.sort_by_key(|(k, ..)| matches!(k, SockKey::Listed(_)));
+        // Sockets that changed during the listing come first: the events are newer than the
+        // listing, so they are not judged by it, but they are the sockets it shows (a socket
+        // created meanwhile must not be added twice). Then sockets the events name, then
+        // sockets known only from a listing.
+        keys.sort_by_key(|(k, _, _, last_active)| {
+            (*last_active < listed_at, matches!(k, SockKey::Listed(_)))
+        });
         let mut mismatched = Vec::new();
         for (key, endpoints, state, last_active) in keys {
             if last_active >= listed_at {
-                continue; // changed during the listing: the events are newer than the listing
+                take_match(&mut unmatched, listing, &endpoints, |_| true);
+                continue;
             }
             let found = take_match(&mut unmatched, listing, &endpoints, |s| s.state == state);
             match found {
@@ -638,6 +644,59 @@ impl Tracker {
     fn note_unowned(&self, key: SockKey, socket: &ListedSocket, unowned: &mut Vec<(SockKey, u32)>) {
         if socket.inode != 0 && self.table.get(&key).is_some_and(|e| e.owner.is_none()) {
             unowned.push((key, socket.inode));
+        }
+    }
+
+    /// Gives sockets known only from the kernel's list the kernel's own records of them (kept in a
+    /// pinned map across daemon restarts): their address, when they entered their state, and
+    /// their owner. A record counts only if it shows the state the kernel lists. Returns how many
+    /// sockets were matched.
+    pub fn adopt_records(&mut self, records: &[(u64, tracer_common::SockRecord)]) -> usize {
+        let mut by_connection: HashMap<(Endpoints, TcpState), (u64, &tracer_common::SockRecord)> =
+            HashMap::new();
+        for (sock, record) in records {
+            if let (Ok(endpoints), Some(state)) = (
+                crate::events::endpoints(&record.tuple),
+                TcpState::from_u8(record.state),
+            ) {
+                by_connection.insert((endpoints, state), (*sock, record));
+            }
+        }
+        let listed: Vec<(SockKey, Endpoints, TcpState)> = self
+            .table
+            .iter()
+            .filter(|(k, _)| matches!(k, SockKey::Listed(_)))
+            .map(|(k, e)| (*k, e.endpoints, e.state))
+            .collect();
+        let mut adopted = 0;
+        for (key, endpoints, state) in listed {
+            let Some(&(sock, record)) = by_connection.get(&(endpoints, state)) else {
+                continue;
+            };
+            let kernel = SockKey::Kernel(sock);
+            self.rekey(key, kernel);
+            self.unwatch(kernel);
+            let owner = crate::events::process(&record.owner);
+            self.table.update(&kernel, |e| {
+                e.entered_ns = record.since_ns;
+                e.age_known = true;
+                e.owner = e.owner.or(owner);
+            });
+            self.rewatch(kernel);
+            adopted += 1;
+        }
+        adopted
+    }
+
+    /// Watches an entry again after its entry time changed (no report: the next tick makes it).
+    fn rewatch(&mut self, key: SockKey) {
+        if let Some(deadline) = self
+            .table
+            .get(&key)
+            .filter(|e| e.stuck.is_none())
+            .and_then(|e| self.deadline_of(e))
+        {
+            self.deadlines.insert(deadline, key);
         }
     }
 
@@ -1102,27 +1161,22 @@ mod tests {
         assert_eq!(t.table().count(FinWait2), 1);
         assert_eq!(t.table().lingering().len(), 1);
         // The peer's FIN moves the timer to another bucket: cancel then start.
-        t.on_event(
-            KernelEvent::TimewaitDisarmed(tw(99, 1, TimeWait, 3 * S, 0, 0)),
-            &mut r,
-        );
-        t.on_event(
-            KernelEvent::TimewaitArmed(tw(99, 1, TimeWait, 3 * S, 0, 0)),
-            &mut r,
-        );
-        t.tick(4 * S, &mut r);
+        let rearm = |t: &mut Tracker, r: &mut Recorded, ts_ns: u64| {
+            t.on_event(
+                KernelEvent::TimewaitDisarmed(tw(99, 1, TimeWait, ts_ns, 0, 0)),
+                r,
+            );
+            t.on_event(
+                KernelEvent::TimewaitArmed(tw(99, 1, TimeWait, ts_ns, 0, 0)),
+                r,
+            );
+            t.tick(ts_ns + S, r);
+        };
+        rearm(&mut t, &mut r, 3 * S);
         assert_eq!(pairs(&r).last(), Some(&(FinWait2, TimeWait)));
         assert_eq!(r.transitions.last().unwrap().prev_state_ns, Some(3 * S));
         // A duplicate FIN in TIME_WAIT re-arms again: still TIME_WAIT.
-        t.on_event(
-            KernelEvent::TimewaitDisarmed(tw(99, 1, TimeWait, 5 * S, 0, 0)),
-            &mut r,
-        );
-        t.on_event(
-            KernelEvent::TimewaitArmed(tw(99, 1, TimeWait, 5 * S, 0, 0)),
-            &mut r,
-        );
-        t.tick(6 * S, &mut r);
+        rearm(&mut t, &mut r, 5 * S);
         assert_eq!(t.table().count(TimeWait), 1);
         assert_eq!(r.transitions.len(), 2);
     }
@@ -1251,6 +1305,61 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_adopts_the_kernels_records() {
+        let (mut t, mut r) = (tracker(), Recorded::default());
+        t.begin_reconcile(100 * S);
+        t.reconcile(
+            &[listed(1, CloseWait, 10), listed(2, Established, 20)],
+            &ours(),
+            100 * S,
+            true,
+            &mut r,
+        );
+        let record = |id: u64, state: TcpState, since_ns: u64| {
+            let mut tuple = tracer_common::Tuple {
+                sport: ends(id).local_port,
+                dport: 80,
+                family: tracer_common::AF_INET,
+                netns: NETNS,
+                ..tracer_common::Tuple::default()
+            };
+            tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            tuple.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            let mut comm = [0u8; 16];
+            comm[..6].copy_from_slice(b"server");
+            tracer_common::SockRecord {
+                since_ns,
+                tuple,
+                owner: tracer_common::Owner {
+                    pid: 7,
+                    _pad: 0,
+                    comm,
+                },
+                state: state as u8,
+                _pad: [0; 7],
+            }
+        };
+        // Socket 1 has been in CLOSE_WAIT since 40 s; socket 2's record is stale (another state).
+        let records = [
+            (0xaa, record(1, CloseWait, 40 * S)),
+            (0xbb, record(2, FinWait1, 90 * S)),
+        ];
+        assert_eq!(t.adopt_records(&records), 1);
+        let entry = t
+            .table()
+            .get(&SockKey::Kernel(0xaa))
+            .expect("rekeyed to its address");
+        assert_eq!((entry.entered_ns, entry.age_known), (40 * S, true));
+        assert_eq!(entry.owner, owner());
+        assert!(t.table().get(&SockKey::Listed(10)).is_none());
+        assert!(!t.table().get(&SockKey::Listed(20)).unwrap().age_known);
+        // The 2 s threshold counts from the true entry: stuck at once, with the true age.
+        t.tick(101 * S, &mut r);
+        assert_eq!(r.stuck.len(), 1);
+        assert_eq!((r.stuck[0].age_ns, r.stuck[0].age_known), (61 * S, true));
+    }
+
+    #[test]
     fn reconciliation_learns_a_connecting_port() {
         let (mut t, mut r) = (tracker(), Recorded::default());
         let mut connect = tr(1, Close, SynSent, 0, None);
@@ -1265,6 +1374,26 @@ mod tests {
             t.table().get(&SockKey::Kernel(1)).unwrap().endpoints,
             ends(1)
         );
+    }
+
+    #[test]
+    fn sockets_opened_during_a_listing_are_not_added_twice() {
+        let (mut t, mut r) = (tracker(), Recorded::default());
+        t.begin_reconcile(S);
+        // Created while the kernel was being listed: the listing shows it too.
+        t.on_event(tr(1, Close, Listen, S + 1, None), &mut r);
+        t.on_event(tr(2, Listen, SynRecv, S + 2, None), &mut r);
+        t.on_event(tr(2, SynRecv, Established, S + 3, None), &mut r);
+        t.reconcile(
+            &[listed(1, Listen, 10), listed(2, SynRecv, 20)],
+            &ours(),
+            2 * S,
+            false,
+            &mut r,
+        );
+        assert_eq!(t.table().len(), 2);
+        assert_eq!(t.table().count(Established), 1, "the newer event wins");
+        assert_eq!(t.reconciliation().fixes(), 0);
     }
 
     #[test]

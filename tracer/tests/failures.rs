@@ -41,6 +41,30 @@ fn bad_flags() {
             "unexpected argument '--no-such-flag'",
         ),
         (&["-4", "-6"][..], "cannot be used with"),
+        (
+            &["--stuck", "close-wait=abc"][..],
+            "`abc` is not a duration",
+        ),
+        (
+            &["--stuck", "sleeping=5s"][..],
+            "`sleeping` is not a TCP state",
+        ),
+        (&["--stuck", "close-wait"][..], "is not STATE=DURATION"),
+        (
+            &["--max-sockets", "0"][..],
+            "invalid value '0' for '--max-sockets",
+        ),
+        (&["--metrics-addr", "nope"][..], "is not PORT or HOST:PORT"),
+        (
+            &["--metrics-addr", "70000"][..],
+            "port 70000 is out of range",
+        ),
+        (
+            &["--netns", "/no/such/namespace"][..],
+            "neither a namespace inode number nor a readable path",
+        ),
+        (&["--log-level", "chatty"][..], "is not a log level"),
+        (&["--ring-buffer-size", "1000"][..], "not a power of two"),
     ] {
         let out = tracer(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -150,4 +174,32 @@ fn minimal_capabilities() {
         assert!(out.status.success(), "{dropped}: {stderr}");
         assert!(stderr.contains(says), "without {dropped}: {stderr}");
     }
+}
+
+/// A kernel without BTF (hidden in a mount namespace).
+#[test]
+fn no_btf() {
+    require_root();
+    let script = format!("mount -t tmpfs none /sys/kernel/btf && exec {TRACER} --duration 1s");
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(
+        &out,
+        "the kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing)",
+    );
+}
+
+/// A RUST_LOG that does not parse.
+#[test]
+fn bad_log_filter() {
+    let out = Command::new(TRACER)
+        .arg("--duration=1s")
+        .env("RUST_LOG", "tcpstate=[")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_line_error(&out, "is not a valid filter");
 }

@@ -169,12 +169,10 @@ fn active_close_enters_time_wait_and_its_reuse_ends_it() {
     // Counted in a summary.
     tracer.wait_for(Duration::from_secs(5), "a summary counting it", |events| {
         of_kind(events, "summary").iter().any(|s| {
+            // Other tests' connections count too: these are lower bounds. (The per-port list
+            // holds the ten largest ports only; the unit tests check it.)
             s["sockets"]["TIME_WAIT"].as_u64().unwrap_or(0) >= 1
                 && s["transitions"]["total"]["FIN_WAIT2->TIME_WAIT"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    >= 1
-                && s["time_wait_by_remote_port"][port.to_string()]
                     .as_u64()
                     .unwrap_or(0)
                     >= 1

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cargo;
 mod setup;
+mod soak;
 
 #[derive(Parser)]
 #[command(about = "tcpstate project tasks")]
@@ -30,6 +31,8 @@ enum Task {
     Test,
     /// Measure the tracer against no tracer and its peers (libbpf-tools, bpftrace), as root.
     Bench(bench::Options),
+    /// Run the tracer under steady churn for minutes, sampling its memory and table (as root).
+    Soak(soak::Options),
 }
 
 fn main() {
@@ -64,6 +67,11 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 options
             })
+        }
+        Task::Soak(options) => {
+            setup::ensure_toolchain()?;
+            cargo::build_release()?;
+            soak::run(&options)
         }
     }
 }

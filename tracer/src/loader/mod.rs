@@ -2,11 +2,15 @@
 //! kernel's layouts, fills the programs' read-only globals, loads and attaches. Dropping the
 //! returned [`Probe`] detaches everything (and the kernel does the same if the process dies).
 pub mod kernel_layout;
+pub mod pinning;
 pub mod privileges;
 pub mod prog_stats;
 pub mod tracefs;
 
-use std::{os::fd::AsFd as _, path::Path};
+use std::{
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -14,7 +18,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
-use tracer_common::{AF_INET, AF_INET6, KernelFilter, counter};
+use tracer_common::{AF_INET, AF_INET6, KernelFilter, SockRecord, counter};
 
 use self::{kernel_layout::VMLINUX_BTF, tracefs::Format};
 use crate::{events::Family, filter::SocketFilter};
@@ -27,6 +31,8 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 pub struct LoadSettings {
     pub ring_buffer_size: u32,
     pub filter: SocketFilter,
+    /// Where to pin the per-socket map; `None`: not pinned.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// The loaded and attached programs.
@@ -36,6 +42,8 @@ pub struct Probe {
     pub timewait: Option<String>,
     /// Accept owners are tracked in the kernel (it needs syscall tracepoints).
     pub accept_owners: Option<String>,
+    /// The pinned per-socket map, when pinning works; kept for the lock it holds.
+    pub pins: Option<pinning::PinDir>,
 }
 
 pub fn load(settings: &LoadSettings) -> Result<Probe> {
@@ -61,6 +69,22 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
         .and_then(|f| f.check("ret", tracer_common::set_state_layout::ACCEPT_RET, 8));
     let offsets = kernel_layout::read_offsets(Path::new(VMLINUX_BTF))?;
 
+    let pins = match &settings.pin_dir {
+        Some(dir) => {
+            let shape = pinning::Shape {
+                max_entries: tracer_common::SOCKET_RECORDS,
+            };
+            match pinning::PinDir::open(dir, &shape) {
+                Ok(pins) => Some(pins),
+                Err(err @ pinning::PinError::Busy(_)) => return Err(err.into()),
+                Err(err) => {
+                    tracing::warn!("socket ages will not survive a restart: {err}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let btf = aya::Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
     let wanted = &settings.filter;
     let filter = KernelFilter {
@@ -75,7 +99,11 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
     };
     // Wake the reader once a quarter of the buffer is used; the poll timer covers the rest.
     let wakeup_bytes = u64::from(settings.ring_buffer_size / 4);
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    if let Some(pins) = &pins {
+        loader.map_pin_path("SOCKETS", pins.sockets.as_path());
+    }
+    let mut ebpf = loader
         .btf(Some(&btf))
         .map_max_entries("EVENTS", settings.ring_buffer_size)
         .override_global("FILTER", &filter, true)
@@ -117,6 +145,7 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
         ebpf,
         timewait,
         accept_owners,
+        pins,
     })
 }
 
@@ -223,6 +252,17 @@ impl Probe {
             total = total + stats;
         }
         Ok(total)
+    }
+
+    /// The kernel's per-socket records of live sockets (not of closed ones), with their address.
+    pub fn socket_records(&self) -> Result<Vec<(u64, SockRecord)>> {
+        let map = self.ebpf.map("SOCKETS").context("map SOCKETS missing")?;
+        let records: HashMap<_, u64, SockRecord> = HashMap::try_from(map)?;
+        Ok(records
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, r)| r.state != tracer_common::TcpState::Close as u8)
+            .collect())
     }
 
     /// Gives the aya-log records of the programs a reader (their ring buffer).

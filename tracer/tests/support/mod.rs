@@ -38,11 +38,18 @@ pub struct Finished {
 }
 
 impl Tracer {
-    /// Starts `tracer --log-format json <args>` and waits until it has attached.
+    /// Starts `tracer --log-format json <args>` and waits until it has attached. Tests run side by
+    /// side, so the pinned kernel state is off unless a test names its own `--pin-dir`.
     pub fn start(args: &[&str]) -> Tracer {
         require_root();
+        let pinning: &[&str] = if args.contains(&"--pin-dir") || args.contains(&"--no-pin") {
+            &[]
+        } else {
+            &["--no-pin"]
+        };
         let mut child = Command::new(TRACER)
             .args(["--log-format", "json"])
+            .args(pinning)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -211,6 +218,11 @@ impl Workload {
         Self::start("serve", ip, count, None)
     }
 
+    /// Any workload mode, optionally through a shell wrapper (see [`Workload::start`]).
+    pub fn run(mode: &str, ip: &str, count: usize, wrapper: Option<&str>) -> Workload {
+        Self::start(mode, ip, count, wrapper)
+    }
+
     /// Starts it directly, or through `sh -c` with `wrapper`, a shell command in which `{}`
     /// stands for the workload's (e.g. `unshare -n sh -c '... && exec {}'`).
     fn start(mode: &str, ip: &str, count: usize, wrapper: Option<&str>) -> Workload {
@@ -277,5 +289,63 @@ impl Drop for Workload {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
         let _ = self.child.wait();
+    }
+}
+
+/// A network namespace of the test's own, held by `unshare -n sleep`, with loopback up.
+pub struct Namespace {
+    holder: Child,
+}
+
+impl Namespace {
+    pub fn new() -> Namespace {
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let holder = Command::new("unshare")
+            .args(["-n", "sleep", "600"])
+            .spawn()
+            .unwrap();
+        let ns = Namespace { holder };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(ns.path())
+            .map(|l| l == own)
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "unshare did not start");
+            thread::sleep(Duration::from_millis(10));
+        }
+        let up = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .args(["ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success());
+        ns
+    }
+
+    /// The namespace's file, for `--netns` and `nsenter --net=`.
+    pub fn path(&self) -> String {
+        format!("/proc/{}/ns/net", self.holder.id())
+    }
+
+    /// A shell wrapper running a workload inside (see [`Workload::run`]).
+    pub fn wrapper(&self) -> String {
+        format!("nsenter --net={} {{}}", self.path())
+    }
+
+    /// Its inode number, as the tracer reports it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(self.path()).unwrap().ino()
+    }
+
+    pub fn holder_pid(&self) -> u32 {
+        self.holder.id()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
     }
 }

@@ -2,7 +2,7 @@
 //! workloads in a network namespace of the benchmark's own. Runs are interleaved (every tool once
 //! per round, rounds repeated) and reported as medians with their range, in
 //! target/bench/results.{md,json}.
-mod measure;
+pub mod measure;
 mod tools;
 
 use std::{

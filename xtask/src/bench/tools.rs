@@ -160,7 +160,13 @@ pub fn start(tool: Tool, netns: u32) -> Result<Running> {
         }
         Tool::TracerQuiet | Tool::TracerLog => {
             let mut c = Command::new(tracer_binary());
-            c.args(["--log-format", "json", "--netns", &netns.to_string()]);
+            c.args([
+                "--log-format",
+                "json",
+                "--no-pin",
+                "--netns",
+                &netns.to_string(),
+            ]);
             c.args([
                 "--log-transitions",
                 if tool == Tool::TracerLog {

@@ -1,0 +1,386 @@
+//! A root daemon on every host must not cause an incident: it keeps the true ages of sockets
+//! across restarts, leaves nothing attached when it dies, refuses to share its pinned state, counts
+//! what a flood makes it lose and heals afterwards, and stays within its bounds.
+mod support;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{Namespace, TRACER, Tracer, Workload, of_kind};
+use tracer::kernel_view;
+
+/// A pin directory of the test's own under bpffs, removed at the end.
+struct PinDir(String);
+
+impl PinDir {
+    fn new(name: &str) -> PinDir {
+        let dir = format!("/sys/fs/bpf/tcpstate-test-{}-{name}", std::process::id());
+        let _ = std::fs::remove_dir_all(&dir);
+        PinDir(dir)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The ids of the BPF programs a process holds, from its file descriptors.
+fn program_ids(pid: u32) -> HashSet<u32> {
+    let mut ids = HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(entry.path()) {
+            ids.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|id| id.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    ids
+}
+
+/// The kernel's own list of loaded programs.
+fn loaded_program_ids() -> HashSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
+/// After SIGTERM, SIGINT and even SIGKILL, none of the tracer's programs stays loaded.
+#[test]
+fn nothing_is_left_attached() {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
+        let tracer = Tracer::start(&[]);
+        let ids = program_ids(tracer.pid());
+        assert!(ids.len() >= 4, "the tracer holds its programs: {ids:?}");
+        assert!(ids.is_subset(&loaded_program_ids()));
+        let done = tracer.stop_with(signal);
+        if signal != libc::SIGKILL {
+            assert!(done.status.success(), "signal {signal}: {}", done.stderr);
+        }
+        // Programs are freed once their last reference goes; give the kernel a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left: Vec<u32> = ids.intersection(&loaded_program_ids()).copied().collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "signal {signal}: programs {left:?} still loaded"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A CLOSE_WAIT socket keeps its true age when the tracer is killed and restarted: the kernel kept
+/// its record in the pinned map.
+#[test]
+fn a_restart_keeps_true_ages() {
+    let pins = PinDir::new("restart");
+    let first = Tracer::start(&["--pin-dir", &pins.0]);
+    let server = Workload::close_wait("127.0.0.1", 2, None);
+    let leaked_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    first.stop_with(libc::SIGKILL);
+    let second = Tracer::start(&["--pin-dir", &pins.0, "--stuck", "close-wait=1s"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !second.stderr().contains("start-up snapshot") {
+        assert!(Instant::now() < deadline, "{}", second.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(second.stderr().contains("restart: "), "{}", second.stderr());
+    let mine = |events: &[Value]| -> Vec<Value> {
+        of_kind(events, "stuck")
+            .into_iter()
+            .filter(|e| e["sport"] == server.listen_port)
+            .cloned()
+            .collect()
+    };
+    second.wait_for(Duration::from_secs(10), "2 stuck reports", |events| {
+        mine(events).len() >= 2
+    });
+    let elapsed = leaked_at.elapsed().as_secs_f64() * 1e3;
+    let done = second.stop();
+    for e in mine(&done.events) {
+        assert_eq!(e["age_known"], true, "the age survived the restart: {e}");
+        let age = e["age_ms"].as_f64().unwrap();
+        assert!(
+            age >= 3000.0 && age <= elapsed + 100.0,
+            "true age {age} ms, leaked {elapsed} ms ago: {e}"
+        );
+        assert_eq!(e["pid"], server.pid);
+    }
+    // What it writes is not world-writable.
+    for path in [pins.0.clone(), format!("{}/sockets_v1", pins.0)] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o002, 0, "{path} is world-writable ({mode:o})");
+    }
+    assert_eq!(
+        std::fs::metadata(&pins.0).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+}
+
+/// A second tracer on the same pinned state refuses with a clear message; without pinning it runs
+/// side by side.
+#[test]
+fn a_second_instance_refuses_or_runs_side_by_side() {
+    let pins = PinDir::new("second");
+    let first = Tracer::start(&["--pin-dir", &pins.0]);
+    let out = Command::new(TRACER)
+        .args(["--pin-dir", &pins.0, "--duration", "1s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another tracer is running with the pinned state"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+    let beside = Tracer::start(&["--no-pin"]);
+    drop(beside);
+    drop(first);
+}
+
+fn bpf_syscall(cmd: u32, attr: &mut aya_obj::generated::bpf_attr) -> i64 {
+    // SAFETY: the attribute is a zeroed bpf_attr with the command's member filled in.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut aya_obj::generated::bpf_attr,
+            size_of::<aya_obj::generated::bpf_attr>(),
+        )
+    }
+}
+
+/// Pins a map of the wrong shape (a plain hash, 4-byte values) at `path`.
+fn pin_foreign_map(path: &str) {
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+    // SAFETY: all-zero is the required initial state of bpf_attr.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.__bindgen_anon_1.map_type = bpf_map_type::BPF_MAP_TYPE_HASH as u32;
+    attr.__bindgen_anon_1.key_size = 8;
+    attr.__bindgen_anon_1.value_size = 4;
+    attr.__bindgen_anon_1.max_entries = 16;
+    let fd = bpf_syscall(bpf_cmd::BPF_MAP_CREATE as u32, &mut attr);
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c_path = std::ffi::CString::new(path).unwrap();
+    // SAFETY: as above.
+    let mut pin: bpf_attr = unsafe { std::mem::zeroed() };
+    pin.__bindgen_anon_4.pathname = c_path.as_ptr() as u64;
+    pin.__bindgen_anon_4.bpf_fd = fd as u32;
+    assert_eq!(
+        bpf_syscall(bpf_cmd::BPF_OBJ_PIN as u32, &mut pin),
+        0,
+        "BPF_OBJ_PIN: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: closing the descriptor the kernel gave.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Pins left by an incompatible version are detected and replaced, not trusted.
+#[test]
+fn stale_pins_are_replaced() {
+    let pins = PinDir::new("stale");
+    std::fs::create_dir_all(&pins.0).unwrap();
+    pin_foreign_map(&format!("{}/sockets_v1", pins.0));
+    pin_foreign_map(&format!("{}/sockets_v0", pins.0));
+    let tracer = Tracer::start(&["--pin-dir", &pins.0]);
+    let stderr = tracer.stderr();
+    assert!(
+        stderr.contains("sockets_v0, pinned by an incompatible version"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sockets_v1: its map does not have the layout"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("restart:"),
+        "a foreign map is not a restart: {stderr}"
+    );
+    drop(tracer);
+    assert!(!Path::new(&format!("{}/sockets_v0", pins.0)).exists());
+    let map = aya::maps::MapData::from_pin(format!("{}/sockets_v1", pins.0)).unwrap();
+    assert_eq!(
+        map.info().unwrap().value_size() as usize,
+        size_of::<tracer_common::SockRecord>()
+    );
+}
+
+/// Counts of sockets by state in one namespace, from the kernel's own list.
+fn kernel_counts(ns: &Namespace) -> BTreeMap<String, u64> {
+    let netns = ns.inode() as u32;
+    let (listing, listed) =
+        kernel_view::list_namespaces(&HashMap::from([(netns, ns.holder_pid())]), None).unwrap();
+    assert!(listed.contains(&netns));
+    let mut counts = BTreeMap::new();
+    for socket in listing.iter().filter(|s| s.endpoints.netns == netns) {
+        *counts.entry(socket.state.name().to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+/// The ring buffer overflows while the reader is paused: what the kernel dropped is counted
+/// (read + lost = the workload's transitions), and reconciliation brings the table back to what
+/// the kernel lists.
+#[test]
+fn an_overflow_is_counted_and_healed() {
+    let ns = Namespace::new();
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.path(),
+        "--ring-buffer-size",
+        "4096",
+        "--reconcile-interval",
+        "1s",
+    ]);
+    // SAFETY: pausing and resuming our own child.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+    let connections = 400;
+    let mut burst = Workload::run("burst", "127.0.0.1", connections, Some(&ns.wrapper()));
+    burst.expect_line("done");
+    // SAFETY: as above.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_secs(3));
+    let expected_counts = kernel_counts(&ns);
+    let done = tracer.stop();
+    let summary = of_kind(&done.events, "summary")
+        .last()
+        .copied()
+        .cloned()
+        .expect("a final summary");
+    let events = &summary["events"];
+    let read = events["transitions"].as_u64().unwrap();
+    let lost = events["transitions_lost"].as_u64().unwrap();
+    let skipped = events["transitions_skipped"].as_u64().unwrap();
+    let expected = connections as u64 * xtask::workload::TRANSITIONS_PER_CONNECTION
+        + xtask::workload::TRANSITIONS_PER_LISTENER;
+    assert!(
+        lost > 0,
+        "a 4 KiB buffer with a paused reader overflows: {summary}"
+    );
+    // Skips are counted per program, whatever the namespace (the program did not run to see it):
+    // they may include other tests' events.
+    assert!(
+        read + lost <= expected && expected <= read + lost + skipped,
+        "{summary}"
+    );
+    assert!(summary["lost_events"].as_u64().unwrap() >= lost);
+    assert!(
+        done.stderr.contains("lost events:"),
+        "reported at exit: {}",
+        done.stderr
+    );
+    // Healed: the table holds what the kernel lists.
+    let table: BTreeMap<String, u64> = summary["sockets"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    assert_eq!(table, expected_counts, "{summary}");
+    assert!(summary["reconciliation"]["runs"].as_u64().unwrap() >= 1);
+}
+
+/// A flood: 200,000 short connections and a listener that never accepts, against a table bounded
+/// at 5,000 sockets (the flood leaves more than that in TIME-WAIT). The table stays within its bound (evicting, counted), memory stays within a
+/// bound, and the metrics endpoint keeps answering throughout.
+#[test]
+fn a_flood_stays_within_bounds() {
+    let ns = Namespace::new();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.path(),
+        "--max-sockets",
+        "5000",
+        "--metrics-addr",
+        &metrics_port.to_string(),
+        "--summary-interval",
+        "2s",
+    ]);
+    let backlog = Workload::run("backlog", "127.0.0.1", 500, Some(&ns.wrapper()));
+    let mut flood = Workload::run("burst", "127.0.0.1", 200_000, Some(&ns.wrapper()));
+    let scraper = std::thread::spawn(move || {
+        let mut scrapes = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            let mut stream =
+                std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("endpoint up");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            use std::io::{Read as _, Write as _};
+            write!(
+                stream,
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut body = String::new();
+            stream
+                .read_to_string(&mut body)
+                .expect("the endpoint answers during the flood");
+            assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+            scrapes += 1;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        scrapes
+    });
+    flood.expect_line("done");
+    assert!(scraper.join().unwrap() >= 10);
+    std::thread::sleep(Duration::from_secs(3));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    drop(backlog);
+    let done = tracer.stop();
+    let summaries = of_kind(&done.events, "summary");
+    for s in &summaries {
+        assert!(
+            s["tracked"].as_u64().unwrap() <= 5_000,
+            "over the bound: {s}"
+        );
+    }
+    let last = summaries.last().unwrap();
+    assert!(
+        last["evictions"].as_u64().unwrap() > 0,
+        "the flood filled the table: {last}"
+    );
+    assert_eq!(
+        last["events"]["transitions_lost"], 0,
+        "default sizes lose nothing: {last}"
+    );
+    // The bound documented in the README.
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
+    eprintln!("flood: peak RSS {peak_kib} KiB");
+}
