@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Namespace, TRACER, Tracer, Workload, of_kind};
+use support::{Namespace, TRACER, Tracer, Workload, of_kind, stuck_on_port};
 use tracer::kernel_view;
 
 /// A pin directory of the test's own under bpffs, removed at the end.
@@ -103,13 +103,7 @@ fn a_restart_keeps_true_ages() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(second.stderr().contains("restart: "), "{}", second.stderr());
-    let mine = |events: &[Value]| -> Vec<Value> {
-        of_kind(events, "stuck")
-            .into_iter()
-            .filter(|e| e["sport"] == server.listen_port)
-            .cloned()
-            .collect()
-    };
+    let mine = |events: &[Value]| stuck_on_port(events, server.listen_port);
     second.wait_for(Duration::from_secs(10), "2 stuck reports", |events| {
         mine(events).len() >= 2
     });

@@ -5,7 +5,7 @@ mod support;
 use std::{net::TcpStream, time::Duration};
 
 use serde_json::Value;
-use support::{Tracer, Workload, of_kind};
+use support::{Tracer, Workload, of_kind, stuck_on_port};
 
 /// Sockets a server put into CLOSE_WAIT before the tracer started are found by the start-up
 /// snapshot, owned by that server (found by socket inode), flagged as of unknown age.
@@ -13,13 +13,7 @@ use support::{Tracer, Workload, of_kind};
 fn close_wait_sockets_older_than_the_tracer_are_reported() {
     let server = Workload::close_wait("127.0.0.1", 5, None);
     let tracer = Tracer::start(&["--stuck", "close-wait=1s"]);
-    let mine = |events: &[Value]| -> Vec<Value> {
-        of_kind(events, "stuck")
-            .into_iter()
-            .filter(|e| e["sport"] == server.listen_port)
-            .cloned()
-            .collect()
-    };
+    let mine = |events: &[Value]| stuck_on_port(events, server.listen_port);
     tracer.wait_for(Duration::from_secs(10), "5 stuck reports", |events| {
         mine(events).len() >= 5
     });

@@ -2,6 +2,7 @@
 //! kernel's layouts, fills the programs' read-only globals, loads and attaches. Dropping the
 //! returned [`Probe`] detaches everything (and the kernel does the same if the process dies).
 pub mod kernel_layout;
+pub mod mounts;
 pub mod pinning;
 pub mod privileges;
 pub mod prog_stats;

@@ -3,13 +3,12 @@
 //! record layout's version; a pin of another version, or of a map of another shape, is replaced,
 //! never trusted. One daemon at a time holds the pinned state (a lock on its directory).
 use std::{
-    ffi::CString,
     fs::File,
     os::{fd::AsRawFd as _, unix::fs::DirBuilderExt as _},
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::maps::{MapData, MapType};
 use tracer_common::{SOCK_RECORD_VERSION, SockRecord};
 
@@ -126,31 +125,9 @@ fn compatible(path: &Path, shape: &Shape) -> bool {
 fn ensure_bpffs() -> Result<()> {
     let mounts =
         std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    let mounted = mounts.lines().any(|line| {
-        let mut fields = line.split_whitespace().skip(1);
-        fields.next() == Some(BPFFS) && fields.next() == Some("bpf")
-    });
-    if mounted {
-        return Ok(());
-    }
-    let source = CString::new("bpffs").context("mount source")?;
-    let target = CString::new(BPFFS).context("mount point")?;
-    let fstype = CString::new("bpf").context("mount type")?;
-    // SAFETY: valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "bpffs is not mounted at {BPFFS} and mounting it failed: {}",
-            std::io::Error::last_os_error()
-        );
+    if !super::mounts::is_mounted(&mounts, BPFFS, "bpf") {
+        super::mounts::mount("bpffs", BPFFS, "bpf")
+            .with_context(|| format!("bpffs is not mounted at {BPFFS} and mounting it failed"))?;
     }
     Ok(())
 }

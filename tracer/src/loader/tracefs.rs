@@ -2,7 +2,6 @@
 //! described. Machines often boot without it mounted; the daemon mounts it itself.
 use std::{
     collections::HashMap,
-    ffi::CString,
     fs,
     path::{Path, PathBuf},
 };
@@ -24,38 +23,17 @@ pub fn ensure_mounted() -> Result<PathBuf> {
             "tracefs is not mounted and {MOUNT_POINT} does not exist (kernel built without tracing?)"
         );
     }
-    let source = CString::new("nodev").context("mount source")?;
-    let fstype = CString::new("tracefs").context("mount type")?;
-    let dir = CString::new(MOUNT_POINT).context("mount point")?;
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            dir.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        bail!("tracefs is not mounted and mounting it at {MOUNT_POINT} failed: {err}");
-    }
+    super::mounts::mount("nodev", MOUNT_POINT, "tracefs").map_err(|err| {
+        anyhow::anyhow!("tracefs is not mounted and mounting it at {MOUNT_POINT} failed: {err}")
+    })?;
     Ok(target.to_path_buf())
 }
 
 /// Finds a tracefs mount in /proc/self/mounts at one of the places aya looks.
 fn mounted_tracefs(mounts: &str) -> Option<PathBuf> {
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let _source = fields.next()?;
-            let target = fields.next()?;
-            let fstype = fields.next()?;
-            (fstype == "tracefs").then_some(target)
-        })
-        .find(|target| *target == MOUNT_POINT || *target == LEGACY_MOUNT_POINT)
+    [MOUNT_POINT, LEGACY_MOUNT_POINT]
+        .into_iter()
+        .find(|target| super::mounts::is_mounted(mounts, target, "tracefs"))
         .map(PathBuf::from)
 }
 

@@ -163,6 +163,15 @@ pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == kind).collect()
 }
 
+/// Stuck reports about sockets whose local port is `port` (a server's accepted sockets).
+pub fn stuck_on_port(events: &[Value], port: u16) -> Vec<Value> {
+    of_kind(events, "stuck")
+        .into_iter()
+        .filter(|e| e["sport"] == port)
+        .cloned()
+        .collect()
+}
+
 /// `(old, new)` pairs of a list of transitions.
 pub fn states(events: &[&Value]) -> Vec<(String, String)> {
     events
