@@ -141,8 +141,7 @@ pub struct Offsets {
     // `struct inet_timewait_sock`
     pub tw_substate: u32,
     pub tw_timer: u32,
-    // `struct timer_list`
-    pub timer_function: u32,
+    // `struct timer_list` (its `function` is the separate `TIMER_FUNCTION` global)
     pub timer_expires: u32,
     // current task -> open file -> socket, for accept()
     pub task_files: u32,

@@ -69,7 +69,6 @@ static OFFSETS: Global<Offsets> = Global::new(Offsets {
     net_inum: 0,
     tw_substate: 0,
     tw_timer: 0,
-    timer_function: 0,
     timer_expires: 0,
     task_files: 0,
     files_fdt: 0,
@@ -78,6 +77,11 @@ static OFFSETS: Global<Offsets> = Global::new(Offsets {
     file_private_data: 0,
     socket_sk: 0,
 });
+
+/// Offset of `function` in `struct timer_list`, apart from [`OFFSETS`] so that the filter run on
+/// every kernel timer loads one word.
+#[unsafe(no_mangle)]
+static TIMER_FUNCTION: Global<u32> = Global::new(0);
 
 /// Address of `tw_timer_handler`, from /proc/kallsyms: a map rather than a load-time global, so
 /// the daemon can load while it reads kallsyms (slow) and fill it in before attaching the timer
@@ -337,16 +341,15 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
 /// Every kernel timer passes here: the comparison with `tw_timer_handler` comes first.
 fn on_timewait_timer(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i64> {
     let timer: u64 = ctx.arg(0);
-    let offsets = OFFSETS.load();
-    // SAFETY: probe read of the timer's callback pointer.
-    // A BTF-typed argument: the verifier lets the field be loaded directly (no helper call), and
-    // this runs for every timer of the kernel.
+    // This runs for every timer of the kernel: one global, one load, one compare. The argument is
+    // BTF-typed, so the verifier lets the field be loaded directly (no helper call).
     // SAFETY: the offset of `function` in `struct timer_list` comes from the kernel's BTF.
     let function: u64 =
-        unsafe { core::ptr::read_volatile((timer + offsets.timer_function as u64) as *const u64) };
+        unsafe { core::ptr::read_volatile((timer + TIMER_FUNCTION.load() as u64) as *const u64) };
     if TW_TIMER_HANDLER.get(0) != Some(&function) {
         return Ok(());
     }
+    let offsets = OFFSETS.load();
     let tw = timer - offsets.tw_timer as u64;
     let substate: u8 =
         unsafe { bpf_probe_read_kernel((tw + offsets.tw_substate as u64) as *const u8) }?;

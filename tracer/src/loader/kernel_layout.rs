@@ -9,8 +9,15 @@ use tracer_common::Offsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// Every struct offset the programs use, from the kernel's BTF.
+pub struct KernelOffsets {
+    pub offsets: Offsets,
+    /// `timer_list.function`, a global of its own (read on every kernel timer).
+    pub timer_function: u32,
+}
+
 /// Reads every struct offset the programs use from the kernel's BTF.
-pub fn read_offsets(btf_path: &Path) -> Result<Offsets> {
+pub fn read_offsets(btf_path: &Path) -> Result<KernelOffsets> {
     let btf = Btf::from_file_with_backend(btf_path, btf_rs::Backend::Mmap)
         .with_context(|| format!("cannot parse the kernel's BTF at {}", btf_path.display()))?;
     let btf = KernelBtf(btf);
@@ -24,7 +31,7 @@ pub fn read_offsets(btf_path: &Path) -> Result<Offsets> {
             bail!("struct {outer}.{member} is at offset {offset}, not 0: unsupported kernel");
         }
     }
-    Ok(Offsets {
+    let offsets = Offsets {
         skc_daddr: btf.offset("sock_common", "skc_daddr")?,
         skc_rcv_saddr: btf.offset("sock_common", "skc_rcv_saddr")?,
         skc_dport: btf.offset("sock_common", "skc_dport")?,
@@ -36,7 +43,6 @@ pub fn read_offsets(btf_path: &Path) -> Result<Offsets> {
         net_inum: btf.offset("net", "ns")? + btf.offset("ns_common", "inum")?,
         tw_substate: btf.offset("inet_timewait_sock", "tw_substate")?,
         tw_timer: btf.offset("inet_timewait_sock", "tw_timer")?,
-        timer_function: btf.offset("timer_list", "function")?,
         timer_expires: btf.offset("timer_list", "expires")?,
         task_files: btf.offset("task_struct", "files")?,
         files_fdt: btf.offset("files_struct", "fdt")?,
@@ -44,6 +50,10 @@ pub fn read_offsets(btf_path: &Path) -> Result<Offsets> {
         fdt_fd: btf.offset("fdtable", "fd")?,
         file_private_data: btf.offset("file", "private_data")?,
         socket_sk: btf.offset("socket", "sk")?,
+    };
+    Ok(KernelOffsets {
+        offsets,
+        timer_function: btf.offset("timer_list", "function")?,
     })
 }
 
@@ -122,14 +132,15 @@ mod tests {
     /// (../shared/BUILDING-EBPF.md). This reads the real /sys/kernel/btf/vmlinux.
     #[test]
     fn reads_offsets_from_the_running_kernel() {
-        let offsets = read_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        let kernel = read_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        assert!(kernel.timer_function > 0);
+        let offsets = kernel.offsets;
         assert_eq!(offsets.skc_daddr, 0);
         assert_eq!(offsets.skc_rcv_saddr, 4);
         assert_eq!(offsets.skc_dport, 12);
         assert_eq!(offsets.skc_num, 14);
         assert_eq!(offsets.skc_family, 16);
         assert!(offsets.tw_timer > offsets.tw_substate);
-        assert!(offsets.timer_function > 0);
         assert!(offsets.socket_sk > 0 && offsets.task_files > 0);
     }
 }

@@ -68,7 +68,7 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
     // Accept owners need the syscall tracepoints, which some kernels are built without.
     let accept_exit = Format::read(&tracefs, "syscalls", "sys_exit_accept4")
         .and_then(|f| f.check("ret", tracer_common::set_state_layout::ACCEPT_RET, 8));
-    let offsets = kernel_layout::read_offsets(Path::new(VMLINUX_BTF))?;
+    let kernel = kernel_layout::read_offsets(Path::new(VMLINUX_BTF))?;
 
     let pins = match &settings.pin_dir {
         Some(dir) => {
@@ -108,7 +108,8 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
         .btf(Some(&btf))
         .map_max_entries("EVENTS", settings.ring_buffer_size)
         .override_global("FILTER", &filter, true)
-        .override_global("OFFSETS", &offsets, true)
+        .override_global("OFFSETS", &kernel.offsets, true)
+        .override_global("TIMER_FUNCTION", &kernel.timer_function, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .load(PROGRAMS)
         .context(
