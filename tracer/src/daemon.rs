@@ -93,10 +93,11 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         config.thresholds(),
         nanos(config.stuck_repeat),
     );
-    let mut metrics = Metrics::new(config.metrics_port_label);
-    if let Some(listener) = metrics_listener {
+    let mut metrics = metrics_listener.map(|listener| {
+        let metrics = Metrics::new(config.metrics_port_label);
         tokio::spawn(metrics_server::serve(listener, metrics.registry()));
-    }
+        metrics
+    });
     let mut pipeline = Pipeline {
         tracker,
         owners,
@@ -121,7 +122,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         pipeline.namespaces.len().max(1)
     );
     release_free_memory();
-    metrics.refresh(&pipeline.tracker, kernel_totals(&probe)?);
+    refresh(&mut metrics, &pipeline.tracker, &probe)?;
     // Under systemd (Type=notify): ready once tracing with the table seeded.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -179,7 +180,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
             release_free_memory();
         }
         if lingering_due || reconcile_due {
-            metrics.refresh(&pipeline.tracker, kernel_totals(&probe)?);
+            refresh(&mut metrics, &pipeline.tracker, &probe)?;
         }
         if summary_due {
             summaries_clock.summarize(&mut pipeline.tracker, &probe, &mut output, false)?;
@@ -292,11 +293,16 @@ fn owner_of(event: &KernelEvent) -> Option<&crate::events::Process> {
     }
 }
 
-fn kernel_totals(probe: &Probe) -> Result<KernelTotals> {
-    Ok(KernelTotals {
-        lost_events: probe.lost_events()?.1,
-        skipped_events: probe.program_stats(|_| true)?.recursion_misses,
-    })
+/// Brings the metrics, when served, up to date with the tracker and the kernel's counters.
+fn refresh(metrics: &mut Option<Metrics>, tracker: &Tracker, probe: &Probe) -> Result<()> {
+    if let Some(metrics) = metrics {
+        let kernel = KernelTotals {
+            lost_events: probe.lost_events()?.1,
+            skipped_events: probe.program_stats(|_| true)?.recursion_misses,
+        };
+        metrics.refresh(tracker, kernel);
+    }
+    Ok(())
 }
 
 /// When the daemon started and the current summary interval began.

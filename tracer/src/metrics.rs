@@ -117,7 +117,13 @@ pub struct Metrics {
     /// Ports something listens on: a socket's service port is its local port when listened on,
     /// else its remote port.
     listening: HashSet<(u32, u16)>,
+    /// Handles of the unlabelled-by-port series, by state numbers.
+    transition_handles: Vec<Option<Counter>>,
+    duration_handles: Vec<Option<Histogram>>,
 }
+
+/// Kernel state numbers (1..=13), indexable by `TcpState as usize`.
+const STATES: usize = 14;
 
 impl Metrics {
     pub fn new(port_label: bool) -> Self {
@@ -201,6 +207,8 @@ impl Metrics {
             evictions,
             port_labels: port_label.then(HashSet::new),
             listening: HashSet::new(),
+            transition_handles: vec![None; STATES * STATES],
+            duration_handles: vec![None; STATES],
         }
     }
 
@@ -254,6 +262,31 @@ impl Metrics {
         }
     }
 
+    fn transition_counter(&mut self, old: TcpState, new: TcpState) -> &Counter {
+        let slot = &mut self.transition_handles[old as usize * STATES + new as usize];
+        slot.get_or_insert_with(|| {
+            self.transitions
+                .get_or_create(&TransitionLabels {
+                    old: old.name(),
+                    new: new.name(),
+                    port: None,
+                })
+                .clone()
+        })
+    }
+
+    fn duration_histogram(&mut self, state: TcpState) -> &Histogram {
+        let slot = &mut self.duration_handles[state as usize];
+        slot.get_or_insert_with(|| {
+            self.durations
+                .get_or_create(&DurationLabels {
+                    state: state.name(),
+                    port: None,
+                })
+                .clone()
+        })
+    }
+
     /// The `port` label of a socket, when port labels are on: its service port (the one it
     /// listens on or connects to), up to [`MAX_PORT_LABELS`] distinct ports.
     fn port_label(&mut self, e: &Endpoints) -> Option<String> {
@@ -274,18 +307,29 @@ impl Metrics {
 
 impl Sink for Metrics {
     fn transition(&mut self, t: &Transition) {
-        if self.port_labels.is_some() {
-            match (t.old, t.new) {
-                (_, TcpState::Listen) => {
-                    self.listening
-                        .insert((t.endpoints.netns, t.endpoints.local_port));
-                }
-                (TcpState::Listen, TcpState::Close) => {
-                    self.listening
-                        .remove(&(t.endpoints.netns, t.endpoints.local_port));
-                }
-                _ => {}
+        let spent = t
+            .prev_state_ns
+            .filter(|_| t.old != t.new)
+            .map(|ns| ns as f64 / 1e9);
+        if self.port_labels.is_none() {
+            // Without port labels a series is fixed by the states: its handle is kept, so the
+            // hot path is an index and an atomic add, not a labelled lookup.
+            self.transition_counter(t.old, t.new).inc();
+            if let Some(seconds) = spent {
+                self.duration_histogram(t.old).observe(seconds);
             }
+            return;
+        }
+        match (t.old, t.new) {
+            (_, TcpState::Listen) => {
+                self.listening
+                    .insert((t.endpoints.netns, t.endpoints.local_port));
+            }
+            (TcpState::Listen, TcpState::Close) => {
+                self.listening
+                    .remove(&(t.endpoints.netns, t.endpoints.local_port));
+            }
+            _ => {}
         }
         let port = self.port_label(&t.endpoints);
         self.transitions
@@ -295,15 +339,13 @@ impl Sink for Metrics {
                 port: port.clone(),
             })
             .inc();
-        if let Some(ns) = t.prev_state_ns
-            && t.old != t.new
-        {
+        if let Some(seconds) = spent {
             self.durations
                 .get_or_create(&DurationLabels {
                     state: t.old.name(),
                     port,
                 })
-                .observe(ns as f64 / 1e9);
+                .observe(seconds);
         }
     }
 
@@ -316,6 +358,27 @@ impl Sink for Metrics {
     }
 
     fn unstuck(&mut self, _report: &UnstuckReport) {}
+}
+
+/// Metrics only when asked for (`--metrics-addr`): nothing to keep otherwise.
+impl<S: Sink> Sink for Option<S> {
+    fn transition(&mut self, t: &Transition) {
+        if let Some(sink) = self {
+            sink.transition(t);
+        }
+    }
+
+    fn stuck(&mut self, report: &StuckReport) {
+        if let Some(sink) = self {
+            sink.stuck(report);
+        }
+    }
+
+    fn unstuck(&mut self, report: &UnstuckReport) {
+        if let Some(sink) = self {
+            sink.unstuck(report);
+        }
+    }
 }
 
 /// Sends every report to two sinks: the log and the metrics.
