@@ -42,7 +42,9 @@ impl EventKind {
 
 /// The connection's addresses as the kernel program saw them. IPv4 addresses sit in the first four
 /// bytes of the arrays; an IPv4-mapped IPv6 socket is reported as IPv4 (see [`normalize_family`]).
-#[repr(C)]
+///
+/// Aligned to 8 bytes so the kernel programs copy and clear it a word at a time, not byte by byte.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Tuple {
     pub saddr: [u8; 16],
@@ -54,11 +56,11 @@ pub struct Tuple {
     /// Remote port, host order.
     pub dport: u16,
     pub family: u16,
-    pub _pad: u16,
+    pub _pad: [u16; 3],
 }
 
 /// The process a socket belongs to, as far as the kernel knows it. `pid == 0` means unknown.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
     /// Thread-group id (the process id users see).
@@ -93,7 +95,7 @@ pub struct Event {
 
 /// Version of the [`SockRecord`] layout, part of the pinned map's name: a daemon never reads
 /// records written by an incompatible one.
-pub const SOCK_RECORD_VERSION: u32 = 1;
+pub const SOCK_RECORD_VERSION: u32 = 2;
 
 /// Entries of the per-socket map.
 pub const SOCKET_RECORDS: u32 = 1 << 18;
@@ -110,6 +112,16 @@ pub struct SockRecord {
     pub state: u8,
     pub _pad: [u8; 7],
 }
+
+// The shared records have no implicit padding: every byte is a field, so the daemon may read them
+// as bytes and the kernel never leaves a hole uninitialised.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Tuple>() == 16 + 16 + 4 + 2 * 6);
+    assert!(size_of::<Owner>() == 4 + 4 + 16);
+    assert!(size_of::<Event>() == 8 * 3 + size_of::<Tuple>() + size_of::<Owner>() + 8 * 2 + 8);
+    assert!(size_of::<SockRecord>() == 8 + size_of::<Tuple>() + size_of::<Owner>() + 8);
+};
 
 /// Indexes of the per-CPU counter array `COUNTERS`.
 pub mod counter {
@@ -327,7 +339,7 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         // The ring buffer and the pinned map are read by other builds of the daemon: keep sizes fixed.
-        assert_eq!(core::mem::size_of::<Tuple>(), 44);
+        assert_eq!(core::mem::size_of::<Tuple>(), 48);
         assert_eq!(core::mem::size_of::<Owner>(), 24);
         assert_eq!(core::mem::size_of::<Event>(), 120);
         assert_eq!(core::mem::size_of::<SockRecord>(), 88);

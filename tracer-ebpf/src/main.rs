@@ -13,8 +13,8 @@ use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_task, bpf_jiffies64, bpf_ktime_get_ns},
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{self, bpf_get_current_task, bpf_jiffies64, bpf_ktime_get_ns},
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -110,11 +110,17 @@ fn now() -> u64 {
 
 #[inline(always)]
 fn current_owner() -> Owner {
-    Owner {
+    let mut owner = Owner {
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    }
+        ..Owner::default()
+    };
+    // The helper writes the name straight into the (word-aligned) record, which the safe wrapper's
+    // byte array would copy again byte by byte. On failure it leaves zeroes: an empty name.
+    // SAFETY: the buffer is the 16 bytes of `comm`.
+    unsafe {
+        generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), owner.comm.len() as u32)
+    };
+    owner
 }
 
 #[inline(always)]

@@ -227,7 +227,7 @@ fn listed_socket(
         dport: remote_port,
         family: u16::from(family),
         netns,
-        _pad: 0,
+        _pad: [0; 3],
     };
     normalize_family(&mut tuple);
     Some(ListedSocket {

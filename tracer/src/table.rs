@@ -2,7 +2,9 @@
 //! owner and the states it went through. It knows nothing of the kernel or of output formats:
 //! callers feed it, and it keeps its invariants (one state per socket, counts by state, a bound on
 //! its size with least-recently-active eviction).
-use std::collections::{HashMap, HashSet};
+// foldhash: keyed per process like std's hasher, several times cheaper per lookup, and these maps
+// are touched on every event.
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use tracer_common::TcpState;
 

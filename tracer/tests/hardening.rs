@@ -14,6 +14,7 @@ use std::{
 use serde_json::Value;
 use support::{Namespace, TRACER, Tracer, Workload, of_kind, stuck_on_port};
 use tracer::kernel_view;
+use tracer_common::SOCK_RECORD_VERSION;
 
 /// A pin directory of the test's own under bpffs, removed at the end.
 struct PinDir(String);
@@ -119,7 +120,10 @@ fn a_restart_keeps_true_ages() {
         assert_eq!(e["pid"], server.pid);
     }
     // What it writes is not world-writable.
-    for path in [pins.0.clone(), format!("{}/sockets_v1", pins.0)] {
+    for path in [
+        pins.0.clone(),
+        format!("{}/sockets_v{SOCK_RECORD_VERSION}", pins.0),
+    ] {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o002, 0, "{path} is world-writable ({mode:o})");
     }
@@ -198,7 +202,7 @@ fn pin_foreign_map(path: &str) {
 fn stale_pins_are_replaced() {
     let pins = PinDir::new("stale");
     std::fs::create_dir_all(&pins.0).unwrap();
-    pin_foreign_map(&format!("{}/sockets_v1", pins.0));
+    pin_foreign_map(&format!("{}/sockets_v{SOCK_RECORD_VERSION}", pins.0));
     pin_foreign_map(&format!("{}/sockets_v0", pins.0));
     let tracer = Tracer::start(&["--pin-dir", &pins.0]);
     let stderr = tracer.stderr();
@@ -207,7 +211,9 @@ fn stale_pins_are_replaced() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("sockets_v1: its map does not have the layout"),
+        stderr.contains(&format!(
+            "sockets_v{SOCK_RECORD_VERSION}: its map does not have the layout"
+        )),
         "{stderr}"
     );
     assert!(
@@ -216,7 +222,8 @@ fn stale_pins_are_replaced() {
     );
     drop(tracer);
     assert!(!Path::new(&format!("{}/sockets_v0", pins.0)).exists());
-    let map = aya::maps::MapData::from_pin(format!("{}/sockets_v1", pins.0)).unwrap();
+    let map =
+        aya::maps::MapData::from_pin(format!("{}/sockets_v{SOCK_RECORD_VERSION}", pins.0)).unwrap();
     assert_eq!(
         map.info().unwrap().value_size() as usize,
         size_of::<tracer_common::SockRecord>()
