@@ -25,11 +25,14 @@ use xtask::workload::{self, CloseWaitLeak, TRANSITIONS_PER_CONNECTION, TRANSITIO
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Rounds: every tool runs every workload once per round. One more round follows with the
-    /// kernel's BPF statistics on, for kernel time per event only (the statistics slow every
-    /// BPF program a little, so timings come from the other rounds).
+    /// Timed rounds: every tool runs every workload once per round.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Rounds that follow with the kernel's BPF statistics on, for kernel time per event only
+    /// (the statistics slow every BPF program a little, so timings come from the timed rounds;
+    /// kernel time varies by tens of percent from round to round on a VM, hence several).
+    #[arg(long, default_value_t = 3)]
+    pub stats_runs: usize,
     /// Sequential connections.
     #[arg(long, default_value_t = 5000)]
     pub sequential: usize,
@@ -55,6 +58,7 @@ impl Options {
     pub fn smoke() -> Self {
         Self {
             runs: 1,
+            stats_runs: 0,
             sequential: 50,
             burst_clients: 2,
             burst_per_client: 25,
@@ -178,13 +182,8 @@ pub fn run(options: &Options) -> Result<()> {
         Workload::Leak(options.leak, options.leak_hold),
     ];
     let mut results = Vec::new();
-    let stats_round = (!options.smoke).then_some(options.runs);
-    for round in 0..options.runs + usize::from(stats_round.is_some()) {
-        let stats = if Some(round) == stats_round {
-            Some(BpfStats::enable()?)
-        } else {
-            None
-        };
+    for round in 0..options.runs + options.stats_runs {
+        let stats = (round >= options.runs).then(BpfStats::enable).transpose()?;
         for workload in workloads {
             for &tool in &tools {
                 eprintln!(
@@ -234,8 +233,11 @@ fn run_one(
 ) -> Result<RunResult> {
     let running = tools::start(tool, netns)?;
     let pid = running.pid();
+    // The kernel counts the runs it skipped (`recursion_misses`) whether statistics are on or
+    // not: the peers' are read in every round (this tracer reports its own), run times only with
+    // statistics on.
     let programs_before = match pid {
-        Some(pid) if kernel_stats => Some(measure::programs_of(pid)?),
+        Some(pid) if kernel_stats || !tool.is_ours() => Some(measure::programs_of(pid)?),
         _ => None,
     };
     let cpu_before = pid.map(measure::cpu_time).transpose()?;
@@ -284,6 +286,7 @@ fn run_one(
         skipped,
         kernel_ns: programs
             .as_ref()
+            .filter(|_| kernel_stats)
             .map(|p| p.iter().map(|p| p.run_time_ns).sum()),
         programs: programs
             .unwrap_or_default()

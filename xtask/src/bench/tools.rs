@@ -87,13 +87,23 @@ impl Running {
             };
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(child.id() as i32, signal) };
-            let status = child.wait().context("waiting for the tool")?;
-            if !status.success() && self.tool.is_ours() {
-                bail!(
+            match wait_or_kill(&mut child, STOP_TIMEOUT)? {
+                // This tracer must stop when told to.
+                None if self.tool.is_ours() => {
+                    bail!("{} did not stop within {STOP_TIMEOUT:?}", self.tool.name())
+                }
+                // A peer that ignores its stop signal (seen once with bpftrace) must not hang the
+                // whole benchmark: what it printed still counts.
+                None => eprintln!(
+                    "xtask: {} did not stop within {STOP_TIMEOUT:?} of its signal; killed",
+                    self.tool.name()
+                ),
+                Some(status) if !status.success() && self.tool.is_ours() => bail!(
                     "{} failed ({status}): {}",
                     self.tool.name(),
                     self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
-                );
+                ),
+                Some(_) => {}
             }
         }
         // Let the readers drain the pipes.
@@ -103,6 +113,23 @@ impl Running {
             stderr: self.stderr.lock().map(|s| s.clone()).unwrap_or_default(),
         })
     }
+}
+
+/// How long a tool may take to exit once told to.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits for the child to exit; kills it if it has not after `timeout` (then `None`).
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().context("waiting for the tool")? {
+            return Ok(Some(status));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().context("killing the tool")?;
+    child.wait().context("waiting for the killed tool")?;
+    Ok(None)
 }
 
 impl Drop for Running {
