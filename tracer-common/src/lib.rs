@@ -9,7 +9,6 @@ pub use state::TcpState;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
-pub const IPPROTO_TCP: u16 = 6;
 
 /// `prev_state_ns` when the kernel did not see the socket enter its old state.
 pub const UNKNOWN_DURATION: u64 = u64::MAX;
@@ -18,7 +17,7 @@ pub const UNKNOWN_DURATION: u64 = u64::MAX;
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// `sock:inet_sock_set_state` fired for a TCP socket.
+    /// `inet_sock_set_state` fired for a TCP socket.
     Transition = 1,
     /// A timewait socket's timer was armed: it entered (or changed) its substate, held in `new`.
     TimewaitStart = 2,
@@ -148,6 +147,10 @@ pub struct Offsets {
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
     pub skc_net: u32,
+    /// `struct inet_sock`: the local port and address as the classic tracepoint reports them
+    /// (the kernel clears `skc_num` before the transition to CLOSE).
+    pub inet_sport: u32,
+    pub inet_saddr: u32,
     /// `struct net` to its namespace inode number (`ns.inum`).
     pub net_inum: u32,
     // `struct inet_timewait_sock`
@@ -164,25 +167,10 @@ pub struct Offsets {
     pub socket_sk: u32,
 }
 
-/// Offsets of the fields of the `sock/inet_sock_set_state` record, unchanged since Linux 4.16. The
-/// program reads them at these constant offsets (the verifier allows direct context loads only at
-/// constant offsets; helper reads would cost a call per field); the daemon checks them against the
-/// tracepoint's format file before loading.
-pub mod set_state_layout {
-    pub const SKADDR: usize = 8;
-    pub const OLDSTATE: usize = 16;
-    pub const NEWSTATE: usize = 20;
-    pub const SPORT: usize = 24;
-    pub const DPORT: usize = 26;
-    pub const FAMILY: usize = 28;
-    pub const PROTOCOL: usize = 30;
-    pub const SADDR: usize = 32;
-    pub const DADDR: usize = 36;
-    pub const SADDR_V6: usize = 40;
-    pub const DADDR_V6: usize = 56;
-    /// `syscalls/sys_exit_accept4` and `sys_exit_accept`: the return value.
-    pub const ACCEPT_RET: usize = 16;
-}
+/// Offset of the return value in the records of `syscalls/sys_exit_accept4` and
+/// `sys_exit_accept` (the accepted socket's descriptor); the daemon checks it against the format
+/// file before loading.
+pub const ACCEPT_RET_OFFSET: usize = 16;
 
 /// Filters applied in the kernel before an event is written (sockets are tracked regardless, so
 /// durations stay right).

@@ -1,7 +1,7 @@
 //! Kernel side of the tracer. Programs stay short: copy what they need into locals, filter first,
 //! update the per-socket record, write one event.
 //!
-//! - `inet_sock_set_state` (classic tracepoint): every TCP state transition.
+//! - `inet_sock_set_state` (tp_btf): every TCP state transition.
 //! - `timer_start` / `timer_cancel` (tp_btf): the timewait socket's timer, the only trace the kernel
 //!   leaves of the TIME-WAIT phase; every other timer is dropped by the first comparison.
 //! - `sys_exit_accept` / `sys_exit_accept4` (classic tracepoints): the process that accepts a socket
@@ -22,9 +22,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    AF_INET, AF_INET6, Event, EventKind, IPPROTO_TCP, KernelFilter, Offsets, Owner, SOCKET_RECORDS,
-    SockRecord, TcpState, Tuple, UNKNOWN_DURATION, counter, normalize_family,
-    runs_in_owner_context,
+    AF_INET, AF_INET6, Event, EventKind, KernelFilter, Offsets, Owner, SOCKET_RECORDS, SockRecord,
+    TcpState, Tuple, UNKNOWN_DURATION, counter, normalize_family, runs_in_owner_context,
 };
 
 /// Sized by the daemon before load (`--ring-buffer-size`).
@@ -66,6 +65,8 @@ static OFFSETS: Global<Offsets> = Global::new(Offsets {
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
     skc_net: 0,
+    inet_sport: 0,
+    inet_saddr: 0,
     net_inum: 0,
     tw_substate: 0,
     tw_timer: 0,
@@ -187,49 +188,52 @@ fn event(
     }
 }
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let _ = on_set_state(&ctx);
     0
 }
 
-/// A field of the tracepoint record, loaded directly from the context at a constant offset.
+/// A field of a BTF-typed kernel struct, loaded directly (no helper call): the offset is a
+/// load-time constant from the kernel's BTF, which the verifier checks against the struct.
 #[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    // SAFETY: the offset is a constant inside the record, checked against the tracepoint's format
-    // by the daemon; the verifier checks the access.
-    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+fn member<T: Copy>(base: u64, offset: u32) -> T {
+    // SAFETY: `base` is a BTF-typed pointer; a faulting load yields zero instead of an oops.
+    unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) }
 }
 
-fn on_set_state(ctx: &TracePointContext) -> Result<(), i64> {
-    use tracer_common::set_state_layout as at;
-    let protocol: u16 = field(ctx, at::PROTOCOL);
-    if protocol != IPPROTO_TCP {
+fn on_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    // tp_btf rather than the classic tracepoint: no record is formatted for it, and the kernel
+    // skips it only while it interrupts itself, not while any tracing program runs on the CPU.
+    let sock: u64 = ctx.arg(0);
+    // The kernel's own cast: null unless a full TCP socket, and typed as `struct tcp_sock`, so
+    // the `inet_sock` fields past `struct sock` may be loaded.
+    // SAFETY: the helper checks its argument.
+    let tcp = unsafe { generated::bpf_skc_to_tcp_sock(sock as *mut _) } as u64;
+    if tcp == 0 {
         return Ok(());
     }
+    let offsets = OFFSETS.load();
     let ts_ns = now();
-    let sock: u64 = field(ctx, at::SKADDR);
-    let old = field::<i32>(ctx, at::OLDSTATE) as u8;
-    let new = field::<i32>(ctx, at::NEWSTATE) as u8;
+    let old = ctx.arg::<i32>(1) as u8;
+    let new = ctx.arg::<i32>(2) as u8;
     let mut tuple = Tuple {
-        sport: field(ctx, at::SPORT),
-        dport: field(ctx, at::DPORT),
-        family: field(ctx, at::FAMILY),
+        sport: u16::from_be(member(tcp, offsets.inet_sport)),
+        dport: u16::from_be(member(sock, offsets.skc_dport)),
+        family: member(sock, offsets.skc_family),
         ..Tuple::default()
     };
-    // Addresses are loaded as whole words: a byte copy would walk a moved context pointer,
-    // which the verifier refuses.
     if tuple.family == AF_INET {
-        let s: u32 = field(ctx, at::SADDR);
-        let d: u32 = field(ctx, at::DADDR);
+        let s: u32 = member(tcp, offsets.inet_saddr);
+        let d: u32 = member(sock, offsets.skc_daddr);
         tuple.saddr[..4].copy_from_slice(&s.to_ne_bytes());
         tuple.daddr[..4].copy_from_slice(&d.to_ne_bytes());
     } else if tuple.family == AF_INET6 {
         let words: [u64; 4] = [
-            field(ctx, at::SADDR_V6),
-            field(ctx, at::SADDR_V6 + 8),
-            field(ctx, at::DADDR_V6),
-            field(ctx, at::DADDR_V6 + 8),
+            member(sock, offsets.skc_v6_rcv_saddr),
+            member(sock, offsets.skc_v6_rcv_saddr + 8),
+            member(sock, offsets.skc_v6_daddr),
+            member(sock, offsets.skc_v6_daddr + 8),
         ];
         tuple.saddr[..8].copy_from_slice(&words[0].to_ne_bytes());
         tuple.saddr[8..].copy_from_slice(&words[1].to_ne_bytes());
@@ -256,7 +260,7 @@ fn on_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             owner = (*r).owner;
             tuple.netns = (*r).tuple.netns;
         },
-        None => tuple.netns = netns_of(sock, &OFFSETS.load()),
+        None => tuple.netns = netns_of(sock, &offsets),
     }
     if runs_in_owner_context(old, new) {
         owner = current_owner();
@@ -383,6 +387,14 @@ fn on_timewait_timer(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), 
     Ok(())
 }
 
+/// A field of a classic tracepoint's record, loaded directly from the context at a constant
+/// offset (checked against the tracepoint's format by the daemon).
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: the offset is inside the record; the verifier checks the access.
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     let _ = on_accept(&ctx);
@@ -392,7 +404,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 /// The accepted socket's file descriptor is the return value: follow it from the current task to
 /// the socket and record the caller as the socket's owner.
 fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
-    let fd: i64 = field(ctx, tracer_common::set_state_layout::ACCEPT_RET);
+    let fd: i64 = field(ctx, tracer_common::ACCEPT_RET_OFFSET);
     if fd < 0 {
         return Ok(());
     }

@@ -40,6 +40,8 @@ pub fn read_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         skc_v6_daddr: btf.offset("sock_common", "skc_v6_daddr")?,
         skc_v6_rcv_saddr: btf.offset("sock_common", "skc_v6_rcv_saddr")?,
         skc_net: btf.offset("sock_common", "skc_net")?,
+        inet_sport: btf.offset("inet_sock", "inet_sport")?,
+        inet_saddr: btf.offset("inet_sock", "inet_saddr")?,
         net_inum: btf.offset("net", "ns")? + btf.offset("ns_common", "inum")?,
         tw_substate: btf.offset("inet_timewait_sock", "tw_substate")?,
         tw_timer: btf.offset("inet_timewait_sock", "tw_timer")?,
@@ -142,5 +144,22 @@ mod tests {
         assert_eq!(offsets.skc_family, 16);
         assert!(offsets.tw_timer > offsets.tw_substate);
         assert!(offsets.socket_sk > 0 && offsets.task_files > 0);
+        // `struct inet_sock` begins with `struct sock`: its own fields lie past it.
+        assert!(offsets.inet_sport > offsets.skc_v6_rcv_saddr);
+        assert!(offsets.inet_saddr > offsets.skc_v6_rcv_saddr);
+    }
+
+    /// A kernel without a type or field the programs read is refused with one line naming it.
+    #[test]
+    fn names_what_the_kernel_lacks() {
+        let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap).unwrap();
+        let btf = KernelBtf(btf);
+        let err = btf.offset("sock", "no_such_field").unwrap_err().to_string();
+        assert_eq!(err, "kernel BTF: struct sock has no member `no_such_field`");
+        let err = format!("{:#}", btf.offset("no_such_struct", "x").unwrap_err());
+        assert!(
+            err.contains("no_such_struct") && !err.contains('\n'),
+            "{err}"
+        );
     }
 }

@@ -64,10 +64,9 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
         kernel_layout::kernel_symbol(&kallsyms, "tw_timer_handler")
     });
     let tracefs = tracefs::ensure_mounted()?;
-    check_set_state_layout(&Format::read(&tracefs, "sock", "inet_sock_set_state")?)?;
     // Accept owners need the syscall tracepoints, which some kernels are built without.
     let accept_exit = Format::read(&tracefs, "syscalls", "sys_exit_accept4")
-        .and_then(|f| f.check("ret", tracer_common::set_state_layout::ACCEPT_RET, 8));
+        .and_then(|f| f.check("ret", tracer_common::ACCEPT_RET_OFFSET, 8));
     let kernel = kernel_layout::read_offsets(Path::new(VMLINUX_BTF))?;
 
     let pins = match &settings.pin_dir {
@@ -119,11 +118,7 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
     fill_port_map(&mut ebpf, "LOCAL_PORTS", &wanted.local_ports)?;
     fill_port_map(&mut ebpf, "REMOTE_PORTS", &wanted.remote_ports)?;
 
-    attach_tracepoint(
-        &mut ebpf,
-        "inet_sock_set_state",
-        &[("sock", "inet_sock_set_state")],
-    )?;
+    attach_btf_tracepoint(&mut ebpf, &btf, "inet_sock_set_state")?;
     let accept_owners = match accept_exit {
         Ok(()) => attach_tracepoint(
             &mut ebpf,
@@ -149,27 +144,6 @@ pub fn load(settings: &LoadSettings) -> Result<Probe> {
         accept_owners,
         pins,
     })
-}
-
-/// Checks the tracepoint records are laid out where the programs read them.
-fn check_set_state_layout(format: &Format) -> Result<()> {
-    use tracer_common::set_state_layout as at;
-    for (field, offset, size) in [
-        ("skaddr", at::SKADDR, 8),
-        ("oldstate", at::OLDSTATE, 4),
-        ("newstate", at::NEWSTATE, 4),
-        ("sport", at::SPORT, 2),
-        ("dport", at::DPORT, 2),
-        ("family", at::FAMILY, 2),
-        ("protocol", at::PROTOCOL, 2),
-        ("saddr", at::SADDR, 4),
-        ("daddr", at::DADDR, 4),
-        ("saddr_v6", at::SADDR_V6, 16),
-        ("daddr_v6", at::DADDR_V6, 16),
-    ] {
-        format.check(field, offset, size)?;
-    }
-    Ok(())
 }
 
 fn fill_port_map(ebpf: &mut Ebpf, name: &str, ports: &[u16]) -> Result<()> {
@@ -207,15 +181,21 @@ fn attach_timewait(ebpf: &mut Ebpf, btf: &aya::Btf, tw_timer_handler: u64) -> Re
         .set(0, tw_timer_handler, 0)
         .context("setting the timewait timer handler")?;
     for name in ["timer_start", "timer_cancel"] {
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing"))?
-            .try_into()?;
-        prog.load(name, btf)
-            .with_context(|| format!("the kernel refused tp_btf/{name}"))?;
-        prog.attach()
-            .with_context(|| format!("attaching tp_btf/{name}"))?;
+        attach_btf_tracepoint(ebpf, btf, name)?;
     }
+    Ok(())
+}
+
+/// Loads and attaches the program of this name to the BTF tracepoint of the same name.
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str) -> Result<()> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing"))?
+        .try_into()?;
+    prog.load(name, btf)
+        .with_context(|| format!("the kernel refused tp_btf/{name}"))?;
+    prog.attach()
+        .with_context(|| format!("attaching tp_btf/{name}"))?;
     Ok(())
 }
 

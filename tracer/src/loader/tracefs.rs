@@ -140,8 +140,10 @@ print fmt: \"family=%s\"";
     #[test]
     fn running_kernel_matches_the_programs() {
         let tracefs = ensure_mounted().unwrap();
-        let format = Format::read(&tracefs, "sock", "inet_sock_set_state").unwrap();
-        format.check("daddr_v6", 56, 16).unwrap();
+        let format = Format::read(&tracefs, "syscalls", "sys_exit_accept4").unwrap();
+        format
+            .check("ret", tracer_common::ACCEPT_RET_OFFSET, 8)
+            .unwrap();
         assert!(
             Format::read(Path::new("/nonexistent"), "sock", "x")
                 .unwrap_err()
