@@ -353,9 +353,7 @@ fn on_timewait_timer(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), 
     let timer: u64 = ctx.arg(0);
     // This runs for every timer of the kernel: one global, one load, one compare. The argument is
     // BTF-typed, so the verifier lets the field be loaded directly (no helper call).
-    // SAFETY: the offset of `function` in `struct timer_list` comes from the kernel's BTF.
-    let function: u64 =
-        unsafe { core::ptr::read_volatile((timer + TIMER_FUNCTION.load() as u64) as *const u64) };
+    let function: u64 = member(timer, TIMER_FUNCTION.load());
     if TW_TIMER_HANDLER.get(0) != Some(&function) {
         return Ok(());
     }
