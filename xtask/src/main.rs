@@ -55,11 +55,13 @@ fn run(cli: Cli) -> Result<()> {
             cargo::exec_tracer(&args)
         }
         Task::Test => {
+            require_root("the test suite", "test")?;
             setup::ensure_toolchain()?;
             cargo::test_all()?;
             bench::run(&bench::Options::smoke())
         }
         Task::Bench(options) => {
+            require_root("the benchmark", "bench")?;
             setup::ensure_toolchain()?;
             cargo::build_release()?;
             bench::run(&if options.smoke {
@@ -69,9 +71,22 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Task::Soak(options) => {
+            require_root("the soak", "soak")?;
             setup::ensure_toolchain()?;
             cargo::build_release()?;
             soak::run(&options)
         }
     }
+}
+
+/// The tasks that load eBPF programs (and enter network namespaces) need root; say so before
+/// building anything.
+fn require_root(what: &str, task: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "{what} loads eBPF programs into the kernel: run it as root (sudo -E cargo xtask {task})"
+        );
+    }
+    Ok(())
 }

@@ -156,10 +156,6 @@ struct ProgramDelta {
 }
 
 pub fn run(options: &Options) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads eBPF programs: run it as root");
-    }
     let netns = measure::enter_own_network_namespace()?;
     let mut tools = vec![Tool::Baseline, Tool::TracerQuiet, Tool::TracerLog];
     if options.smoke {
