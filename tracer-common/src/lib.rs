@@ -1,8 +1,10 @@
-//! Types shared by the kernel programs and the daemon: the event layout written to the ring buffer,
-//! the per-socket record kept in the kernel, struct offsets handed to the programs at load time,
-//! and TCP state names. `no_std` so the eBPF crate can use it; the `user` feature adds `aya::Pod`.
+//! The contract between the kernel programs and the daemon: the event layout written to the ring
+//! buffer, the per-socket record kept in the kernel, struct offsets handed to the programs at load
+//! time, the names of maps, programs and globals, and TCP state names. `no_std` so the eBPF crate
+//! can use it; the `user` feature adds `aya::Pod`.
 #![no_std]
 
+pub mod names;
 pub mod state;
 
 pub use state::TcpState;
@@ -20,9 +22,9 @@ pub enum EventKind {
     /// `inet_sock_set_state` fired for a TCP socket.
     Transition = 1,
     /// A timewait socket's timer was armed: it entered (or changed) its substate, held in `new`.
-    TimewaitStart = 2,
+    TimewaitArmed = 2,
     /// A timewait socket's timer was cancelled or expired; `new` holds the substate at that moment.
-    TimewaitStop = 3,
+    TimewaitDisarmed = 3,
     /// A process accepted the socket: the owner fields name it.
     Accepted = 4,
 }
@@ -31,8 +33,8 @@ impl EventKind {
     pub const fn from_u8(value: u8) -> Option<Self> {
         match value {
             1 => Some(Self::Transition),
-            2 => Some(Self::TimewaitStart),
-            3 => Some(Self::TimewaitStop),
+            2 => Some(Self::TimewaitArmed),
+            3 => Some(Self::TimewaitDisarmed),
             4 => Some(Self::Accepted),
             _ => None,
         }
@@ -130,7 +132,9 @@ pub mod counter {
     pub const RECORD_FAILED: u32 = 1;
     /// Other events (timewait, accept) that did not fit in the ring buffer.
     pub const LOST_OTHER: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Program runs that could not read a kernel structure and gave up (no event written).
+    pub const READ_FAILED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Field offsets the programs need, read from the running kernel's BTF (and the tracepoint's

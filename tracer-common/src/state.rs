@@ -19,6 +19,9 @@ pub enum TcpState {
 }
 
 impl TcpState {
+    /// Slots of an array indexed by `state as usize`: the kernel numbers states from 1 to 13.
+    pub const COUNT: usize = 14;
+
     /// Every state, in kernel order.
     pub const ALL: [TcpState; 13] = [
         Self::Established,
@@ -108,7 +111,12 @@ mod tests {
             assert_eq!(TcpState::from_u8(state as u8), Some(state));
         }
         assert_eq!(TcpState::from_u8(0), None);
-        assert_eq!(TcpState::from_u8(14), None);
+        assert_eq!(TcpState::from_u8(TcpState::COUNT as u8), None);
+        assert!(
+            TcpState::ALL
+                .iter()
+                .all(|s| (*s as usize) < TcpState::COUNT)
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Command-line flags. Parsing is the only validation users meet first, so every value is checked
-//! here with a message that names the flag and the accepted form.
+//! Command-line flags, turned into each stage's settings. Parsing is the only validation users
+//! meet first, so every value is checked here with a message that names the flag and the accepted
+//! form. A leaf: no stage imports it.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -10,7 +11,12 @@ use clap::{Parser, ValueEnum};
 use tracer_common::TcpState;
 use tracing_subscriber::filter::LevelFilter;
 
-use crate::{detect::Thresholds, events::Family, filter::SocketFilter, owners::OwnerFilter};
+use crate::{
+    core::{self, select::OwnerFilter, stuck::Thresholds},
+    export::log::LogFormat,
+    source::{events::Family, filter::SocketFilter, probe::LoadSettings},
+    units::nanos,
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -22,83 +28,86 @@ use crate::{detect::Thresholds, events::Family, filter::SocketFilter, owners::Ow
 pub struct Config {
     /// Output format of every event line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 
     /// Log every transition. `auto`: yes for a bounded capture (--duration) or on a terminal, no
     /// for a long-running daemon writing to a pipe or the journal.
     #[arg(long, value_enum, default_value_t = When::Auto, num_args = 0..=1,
           default_missing_value = "always", value_name = "WHEN")]
-    pub log_transitions: When,
+    pub(crate) log_transitions: When,
 
     /// Stop after this long (e.g. 30s, 5m), printing a final summary.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
 
     /// Only sockets with one of these local ports (comma-separated or repeated).
     #[arg(long = "lport", visible_alias = "local-port", value_delimiter = ',',
           value_parser = parse_port, value_name = "PORT")]
-    pub local_ports: Vec<u16>,
+    pub(crate) local_ports: Vec<u16>,
 
     /// Only sockets with one of these remote ports (comma-separated or repeated).
     #[arg(long = "rport", visible_alias = "remote-port", value_delimiter = ',',
           value_parser = parse_port, value_name = "PORT")]
-    pub remote_ports: Vec<u16>,
+    pub(crate) remote_ports: Vec<u16>,
 
-    /// Only sockets owned by these process ids (comma-separated or repeated).
+    /// Report only sockets owned by these process ids (comma-separated or repeated): their
+    /// transition lines, stuck reports and stuck counts. Totals count every traced socket.
     #[arg(long = "pid", value_delimiter = ',', value_name = "PID")]
-    pub pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
 
-    /// Only sockets owned by processes with these names (comma-separated or repeated).
+    /// Report only sockets owned by processes with these names (comma-separated or repeated),
+    /// as --pid does.
     #[arg(long = "comm", value_delimiter = ',', value_name = "NAME")]
-    pub comms: Vec<String>,
+    pub(crate) comms: Vec<String>,
 
-    /// Only sockets owned by processes in cgroups under this path (e.g. /kubepods).
+    /// Report only sockets owned by processes in cgroups under this path (e.g. /kubepods), as
+    /// --pid does.
     #[arg(long = "cgroup", value_name = "PATH")]
-    pub cgroup: Option<String>,
+    pub(crate) cgroup: Option<String>,
 
     /// Only sockets of this network namespace: its inode number, or a path to it
     /// (/proc/PID/ns/net, /run/netns/NAME).
     #[arg(long, value_parser = parse_netns, value_name = "NETNS")]
-    pub netns: Option<u32>,
+    pub(crate) netns: Option<u32>,
 
     /// Only IPv4 sockets (IPv4-mapped IPv6 sockets count as IPv4).
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
-    pub ipv4: bool,
+    pub(crate) ipv4: bool,
 
     /// Only IPv6 sockets.
     #[arg(short = '6', long = "ipv6")]
-    pub ipv6: bool,
+    pub(crate) ipv6: bool,
 
     /// Report a socket as stuck after this long in a state: STATE=DURATION or STATE=off
     /// (repeatable). Defaults: syn-sent=10s syn-recv=10s close-wait=60s last-ack=60s
     /// fin-wait-1=60s closing=60s fin-wait-2=120s.
-    #[arg(long = "stuck", value_parser = crate::detect::parse_threshold, value_name = "STATE=DURATION")]
-    pub stuck: Vec<(TcpState, Option<Duration>)>,
+    #[arg(long = "stuck", value_parser = parse_threshold, value_name = "STATE=DURATION")]
+    pub(crate) stuck: Vec<(TcpState, Option<Duration>)>,
 
     /// Repeat a stuck socket in the summaries at most this often.
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
-    pub stuck_repeat: Duration,
+    pub(crate) stuck_repeat: Duration,
 
     /// Log a summary this often (and once at exit).
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
-    pub summary_interval: Duration,
+    pub(crate) summary_interval: Duration,
 
     /// Compare the socket table with the kernel's socket list this often, and fix differences.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
-    pub reconcile_interval: Duration,
+    pub(crate) reconcile_interval: Duration,
 
     /// Most sockets kept in the table; the least recently active go first when it is full.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
-    pub max_sockets: u32,
+    pub(crate) max_sockets: u32,
 
     /// Serve Prometheus metrics at http://ADDR/metrics: PORT (loopback) or HOST:PORT.
     #[arg(long, value_parser = parse_metrics_addr, value_name = "[HOST:]PORT")]
-    pub metrics_addr: Option<SocketAddr>,
+    pub(crate) metrics_addr: Option<SocketAddr>,
 
     /// Add a `port` label (the port a socket listens on or connects to) to the transition and
     /// time-in-state metrics, for at most 64 distinct ports (the rest are `other`).
     #[arg(long, requires = "metrics_addr")]
-    pub metrics_port_label: bool,
+    pub(crate) metrics_port_label: bool,
 
     /// Lowest level logged: error, warn (stuck reports only), info, debug, trace. RUST_LOG adds
     /// per-target levels (targets tcpstate::transition, ::stuck, ::unstuck, ::summary).
@@ -113,45 +122,99 @@ pub struct Config {
         value_name = "DIR",
         conflicts_with = "no_pin"
     )]
-    pub pin_dir: PathBuf,
+    pub(crate) pin_dir: PathBuf,
 
     /// Do not pin the per-socket kernel state: ages of open sockets are forgotten on restart, and
     /// several tracers can run side by side.
     #[arg(long)]
-    pub no_pin: bool,
+    pub(crate) no_pin: bool,
 
     /// Size of the kernel-to-daemon ring buffer, in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size, value_name = "BYTES")]
-    pub ring_buffer_size: u32,
+    pub(crate) ring_buffer_size: u32,
 
     /// Longest time an event may wait in the ring buffer before the daemon reads it.
     #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Aligned columns for people.
-    Text,
-    /// One JSON object per line, for log pipelines.
-    Json,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum When {
+pub(crate) enum When {
     Auto,
     Always,
     Never,
 }
 
+/// Every stage's settings, from the flags.
+pub(crate) struct Settings {
+    pub(crate) load: LoadSettings,
+    pub(crate) core: core::Settings,
+    pub(crate) log: LogSettings,
+    pub(crate) metrics: Option<MetricsSettings>,
+    pub(crate) schedule: Schedule,
+}
+
+/// What the log writer shows, before `--log-level` and RUST_LOG have their say.
+pub(crate) struct LogSettings {
+    pub(crate) format: LogFormat,
+    /// `--log-transitions`, `auto` resolved.
+    pub(crate) transitions: bool,
+    /// Colour (stdout is a terminal).
+    pub(crate) color: bool,
+}
+
+pub(crate) struct MetricsSettings {
+    pub(crate) addr: SocketAddr,
+    pub(crate) port_label: bool,
+}
+
+/// When the daemon does what.
+pub(crate) struct Schedule {
+    pub(crate) duration: Option<Duration>,
+    pub(crate) poll: Duration,
+    pub(crate) summaries: Duration,
+    pub(crate) reconciliations: Duration,
+}
+
 impl Config {
+    pub(crate) fn settings(&self, stdout_is_terminal: bool) -> Settings {
+        Settings {
+            load: LoadSettings {
+                ring_buffer_size: self.ring_buffer_size,
+                filter: self.socket_filter(),
+                pin_dir: self.pin_dir(),
+            },
+            core: core::Settings {
+                max_sockets: self.max_sockets as usize,
+                thresholds: self.thresholds(),
+                repeat_ns: nanos(self.stuck_repeat),
+                owners: self.owner_filter(),
+            },
+            log: LogSettings {
+                format: self.log_format,
+                transitions: self.logs_transitions(stdout_is_terminal),
+                color: stdout_is_terminal,
+            },
+            metrics: self.metrics_addr.map(|addr| MetricsSettings {
+                addr,
+                port_label: self.metrics_port_label,
+            }),
+            schedule: Schedule {
+                duration: self.duration,
+                poll: self.poll_interval,
+                summaries: self.summary_interval,
+                reconciliations: self.reconcile_interval,
+            },
+        }
+    }
+
     /// The directory to pin kernel state in, unless `--no-pin`.
-    pub fn pin_dir(&self) -> Option<PathBuf> {
+    fn pin_dir(&self) -> Option<PathBuf> {
         (!self.no_pin).then(|| self.pin_dir.clone())
     }
 
     /// The owners to report, from `--pid`, `--comm` and `--cgroup`.
-    pub fn owner_filter(&self) -> OwnerFilter {
+    fn owner_filter(&self) -> OwnerFilter {
         OwnerFilter {
             pids: self.pids.clone(),
             comms: self.comms.clone(),
@@ -160,7 +223,7 @@ impl Config {
     }
 
     /// Stuck thresholds: the defaults, changed by `--stuck`.
-    pub fn thresholds(&self) -> Thresholds {
+    fn thresholds(&self) -> Thresholds {
         let mut thresholds = Thresholds::default();
         for (state, threshold) in &self.stuck {
             thresholds.set(*state, *threshold);
@@ -169,7 +232,7 @@ impl Config {
     }
 
     /// The sockets to report, from the address and port flags.
-    pub fn socket_filter(&self) -> SocketFilter {
+    fn socket_filter(&self) -> SocketFilter {
         SocketFilter {
             family: match (self.ipv4, self.ipv6) {
                 (true, _) => Some(Family::Ipv4),
@@ -183,7 +246,7 @@ impl Config {
     }
 
     /// Whether transitions are logged, `auto` resolved against where the output goes.
-    pub fn logs_transitions(&self, stdout_is_terminal: bool) -> bool {
+    fn logs_transitions(&self, stdout_is_terminal: bool) -> bool {
         match self.log_transitions {
             When::Always => true,
             When::Never => false,
@@ -192,7 +255,7 @@ impl Config {
     }
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text.trim())
         .map_err(|err| format!("`{text}` is not a duration like 500ms, 30s or 5m ({err})"))?;
     if duration.is_zero() {
@@ -201,7 +264,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-pub fn parse_port(text: &str) -> Result<u16, String> {
+fn parse_port(text: &str) -> Result<u16, String> {
     match text.trim().parse::<u32>() {
         Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
         Ok(port) => Err(format!("port {port} is out of range (1-65535)")),
@@ -209,8 +272,29 @@ pub fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
+/// Parses `STATE=DURATION` (or `STATE=off`), the form of `--stuck`.
+fn parse_threshold(text: &str) -> Result<(TcpState, Option<Duration>), String> {
+    let (state, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not STATE=DURATION (e.g. close-wait=60s)"))?;
+    let state = TcpState::parse(state).ok_or_else(|| {
+        format!("`{state}` is not a TCP state (e.g. close-wait, syn-sent, fin-wait-1, last-ack)")
+    })?;
+    if matches!(
+        state,
+        TcpState::Close | TcpState::NewSynRecv | TcpState::BoundInactive
+    ) {
+        return Err(format!("{} is not a state sockets stay in", state.name()));
+    }
+    if value.trim().eq_ignore_ascii_case("off") {
+        return Ok((state, None));
+    }
+    let threshold = parse_duration(value)?;
+    Ok((state, Some(threshold)))
+}
+
 /// The metrics address: a port alone means loopback.
-pub fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
     let text = text.trim();
     if let Ok(port) = text.trim_start_matches(':').parse::<u32>() {
         let port = parse_port(&port.to_string())?;
@@ -417,6 +501,68 @@ mod tests {
             Some(Family::Ipv6)
         );
         assert!(parse(&["-4", "-6"]).is_err());
+    }
+
+    #[test]
+    fn parses_thresholds() {
+        assert_eq!(
+            parse_threshold("close-wait=2s"),
+            Ok((TcpState::CloseWait, Some(Duration::from_secs(2))))
+        );
+        assert_eq!(
+            parse_threshold("SYN_SENT=1500ms"),
+            Ok((TcpState::SynSent, Some(Duration::from_millis(1500))))
+        );
+        assert_eq!(
+            parse_threshold("last-ack=off"),
+            Ok((TcpState::LastAck, None))
+        );
+        assert!(
+            parse_threshold("close-wait=abc")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(
+            parse_threshold("close-wait")
+                .unwrap_err()
+                .contains("STATE=DURATION")
+        );
+        assert!(
+            parse_threshold("sleepy=5s")
+                .unwrap_err()
+                .contains("not a TCP state")
+        );
+        assert!(
+            parse_threshold("close=5s")
+                .unwrap_err()
+                .contains("not a state sockets stay in")
+        );
+        assert!(parse_threshold("close-wait=0s").is_err());
+    }
+
+    #[test]
+    fn settings_follow_the_flags() {
+        let config = parse(&[
+            "--stuck-repeat",
+            "2s",
+            "--max-sockets",
+            "10",
+            "--metrics-addr",
+            "9100",
+            "--no-pin",
+        ])
+        .unwrap();
+        let settings = config.settings(false);
+        assert_eq!(settings.core.repeat_ns, 2_000_000_000);
+        assert_eq!(settings.core.max_sockets, 10);
+        assert_eq!(settings.load.pin_dir, None);
+        assert!(!settings.log.transitions && !settings.log.color);
+        let metrics = settings.metrics.unwrap();
+        assert_eq!(
+            (metrics.addr.to_string(), metrics.port_label),
+            ("127.0.0.1:9100".to_owned(), false)
+        );
+        assert_eq!(settings.schedule.reconciliations, Duration::from_secs(30));
     }
 
     #[test]

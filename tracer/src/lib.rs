@@ -1,21 +1,21 @@
-//! tcpstate: traces TCP state transitions with eBPF. Data flows one way:
-//! kernel programs ([`loader`]) → ring buffer → [`events`] (decode) → [`tracker`] (the socket
-//! [`table`], [`stats`], stuck detection ([`detect`]), reconciliation against [`kernel_view`])
-//! → [`output`] (text, JSON; owners described by [`owners`]), [`summary`] and [`metrics`]
-//! (Prometheus, served by [`metrics_server`]).
+//! tcpstate: traces TCP state transitions with eBPF. The data moves one way, through four stages,
+//! each a folder:
+//!
+//! ```text
+//! kernel programs ─► source/ ─────────► enrich/ ──────────► core/ ─────────────► export/
+//! (tracer-ebpf)      load, attach,      owners, the        socket table,        log lines, summaries,
+//!                    ring buffer,       kernel's socket    stuck, TIME-WAIT,    Prometheus
+//!                    decode, health     list               reconcile, stats
+//! ```
+//!
+//! [`daemon`] builds the stages from the settings [`cli`] makes of the flags, and runs the
+//! schedule. Each stage imports only from the stages before it.
 pub mod cli;
-pub mod clock;
+mod core;
 pub mod daemon;
-pub mod detect;
-pub mod events;
-pub mod filter;
-pub mod kernel_view;
-pub mod loader;
-pub mod metrics;
-pub mod metrics_server;
-pub mod output;
-pub mod owners;
-pub mod stats;
-pub mod summary;
-pub mod table;
-pub mod tracker;
+pub mod enrich;
+mod export;
+mod source;
+mod units;
+
+pub use source::events::{Endpoints, Family};

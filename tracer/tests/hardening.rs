@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 use support::{Namespace, TRACER, Tracer, Workload, of_kind, stuck_on_port};
-use tracer::kernel_view;
+use tracer::enrich::socket_list as kernel_view;
 use tracer_common::SOCK_RECORD_VERSION;
 
 /// A pin directory of the test's own under bpffs, removed at the end.

@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 use support::{Tracer, Workload, of_kind};
-use tracer::kernel_view;
+use tracer::enrich::socket_list as kernel_view;
 use tracer_common::TcpState;
 
 fn for_server<'a>(events: &'a [Value], kind: &str, server: &Workload) -> Vec<&'a Value> {

@@ -1,0 +1,92 @@
+//! Readers of kernel structures shared by the hooks, at offsets the daemon read from the running
+//! kernel's BTF (`OFFSETS`).
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{self, bpf_ktime_get_ns},
+    },
+    programs::TracePointContext,
+};
+use tracer_common::{AF_INET, Offsets, Owner, Tuple, normalize_family};
+
+#[inline(always)]
+pub(crate) fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The current task as a socket owner: right only in the owner's own system call.
+#[inline(always)]
+pub(crate) fn current_owner() -> Owner {
+    let mut owner = Owner {
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        ..Owner::default()
+    };
+    // The helper writes the name straight into the (word-aligned) record, which the safe wrapper's
+    // byte array would copy again byte by byte. On failure it leaves zeroes: an empty name.
+    // SAFETY: the buffer is the 16 bytes of `comm`.
+    unsafe {
+        generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), owner.comm.len() as u32)
+    };
+    owner
+}
+
+/// A field of a BTF-typed kernel struct, loaded directly (no helper call): the offset is a
+/// load-time constant from the kernel's BTF, which the verifier checks against the struct.
+#[inline(always)]
+pub(crate) fn member<T: Copy>(base: u64, offset: u32) -> T {
+    // SAFETY: `base` is a BTF-typed pointer; a faulting load yields zero instead of an oops.
+    unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) }
+}
+
+/// A field of a classic tracepoint's record, loaded directly from the context at a constant
+/// offset (checked against the tracepoint's format by the daemon).
+#[inline(always)]
+pub(crate) fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: the offset is inside the record; the verifier checks the access.
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+/// Inode number of the network namespace of a socket (full or timewait); 0 when unreadable.
+#[inline(always)]
+pub(crate) fn netns_of(sk: u64, offsets: &Offsets) -> u32 {
+    // SAFETY: bpf_probe_read_kernel checks the addresses.
+    unsafe {
+        match bpf_probe_read_kernel((sk + offsets.skc_net as u64) as *const u64) {
+            Ok(net) => {
+                bpf_probe_read_kernel((net + offsets.net_inum as u64) as *const u32).unwrap_or(0)
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Reads a `struct sock_common`'s addresses and ports (a full socket or a timewait socket).
+#[inline(always)]
+pub(crate) fn read_sock_common(sk: u64, offsets: &Offsets) -> Result<Tuple, i64> {
+    let at = |offset: u32| (sk + offset as u64) as *const u8;
+    // SAFETY: bpf_probe_read_kernel checks the addresses.
+    unsafe {
+        let family: u16 = bpf_probe_read_kernel(at(offsets.skc_family).cast())?;
+        let dport_be: u16 = bpf_probe_read_kernel(at(offsets.skc_dport).cast())?;
+        let mut tuple = Tuple {
+            sport: bpf_probe_read_kernel(at(offsets.skc_num).cast())?,
+            dport: u16::from_be(dport_be),
+            family,
+            netns: netns_of(sk, offsets),
+            ..Tuple::default()
+        };
+        if family == AF_INET {
+            let s: [u8; 4] = bpf_probe_read_kernel(at(offsets.skc_rcv_saddr).cast())?;
+            let d: [u8; 4] = bpf_probe_read_kernel(at(offsets.skc_daddr).cast())?;
+            tuple.saddr[..4].copy_from_slice(&s);
+            tuple.daddr[..4].copy_from_slice(&d);
+        } else {
+            tuple.saddr = bpf_probe_read_kernel(at(offsets.skc_v6_rcv_saddr).cast())?;
+            tuple.daddr = bpf_probe_read_kernel(at(offsets.skc_v6_daddr).cast())?;
+            normalize_family(&mut tuple);
+        }
+        Ok(tuple)
+    }
+}

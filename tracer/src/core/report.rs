@@ -1,0 +1,83 @@
+//! What the core reports, and to whom: the [`Sink`] every exporter implements, the per-socket
+//! reports, and the [`Snapshot`] of counts that summaries and metrics both read, so that their
+//! counts cannot disagree.
+use tracer_common::TcpState;
+
+use super::stats::{EventCounts, Reconciliation};
+use crate::source::events::{Endpoints, Owner, Transition};
+
+/// Where the core's reports go. Stuck and unstuck reports are made only for the sockets the owner
+/// filter selects; every transition is reported, with [`TransitionInfo::selected`] saying whether
+/// it is one to show line by line (totals count them all).
+pub(crate) trait Sink {
+    /// A transition, with the socket's owner and time in `old` as the table knows them.
+    fn transition(&mut self, transition: &Transition, info: TransitionInfo);
+    fn stuck(&mut self, report: &StuckReport);
+    fn unstuck(&mut self, report: &UnstuckReport);
+}
+
+/// What the core knows of a transition beyond the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TransitionInfo {
+    /// The port the socket serves or uses (see `SocketTable::service_port`).
+    pub(crate) service_port: u16,
+    /// The owner filter selects the socket.
+    pub(crate) selected: bool,
+}
+
+/// A socket crossed its state's threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StuckReport {
+    pub(crate) ts_ns: u64,
+    pub(crate) sock: u64,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) state: TcpState,
+    /// Time in `state` so far; a lower bound when `age_known` is false.
+    pub(crate) age_ns: u64,
+    pub(crate) age_known: bool,
+    pub(crate) threshold_ns: u64,
+    pub(crate) owner: Option<Owner>,
+}
+
+/// A stuck socket left its state (`new`), or disappeared (`new` is `None`: evicted, or found gone
+/// by reconciliation).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UnstuckReport {
+    pub(crate) ts_ns: u64,
+    pub(crate) sock: u64,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) state: TcpState,
+    pub(crate) new: Option<TcpState>,
+    /// Total time in `state`; a lower bound when `age_known` is false.
+    pub(crate) duration_ns: u64,
+    pub(crate) age_known: bool,
+    pub(crate) owner: Option<Owner>,
+}
+
+/// The core's counts at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Snapshot {
+    /// Live sockets by state, indexed by `TcpState as usize`.
+    pub(crate) sockets: [u64; TcpState::COUNT],
+    pub(crate) tracked: usize,
+    /// Stuck sockets the owner filter selects, by state.
+    pub(crate) stuck: [u64; TcpState::COUNT],
+    pub(crate) evictions: u64,
+    pub(crate) events: EventCounts,
+    pub(crate) reconciliation: Reconciliation,
+}
+
+impl Snapshot {
+    /// Non-zero entries of a by-state array, in state order.
+    pub(crate) fn non_zero(counts: &[u64; TcpState::COUNT]) -> Vec<(TcpState, u64)> {
+        TcpState::ALL
+            .into_iter()
+            .map(|state| (state, counts[state as usize]))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    pub(crate) fn stuck_total(&self) -> u64 {
+        self.stuck.iter().sum()
+    }
+}

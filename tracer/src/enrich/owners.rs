@@ -1,0 +1,168 @@
+//! Who owns a socket, as people name processes: the process id, the process's name (its main
+//! thread's, as `ps` and `ss -p` show it, rather than the name of the thread that made the system
+//! call) and its cgroup (the container, where there is one). Read from /proc once per process and
+//! cached. Sockets that predate the tracer are matched to processes by socket inode, the way
+//! `ss -p` does: a scan of every process's descriptors, run off the event loop.
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use procfs::process::{FDTarget, Process, all_processes};
+
+use crate::source::events::{Comm, Owner};
+
+/// How long a process's name and cgroup are trusted before they are read again (pids are reused,
+/// processes move between cgroups).
+const REFRESH_NS: u64 = 30_000_000_000;
+/// Processes remembered at most; the cache is cleared when it grows past this.
+const MAX_CACHED: usize = 65_536;
+
+#[derive(Debug, Clone)]
+struct Cached {
+    comm: Comm,
+    cgroup: Option<Arc<str>>,
+    read_ns: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Owners {
+    cache: HashMap<u32, Cached>,
+}
+
+impl Owners {
+    /// Describes an owner the kernel named: the process's own name and its cgroup. /proc is read
+    /// for a new or stale process; the kernel's name (of the calling thread) stands in when the
+    /// process is gone.
+    pub(crate) fn describe(&mut self, owner: &mut Owner, now_ns: u64) {
+        let fresh = self
+            .cache
+            .get(&owner.pid)
+            .is_some_and(|c| now_ns.saturating_sub(c.read_ns) < REFRESH_NS);
+        if !fresh {
+            if self.cache.len() >= MAX_CACHED {
+                self.cache.clear();
+            }
+            let cached = match read_process(owner.pid) {
+                Some((comm, cgroup)) => Cached {
+                    comm,
+                    cgroup: cgroup.map(Arc::from),
+                    read_ns: now_ns,
+                },
+                None => Cached {
+                    comm: owner.comm,
+                    cgroup: None,
+                    read_ns: now_ns,
+                },
+            };
+            self.cache.insert(owner.pid, cached);
+        }
+        if let Some(cached) = self.cache.get(&owner.pid) {
+            owner.comm = cached.comm;
+            owner.cgroup = cached.cgroup.clone();
+        }
+    }
+}
+
+/// Finds the processes holding these socket inodes (one per inode: the first found), by reading
+/// every process's file descriptors. A blocking scan of /proc.
+pub(crate) fn holders_of(inodes: &HashSet<u32>) -> HashMap<u32, Owner> {
+    let mut found = HashMap::new();
+    if inodes.is_empty() {
+        return found;
+    }
+    let Ok(processes) = all_processes() else {
+        return found;
+    };
+    for process in processes.flatten() {
+        let Ok(fds) = process.fd() else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let FDTarget::Socket(inode) = fd.target
+                && let Ok(inode) = u32::try_from(inode)
+                && inodes.contains(&inode)
+                && !found.contains_key(&inode)
+            {
+                let comm = process
+                    .stat()
+                    .map(|s| Comm::new(&s.comm))
+                    .unwrap_or(Comm::new(""));
+                let owner = Owner {
+                    pid: process.pid() as u32,
+                    comm,
+                    cgroup: None,
+                };
+                found.insert(inode, owner);
+            }
+        }
+        if found.len() == inodes.len() {
+            break;
+        }
+    }
+    found
+}
+
+fn read_process(pid: u32) -> Option<(Comm, Option<String>)> {
+    let process = Process::new(i32::try_from(pid).ok()?).ok()?;
+    let comm = Comm::new(&process.stat().ok()?.comm);
+    let cgroup = process.cgroups().ok().and_then(|groups| {
+        let groups = groups.0;
+        groups
+            .iter()
+            .find(|g| g.hierarchy == 0)
+            .or_else(|| groups.first())
+            .map(|g| g.pathname.clone())
+    });
+    Some((comm, cgroup))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::TcpListener, os::fd::AsRawFd as _};
+
+    use super::*;
+
+    fn me() -> Owner {
+        Owner {
+            pid: std::process::id(),
+            comm: Comm::new("thread-name"),
+            cgroup: None,
+        }
+    }
+
+    #[test]
+    fn describes_the_process_not_the_thread() {
+        let mut owners = Owners::default();
+        let mut owner = me();
+        owners.describe(&mut owner, 0);
+        let process_name = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(owner.comm.as_str(), process_name.trim());
+        let own_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let cgroup = owner.cgroup.expect("a cgroup");
+        assert!(own_cgroup.contains(&*cgroup), "{cgroup} in {own_cgroup}");
+    }
+
+    #[test]
+    fn a_gone_process_keeps_the_kernel_name() {
+        let mut owners = Owners::default();
+        let mut ghost = Owner {
+            pid: u32::MAX - 1,
+            comm: Comm::new("gone"),
+            cgroup: None,
+        };
+        owners.describe(&mut ghost, 0);
+        assert_eq!((ghost.comm.as_str().as_ref(), ghost.cgroup), ("gone", None));
+    }
+
+    #[test]
+    fn finds_socket_owners_by_inode() {
+        use std::os::unix::fs::MetadataExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let path = format!("/proc/self/fd/{}", listener.as_raw_fd());
+        let inode = std::fs::metadata(path).unwrap().ino() as u32;
+        let found = holders_of(&HashSet::from([inode]));
+        assert_eq!(found.get(&inode).map(|p| p.pid), Some(std::process::id()));
+        assert!(holders_of(&HashSet::new()).is_empty());
+    }
+}

@@ -1,0 +1,422 @@
+//! The kernel's own list of TCP sockets (netlink sock_diag, the source of `ss`), IPv4 and IPv6,
+//! every state: timewait and request sockets included, in every network namespace. Listing is a
+//! blocking scan (of /proc for the namespaces, of each namespace's sockets): the daemon runs it off
+//! its event loop.
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use tracer_common::{TcpState, Tuple, normalize_family};
+
+use crate::source::{decode::endpoints, events::Endpoints, filter::SocketFilter};
+
+/// One socket of the kernel's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSocket {
+    pub endpoints: Endpoints,
+    pub state: TcpState,
+    /// The kernel's socket cookie: a stable id for the socket's life.
+    pub cookie: u64,
+    /// The inode of the socket's file; 0 for sockets no process holds (timewait, request).
+    pub inode: u32,
+}
+
+/// The kernel's sockets as one listing found them, with the namespaces it covered.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    pub(crate) sockets: Vec<ListedSocket>,
+    /// The network namespaces actually listed: only their sockets are judged by the listing.
+    pub(crate) listed: HashSet<u32>,
+    /// The host's network namespaces, each with a process in it (to enter it by).
+    pub(crate) namespaces: HashMap<u32, u32>,
+    /// CPU time the listing took, on every thread it used (kernel time of the dumps included).
+    pub(crate) cpu: Duration,
+}
+
+/// Lists the TCP sockets (all, or those in one state) of the host's network namespaces that the
+/// filter selects: the namespaces `known`, or found anew in /proc when `None`.
+pub(crate) fn take_listing(
+    known: Option<HashMap<u32, u32>>,
+    only: Option<TcpState>,
+    filter: &SocketFilter,
+) -> Result<Listing> {
+    let started = thread_cpu_time();
+    let namespaces = known.unwrap_or_else(namespaces);
+    let (mut sockets, listed, other_threads) = list_each(&namespaces, only)?;
+    sockets.retain(|s| filter.matches(&s.endpoints));
+    Ok(Listing {
+        sockets,
+        listed,
+        namespaces,
+        cpu: thread_cpu_time().saturating_sub(started) + other_threads,
+    })
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec; the clock exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Inode number of the daemon's own network namespace.
+pub fn own_netns() -> Result<u32> {
+    netns_of("/proc/self/ns/net")
+}
+
+fn netns_of(path: &str) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {path}"))?;
+    Ok(meta.ino() as u32)
+}
+
+/// The network namespaces in use on the host (containers have their own), each with a process
+/// in it through which it can be entered.
+fn namespaces() -> HashMap<u32, u32> {
+    let mut found = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(netns) = netns_of(&format!("/proc/{pid}/ns/net")) {
+            found.entry(netns).or_insert(pid);
+        }
+    }
+    found
+}
+
+/// Lists the TCP sockets of every network namespace in `namespaces` (inode to a process in it):
+/// the daemon's own directly, the others from a thread that enters them. Returns the sockets and
+/// the namespaces actually listed (a namespace whose last process just exited is skipped).
+pub fn list_namespaces(
+    namespaces: &HashMap<u32, u32>,
+    only: Option<TcpState>,
+) -> Result<(Vec<ListedSocket>, HashSet<u32>)> {
+    list_each(namespaces, only).map(|(sockets, listed, _)| (sockets, listed))
+}
+
+/// [`list_namespaces`], with the CPU time of the threads it started.
+fn list_each(
+    namespaces: &HashMap<u32, u32>,
+    only: Option<TcpState>,
+) -> Result<(Vec<ListedSocket>, HashSet<u32>, Duration)> {
+    let own = own_netns()?;
+    let mut sockets = list_tcp_sockets(own, only)?;
+    let mut listed = HashSet::from([own]);
+    let mut cpu = Duration::ZERO;
+    for (&netns, &pid) in namespaces.iter().filter(|(netns, _)| **netns != own) {
+        if let Ok((more, spent)) = list_in(netns, pid, only) {
+            sockets.extend(more);
+            listed.insert(netns);
+            cpu += spent;
+        }
+    }
+    Ok((sockets, listed, cpu))
+}
+
+/// Lists the sockets of another network namespace from a thread that enters it (a network
+/// namespace is a per-thread attribute; the netlink socket belongs to the namespace it is made in).
+fn list_in(netns: u32, pid: u32, only: Option<TcpState>) -> Result<(Vec<ListedSocket>, Duration)> {
+    use std::os::fd::AsRawFd as _;
+    let path = format!("/proc/{pid}/ns/net");
+    let handle = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    if netns_of(&path)? != netns {
+        bail!("process {pid} left network namespace {netns}");
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on this thread only, with an open namespace file.
+                if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!(
+                        "entering network namespace {netns}: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                let sockets = list_tcp_sockets(netns, only)?;
+                Ok((sockets, thread_cpu_time()))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("listing thread panicked"))?
+    })
+}
+
+/// Lists the TCP sockets of the calling thread's network namespace (`netns`): all of them, or
+/// those in one state (for a timewait socket, its substate).
+pub fn list_tcp_sockets(netns: u32, only: Option<TcpState>) -> Result<Vec<ListedSocket>> {
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
+    socket.bind_auto().context("binding the sock_diag socket")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("connecting the sock_diag socket")?;
+    let mut sockets = Vec::new();
+    let states = match only {
+        Some(state) => StateFlags::from_bits_retain(1 << state as u32),
+        None => StateFlags::all(),
+    };
+    for family in [AF_INET, AF_INET6] {
+        dump(&socket, netns, family, states.clone(), &mut sockets)?;
+    }
+    Ok(sockets)
+}
+
+fn dump(
+    socket: &Socket,
+    netns: u32,
+    family: u8,
+    states: StateFlags,
+    into: &mut Vec<ListedSocket>,
+) -> Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut buf = vec![0u8; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket
+        .send(&buf, 0)
+        .context("sending the sock_diag request")?;
+
+    let mut receive = vec![0u8; 64 << 10];
+    loop {
+        let size = socket
+            .recv(&mut &mut receive[..], 0)
+            .context("reading the sock_diag reply")?;
+        let mut offset = 0;
+        while offset < size {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&receive[offset..size])
+                .context("decoding the sock_diag reply")?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    let h = &response.header;
+                    if let Some(listed) = listed_socket(
+                        netns,
+                        h.family,
+                        h.state,
+                        h.socket_id.source_address,
+                        h.socket_id.source_port,
+                        h.socket_id.destination_address,
+                        h.socket_id.destination_port,
+                        h.socket_id.cookie,
+                        h.inode,
+                    ) {
+                        into.push(listed);
+                    }
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(err) => bail!("sock_diag dump failed: {err:?}"),
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
+}
+
+/// Builds a listed socket the way the kernel programs report sockets: IPv4-mapped IPv6 sockets as
+/// IPv4.
+#[allow(clippy::too_many_arguments)]
+fn listed_socket(
+    netns: u32,
+    family: u8,
+    state: u8,
+    local: IpAddr,
+    local_port: u16,
+    remote: IpAddr,
+    remote_port: u16,
+    cookie: [u8; 8],
+    inode: u32,
+) -> Option<ListedSocket> {
+    let octets = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&v4.octets());
+            bytes
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let mut tuple = Tuple {
+        saddr: octets(local),
+        daddr: octets(remote),
+        sport: local_port,
+        dport: remote_port,
+        family: u16::from(family),
+        netns,
+        _pad: [0; 3],
+    };
+    normalize_family(&mut tuple);
+    Some(ListedSocket {
+        endpoints: endpoints(&tuple).ok()?,
+        state: TcpState::from_u8(state)?,
+        cookie: u64::from_ne_bytes(cookie),
+        inode,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+
+    use super::*;
+    use crate::source::events::Family;
+
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let listed = listed_socket(
+            1,
+            10,
+            1,
+            mapped,
+            80,
+            mapped,
+            5000,
+            [1, 0, 0, 0, 0, 0, 0, 0],
+            7,
+        )
+        .unwrap();
+        assert_eq!(listed.endpoints.family, Family::Ipv4);
+        assert_eq!(listed.endpoints.local, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(listed.state, TcpState::Established);
+        assert_eq!(listed.cookie, 1);
+        let v6 = listed_socket(
+            1,
+            10,
+            10,
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            80,
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            0,
+            [0; 8],
+            0,
+        )
+        .unwrap();
+        assert_eq!(v6.endpoints.family, Family::Ipv6);
+        assert_eq!(v6.state, TcpState::Listen);
+        assert!(listed_socket(1, 10, 99, mapped, 1, mapped, 2, [0; 8], 0).is_none());
+    }
+
+    /// The real kernel lists a connection this test holds, on both ends, with its inode.
+    #[test]
+    fn lists_live_sockets() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        let (_server, _) = listener.accept().unwrap();
+        let netns = own_netns().unwrap();
+        let sockets = list_tcp_sockets(netns, None).unwrap();
+        let find = |local: u16, remote: u16| {
+            sockets
+                .iter()
+                .find(|s| s.endpoints.local_port == local && s.endpoints.remote_port == remote)
+                .unwrap_or_else(|| panic!("{local}->{remote} not listed"))
+        };
+        assert_eq!(find(port, 0).state, TcpState::Listen);
+        let c = find(client_port, port);
+        assert_eq!(c.state, TcpState::Established);
+        assert!(c.inode != 0);
+        assert_eq!(find(port, client_port).state, TcpState::Established);
+        assert!(sockets.iter().all(|s| s.endpoints.netns == netns));
+        let listening = list_tcp_sockets(netns, Some(TcpState::Listen)).unwrap();
+        assert!(listening.iter().all(|s| s.state == TcpState::Listen));
+        assert!(listening.iter().any(|s| s.endpoints.local_port == port));
+    }
+
+    /// A listener in a namespace of its own (held by `unshare -n sleep`) is listed through that
+    /// namespace, tagged with it.
+    #[test]
+    fn lists_other_namespaces() {
+        use std::os::fd::AsRawFd as _;
+        let mut holder = std::process::Command::new("unshare")
+            .args(["-n", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        let path = format!("/proc/{}/ns/net", holder.id());
+        let own = own_netns().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while netns_of(&path).unwrap() == own {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let theirs = netns_of(&path).unwrap();
+        let handle = std::fs::File::open(&path).unwrap();
+        // A thread enters the namespace, brings its loopback up and listens there.
+        let listener = std::thread::spawn(move || {
+            assert_eq!(
+                unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .unwrap();
+            assert!(up.success());
+            TcpListener::bind("127.0.0.1:0").unwrap()
+        })
+        .join()
+        .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let all = namespaces();
+        assert_eq!(all.get(&theirs), Some(&holder.id()));
+        let (sockets, listed) = list_namespaces(&all, Some(TcpState::Listen)).unwrap();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert!(listed.contains(&theirs) && listed.contains(&own));
+        assert!(
+            sockets
+                .iter()
+                .any(|s| s.endpoints.netns == theirs && s.endpoints.local_port == port),
+            "{sockets:?}"
+        );
+        assert!(
+            !sockets
+                .iter()
+                .any(|s| s.endpoints.netns == own && s.endpoints.local_port == port)
+        );
+    }
+}

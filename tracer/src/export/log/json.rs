@@ -1,0 +1,393 @@
+//! JSON lines. The field names and types are a contract with users' log pipelines (documented in
+//! the README): fields may be added, never renamed or retyped.
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    core::{
+        report::{StuckReport, UnstuckReport},
+        stats::Percentiles,
+    },
+    export::{summary::Summary, wall_clock::WallClock},
+    source::events::{Endpoints, Owner, Transition},
+    units::millis,
+};
+
+/// Fields every event carries.
+#[derive(Serialize)]
+struct Head {
+    event: &'static str,
+    level: &'static str,
+    #[serde(serialize_with = "as_display")]
+    ts: humantime::Rfc3339Timestamp,
+}
+
+impl Head {
+    fn new(event: &'static str, level: &'static str, clock: &WallClock, ts_ns: u64) -> Self {
+        Self {
+            event,
+            level,
+            ts: humantime::format_rfc3339_micros(clock.wall(ts_ns)),
+        }
+    }
+}
+
+/// A socket's identity: id, family, addresses and ports.
+#[derive(Serialize)]
+struct Socket {
+    #[serde(serialize_with = "as_hex")]
+    sock: u64,
+    netns: u32,
+    family: &'static str,
+    saddr: IpAddr,
+    sport: u16,
+    daddr: IpAddr,
+    dport: u16,
+}
+
+impl Socket {
+    fn new(sock: u64, e: &Endpoints) -> Self {
+        Self {
+            sock,
+            netns: e.netns,
+            family: e.family.name(),
+            saddr: e.local,
+            sport: e.local_port,
+            daddr: e.remote,
+            dport: e.remote_port,
+        }
+    }
+}
+
+/// The owning process, `null`s when unknown.
+#[derive(Serialize)]
+struct OwnerFields {
+    pid: Option<u32>,
+    comm: Option<String>,
+    cgroup: Option<String>,
+}
+
+impl OwnerFields {
+    fn new(owner: Option<&Owner>) -> Self {
+        Self {
+            pid: owner.map(|o| o.pid),
+            comm: owner.map(|o| o.comm.as_str().into_owned()),
+            cgroup: owner.and_then(|o| o.cgroup.as_deref().map(str::to_owned)),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TransitionLine {
+    #[serde(flatten)]
+    head: Head,
+    #[serde(flatten)]
+    socket: Socket,
+    old: &'static str,
+    new: &'static str,
+    prev_state_ms: Option<f64>,
+    #[serde(flatten)]
+    owner: OwnerFields,
+}
+
+#[derive(Serialize)]
+struct StuckLine {
+    #[serde(flatten)]
+    head: Head,
+    #[serde(flatten)]
+    socket: Socket,
+    state: &'static str,
+    age_ms: f64,
+    age_known: bool,
+    threshold_ms: f64,
+    #[serde(flatten)]
+    owner: OwnerFields,
+}
+
+#[derive(Serialize)]
+struct UnstuckLine {
+    #[serde(flatten)]
+    head: Head,
+    #[serde(flatten)]
+    socket: Socket,
+    state: &'static str,
+    new: Option<&'static str>,
+    duration_ms: f64,
+    age_known: bool,
+    #[serde(flatten)]
+    owner: OwnerFields,
+}
+
+fn as_display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn as_hex<S: serde::Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{value:x}"))
+}
+
+fn line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+pub(super) fn transition(
+    out: &mut impl Write,
+    clock: &WallClock,
+    t: &Transition,
+) -> io::Result<()> {
+    line(
+        out,
+        &TransitionLine {
+            head: Head::new("transition", "info", clock, t.ts_ns),
+            socket: Socket::new(t.sock, &t.endpoints),
+            old: t.old.name(),
+            new: t.new.name(),
+            prev_state_ms: t.prev_state_ns.map(millis),
+            owner: OwnerFields::new(t.owner.as_ref()),
+        },
+    )
+}
+
+fn stuck_line(clock: &WallClock, r: &StuckReport) -> StuckLine {
+    StuckLine {
+        head: Head::new("stuck", "warn", clock, r.ts_ns),
+        socket: Socket::new(r.sock, &r.endpoints),
+        state: r.state.name(),
+        age_ms: millis(r.age_ns),
+        age_known: r.age_known,
+        threshold_ms: millis(r.threshold_ns),
+        owner: OwnerFields::new(r.owner.as_ref()),
+    }
+}
+
+pub(super) fn stuck(out: &mut impl Write, clock: &WallClock, r: &StuckReport) -> io::Result<()> {
+    line(out, &stuck_line(clock, r))
+}
+
+pub(super) fn unstuck(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &UnstuckReport,
+) -> io::Result<()> {
+    line(
+        out,
+        &UnstuckLine {
+            head: Head::new("unstuck", "info", clock, r.ts_ns),
+            socket: Socket::new(r.sock, &r.endpoints),
+            state: r.state.name(),
+            new: r.new.map(|s| s.name()),
+            duration_ms: millis(r.duration_ns),
+            age_known: r.age_known,
+            owner: OwnerFields::new(r.owner.as_ref()),
+        },
+    )
+}
+
+fn percentiles(list: &[(tracer_common::TcpState, Percentiles)]) -> BTreeMap<&'static str, Value> {
+    list.iter()
+        .map(|(state, p)| {
+            (
+                state.name(),
+                json!({
+                    "count": p.count, "min": p.min_ms, "p50": p.p50_ms,
+                    "p90": p.p90_ms, "p99": p.p99_ms, "max": p.max_ms,
+                }),
+            )
+        })
+        .collect()
+}
+
+fn pairs(
+    list: &[(tracer_common::TcpState, tracer_common::TcpState, u64)],
+) -> BTreeMap<String, u64> {
+    list.iter()
+        .map(|(old, new, n)| (format!("{}->{}", old.name(), new.name()), *n))
+        .collect()
+}
+
+fn by_state(list: &[(tracer_common::TcpState, u64)]) -> BTreeMap<&'static str, u64> {
+    list.iter().map(|(state, n)| (state.name(), *n)).collect()
+}
+
+pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> io::Result<()> {
+    let reminders: Vec<Value> = s
+        .reminders
+        .iter()
+        .map(|r| {
+            let mut value = serde_json::to_value(stuck_line(clock, r)).unwrap_or(Value::Null);
+            if let Some(map) = value.as_object_mut() {
+                map.remove("event");
+                map.remove("level");
+            }
+            value
+        })
+        .collect();
+    let ports: BTreeMap<String, u64> = s
+        .time_wait_by_remote_port
+        .iter()
+        .map(|(port, n)| (port.to_string(), *n))
+        .collect();
+    let value = json!({
+        "event": "summary",
+        "level": "info",
+        "ts": humantime::format_rfc3339_micros(clock.wall(s.ts_ns)).to_string(),
+        "final": s.last,
+        "uptime_s": s.uptime_ns as f64 / 1e9,
+        "interval_s": s.interval_ns as f64 / 1e9,
+        "sockets": by_state(&s.sockets),
+        "tracked": s.tracked,
+        "transitions": { "interval": pairs(&s.interval_transitions), "total": pairs(&s.transitions) },
+        "durations_ms": {
+            "interval": percentiles(&s.interval_durations),
+            "total": percentiles(&s.durations),
+        },
+        "stuck": {
+            "now": s.stuck,
+            "by_state": by_state(&s.stuck_by_state),
+            "reminders": reminders,
+            "reminders_omitted": s.reminders_omitted,
+        },
+        "time_wait_by_remote_port": ports,
+        "events": {
+            "transitions": s.events.transitions,
+            "transitions_lost": s.health.lost_transitions,
+            "transitions_skipped": s.health.skipped_transitions,
+            "timewait": s.events.timewait,
+            "accepted": s.events.accepted,
+        },
+        "lost_events": s.health.lost(),
+        "skipped_events": s.health.skipped_all,
+        "failed_reads": s.health.failed_reads,
+        "unrecorded_sockets": s.health.unrecorded_sockets,
+        "evictions": s.evictions,
+        "reconciliation": {
+            "runs": s.reconciliation.runs,
+            "fixes": s.reconciliation.fixes(),
+            "added": s.reconciliation.added,
+            "removed": s.reconciliation.removed,
+            "corrected": s.reconciliation.corrected,
+        },
+    });
+    line(out, &value)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::super::{
+        LogFormat,
+        tests::{SELECTED, render, sample, stuck, summary, unstuck},
+    };
+    use crate::{core::report::Sink as _, source::events::Family};
+
+    fn parse(text: &str) -> Value {
+        assert_eq!(text.matches('\n').count(), 1, "one line: {text}");
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn transition_schema() {
+        let value = parse(&render(LogFormat::Json, |o| {
+            o.transition(&sample(Family::Ipv4), SELECTED)
+        }));
+        assert_eq!(
+            value,
+            json!({
+                "event": "transition",
+                "level": "info",
+                "ts": "2027-01-15T08:00:01.500000Z",
+                "sock": "ffff88810a3c1200",
+                "netns": 4026531840u32,
+                "family": "ipv4",
+                "saddr": "127.0.0.1",
+                "sport": 43210,
+                "daddr": "10.0.0.2",
+                "dport": 8080,
+                "old": "SYN_SENT",
+                "new": "ESTABLISHED",
+                "prev_state_ms": 0.052125,
+                "pid": 4242,
+                "comm": "curl",
+                "cgroup": "/system.slice/curl.service",
+            })
+        );
+    }
+
+    #[test]
+    fn unknowns_are_null() {
+        let mut t = sample(Family::Ipv6);
+        t.prev_state_ns = None;
+        t.owner = None;
+        let value = parse(&render(LogFormat::Json, |o| o.transition(&t, SELECTED)));
+        assert_eq!(value["family"], "ipv6");
+        assert_eq!(value["saddr"], "::1");
+        assert_eq!(value["daddr"], "2001:db8::2");
+        assert!(value["prev_state_ms"].is_null());
+        assert!(value["pid"].is_null());
+        assert!(value["comm"].is_null());
+        assert!(value["cgroup"].is_null());
+    }
+
+    #[test]
+    fn stuck_and_unstuck_schema() {
+        let value = parse(&render(LogFormat::Json, |o| o.stuck(&stuck())));
+        assert_eq!(
+            value,
+            json!({
+                "event": "stuck", "level": "warn", "ts": "2027-01-15T08:00:02.000000Z",
+                "sock": "ffff88810a3c1200", "netns": 4026531840u32, "family": "ipv4",
+                "saddr": "127.0.0.1", "sport": 43210, "daddr": "10.0.0.2", "dport": 8080,
+                "state": "CLOSE_WAIT", "age_ms": 62500.0, "age_known": true, "threshold_ms": 60000.0,
+                "pid": 4242, "comm": "curl", "cgroup": "/system.slice/curl.service",
+            })
+        );
+        let value = parse(&render(LogFormat::Json, |o| o.unstuck(&unstuck())));
+        assert_eq!(value["event"], "unstuck");
+        assert_eq!(value["level"], "info");
+        assert_eq!(value["state"], "CLOSE_WAIT");
+        assert_eq!(value["new"], "LAST_ACK");
+        assert_eq!(value["duration_ms"], 75250.0);
+        assert_eq!(value["pid"], 4242);
+    }
+
+    #[test]
+    fn summary_schema() {
+        let value = parse(&render(LogFormat::Json, |o| o.summary(&summary())));
+        assert_eq!(value["event"], "summary");
+        assert_eq!(value["final"], false);
+        assert_eq!(value["uptime_s"], 60.0);
+        assert_eq!(value["sockets"], json!({"ESTABLISHED": 2, "CLOSE_WAIT": 1}));
+        assert_eq!(value["tracked"], 3);
+        assert_eq!(value["transitions"]["total"]["SYN_SENT->ESTABLISHED"], 3);
+        assert_eq!(value["transitions"]["interval"]["SYN_SENT->ESTABLISHED"], 1);
+        assert_eq!(value["durations_ms"]["total"]["SYN_SENT"]["p99"], 0.12);
+        assert_eq!(value["durations_ms"]["interval"]["SYN_SENT"]["count"], 1);
+        assert_eq!(value["stuck"]["now"], 1);
+        assert_eq!(value["stuck"]["by_state"]["CLOSE_WAIT"], 1);
+        let reminder = &value["stuck"]["reminders"][0];
+        assert_eq!(reminder["state"], "CLOSE_WAIT");
+        assert_eq!(reminder["pid"], 4242);
+        assert!(reminder.get("event").is_none());
+        assert_eq!(value["time_wait_by_remote_port"]["8080"], 4);
+        assert_eq!(value["lost_events"], 0);
+        assert_eq!(value["skipped_events"], 2);
+        assert_eq!(value["events"]["transitions_skipped"], 1);
+        assert_eq!(value["failed_reads"], 0);
+        assert_eq!(value["unrecorded_sockets"], 0);
+        assert_eq!(value["events"]["transitions"], 12);
+        assert_eq!(value["evictions"], 0);
+        assert_eq!(value["reconciliation"]["fixes"], 1);
+        assert_eq!(value["reconciliation"]["removed"], 1);
+    }
+}

@@ -1,0 +1,377 @@
+//! Writes the core's reports as log lines: aligned text for people, one JSON object per line for
+//! pipelines. Lines are buffered and flushed once per batch; the first write error is kept for
+//! the daemon to act on.
+mod json;
+mod text;
+
+use std::io::{self, Write};
+
+use super::{summary::Summary, wall_clock::WallClock};
+use crate::{
+    core::report::{Sink, StuckReport, TransitionInfo, UnstuckReport},
+    source::events::Transition,
+};
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    /// Aligned columns for people.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// How lines are written, and which are.
+pub(crate) struct Settings {
+    pub(crate) format: LogFormat,
+    pub(crate) clock: WallClock,
+    pub(crate) shown: Shown,
+    /// Colour the level of text lines (stdout is a terminal); plain otherwise.
+    pub(crate) color: bool,
+}
+
+/// Which kinds of lines are written, from `--log-transitions`, `--log-level` and RUST_LOG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shown {
+    pub(crate) transitions: bool,
+    pub(crate) stuck: bool,
+    pub(crate) unstuck: bool,
+    pub(crate) summaries: bool,
+}
+
+pub(crate) struct LogWriter<W: Write> {
+    settings: Settings,
+    out: io::BufWriter<W>,
+    header_written: bool,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> LogWriter<W> {
+    pub(crate) fn new(settings: Settings, out: W) -> Self {
+        Self {
+            settings,
+            out: io::BufWriter::with_capacity(64 << 10, out),
+            header_written: false,
+            error: None,
+        }
+    }
+
+    pub(crate) fn summary(&mut self, summary: &Summary) {
+        if !self.settings.shown.summaries {
+            return;
+        }
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::summary(&mut self.out, clock, summary),
+            LogFormat::Text => text::summary(&mut self.out, clock, summary),
+        };
+        self.keep(result);
+    }
+
+    /// Flushes buffered lines; returns the first write error since the last call.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        let result = self.out.flush();
+        self.keep(result);
+        self.error.take().map_or(Ok(()), Err)
+    }
+
+    fn keep(&mut self, result: io::Result<()>) {
+        if let Err(err) = result {
+            self.error.get_or_insert(err);
+        }
+    }
+}
+
+impl<W: Write> Sink for LogWriter<W> {
+    fn transition(&mut self, t: &Transition, info: TransitionInfo) {
+        if !self.settings.shown.transitions || !info.selected {
+            return;
+        }
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::transition(&mut self.out, clock, t),
+            LogFormat::Text => {
+                let header = if self.header_written {
+                    Ok(())
+                } else {
+                    self.header_written = true;
+                    text::transition_header(&mut self.out)
+                };
+                header.and_then(|()| text::transition(&mut self.out, clock, t))
+            }
+        };
+        self.keep(result);
+    }
+
+    fn stuck(&mut self, report: &StuckReport) {
+        if !self.settings.shown.stuck {
+            return;
+        }
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::stuck(&mut self.out, clock, report),
+            LogFormat::Text => text::stuck(&mut self.out, clock, report, self.settings.color),
+        };
+        self.keep(result);
+    }
+
+    fn unstuck(&mut self, report: &UnstuckReport) {
+        if !self.settings.shown.unstuck {
+            return;
+        }
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::unstuck(&mut self.out, clock, report),
+            LogFormat::Text => text::unstuck(&mut self.out, clock, report),
+        };
+        self.keep(result);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::{
+        net::IpAddr,
+        sync::Arc,
+        time::{Duration, UNIX_EPOCH},
+    };
+
+    use tracer_common::TcpState;
+
+    use super::*;
+    use crate::{
+        core::stats::{EventCounts, Percentiles, Reconciliation},
+        source::{
+            events::{Comm, Endpoints, Family, Owner},
+            health::KernelHealth,
+        },
+    };
+
+    pub(crate) const ALL: Shown = Shown {
+        transitions: true,
+        stuck: true,
+        unstuck: true,
+        summaries: true,
+    };
+
+    pub(crate) const SELECTED: TransitionInfo = TransitionInfo {
+        service_port: 8080,
+        selected: true,
+    };
+
+    pub(crate) fn clock() -> WallClock {
+        WallClock::fixed(0, UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+    }
+
+    pub(crate) fn endpoints(family: Family) -> Endpoints {
+        let (local, remote): (IpAddr, IpAddr) = match family {
+            Family::Ipv4 => ("127.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()),
+            Family::Ipv6 => ("::1".parse().unwrap(), "2001:db8::2".parse().unwrap()),
+        };
+        Endpoints {
+            netns: 4026531840,
+            family,
+            local,
+            local_port: 43210,
+            remote,
+            remote_port: 8080,
+        }
+    }
+
+    /// Process `curl` (pid 4242) in cgroup `/system.slice/curl.service`.
+    pub(crate) fn owner() -> Option<Owner> {
+        Some(Owner {
+            pid: 4242,
+            comm: Comm::new("curl"),
+            cgroup: Some(Arc::from("/system.slice/curl.service")),
+        })
+    }
+
+    pub(crate) fn sample(family: Family) -> Transition {
+        Transition {
+            ts_ns: 1_500_000_000,
+            sock: 0xffff_8881_0a3c_1200,
+            endpoints: endpoints(family),
+            old: TcpState::SynSent,
+            new: TcpState::Established,
+            prev_state_ns: Some(52_125),
+            owner: owner(),
+        }
+    }
+
+    pub(crate) fn stuck() -> StuckReport {
+        StuckReport {
+            ts_ns: 2_000_000_000,
+            sock: 0xffff_8881_0a3c_1200,
+            endpoints: endpoints(Family::Ipv4),
+            state: TcpState::CloseWait,
+            age_ns: 62_500_000_000,
+            age_known: true,
+            threshold_ns: 60_000_000_000,
+            owner: owner(),
+        }
+    }
+
+    pub(crate) fn unstuck() -> UnstuckReport {
+        UnstuckReport {
+            ts_ns: 3_000_000_000,
+            sock: 0xffff_8881_0a3c_1200,
+            endpoints: endpoints(Family::Ipv4),
+            state: TcpState::CloseWait,
+            new: Some(TcpState::LastAck),
+            duration_ns: 75_250_000_000,
+            age_known: true,
+            owner: owner(),
+        }
+    }
+
+    pub(crate) fn summary() -> Summary {
+        let p = Percentiles {
+            count: 3,
+            min_ms: 0.05,
+            p50_ms: 0.06,
+            p90_ms: 0.1,
+            p99_ms: 0.12,
+            max_ms: 0.12,
+        };
+        Summary {
+            ts_ns: 61_000_000_000,
+            last: false,
+            uptime_ns: 60_000_000_000,
+            interval_ns: 60_000_000_000,
+            sockets: vec![(TcpState::Established, 2), (TcpState::CloseWait, 1)],
+            tracked: 3,
+            transitions: vec![(TcpState::SynSent, TcpState::Established, 3)],
+            interval_transitions: vec![(TcpState::SynSent, TcpState::Established, 1)],
+            durations: vec![(TcpState::SynSent, p)],
+            interval_durations: vec![(TcpState::SynSent, Percentiles { count: 1, ..p })],
+            stuck: 1,
+            stuck_by_state: vec![(TcpState::CloseWait, 1)],
+            reminders: vec![stuck()],
+            reminders_omitted: 0,
+            time_wait_by_remote_port: vec![(8080, 4)],
+            events: EventCounts {
+                transitions: 12,
+                timewait: 1,
+                accepted: 2,
+            },
+            health: KernelHealth {
+                skipped_transitions: 1,
+                skipped_all: 2,
+                ..KernelHealth::default()
+            },
+            evictions: 0,
+            reconciliation: Reconciliation {
+                runs: 1,
+                added: 0,
+                removed: 1,
+                corrected: 0,
+            },
+        }
+    }
+
+    pub(crate) fn settings(format: LogFormat) -> Settings {
+        Settings {
+            format,
+            clock: clock(),
+            shown: ALL,
+            color: false,
+        }
+    }
+
+    /// Renders through the real writer.
+    pub(crate) fn render_with(
+        settings: Settings,
+        write: impl FnOnce(&mut LogWriter<&mut Vec<u8>>),
+    ) -> String {
+        let mut buf = Vec::new();
+        {
+            let mut out = LogWriter::new(settings, &mut buf);
+            write(&mut out);
+            out.flush().unwrap();
+        }
+        String::from_utf8(buf).unwrap()
+    }
+
+    pub(crate) fn render(
+        format: LogFormat,
+        write: impl FnOnce(&mut LogWriter<&mut Vec<u8>>),
+    ) -> String {
+        render_with(settings(format), write)
+    }
+
+    #[test]
+    fn unselected_transitions_are_not_written() {
+        let text = render(LogFormat::Json, |o| {
+            o.transition(&sample(Family::Ipv4), SELECTED);
+            o.transition(
+                &sample(Family::Ipv6),
+                TransitionInfo {
+                    selected: false,
+                    ..SELECTED
+                },
+            );
+        });
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("\"family\":\"ipv4\""));
+    }
+
+    #[test]
+    fn quiet_mode_writes_no_transitions() {
+        let quiet = Settings {
+            shown: Shown {
+                transitions: false,
+                ..ALL
+            },
+            ..settings(LogFormat::Json)
+        };
+        let text = render_with(quiet, |o| {
+            o.transition(&sample(Family::Ipv4), SELECTED);
+            o.stuck(&stuck());
+        });
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.contains("\"event\":\"stuck\""));
+    }
+
+    #[test]
+    fn warn_level_keeps_only_stuck_reports() {
+        let warn_only = Settings {
+            shown: Shown {
+                transitions: false,
+                stuck: true,
+                unstuck: false,
+                summaries: false,
+            },
+            ..settings(LogFormat::Text)
+        };
+        let text = render_with(warn_only, |o| {
+            o.transition(&sample(Family::Ipv4), SELECTED);
+            o.stuck(&stuck());
+            o.unstuck(&unstuck());
+            o.summary(&summary());
+        });
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(" WARN  stuck"));
+        assert!(!text.contains('\x1b'), "plain when not a terminal");
+        let colored = Settings {
+            color: true,
+            ..settings(LogFormat::Text)
+        };
+        assert!(render_with(colored, |o| o.stuck(&stuck())).contains("\x1b[33mWARN\x1b[0m"));
+    }
+
+    #[test]
+    fn write_errors_are_reported() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::BrokenPipe, "closed"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = LogWriter::new(settings(LogFormat::Json), Broken);
+        out.stuck(&stuck());
+        assert_eq!(out.flush().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+}

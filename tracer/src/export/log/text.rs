@@ -1,0 +1,321 @@
+//! Text for people. Transitions in the columns of bcc's `tcpstates`, with a UTC timestamp first
+//! and room for IPv6 addresses; other events as `TIME LEVEL kind details` lines.
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+};
+
+use crate::{
+    core::report::{StuckReport, UnstuckReport},
+    export::{summary::Summary, wall_clock::WallClock},
+    source::events::{Endpoints, Owner, Transition},
+    units::millis,
+};
+
+pub(super) fn transition_header(out: &mut impl Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<27} {:<16} {:<7} {:<15} {:<25} {:<5} {:<25} {:<5} {:<11}    {:<11} {:>10}",
+        "TIME(UTC)",
+        "SKADDR",
+        "PID",
+        "COMM",
+        "LADDR",
+        "LPORT",
+        "RADDR",
+        "RPORT",
+        "OLDSTATE",
+        "NEWSTATE",
+        "MS"
+    )
+}
+
+fn time(clock: &WallClock, ts_ns: u64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_micros(clock.wall(ts_ns))
+}
+
+pub(super) fn transition(
+    out: &mut impl Write,
+    clock: &WallClock,
+    t: &Transition,
+) -> io::Result<()> {
+    let (pid, comm) = match &t.owner {
+        Some(owner) => (owner.pid.to_string(), owner.comm.as_str().into_owned()),
+        None => ("-".to_owned(), "-".to_owned()),
+    };
+    let ms = t
+        .prev_state_ns
+        .map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", millis(ns)));
+    let e = &t.endpoints;
+    writeln!(
+        out,
+        "{:<27} {:016x} {pid:<7} {comm:<15} {:<25} {:<5} {:<25} {:<5} {:<11} -> {:<11} {ms:>10}",
+        time(clock, t.ts_ns),
+        t.sock,
+        e.local.to_string(),
+        e.local_port,
+        e.remote.to_string(),
+        e.remote_port,
+        t.old.name(),
+        t.new.name(),
+    )
+}
+
+fn seconds(ns: u64) -> String {
+    format!("{:.3}s", ns as f64 / 1e9)
+}
+
+fn socket(e: &Endpoints) -> String {
+    format!(
+        "{} <-> {}",
+        SocketAddr::new(e.local, e.local_port),
+        SocketAddr::new(e.remote, e.remote_port)
+    )
+}
+
+fn describe(owner: Option<&Owner>) -> String {
+    match owner {
+        Some(o) => format!(
+            "pid={} comm={} cgroup={}",
+            o.pid,
+            o.comm.as_str(),
+            o.cgroup.as_deref().unwrap_or("-")
+        ),
+        None => "pid=- comm=- cgroup=-".to_owned(),
+    }
+}
+
+fn at_least(known: bool) -> &'static str {
+    if known { "" } else { ">=" }
+}
+
+fn stuck_details(r: &StuckReport) -> String {
+    format!(
+        "{:<11} for {}{} (threshold {})  {}  {}  sock={:x}",
+        r.state.name(),
+        at_least(r.age_known),
+        seconds(r.age_ns),
+        seconds(r.threshold_ns),
+        socket(&r.endpoints),
+        describe(r.owner.as_ref()),
+        r.sock
+    )
+}
+
+pub(super) fn stuck(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &StuckReport,
+    color: bool,
+) -> io::Result<()> {
+    let details = stuck_details(r);
+    let level = if color { "\x1b[33mWARN\x1b[0m" } else { "WARN" };
+    writeln!(out, "{} {level}  stuck    {details}", time(clock, r.ts_ns))
+}
+
+pub(super) fn unstuck(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &UnstuckReport,
+) -> io::Result<()> {
+    let new = r.new.map_or("gone", |s| s.name());
+    writeln!(
+        out,
+        "{} INFO  unstuck  {:<11} -> {new} after {}{}  {}  {}  sock={:x}",
+        time(clock, r.ts_ns),
+        r.state.name(),
+        at_least(r.age_known),
+        seconds(r.duration_ns),
+        socket(&r.endpoints),
+        describe(r.owner.as_ref()),
+        r.sock
+    )
+}
+
+pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> io::Result<()> {
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "none".to_owned()
+        } else {
+            items.join(" ")
+        }
+    };
+    let sockets = list(
+        s.sockets
+            .iter()
+            .map(|(st, n)| format!("{}={n}", st.name()))
+            .collect(),
+    );
+    writeln!(
+        out,
+        "{} INFO  summary  {}uptime {}, {} sockets: {sockets}",
+        time(clock, s.ts_ns),
+        if s.last { "final, " } else { "" },
+        seconds(s.uptime_ns),
+        s.tracked,
+    )?;
+    let total = |old, new| {
+        s.transitions
+            .iter()
+            .find(|(o, n, _)| *o == old && *n == new)
+            .map_or(0, |(_, _, c)| *c)
+    };
+    let transitions = list(
+        s.interval_transitions
+            .iter()
+            .map(|(o, n, c)| format!("{}->{}={c}({})", o.name(), n.name(), total(*o, *n)))
+            .collect(),
+    );
+    writeln!(
+        out,
+        "    transitions in the last {} (since start): {transitions}",
+        seconds(s.interval_ns)
+    )?;
+    let durations = list(
+        s.interval_durations
+            .iter()
+            .map(|(st, p)| {
+                format!(
+                    "{} n={} min={:.3} p50={:.3} p90={:.3} p99={:.3} max={:.3};",
+                    st.name(),
+                    p.count,
+                    p.min_ms,
+                    p.p50_ms,
+                    p.p90_ms,
+                    p.p99_ms,
+                    p.max_ms
+                )
+            })
+            .collect(),
+    );
+    writeln!(
+        out,
+        "    time in state, ms, last {}: {durations}",
+        seconds(s.interval_ns)
+    )?;
+    let by_state = list(
+        s.stuck_by_state
+            .iter()
+            .map(|(st, n)| format!("{}={n}", st.name()))
+            .collect(),
+    );
+    let ports = list(
+        s.time_wait_by_remote_port
+            .iter()
+            .map(|(p, n)| format!("{p}={n}"))
+            .collect(),
+    );
+    writeln!(
+        out,
+        "    stuck now: {} ({by_state}); TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; evictions: {}; reconciliation: {} runs, {} fixes",
+        s.stuck,
+        s.health.lost(),
+        s.health.skipped_all,
+        s.evictions,
+        s.reconciliation.runs,
+        s.reconciliation.fixes()
+    )?;
+    if s.health.failed_reads + s.health.unrecorded_sockets > 0 {
+        writeln!(
+            out,
+            "    kernel: failed reads: {}; sockets without a kernel record: {}",
+            s.health.failed_reads, s.health.unrecorded_sockets
+        )?;
+    }
+    for r in &s.reminders {
+        writeln!(out, "    still stuck: {}", stuck_details(r))?;
+    }
+    if s.reminders_omitted > 0 {
+        writeln!(out, "    … and {} more stuck sockets", s.reminders_omitted)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{
+        LogFormat,
+        tests::{SELECTED, render, sample, stuck, summary, unstuck},
+    };
+    use crate::{core::report::Sink as _, source::events::Family};
+
+    #[test]
+    fn header_then_aligned_columns() {
+        let text = render(LogFormat::Text, |o| {
+            o.transition(&sample(Family::Ipv4), SELECTED)
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("TIME(UTC)"));
+        let fields: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            fields,
+            [
+                "2027-01-15T08:00:01.500000Z",
+                "ffff88810a3c1200",
+                "4242",
+                "curl",
+                "127.0.0.1",
+                "43210",
+                "10.0.0.2",
+                "8080",
+                "SYN_SENT",
+                "->",
+                "ESTABLISHED",
+                "0.052"
+            ]
+        );
+        assert_eq!(lines[0].find("LADDR"), lines[1].find("127.0.0.1"));
+        assert_eq!(lines[0].find("OLDSTATE"), lines[1].find("SYN_SENT"));
+        assert_eq!(lines[0].find("NEWSTATE"), lines[1].find("ESTABLISHED"));
+    }
+
+    #[test]
+    fn ipv6_and_unknowns() {
+        let mut t = sample(Family::Ipv6);
+        t.owner = None;
+        t.prev_state_ns = None;
+        let text = render(LogFormat::Text, |o| o.transition(&t, SELECTED));
+        let fields: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(fields[2], "-");
+        assert_eq!(fields[3], "-");
+        assert_eq!(fields[4], "::1");
+        assert_eq!(fields[6], "2001:db8::2");
+        assert_eq!(fields[11], "-");
+    }
+
+    #[test]
+    fn stuck_and_unstuck_lines() {
+        let text = render(LogFormat::Text, |o| o.stuck(&stuck()));
+        assert_eq!(
+            text,
+            "2027-01-15T08:00:02.000000Z WARN  stuck    CLOSE_WAIT  for 62.500s (threshold 60.000s)  \
+             127.0.0.1:43210 <-> 10.0.0.2:8080  pid=4242 comm=curl cgroup=/system.slice/curl.service  \
+             sock=ffff88810a3c1200\n"
+        );
+        let mut unknown_age = stuck();
+        unknown_age.age_known = false;
+        assert!(render(LogFormat::Text, |o| o.stuck(&unknown_age)).contains("for >=62.500s"));
+        let text = render(LogFormat::Text, |o| o.unstuck(&unstuck()));
+        assert!(
+            text.contains("INFO  unstuck  CLOSE_WAIT  -> LAST_ACK after 75.250s"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn summary_block() {
+        let text = render(LogFormat::Text, |o| o.summary(&summary()));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(
+            lines[0].contains("summary  uptime 60.000s, 3 sockets: ESTABLISHED=2 CLOSE_WAIT=1")
+        );
+        assert!(lines[1].contains("SYN_SENT->ESTABLISHED=1(3)"));
+        assert!(lines[2].contains("SYN_SENT n=1 min=0.050 p50=0.060"));
+        assert!(lines[3].contains("stuck now: 1 (CLOSE_WAIT=1)"));
+        assert!(lines[3].contains("TIME_WAIT by remote port: 8080=4"));
+        assert!(lines[3].contains("reconciliation: 1 runs, 1 fixes"));
+        assert!(lines[4].contains("still stuck: CLOSE_WAIT"));
+    }
+}

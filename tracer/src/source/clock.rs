@@ -1,0 +1,22 @@
+//! The kernel's clock: `bpf_ktime_get_ns()` is CLOCK_MONOTONIC, and every timestamp the source
+//! emits is in it.
+
+/// Current CLOCK_MONOTONIC time in nanoseconds.
+pub(crate) fn monotonic_ns() -> u64 {
+    read(libc::CLOCK_MONOTONIC)
+}
+
+/// Current CLOCK_REALTIME time in nanoseconds since the Unix epoch.
+pub(crate) fn realtime_ns() -> u64 {
+    read(libc::CLOCK_REALTIME)
+}
+
+fn read(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec; these clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,134 @@
+//! The typed events the source emits, and the small value types the later stages share: a
+//! connection's endpoints, a process name, a socket's owner.
+use std::{fmt, net::IpAddr, sync::Arc};
+
+use tracer_common::TcpState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A connection's two ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoints {
+    /// Inode number of the network namespace (0 when unknown).
+    pub netns: u32,
+    pub family: Family,
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+}
+
+/// A process name as the kernel stores it: up to 15 bytes, NUL-padded.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Comm([u8; 16]);
+
+impl Comm {
+    pub(crate) fn new(text: &str) -> Self {
+        let mut bytes = [0u8; 16];
+        let len = text.len().min(15);
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Self(bytes)
+    }
+
+    pub(crate) fn from_kernel(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    pub(crate) fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|b| *b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end])
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// The process a socket belongs to. The kernel gives the pid and the name of the thread that made
+/// the call; the enrich stage replaces the name with the process's own (as `ps` shows it) and adds
+/// its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Owner {
+    pub(crate) pid: u32,
+    pub(crate) comm: Comm,
+    /// The cgroup v2 path, else the first v1 hierarchy's; `None` when unknown.
+    pub(crate) cgroup: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Transition {
+    pub(crate) ts_ns: u64,
+    pub(crate) sock: u64,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) old: TcpState,
+    pub(crate) new: TcpState,
+    /// Time spent in `old`, when the kernel saw the socket enter it.
+    pub(crate) prev_state_ns: Option<u64>,
+    pub(crate) owner: Option<Owner>,
+}
+
+/// A timewait socket's timer armed or disarmed. `substate` is TIME_WAIT or FIN_WAIT2 (the
+/// lingering FIN-WAIT-2 that the kernel also hands to a timewait socket).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Timewait {
+    pub(crate) ts_ns: u64,
+    pub(crate) sock: u64,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) substate: TcpState,
+    /// `jiffies` at the event, and the timer's expiry in jiffies.
+    pub(crate) jiffies: u64,
+    pub(crate) expires: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Accepted {
+    pub(crate) ts_ns: u64,
+    pub(crate) sock: u64,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) owner: Owner,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum KernelEvent {
+    Transition(Transition),
+    TimewaitArmed(Timewait),
+    TimewaitDisarmed(Timewait),
+    Accepted(Accepted),
+}
+
+impl KernelEvent {
+    /// The owner the event names, for the enrich stage to describe.
+    pub(crate) fn owner_mut(&mut self) -> Option<&mut Owner> {
+        match self {
+            Self::Transition(t) => t.owner.as_mut(),
+            Self::Accepted(a) => Some(&mut a.owner),
+            Self::TimewaitArmed(_) | Self::TimewaitDisarmed(_) => None,
+        }
+    }
+}
+
+/// The kernel's per-socket record of a live socket, kept in a map that can outlive the daemon:
+/// what a restarted daemon learns of sockets it finds already open.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PinnedRecord {
+    pub(crate) sock: u64,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) state: TcpState,
+    pub(crate) since_ns: u64,
+    pub(crate) owner: Option<Owner>,
+}

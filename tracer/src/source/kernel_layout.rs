@@ -1,0 +1,165 @@
+//! What the programs need to know about the running kernel, read at start-up rather than compiled
+//! in: struct field offsets from its BTF, tracepoint record layouts from tracefs, and the address
+//! of the timewait timer's callback from /proc/kallsyms.
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use btf_rs::{Btf, BtfType, Type};
+use tracer_common::Offsets;
+
+pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Every struct offset the programs use, from the kernel's BTF.
+pub(crate) struct KernelOffsets {
+    pub(crate) offsets: Offsets,
+    /// `timer_list.function`, a global of its own (read on every kernel timer).
+    pub(crate) timer_function: u32,
+}
+
+/// Reads every struct offset the programs use from the kernel's BTF.
+pub(crate) fn read_offsets(btf_path: &Path) -> Result<KernelOffsets> {
+    let btf = Btf::from_file_with_backend(btf_path, btf_rs::Backend::Mmap)
+        .with_context(|| format!("cannot parse the kernel's BTF at {}", btf_path.display()))?;
+    let btf = KernelBtf(btf);
+    // The programs read `struct sock_common` at the start of full and timewait sockets.
+    for (outer, member) in [
+        ("sock", "__sk_common"),
+        ("inet_timewait_sock", "__tw_common"),
+    ] {
+        let offset = btf.offset(outer, member)?;
+        if offset != 0 {
+            bail!("struct {outer}.{member} is at offset {offset}, not 0: unsupported kernel");
+        }
+    }
+    let offsets = Offsets {
+        skc_daddr: btf.offset("sock_common", "skc_daddr")?,
+        skc_rcv_saddr: btf.offset("sock_common", "skc_rcv_saddr")?,
+        skc_dport: btf.offset("sock_common", "skc_dport")?,
+        skc_num: btf.offset("sock_common", "skc_num")?,
+        skc_family: btf.offset("sock_common", "skc_family")?,
+        skc_v6_daddr: btf.offset("sock_common", "skc_v6_daddr")?,
+        skc_v6_rcv_saddr: btf.offset("sock_common", "skc_v6_rcv_saddr")?,
+        skc_net: btf.offset("sock_common", "skc_net")?,
+        inet_sport: btf.offset("inet_sock", "inet_sport")?,
+        inet_saddr: btf.offset("inet_sock", "inet_saddr")?,
+        net_inum: btf.offset("net", "ns")? + btf.offset("ns_common", "inum")?,
+        tw_substate: btf.offset("inet_timewait_sock", "tw_substate")?,
+        tw_timer: btf.offset("inet_timewait_sock", "tw_timer")?,
+        timer_expires: btf.offset("timer_list", "expires")?,
+        task_files: btf.offset("task_struct", "files")?,
+        files_fdt: btf.offset("files_struct", "fdt")?,
+        fdt_max_fds: btf.offset("fdtable", "max_fds")?,
+        fdt_fd: btf.offset("fdtable", "fd")?,
+        file_private_data: btf.offset("file", "private_data")?,
+        socket_sk: btf.offset("socket", "sk")?,
+    };
+    Ok(KernelOffsets {
+        offsets,
+        timer_function: btf.offset("timer_list", "function")?,
+    })
+}
+
+struct KernelBtf(Btf);
+
+impl KernelBtf {
+    /// Byte offset of `member` in `struct outer`, looking through anonymous unions and structs.
+    fn offset(&self, outer: &str, member: &str) -> Result<u32> {
+        let types = self
+            .0
+            .resolve_types_by_name(outer)
+            .with_context(|| format!("kernel BTF has no type `{outer}`"))?;
+        let found = types.iter().find_map(|ty| match ty {
+            Type::Struct(st) => self.find_member(st, member),
+            _ => None,
+        });
+        match found {
+            Some(bits) if bits % 8 == 0 => Ok(bits / 8),
+            Some(_) => bail!("struct {outer}.{member} is a bit field: unsupported kernel"),
+            None => bail!("kernel BTF: struct {outer} has no member `{member}`"),
+        }
+    }
+
+    /// Bit offset of `member` inside `st`.
+    fn find_member(&self, st: &btf_rs::Struct, member: &str) -> Option<u32> {
+        st.members.iter().find_map(|m| {
+            let name = self.0.resolve_name(m).ok()?;
+            if name == member {
+                return Some(m.bit_offset());
+            }
+            if !name.is_empty() {
+                return None;
+            }
+            // An anonymous union or struct: its members belong to `st`.
+            match self.0.resolve_type_by_id(m.get_type_id()?).ok()? {
+                Type::Struct(inner) | Type::Union(inner) => {
+                    Some(m.bit_offset() + self.find_member(&inner, member)?)
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+/// Address of a kernel function from /proc/kallsyms; `None` when absent or hidden (kptr_restrict
+/// shows zeros).
+pub(crate) fn kernel_symbol(kallsyms: &str, name: &str) -> Option<u64> {
+    kallsyms
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.next()?;
+            let _kind = fields.next()?;
+            (fields.next()? == name).then(|| u64::from_str_radix(address, 16).ok())?
+        })
+        .filter(|address| *address != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_symbols() {
+        let kallsyms = "ffffffff81000000 T _stext\nffffffff820660f0 t tw_timer_handler\nffffffff820660f8 t tw_timer_handler_x [mod]\n";
+        assert_eq!(
+            kernel_symbol(kallsyms, "tw_timer_handler"),
+            Some(0xffffffff820660f0)
+        );
+        assert_eq!(kernel_symbol(kallsyms, "missing"), None);
+        let hidden = "0000000000000000 t tw_timer_handler\n";
+        assert_eq!(kernel_symbol(hidden, "tw_timer_handler"), None);
+    }
+
+    /// The running kernel's BTF must give the offsets the kernel-side code was verified with
+    /// (../shared/BUILDING-EBPF.md). This reads the real /sys/kernel/btf/vmlinux.
+    #[test]
+    fn reads_offsets_from_the_running_kernel() {
+        let kernel = read_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        assert!(kernel.timer_function > 0);
+        let offsets = kernel.offsets;
+        assert_eq!(offsets.skc_daddr, 0);
+        assert_eq!(offsets.skc_rcv_saddr, 4);
+        assert_eq!(offsets.skc_dport, 12);
+        assert_eq!(offsets.skc_num, 14);
+        assert_eq!(offsets.skc_family, 16);
+        assert!(offsets.tw_timer > offsets.tw_substate);
+        assert!(offsets.socket_sk > 0 && offsets.task_files > 0);
+        // `struct inet_sock` begins with `struct sock`: its own fields lie past it.
+        assert!(offsets.inet_sport > offsets.skc_v6_rcv_saddr);
+        assert!(offsets.inet_saddr > offsets.skc_v6_rcv_saddr);
+    }
+
+    /// A kernel without a type or field the programs read is refused with one line naming it.
+    #[test]
+    fn names_what_the_kernel_lacks() {
+        let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap).unwrap();
+        let btf = KernelBtf(btf);
+        let err = btf.offset("sock", "no_such_field").unwrap_err().to_string();
+        assert_eq!(err, "kernel BTF: struct sock has no member `no_such_field`");
+        let err = format!("{:#}", btf.offset("no_such_struct", "x").unwrap_err());
+        assert!(
+            err.contains("no_such_struct") && !err.contains('\n'),
+            "{err}"
+        );
+    }
+}

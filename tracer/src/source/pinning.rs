@@ -1,0 +1,133 @@
+//! The per-socket kernel map outlives the daemon, pinned in bpffs, so a restarted daemon (upgrade,
+//! crash, SIGKILL) still knows when each socket entered its state. The pin's name carries the
+//! record layout's version; a pin of another version, or of a map of another shape, is replaced,
+//! never trusted. One daemon at a time holds the pinned state (a lock on its directory).
+use std::{
+    fs::File,
+    os::{fd::AsRawFd as _, unix::fs::DirBuilderExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, MapType};
+use tracer_common::{SOCK_RECORD_VERSION, SockRecord};
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// The pinned-state directory, locked for this daemon's life.
+pub(crate) struct PinDir {
+    /// Where the per-socket map is (or will be) pinned.
+    pub(crate) sockets: PathBuf,
+    /// A compatible map was pinned already: the daemon restarts on it.
+    pub(crate) reused: bool,
+    _lock: File,
+}
+
+#[derive(Debug)]
+pub(crate) enum PinError {
+    /// Another daemon holds the pinned state.
+    Busy(PathBuf),
+    /// Pinning cannot be used here (no bpffs, no permission).
+    Unavailable(anyhow::Error),
+}
+
+impl std::fmt::Display for PinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Busy(dir) => write!(
+                f,
+                "another tracer is running with the pinned state in {}: stop it, or run this one \
+                 with --no-pin (or another --pin-dir)",
+                dir.display()
+            ),
+            Self::Unavailable(err) => write!(f, "{err:#}"),
+        }
+    }
+}
+
+impl std::error::Error for PinError {}
+
+/// What the pinned map must look like to be reused.
+pub(crate) struct Shape {
+    pub(crate) max_entries: u32,
+}
+
+impl PinDir {
+    /// Mounts bpffs if needed, creates `dir` (mode 0700), takes the lock, and removes pins the
+    /// daemon cannot trust. Errors mean pinning is unavailable; another daemon holding the lock is
+    /// reported as such.
+    pub(crate) fn open(dir: &Path, shape: &Shape) -> Result<Self, PinError> {
+        let unavailable = PinError::Unavailable;
+        ensure_bpffs().map_err(unavailable)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))
+            .map_err(unavailable)?;
+        let lock = File::open(dir)
+            .with_context(|| format!("opening {}", dir.display()))
+            .map_err(unavailable)?;
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(PinError::Busy(dir.to_path_buf()));
+        }
+        let sockets = dir.join(format!("sockets_v{SOCK_RECORD_VERSION}"));
+        remove_stale(dir, &sockets, shape).map_err(unavailable)?;
+        Ok(Self {
+            reused: sockets.exists(),
+            sockets,
+            _lock: lock,
+        })
+    }
+}
+
+/// Removes pins of other record versions, and the current pin if its map has another shape.
+fn remove_stale(dir: &Path, current: &Path, shape: &Shape) -> Result<()> {
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+    {
+        let path = entry.path();
+        let name = entry.file_name();
+        let is_sockets = name.to_str().is_some_and(|n| n.starts_with("sockets_v"));
+        if is_sockets && path != current {
+            tracing::warn!(
+                "removing {}, pinned by an incompatible version",
+                path.display()
+            );
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    if current.exists() && !compatible(current, shape) {
+        tracing::warn!(
+            "removing {}: its map does not have the layout of this version",
+            current.display()
+        );
+        std::fs::remove_file(current).with_context(|| format!("removing {}", current.display()))?;
+    }
+    Ok(())
+}
+
+fn compatible(path: &Path, shape: &Shape) -> bool {
+    let Ok(map) = MapData::from_pin(path) else {
+        return false;
+    };
+    let Ok(info) = map.info() else {
+        return false;
+    };
+    matches!(info.map_type(), Ok(MapType::LruHash))
+        && info.key_size() as usize == size_of::<u64>()
+        && info.value_size() as usize == size_of::<SockRecord>()
+        && info.max_entries() == shape.max_entries
+}
+
+fn ensure_bpffs() -> Result<()> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if !super::mounts::is_mounted(&mounts, BPFFS, "bpf") {
+        super::mounts::mount("bpffs", BPFFS, "bpf")
+            .with_context(|| format!("bpffs is not mounted at {BPFFS} and mounting it failed"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! Checks, before touching the kernel, that the daemon holds the capabilities it needs, so a user
+//! reads "needs root" rather than an errno from deep inside a BPF syscall.
+use anyhow::{Result, bail};
+
+/// Capability numbers from linux/capability.h.
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYSLOG: u32 = 34;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// What works less well without the capabilities beyond the two it cannot run without.
+pub(crate) fn degraded(effective: u64) -> Vec<&'static str> {
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    let mut limits = Vec::new();
+    if !has(CAP_SYS_ADMIN) {
+        limits.push(
+            "without CAP_SYS_ADMIN, sockets of other network namespaces (containers) are known \
+             from their first event only, and tracefs cannot be mounted if it is not",
+        );
+    }
+    if !(has(CAP_SYS_PTRACE) && has(CAP_DAC_READ_SEARCH)) {
+        limits.push(
+            "without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, owners of sockets older than the \
+             tracer are found for processes of its own user only",
+        );
+    }
+    if !has(CAP_SYSLOG) {
+        limits.push(
+            "without CAP_SYSLOG, /proc/kallsyms may hide the timewait timer's address, which \
+             TIME-WAIT tracking needs",
+        );
+    }
+    limits
+}
+
+/// Fails with the names of the missing capabilities, given the `CapEff:` mask of
+/// /proc/self/status.
+pub(crate) fn check(effective: u64) -> Result<()> {
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    // Before CAP_BPF and CAP_PERFMON existed (and still today), CAP_SYS_ADMIN covers both.
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    bail!(
+        "permission denied: the tracer needs root (or {}); run it with sudo",
+        missing.join(" and ")
+    )
+}
+
+/// Reads the effective capability mask of this process.
+pub(crate) fn effective_capabilities() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    parse_cap_eff(&status).ok_or_else(|| anyhow::anyhow!("no CapEff line in /proc/self/status"))
+}
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_passes() {
+        assert!(check(0x000001ffffffffff).is_ok());
+        assert!(check(1 << CAP_SYS_ADMIN).is_ok());
+        assert!(check((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_ok());
+    }
+
+    #[test]
+    fn names_what_is_missing() {
+        let err = check(0).unwrap_err().to_string();
+        assert!(err.contains("CAP_BPF and CAP_PERFMON"), "{err}");
+        let err = check(1 << CAP_BPF).unwrap_err().to_string();
+        assert!(
+            err.contains("CAP_PERFMON") && !err.contains("CAP_BPF "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn names_what_is_degraded() {
+        let minimal = (1u64 << CAP_BPF)
+            | (1 << CAP_PERFMON)
+            | (1 << CAP_SYSLOG)
+            | (1 << CAP_SYS_ADMIN)
+            | (1 << CAP_SYS_PTRACE)
+            | (1 << CAP_DAC_READ_SEARCH);
+        assert!(degraded(minimal).is_empty());
+        assert_eq!(degraded(minimal & !(1 << CAP_SYSLOG)).len(), 1);
+        assert_eq!(degraded((1 << CAP_BPF) | (1 << CAP_PERFMON)).len(), 3);
+    }
+
+    #[test]
+    fn parses_status() {
+        let status = "Name:\ttracer\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_cap_eff(status), Some(0x000001ffffffffff));
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! tracefs: where classic tracepoints are found by name, and where their record layouts are
+//! described. Machines often boot without it mounted; the daemon mounts it itself.
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const MOUNT_POINT: &str = "/sys/kernel/tracing";
+const LEGACY_MOUNT_POINT: &str = "/sys/kernel/debug/tracing";
+
+/// Returns the tracefs root, mounting tracefs at /sys/kernel/tracing if it is not mounted yet.
+pub(crate) fn ensure_mounted() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if let Some(path) = mounted_tracefs(&mounts) {
+        return Ok(path);
+    }
+    let target = Path::new(MOUNT_POINT);
+    if !target.is_dir() {
+        bail!(
+            "tracefs is not mounted and {MOUNT_POINT} does not exist (kernel built without tracing?)"
+        );
+    }
+    super::mounts::mount("nodev", MOUNT_POINT, "tracefs").map_err(|err| {
+        anyhow::anyhow!("tracefs is not mounted and mounting it at {MOUNT_POINT} failed: {err}")
+    })?;
+    Ok(target.to_path_buf())
+}
+
+/// Finds a tracefs mount in /proc/self/mounts at one of the places aya looks.
+fn mounted_tracefs(mounts: &str) -> Option<PathBuf> {
+    [MOUNT_POINT, LEGACY_MOUNT_POINT]
+        .into_iter()
+        .find(|target| super::mounts::is_mounted(mounts, target, "tracefs"))
+        .map(PathBuf::from)
+}
+
+/// A tracepoint's record layout: field name to (offset, size), from its `format` file.
+#[derive(Debug)]
+pub(crate) struct Format {
+    tracepoint: String,
+    fields: HashMap<String, (u32, u32)>,
+}
+
+impl Format {
+    pub(crate) fn read(tracefs: &Path, category: &str, name: &str) -> Result<Self> {
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "tracepoint {category}/{name} is not available ({} unreadable)",
+                path.display()
+            )
+        })?;
+        Ok(Self::parse(&format!("{category}/{name}"), &text))
+    }
+
+    pub(crate) fn parse(tracepoint: &str, text: &str) -> Self {
+        let fields = text
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim().strip_prefix("field:")?;
+                let mut parts = line.split(';').map(str::trim);
+                let declaration = parts.next()?;
+                let offset = parts.next()?.strip_prefix("offset:")?.parse().ok()?;
+                let size = parts.next()?.strip_prefix("size:")?.parse().ok()?;
+                // "__u8 saddr[4]" -> "saddr"; "const void * skaddr" -> "skaddr"
+                let name = declaration.rsplit([' ', '*']).next()?;
+                let name = name.split('[').next()?;
+                Some((name.to_owned(), (offset, size)))
+            })
+            .collect();
+        Self {
+            tracepoint: tracepoint.to_owned(),
+            fields,
+        }
+    }
+
+    /// Checks a field is where, and as wide as, the program reads it.
+    pub(crate) fn check(&self, field: &str, offset: usize, size: usize) -> Result<()> {
+        match self.fields.get(field) {
+            Some(&(at, width)) if at as usize == offset && width as usize == size => Ok(()),
+            Some(&(at, width)) => bail!(
+                "tracepoint {} field `{field}` is at offset {at} ({width} bytes), the tracer reads \
+                 it at {offset} ({size} bytes): unsupported kernel",
+                self.tracepoint
+            ),
+            None => bail!(
+                "tracepoint {} has no field `{field}`: unsupported kernel",
+                self.tracepoint
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT: &str = "name: inet_sock_set_state
+ID: 2287
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+
+print fmt: \"family=%s\"";
+
+    #[test]
+    fn parses_fields() {
+        let format = Format::parse("sock/inet_sock_set_state", FORMAT);
+        format.check("skaddr", 8, 8).unwrap();
+        format.check("oldstate", 16, 4).unwrap();
+        format.check("sport", 24, 2).unwrap();
+        format.check("saddr_v6", 40, 16).unwrap();
+        format.check("common_pid", 4, 4).unwrap();
+    }
+
+    #[test]
+    fn rejects_missing_moved_or_resized_fields() {
+        let format = Format::parse("sock/inet_sock_set_state", FORMAT);
+        let err = format.check("daddr", 36, 4).unwrap_err().to_string();
+        assert!(err.contains("no field `daddr`"), "{err}");
+        let err = format.check("sport", 24, 4).unwrap_err().to_string();
+        assert!(err.contains("(2 bytes)"), "{err}");
+        let err = format.check("sport", 26, 2).unwrap_err().to_string();
+        assert!(err.contains("at offset 24"), "{err}");
+    }
+
+    /// The running kernel's layout is the one the programs read.
+    #[test]
+    fn running_kernel_matches_the_programs() {
+        let tracefs = ensure_mounted().unwrap();
+        let format = Format::read(&tracefs, "syscalls", "sys_exit_accept4").unwrap();
+        format
+            .check("ret", tracer_common::ACCEPT_RET_OFFSET, 8)
+            .unwrap();
+        assert!(
+            Format::read(Path::new("/nonexistent"), "sock", "x")
+                .unwrap_err()
+                .to_string()
+                .contains("not available")
+        );
+    }
+
+    #[test]
+    fn finds_tracefs_mounts() {
+        let mounts = "proc /proc proc rw 0 0\nnodev /sys/kernel/tracing tracefs rw 0 0\n";
+        assert_eq!(mounted_tracefs(mounts), Some(PathBuf::from(MOUNT_POINT)));
+        let legacy = "debugfs /sys/kernel/debug debugfs rw 0 0\ntracefs /sys/kernel/debug/tracing tracefs rw 0 0\n";
+        assert_eq!(
+            mounted_tracefs(legacy),
+            Some(PathBuf::from(LEGACY_MOUNT_POINT))
+        );
+        assert_eq!(mounted_tracefs("tracefs /elsewhere tracefs rw 0 0\n"), None);
+        assert_eq!(mounted_tracefs(""), None);
+    }
+}
