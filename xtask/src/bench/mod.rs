@@ -190,7 +190,8 @@ impl RunResult {
     /// Connections made, or requests served for a real server (a connection each when every
     /// request has its own; per request for keep-alive).
     fn connections(&self) -> Option<u64> {
-        self.connections.or(self.throughput?.requests)
+        self.connections
+            .or_else(|| self.throughput.and_then(|t| t.requests))
     }
 }
 
@@ -524,6 +525,26 @@ mod tests {
         // Keep-alive and bulk transfer make few transitions: nothing to check there.
         let keep_alive = Workload::Server(Load::NginxKeepAlive, 1);
         assert!(check_accounting(&[run(keep_alive, 20, Some(1000))], &workloads).is_ok());
+    }
+
+    #[test]
+    fn connections_or_requests() {
+        let known = RunResult {
+            connections: Some(50),
+            ..RunResult::default()
+        };
+        assert_eq!(known.connections(), Some(50));
+        let served = RunResult {
+            throughput: Some(Throughput {
+                rate: 1.0,
+                unit: "req/s",
+                requests: Some(7),
+                errors: 0,
+            }),
+            ..RunResult::default()
+        };
+        assert_eq!(served.connections(), Some(7));
+        assert_eq!(RunResult::default().connections(), None);
     }
 
     #[test]

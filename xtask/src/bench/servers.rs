@@ -5,7 +5,7 @@
 //! before the run returns, also on errors.
 use std::{
     fs,
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -248,16 +248,7 @@ impl Server {
     ) -> Result<Self> {
         let log = scratch.path(&format!("{}.out", name.replace(' ', "-")));
         let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        // SAFETY: prctl is async-signal-safe. If the benchmark dies (Ctrl-C, a kill), the server
-        // is told to stop rather than left running in the namespace.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        tools::die_with_parent(command);
         let child = command
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

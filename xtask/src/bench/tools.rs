@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read},
     net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -221,6 +222,7 @@ pub fn start(tool: Tool, netns: u32) -> Result<Running> {
             c
         }
     };
+    die_with_parent(&mut command);
     let spawned = Instant::now();
     let mut child = command
         .stdout(Stdio::piped())
@@ -251,6 +253,21 @@ pub fn start(tool: Tool, netns: u32) -> Result<Running> {
     };
     wait_ready(&mut running, spawned)?;
     Ok(running)
+}
+
+/// Has the kernel send SIGTERM to the process started by `command` when the benchmark dies (a
+/// kill, a crash), so that no tool or server outlives it. Only the main thread spawns them: the
+/// signal follows the thread that forked.
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe, as the code between fork and exec must be.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn collect_lines(pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
