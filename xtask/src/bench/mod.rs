@@ -55,8 +55,8 @@ pub struct Options {
     /// out.
     #[arg(long, default_value_t = 5)]
     pub load_seconds: u64,
-    /// Tiny counts, this tracer only, one round, and a check that its accounting adds up
-    /// (expected = seen + lost + skipped). Part of `cargo xtask test`.
+    /// Tiny counts, real servers for 1 s, this tracer only, one round, and a check that its
+    /// accounting adds up (expected = seen + lost + skipped). Part of `cargo xtask test`.
     #[arg(long)]
     pub smoke: bool,
 }

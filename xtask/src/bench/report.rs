@@ -117,7 +117,9 @@ pub fn wall_table(results: &[RunResult], tools: &[Tool], workloads: &[Workload])
 }
 
 /// The real servers, run for a fixed time: their figure is throughput, and the number of
-/// transitions is whatever the tool counted (nothing else can tell it exactly).
+/// transitions is whatever the tool counted (nothing else can tell it exactly). "transitions"
+/// is what the tool saw; the figures per request and per transition count those it lost or the
+/// kernel skipped as well, as they happened all the same.
 pub fn server_table(results: &[RunResult], tools: &[Tool], workloads: &[Workload]) -> String {
     let mut out = String::from(
         "| workload | tool | throughput, median (min–max) | fraction of no tool's | transitions | per request | lost | skipped | kernel ns / transition | tool CPU ms / 1k transitions | RSS MiB | BPF maps MiB | footprint MiB |\n\
@@ -156,16 +158,16 @@ pub fn server_table(results: &[RunResult], tools: &[Tool], workloads: &[Workload
             let per_request = spread(
                 runs.iter()
                     .filter(|_| ours)
-                    .filter_map(|r| per(r.seen as f64, r.throughput?.requests?)),
+                    .filter_map(|r| per(r.transitions() as f64, r.throughput?.requests?)),
             );
             let kernel = spread(
                 stats_runs
                     .iter()
-                    .filter_map(|r| per(r.kernel_ns? as f64, r.seen)),
+                    .filter_map(|r| per(r.kernel_ns? as f64, r.transitions())),
             );
             let cpu = spread(
                 runs.iter()
-                    .filter_map(|r| per(r.tool_cpu_ms? * 1000.0, r.seen)),
+                    .filter_map(|r| per(r.tool_cpu_ms? * 1000.0, r.transitions())),
             );
             let rss = spread(runs.iter().filter_map(|r| Some(r.rss_bytes? as f64 / MIB)));
             let maps = spread(
