@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// CPU time a process has used (user + system), from /proc/<pid>/schedstat (nanoseconds).
 pub fn cpu_time(pid: u32) -> Result<Duration> {
@@ -58,8 +58,9 @@ pub struct Program {
     pub recursion_misses: u64,
 }
 
-/// Ids of the BPF programs whose file descriptors a process holds (`prog_id:` in its fdinfo).
-fn program_ids_of(pid: u32) -> Result<HashSet<u32>> {
+/// Ids of the BPF objects whose file descriptors a process holds: `key` is `prog_id:` or
+/// `map_id:`, as in its fdinfo.
+fn fdinfo_ids(pid: u32, key: &str) -> Result<HashSet<u32>> {
     let dir = format!("/proc/{pid}/fdinfo");
     let mut ids = HashSet::new();
     for entry in std::fs::read_dir(&dir)
@@ -71,33 +72,60 @@ fn program_ids_of(pid: u32) -> Result<HashSet<u32>> {
         };
         ids.extend(
             text.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|l| l.strip_prefix(key))
                 .filter_map(|id| id.trim().parse::<u32>().ok()),
         );
     }
     Ok(ids)
 }
 
-/// The BPF programs a process holds, by id.
-pub fn programs_of(pid: u32) -> Result<HashMap<u32, Program>> {
-    let ids = program_ids_of(pid)?;
+/// `bpftool <object> show --json`, kept to the ids a process holds.
+fn bpftool_show<T: DeserializeOwned>(
+    object: &str,
+    ids: &HashSet<u32>,
+    id: impl Fn(&T) -> u32,
+) -> Result<Vec<T>> {
     let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
+        .args([object, "show", "--json"])
         .output()
         .context("running bpftool")?;
     if !out.status.success() {
         bail!(
-            "bpftool failed: {}",
+            "bpftool {object} show failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let all: Vec<Program> =
-        serde_json::from_slice(&out.stdout).context("parsing bpftool's JSON")?;
-    Ok(all
+    let all: Vec<T> = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing bpftool {object} show's JSON"))?;
+    Ok(all.into_iter().filter(|o| ids.contains(&id(o))).collect())
+}
+
+/// The BPF programs a process holds, by id.
+pub fn programs_of(pid: u32) -> Result<HashMap<u32, Program>> {
+    let ids = fdinfo_ids(pid, "prog_id:")?;
+    Ok(bpftool_show("prog", &ids, |p: &Program| p.id)?
         .into_iter()
-        .filter(|p| ids.contains(&p.id))
         .map(|p| (p.id, p))
         .collect())
+}
+
+/// One BPF map and the kernel memory charged to it (`memlock:` in the fdinfo of its file
+/// descriptors, `bytes_memlock` in bpftool's report).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Map {
+    pub id: u32,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename(deserialize = "bytes_memlock"))]
+    pub bytes: u64,
+}
+
+/// The BPF maps a process holds, each once however many descriptors it has, by name.
+pub fn maps_of(pid: u32) -> Result<Vec<Map>> {
+    let ids = fdinfo_ids(pid, "map_id:")?;
+    let mut maps = bpftool_show("map", &ids, |m: &Map| m.id)?;
+    maps.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    Ok(maps)
 }
 
 /// Counter increase between two readings of the same process's programs, by program name.

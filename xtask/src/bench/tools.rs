@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read},
     net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -109,7 +110,12 @@ impl Running {
         // Let the readers drain the pipes.
         thread::sleep(Duration::from_millis(200));
         Ok(Finished {
-            stdout: self.stdout.lock().map(|l| l.clone()).unwrap_or_default(),
+            // Taken, not copied: a logging tool's lines can run to hundreds of megabytes.
+            stdout: self
+                .stdout
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l))
+                .unwrap_or_default(),
             stderr: self.stderr.lock().map(|s| s.clone()).unwrap_or_default(),
         })
     }
@@ -216,6 +222,7 @@ pub fn start(tool: Tool, netns: u32) -> Result<Running> {
             c
         }
     };
+    die_with_parent(&mut command);
     let spawned = Instant::now();
     let mut child = command
         .stdout(Stdio::piped())
@@ -246,6 +253,21 @@ pub fn start(tool: Tool, netns: u32) -> Result<Running> {
     };
     wait_ready(&mut running, spawned)?;
     Ok(running)
+}
+
+/// Has the kernel send SIGTERM to the process started by `command` when the benchmark dies (a
+/// kill, a crash), so that no tool or server outlives it. Only the main thread spawns them: the
+/// signal follows the thread that forked.
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe, as the code between fork and exec must be.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn collect_lines(pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
@@ -317,28 +339,11 @@ fn wait_ready(running: &mut Running, spawned: Instant) -> Result<()> {
 
 /// Makes sure the peers are installed, from Debian's packages; returns those that are.
 pub fn install_peers() -> Vec<Tool> {
-    let wanted = [
+    apt_install(&[
         ("/usr/sbin/tcpstates", "libbpf-tools"),
         ("/usr/bin/bpftrace", "bpftrace"),
         ("/usr/sbin/bpftool", "bpftool"),
-    ];
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(path, _)| !Path::new(path).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "xtask: installing {} from Debian's packages",
-            missing.join(", ")
-        );
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-    }
+    ]);
     let mut peers = Vec::new();
     if Path::new("/usr/sbin/tcpstates").exists() {
         peers.push(Tool::Libbpf);
@@ -347,6 +352,30 @@ pub fn install_peers() -> Vec<Tool> {
         peers.push(Tool::Bpftrace);
     }
     peers
+}
+
+/// Installs, quietly and from Debian's packages, those of `wanted` (a file and the package
+/// providing it) whose file is missing. Best effort: callers check for the files afterwards.
+pub fn apt_install(wanted: &[(&str, &str)]) {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(path, _)| !Path::new(path).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!(
+        "xtask: installing {} from Debian's packages",
+        missing.join(", ")
+    );
+    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    let _ = Command::new("apt-get")
+        // Another apt on the machine holds the lock for a while: wait for it rather than fail.
+        .args(["install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=300"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
 }
 
 #[cfg(test)]
