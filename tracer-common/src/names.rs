@@ -4,17 +4,33 @@
 
 /// Ring buffer of [`crate::Event`]s.
 pub const EVENTS: &str = "EVENTS";
-/// Per-socket records ([`crate::SockRecord`]), pinned across restarts.
+/// Full sockets' records ([`crate::SockRecord`]) by cookie, pinned across restarts.
 pub const SOCKETS: &str = "SOCKETS";
+/// Timewait records ([`crate::TwRecord`]) by [`crate::Tuple`], pinned across restarts.
+pub const TIMEWAIT: &str = "TIMEWAIT";
+/// Sockets in a watched state ([`crate::Watch`]) by cookie.
+pub const WATCHED: &str = "WATCHED";
+/// Timewait sockets lingering in FIN_WAIT2, by tuple: the kernel may move them to TIME_WAIT
+/// without a trace, which the daemon checks.
+pub const LINGERING: &str = "LINGERING";
+/// Per-CPU aggregates ([`crate::aggregate`]).
+pub const COUNTS: &str = "COUNTS";
+pub const DURATIONS: &str = "DURATIONS";
+pub const GAUGES: &str = "GAUGES";
+pub const PORT_COUNTS: &str = "PORT_COUNTS";
+pub const PORT_DURATIONS: &str = "PORT_DURATIONS";
 /// Per-CPU health counters ([`crate::counter`]).
 pub const COUNTERS: &str = "COUNTERS";
 /// Local and remote ports of `--lport` / `--rport`.
 pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
 pub const REMOTE_PORTS: &str = "REMOTE_PORTS";
-/// Address of `tw_timer_handler`, set before the timer programs are attached.
+/// Stuck threshold of each state in nanoseconds (0: not watched).
+pub const THRESHOLDS: &str = "THRESHOLDS";
+/// Address of `tw_timer_handler`; 0 keeps TIME-WAIT tracking off.
 pub const TW_TIMER_HANDLER: &str = "TW_TIMER_HANDLER";
 
 /// Read-only globals set at load time.
+pub const CONFIG: &str = "CONFIG";
 pub const FILTER: &str = "FILTER";
 pub const OFFSETS: &str = "OFFSETS";
 pub const TIMER_FUNCTION: &str = "TIMER_FUNCTION";
@@ -22,8 +38,7 @@ pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 
 /// Programs; each BTF tracepoint program is named after its tracepoint.
 pub const TRANSITION_PROGRAM: &str = "inet_sock_set_state";
-pub const TIMER_START_PROGRAM: &str = "timer_start";
-pub const TIMER_CANCEL_PROGRAM: &str = "timer_cancel";
+pub const TIMER_EXPIRE_PROGRAM: &str = "timer_expire_entry";
 pub const ACCEPT_PROGRAM: &str = "sys_exit_accept";
 
 /// The syscall tracepoints the accept program is attached to.
@@ -33,20 +48,24 @@ pub const ACCEPT_TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// Every map the daemon opens by name.
-pub const MAPS: [&str; 6] = [
+pub const MAPS: [&str; 15] = [
     EVENTS,
     SOCKETS,
+    TIMEWAIT,
+    WATCHED,
+    LINGERING,
+    COUNTS,
+    DURATIONS,
+    GAUGES,
+    PORT_COUNTS,
+    PORT_DURATIONS,
     COUNTERS,
     LOCAL_PORTS,
     REMOTE_PORTS,
+    THRESHOLDS,
     TW_TIMER_HANDLER,
 ];
 /// Every global the daemon sets.
-pub const GLOBALS: [&str; 4] = [FILTER, OFFSETS, TIMER_FUNCTION, WAKEUP_BYTES];
+pub const GLOBALS: [&str; 5] = [CONFIG, FILTER, OFFSETS, TIMER_FUNCTION, WAKEUP_BYTES];
 /// Every program the daemon loads.
-pub const PROGRAMS: [&str; 4] = [
-    TRANSITION_PROGRAM,
-    TIMER_START_PROGRAM,
-    TIMER_CANCEL_PROGRAM,
-    ACCEPT_PROGRAM,
-];
+pub const PROGRAMS: [&str; 3] = [TRANSITION_PROGRAM, TIMER_EXPIRE_PROGRAM, ACCEPT_PROGRAM];

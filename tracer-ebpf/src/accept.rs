@@ -1,16 +1,19 @@
-//! `sys_exit_accept{,4}`: the process that accepts a socket becomes its owner (the accepted
-//! socket's own transitions run in softirq, on behalf of whatever task was on the CPU).
+//! `sys_exit_accept{,4}`, attached only when every transition is logged: the process that accepts
+//! a socket becomes its owner at once (the accepted socket's own transitions run in softirq, on
+//! behalf of whatever task was on the CPU). Otherwise the daemon looks the owner up when it
+//! reports the socket.
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{AF_INET, AF_INET6, EventKind};
+
+use tracer_common::counter;
 
 use crate::{
-    maps::{OFFSETS, SOCKETS},
-    output::{emit, event, finish, passes_filter},
-    read::{current_owner, field, now, read_sock_common},
+    maps::{OFFSETS, SOCKETS, WATCHED},
+    output::{count, finish},
+    read::{current_pid, field},
 };
 
 #[tracepoint]
@@ -28,7 +31,7 @@ fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let o = OFFSETS.load();
     // SAFETY: every pointer is read with bpf_probe_read_kernel.
-    let sk = unsafe {
+    let cookie = unsafe {
         let read = |addr: u64| bpf_probe_read_kernel(addr as *const u64);
         let task = bpf_get_current_task();
         let files = read(task + o.task_files as u64)?;
@@ -40,31 +43,23 @@ fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
         let fd_array = read(fdt + o.fdt_fd as u64)?;
         let file = read(fd_array + 8 * fd as u64)?;
         let socket = read(file + o.file_private_data as u64)?;
-        read(socket + o.socket_sk as u64)?
+        let sk = read(socket + o.socket_sk as u64)?;
+        // The transition program asked for the cookie already, which made the kernel assign it.
+        read(sk + o.skc_cookie as u64)?
     };
-    let owner = current_owner();
-    // SAFETY: the pointer is used at once, under RCU.
-    let (tuple, state) = match SOCKETS.get_ptr_mut(sk) {
-        Some(record) => unsafe {
-            (*record).owner = owner;
-            ((*record).tuple, (*record).state)
-        },
-        None => (read_sock_common(sk, &o)?, 0),
-    };
-    // The accepted socket is TCP only if its record exists or the family says so.
-    if state == 0 && tuple.family != AF_INET && tuple.family != AF_INET6 {
+    if cookie == 0 {
         return Ok(());
     }
-    if passes_filter(&tuple) {
-        emit(event(
-            EventKind::Accepted,
-            sk,
-            now(),
-            tuple,
-            owner,
-            state,
-            state,
-        ));
+    let pid = current_pid();
+    count(counter::ACCEPTS);
+    // SAFETY: the map values live while the program runs.
+    unsafe {
+        if let Some(record) = SOCKETS.get_ptr_mut(cookie) {
+            (*record).pid = pid;
+        }
+        if let Some(watch) = WATCHED.get_ptr_mut(cookie) {
+            (*watch).pid = pid;
+        }
     }
     Ok(())
 }

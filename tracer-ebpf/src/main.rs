@@ -1,18 +1,24 @@
 //! Kernel side of the tracer, one file per hook. Programs stay short: copy what they need into
-//! locals, filter first, update the per-socket record, write one event. Every way a program can
-//! give up is counted (`counter` in tracer-common), never dropped silently.
+//! locals, filter first, keep the per-socket record, count in per-CPU aggregates, and write an
+//! event only when the daemon needs it. Every way a program can give up is counted (`counter` in
+//! tracer-common), never dropped silently.
 //!
-//! - [`transition`]: `inet_sock_set_state` (tp_btf), every TCP state transition.
-//! - [`timewait`]: `timer_start` / `timer_cancel` (tp_btf), the timewait socket's timer, the only
-//!   trace the kernel leaves of the TIME-WAIT phase; every other timer is dropped at once.
-//! - [`accept`]: `sys_exit_accept{,4}` (classic tracepoints), the process that accepts a socket
-//!   becomes its owner, since the accepted socket's own transitions run in softirq.
+//! - [`transition`]: `inet_sock_set_state` (tp_btf), every TCP state transition, the hand-over of
+//!   an active close to its timewait socket, and TIME-WAIT ended by a reused address.
+//! - [`timewait`]: `timer_expire_entry` (tp_btf), the end of a timewait socket; every other
+//!   expiring timer is dropped by the first comparison.
+//! - [`accept`]: `sys_exit_accept{,4}` (classic tracepoints, only when every transition is
+//!   logged), the process that accepts a socket becomes its owner.
 //! - [`maps`] holds the maps and load-time globals, [`read`] the readers of kernel structures the
-//!   hooks share, [`output`] the ring buffer and the counters.
+//!   hooks share, [`account`] the aggregates, [`output`] the ring buffer and the counters.
 #![no_std]
 #![no_main]
+// Keys and values are passed to the map helpers by reference: by value, each call would copy
+// them onto the program's small stack first.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod accept;
+mod account;
 mod maps;
 mod output;
 mod read;

@@ -1,23 +1,70 @@
 //! Maps and load-time globals. Their identifiers are the names the daemon opens them by
-//! (`tracer_common::names`).
+//! (`tracer_common::names`); the daemon resizes the record maps (`--max-sockets`) before load.
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tracer_common::{KernelFilter, Offsets, SOCKET_RECORDS, SockRecord, counter};
+use tracer_common::{
+    Config, KernelFilter, Offsets, SockRecord, TcpState, Tuple, TwRecord, Watch,
+    aggregate::{Durations, Gauges, PortDurations, PortKey, TransitionCounts},
+    counter,
+};
+
+/// `BPF_F_NO_PREALLOC`: a record's memory is taken when a socket appears and given back when it
+/// goes, so an idle tracer holds none (a preallocated map holds all of it from the start).
+const NO_PREALLOC: u32 = 1;
 
 /// Sized by the daemon before load (`--ring-buffer-size`).
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// `BPF_F_NO_COMMON_LRU`: per-CPU free lists, no global lock on insert.
-const NO_COMMON_LRU: u32 = 1 << 1;
-
-/// Per-socket records; the daemon may pin it.
+/// Full sockets by cookie.
 #[map]
-pub(crate) static SOCKETS: LruHashMap<u64, SockRecord> =
-    LruHashMap::with_max_entries(SOCKET_RECORDS, NO_COMMON_LRU);
+pub(crate) static SOCKETS: HashMap<u64, SockRecord> =
+    HashMap::with_max_entries(1 << 18, NO_PREALLOC);
+
+/// Connections in their timewait phase, by address.
+#[map]
+pub(crate) static TIMEWAIT: HashMap<Tuple, TwRecord> =
+    HashMap::with_max_entries(1 << 17, NO_PREALLOC);
+
+/// Full sockets in a watched state, by cookie: what the daemon looks through for stuck sockets.
+#[map]
+pub(crate) static WATCHED: HashMap<u64, Watch> = HashMap::with_max_entries(1 << 16, NO_PREALLOC);
+
+/// Timewait sockets lingering in FIN_WAIT2, by address.
+#[map]
+pub(crate) static LINGERING: HashMap<Tuple, u8> = HashMap::with_max_entries(1 << 14, NO_PREALLOC);
+
+#[map]
+pub(crate) static COUNTS: PerCpuArray<TransitionCounts> = PerCpuArray::with_max_entries(1, 0);
+
+/// One histogram per state.
+#[map]
+pub(crate) static DURATIONS: PerCpuArray<Durations> =
+    PerCpuArray::with_max_entries(TcpState::COUNT as u32, 0);
+
+#[map]
+pub(crate) static GAUGES: PerCpuArray<Gauges> = PerCpuArray::with_max_entries(1, 0);
+
+/// With `--metrics-port-label`: transitions and durations per service port. Ports past the
+/// maps' room are counted under port 0 (`other`).
+#[map]
+pub(crate) static PORT_COUNTS: PerCpuHashMap<PortKey, u64> =
+    PerCpuHashMap::with_max_entries(4096, NO_PREALLOC);
+
+#[map]
+pub(crate) static PORT_DURATIONS: PerCpuHashMap<PortKey, PortDurations> =
+    PerCpuHashMap::with_max_entries(1024, NO_PREALLOC);
+
+/// Per-CPU room to build an index entry in (the program's stack is small).
+#[map]
+pub(crate) static SCRATCH_WATCH: PerCpuArray<Watch> = PerCpuArray::with_max_entries(1, 0);
+
+/// An all-zero value to insert new port histograms from (too large for the program's stack).
+#[map]
+pub(crate) static ZERO_PORT_DURATIONS: Array<PortDurations> = Array::with_max_entries(1, 0);
 
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -28,11 +75,24 @@ pub(crate) static LOCAL_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024
 #[map]
 pub(crate) static REMOTE_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 
+/// Stuck threshold per state, in nanoseconds; read only when a socket leaves a watched state.
+#[map]
+pub(crate) static THRESHOLDS: Array<u64> = Array::with_max_entries(TcpState::COUNT as u32, 0);
+
 /// Address of `tw_timer_handler`, from /proc/kallsyms: a map rather than a load-time global, so
-/// the daemon can load while it reads kallsyms (slow) and fill it in before attaching the timer
-/// programs.
+/// the daemon can load while it reads kallsyms (slow) and fill it in before attaching. While it
+/// is 0, TIME-WAIT tracking is off.
 #[map]
 pub(crate) static TW_TIMER_HANDLER: Array<u64> = Array::with_max_entries(1, 0);
+
+#[unsafe(no_mangle)]
+pub(crate) static CONFIG: Global<Config> = Global::new(Config {
+    ns_per_jiffy: 0,
+    watched: 0,
+    log_all: 0,
+    port_labels: 0,
+    _pad: [0; 4],
+});
 
 #[unsafe(no_mangle)]
 pub(crate) static FILTER: Global<KernelFilter> = Global::new(KernelFilter {
@@ -52,6 +112,10 @@ pub(crate) static OFFSETS: Global<Offsets> = Global::new(Offsets {
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
     skc_net: 0,
+    skc_cookie: 0,
+    skc_flags: 0,
+    skc_nulls_pprev: 0,
+    sock_done_bit: 0,
     inet_sport: 0,
     inet_saddr: 0,
     net_inum: 0,
@@ -67,7 +131,7 @@ pub(crate) static OFFSETS: Global<Offsets> = Global::new(Offsets {
 });
 
 /// Offset of `function` in `struct timer_list`, apart from [`OFFSETS`] so that the filter run on
-/// every kernel timer loads one word.
+/// every expiring kernel timer loads one word.
 #[unsafe(no_mangle)]
 pub(crate) static TIMER_FUNCTION: Global<u32> = Global::new(0);
 

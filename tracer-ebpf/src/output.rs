@@ -1,7 +1,7 @@
 //! What leaves a program: one event in the ring buffer, or a count in the per-CPU counters when
 //! it cannot (a full buffer, a failed read, a record not stored).
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use tracer_common::{Event, EventKind, Owner, Tuple, UNKNOWN_DURATION, counter};
+use tracer_common::{Event, EventKind, Owner, Tuple, counter};
 
 use crate::maps::{COUNTERS, EVENTS, FILTER, LOCAL_PORTS, REMOTE_PORTS, WAKEUP_BYTES};
 
@@ -21,10 +21,14 @@ pub(crate) fn finish(result: Result<(), i64>) {
     }
 }
 
-/// Whether the user's address filters (applied before an event is written) keep this socket.
+/// Whether the user's address filters keep this socket: what they leave out is neither recorded,
+/// counted nor reported.
 #[inline(always)]
 pub(crate) fn passes_filter(tuple: &Tuple) -> bool {
     let filter = FILTER.load();
+    if filter.is_empty() {
+        return true;
+    }
     if filter.family != 0 && filter.family != tuple.family {
         return false;
     }
@@ -41,9 +45,42 @@ pub(crate) fn passes_filter(tuple: &Tuple) -> bool {
     true
 }
 
-/// Writes one event. The reader is woken only when enough data waits (see `WAKEUP_BYTES`).
+/// What an event says, besides its addresses and owner.
+pub(crate) struct Fields {
+    pub(crate) ts_ns: u64,
+    pub(crate) sock: u64,
+    pub(crate) cookie: u64,
+    pub(crate) prev_state_ns: u64,
+    pub(crate) old: u8,
+    pub(crate) new: u8,
+    pub(crate) flags: u8,
+    pub(crate) service_port: u16,
+}
+
+/// Writes one transition event, built in place in the ring buffer (not on the program's small
+/// stack). The reader is woken only when enough data waits (see `WAKEUP_BYTES`).
 #[inline(always)]
-pub(crate) fn emit(event: Event) {
+pub(crate) fn emit(fields: &Fields, tuple: &Tuple, owner: &Owner) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(counter::LOST_TRANSITIONS);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: the reservation holds one `Event`; every field is written before it is submitted.
+    unsafe {
+        (*event).ts_ns = fields.ts_ns;
+        (*event).sock = fields.sock;
+        (*event).cookie = fields.cookie;
+        (*event).prev_state_ns = fields.prev_state_ns;
+        (*event).tuple = *tuple;
+        (*event).owner = *owner;
+        (*event).kind = EventKind::Transition as u8;
+        (*event).old = fields.old;
+        (*event).new = fields.new;
+        (*event).flags = fields.flags;
+        (*event).service_port = fields.service_port;
+        (*event)._pad = [0; 2];
+    }
     let threshold = WAKEUP_BYTES.load();
     let flags = if threshold == 0 {
         0
@@ -52,37 +89,5 @@ pub(crate) fn emit(event: Event) {
     } else {
         BPF_RB_NO_WAKEUP.into()
     };
-    if EVENTS.output::<Event>(&event, flags).is_err() {
-        count(if event.kind == EventKind::Transition as u8 {
-            counter::LOST_TRANSITIONS
-        } else {
-            counter::LOST_OTHER
-        });
-    }
-}
-
-/// An event with no duration and no timer fields; callers fill in what they know.
-#[inline(always)]
-pub(crate) fn event(
-    kind: EventKind,
-    sock: u64,
-    ts_ns: u64,
-    tuple: Tuple,
-    owner: Owner,
-    old: u8,
-    new: u8,
-) -> Event {
-    Event {
-        ts_ns,
-        sock,
-        prev_state_ns: UNKNOWN_DURATION,
-        tuple,
-        owner,
-        jiffies: 0,
-        timer_expires: 0,
-        kind: kind as u8,
-        old,
-        new,
-        _pad: [0; 5],
-    }
+    entry.submit(flags);
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
     },
     programs::TracePointContext,
 };
-use tracer_common::{AF_INET, Offsets, Owner, Tuple, normalize_family};
+use tracer_common::{AF_INET, AF_INET6, Offsets, Owner, Tuple, normalize_family};
 
 #[inline(always)]
 pub(crate) fn now() -> u64 {
@@ -16,11 +16,15 @@ pub(crate) fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+pub(crate) fn current_pid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
 /// The current task as a socket owner: right only in the owner's own system call.
 #[inline(always)]
 pub(crate) fn current_owner() -> Owner {
     let mut owner = Owner {
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        pid: current_pid(),
         ..Owner::default()
     };
     // The helper writes the name straight into the (word-aligned) record, which the safe wrapper's
@@ -48,6 +52,39 @@ pub(crate) fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
+/// A full TCP socket's addresses (`sk` BTF-typed, `tcp` the same socket cast by the kernel to a
+/// `tcp_sock`), without its network namespace; `None` for a family other than IPv4/IPv6.
+#[inline(always)]
+pub(crate) fn full_socket_tuple(sk: u64, tcp: u64, o: &Offsets) -> Option<Tuple> {
+    let mut tuple = Tuple {
+        sport: u16::from_be(member(tcp, o.inet_sport)),
+        dport: u16::from_be(member(sk, o.skc_dport)),
+        family: member(sk, o.skc_family),
+        ..Tuple::default()
+    };
+    if tuple.family == AF_INET {
+        let s: u32 = member(tcp, o.inet_saddr);
+        let d: u32 = member(sk, o.skc_daddr);
+        tuple.saddr[..4].copy_from_slice(&s.to_ne_bytes());
+        tuple.daddr[..4].copy_from_slice(&d.to_ne_bytes());
+    } else if tuple.family == AF_INET6 {
+        let words: [u64; 4] = [
+            member(sk, o.skc_v6_rcv_saddr),
+            member(sk, o.skc_v6_rcv_saddr + 8),
+            member(sk, o.skc_v6_daddr),
+            member(sk, o.skc_v6_daddr + 8),
+        ];
+        tuple.saddr[..8].copy_from_slice(&words[0].to_ne_bytes());
+        tuple.saddr[8..].copy_from_slice(&words[1].to_ne_bytes());
+        tuple.daddr[..8].copy_from_slice(&words[2].to_ne_bytes());
+        tuple.daddr[8..].copy_from_slice(&words[3].to_ne_bytes());
+        normalize_family(&mut tuple);
+    } else {
+        return None;
+    }
+    Some(tuple)
+}
+
 /// Inode number of the network namespace of a socket (full or timewait); 0 when unreadable.
 #[inline(always)]
 pub(crate) fn netns_of(sk: u64, offsets: &Offsets) -> u32 {
@@ -62,7 +99,8 @@ pub(crate) fn netns_of(sk: u64, offsets: &Offsets) -> u32 {
     }
 }
 
-/// Reads a `struct sock_common`'s addresses and ports (a full socket or a timewait socket).
+/// Reads a `struct sock_common`'s addresses, ports and namespace through an untyped pointer (a
+/// timewait socket, or a socket found through a file).
 #[inline(always)]
 pub(crate) fn read_sock_common(sk: u64, offsets: &Offsets) -> Result<Tuple, i64> {
     let at = |offset: u32| (sk + offset as u64) as *const u8;

@@ -1,64 +1,160 @@
-//! `timer_start` / `timer_cancel`: the timewait socket's timer, the only trace the kernel leaves of
-//! a connection's TIME-WAIT phase (and of a FIN-WAIT-2 that lingers on a timewait socket).
+//! `timer_expire_entry`: the end of a timewait socket's life, the only trace the kernel leaves of
+//! a connection's TIME-WAIT ending (besides a new connection reusing its address, which the
+//! transition program sees). Only expiring timers run it, not every timer the kernel arms.
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated::bpf_jiffies64},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use tracer_common::{Event, EventKind, Owner, TcpState};
+use tracer_common::{
+    Config, Owner, TIMEWAIT_LEN_NS, TcpState, Tuple, TwRecord, UNKNOWN_DURATION, counter,
+    event_flags, record_flags,
+};
 
 use crate::{
-    maps::{OFFSETS, TIMER_FUNCTION, TW_TIMER_HANDLER},
-    output::{emit, event, finish, passes_filter},
+    account,
+    maps::{CONFIG, LINGERING, OFFSETS, TIMER_FUNCTION, TIMEWAIT, TW_TIMER_HANDLER},
+    output::{Fields, count, emit, finish, passes_filter},
     read::{member, now, read_sock_common},
 };
 
-#[btf_tracepoint(function = "timer_start")]
-pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
-    finish(on_timewait_timer(&ctx, EventKind::TimewaitArmed));
+const CLOSE: u8 = TcpState::Close as u8;
+const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
+const TIME_WAIT: u8 = TcpState::TimeWait as u8;
+
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
+    finish(on_expire(&ctx));
     0
 }
 
-#[btf_tracepoint(function = "timer_cancel")]
-pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
-    finish(on_timewait_timer(&ctx, EventKind::TimewaitDisarmed));
-    0
-}
-
-/// Every kernel timer passes here: the comparison with `tw_timer_handler` comes first.
-fn on_timewait_timer(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i64> {
+fn on_expire(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let timer: u64 = ctx.arg(0);
-    // This runs for every timer of the kernel: one global, one load, one compare. The argument is
-    // BTF-typed, so the verifier lets the field be loaded directly (no helper call).
+    // Every expiring timer of the kernel comes here: one global, one load, one compare. The
+    // argument is BTF-typed, so the field is loaded directly (no helper call).
     let function: u64 = member(timer, TIMER_FUNCTION.load());
-    if TW_TIMER_HANDLER.get(0) != Some(&function) {
+    if function == 0 || TW_TIMER_HANDLER.get(0) != Some(&function) {
         return Ok(());
     }
     let offsets = OFFSETS.load();
     let tw = timer - offsets.tw_timer as u64;
-    // SAFETY: probe reads check the addresses.
-    let substate: u8 =
-        unsafe { bpf_probe_read_kernel((tw + offsets.tw_substate as u64) as *const u8) }?;
     let tuple = read_sock_common(tw, &offsets)?;
-    if passes_filter(&tuple) {
-        // SAFETY: probe read of the timer's expiry.
-        let timer_expires: u64 =
-            unsafe { bpf_probe_read_kernel((timer + offsets.timer_expires as u64) as *const u64) }?;
-        let time_wait = TcpState::TimeWait as u8;
-        emit(Event {
-            // SAFETY: helper without arguments.
-            jiffies: unsafe { bpf_jiffies64() },
-            timer_expires,
-            ..event(
-                kind,
-                tw,
-                now(),
-                tuple,
-                Owner::default(),
-                time_wait,
-                substate,
-            )
-        });
+    if !passes_filter(&tuple) {
+        return Ok(());
     }
+    // SAFETY: probe reads check the addresses.
+    let (substate, expires): (u8, u64) = unsafe {
+        (
+            bpf_probe_read_kernel((tw + offsets.tw_substate as u64) as *const u8)?,
+            bpf_probe_read_kernel((timer + offsets.timer_expires as u64) as *const u64)?,
+        )
+    };
+    let config = CONFIG.load();
+    // SAFETY: helper without arguments.
+    let late_ns = unsafe { bpf_jiffies64() }.saturating_sub(expires) * config.ns_per_jiffy;
+    end_timewait(
+        &tuple,
+        now(),
+        late_ns.max(1) | substate_marker(substate),
+        &config,
+    );
     Ok(())
+}
+
+/// Bit 63 of `expired_late_ns` carries the substate the timewait socket expired in (TIME_WAIT
+/// set): a lingering FIN-WAIT-2 the kernel moved to TIME-WAIT without a trace shows it here.
+const EXPIRED_IN_TIME_WAIT: u64 = 1 << 63;
+
+fn substate_marker(substate: u8) -> u64 {
+    if substate == TIME_WAIT {
+        EXPIRED_IN_TIME_WAIT
+    } else {
+        0
+    }
+}
+
+/// The connection at `tuple` left its timewait phase at `at`: reused by a new connection
+/// (`expired` 0), or expired (`expired` non-zero: how late the timer ran, in ns, with the
+/// substate it expired in in bit 63). Unknown times are `UNKNOWN_DURATION` (the verifier follows
+/// plain scalars better than options).
+pub(crate) fn end_timewait(tuple: &Tuple, at: u64, expired: u64, config: &Config) {
+    let Some(record) = TIMEWAIT.get_ptr(tuple) else {
+        return;
+    };
+    // SAFETY: copied at once; the map value lives while the program runs.
+    let record = unsafe { *record };
+    let _ = TIMEWAIT.remove(tuple);
+    count(counter::TIMEWAIT_ENDS);
+    if record.substate == FIN_WAIT2 {
+        let _ = LINGERING.remove(tuple);
+    }
+    account::moved(Some(record.substate), None);
+    let port = record.service_port;
+    let port_labels = config.port_labels != 0;
+    let log = config.log_all != 0;
+    let late_ns = expired & !EXPIRED_IN_TIME_WAIT;
+    let mut from = record.substate;
+    let mut since = if record.flags & record_flags::AGE_KNOWN != 0 {
+        record.since_ns
+    } else {
+        UNKNOWN_DURATION
+    };
+    if expired & EXPIRED_IN_TIME_WAIT != 0 {
+        // Its timer last ran TIMEWAIT_LEN before it expired: that is when TIME-WAIT began.
+        let time_wait_began = at.saturating_sub(late_ns + TIMEWAIT_LEN_NS);
+        if record.substate == FIN_WAIT2 {
+            // The peer's FIN came and the kernel moved it on without a trace.
+            let began = time_wait_began.max(record.since_ns);
+            let spent = if since == UNKNOWN_DURATION {
+                UNKNOWN_DURATION
+            } else {
+                began.saturating_sub(since)
+            };
+            account::transition(FIN_WAIT2, TIME_WAIT, port, port_labels);
+            if spent != UNKNOWN_DURATION {
+                account::duration(FIN_WAIT2, spent, port, port_labels);
+            }
+            if log {
+                emit_timewait(tuple, &record, began, spent, FIN_WAIT2, TIME_WAIT);
+            }
+            from = TIME_WAIT;
+            since = began;
+        } else if since == UNKNOWN_DURATION {
+            // Older than the tracer: its timer tells when it began.
+            since = time_wait_began;
+        }
+    }
+    let spent = if since == UNKNOWN_DURATION {
+        UNKNOWN_DURATION
+    } else {
+        at.saturating_sub(since)
+    };
+    account::transition(from, CLOSE, port, port_labels);
+    if spent != UNKNOWN_DURATION {
+        account::duration(from, spent, port, port_labels);
+    }
+    if log {
+        emit_timewait(tuple, &record, at, spent, from, CLOSE);
+    }
+}
+
+fn emit_timewait(tuple: &Tuple, record: &TwRecord, ts_ns: u64, spent: u64, old: u8, new: u8) {
+    let owner = Owner {
+        pid: record.pid,
+        ..Owner::default()
+    };
+    emit(
+        &Fields {
+            ts_ns,
+            sock: record.sock,
+            cookie: 0,
+            prev_state_ns: spent,
+            old,
+            new,
+            flags: event_flags::TIMEWAIT,
+            service_port: record.service_port,
+        },
+        tuple,
+        &owner,
+    );
 }

@@ -1,44 +1,40 @@
-//! Stage 3, the core: the daemon's view of the host's TCP sockets, with no I/O at all. It is fed
-//! typed events, listings of the kernel's sockets and the time, and reports through a
-//! [`report::Sink`]. [`Tracker`] is the façade that dispatches; each job lives beside it:
+//! Stage 3, the core: the daemon's view of the host's TCP sockets, with no I/O at all. The kernel
+//! keeps the per-socket records and counts in aggregates; the core is fed what the source reads of
+//! them (transitions it was sent, the index of watched sockets, the aggregates, the records) and
+//! the kernel's socket list, with the time, and reports through a [`report::Sink`]. [`Tracker`] is
+//! the façade; each job lives beside it:
 //!
-//! - [`table`]: the socket table and its indexes;
-//! - [`sockets`]: a socket's life in the table (states entered and left, with their statistics);
-//! - [`timewait`]: the TIME-WAIT phase, held by a separate timewait socket;
 //! - [`stuck`]: thresholds, stuck and unstuck reports, reminders;
-//! - [`reconcile`]: healing the table against the kernel's list, adopting pinned records;
-//! - [`stats`]: counts and distributions; [`select`]: the owner filters; [`report`]: the
-//!   vocabulary of what the core reports.
-pub(crate) mod jiffies;
-mod reconcile;
+//! - [`totals`]: sockets by state, transitions, time in state, since start-up and per interval;
+//! - [`reconcile`]: plans that keep the kernel's records equal to its socket list, and the moves
+//!   to TIME-WAIT the kernel makes without a trace;
+//! - [`select`]: the owner filters; [`report`]: the vocabulary of what the core reports.
+pub(crate) mod reconcile;
 pub(crate) mod report;
 pub(crate) mod select;
-mod sockets;
-pub(crate) mod stats;
 pub(crate) mod stuck;
-pub(crate) mod table;
-mod timewait;
+pub(crate) mod totals;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-use tracer_common::TcpState;
+use tracer_common::{TcpState, Tuple, TwRecord, record_flags};
 
 use self::{
-    reconcile::Reconciling,
-    report::{Sink, Snapshot},
+    reconcile::{Outcome, Plan, Reconciliation},
+    report::{Sink, Snapshot, StuckReport, TransitionInfo},
     select::OwnerFilter,
-    stats::Stats,
-    stuck::Thresholds,
-    table::SocketTable,
-    timewait::Timewaits,
+    stuck::{OwnerLookup, StuckSockets, Thresholds},
+    totals::Totals,
 };
-use crate::source::events::KernelEvent;
+use crate::source::{
+    decode::{endpoints, state},
+    events::{KernelTransition, Owner, Transition, Watched},
+    kernel_maps::Aggregates,
+};
 
 /// How the core is set up.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    /// `--max-sockets`: the table's bound.
-    pub(crate) max_sockets: usize,
     pub(crate) thresholds: Thresholds,
     /// `--stuck-repeat`: reminders of a stuck socket at most this often.
     pub(crate) repeat_ns: u64,
@@ -47,126 +43,167 @@ pub(crate) struct Settings {
 }
 
 pub(crate) struct Tracker {
-    table: SocketTable,
-    stats: Stats,
-    timewaits: Timewaits,
-    /// A reconciliation under way: its listing is being taken.
-    reconciling: Option<Reconciling>,
-    repeat_ns: u64,
+    thresholds: Thresholds,
+    stuck: StuckSockets,
+    totals: Totals,
+    reconciliation: Reconciliation,
     selection: OwnerFilter,
 }
 
 impl Tracker {
-    pub(crate) fn new(settings: Settings) -> Self {
+    /// `pinned`: records an earlier daemon left in the kernel's pinned maps, by state.
+    pub(crate) fn new(settings: Settings, pinned: [i64; TcpState::COUNT]) -> Self {
         Self {
-            table: SocketTable::new(settings.max_sockets, settings.thresholds),
-            stats: Stats::default(),
-            timewaits: Timewaits::default(),
-            reconciling: None,
-            repeat_ns: settings.repeat_ns,
+            stuck: StuckSockets::new(settings.thresholds.clone(), settings.repeat_ns),
+            thresholds: settings.thresholds,
+            totals: Totals::new(pinned),
+            reconciliation: Reconciliation::default(),
             selection: settings.owners,
         }
     }
 
-    pub(crate) fn on_event(&mut self, event: KernelEvent, sink: &mut impl Sink) {
-        match event {
-            KernelEvent::Transition(t) => {
-                self.stats.events.transitions += 1;
-                self.on_transition(t, sink)
-            }
-            KernelEvent::TimewaitArmed(tw) => {
-                self.stats.events.timewait += 1;
-                self.on_timewait_armed(tw, sink)
-            }
-            KernelEvent::TimewaitDisarmed(tw) => {
-                self.stats.events.timewait += 1;
-                self.on_timewait_disarmed(tw)
-            }
-            KernelEvent::Accepted(a) => {
-                self.stats.events.accepted += 1;
-                self.on_accepted(a)
+    /// A transition the kernel sent: a line to log, and the end of a stuck episode when the
+    /// socket left a watched state after its threshold.
+    pub(crate) fn on_transition(&mut self, event: KernelTransition, sink: &mut impl Sink) {
+        let info = TransitionInfo {
+            service_port: event.service_port,
+            selected: self.selection.matches(event.transition.owner.as_ref()),
+        };
+        sink.transition(&event.transition, info);
+        if event.long_stay {
+            self.stuck.left(&event, &self.selection, sink);
+        }
+    }
+
+    /// Looks through the kernel's index of watched sockets (read before the ring buffer was
+    /// drained); returns the sockets whose owners are to be looked up before they are reported.
+    pub(crate) fn poll_watched(
+        &mut self,
+        watched: &[Watched],
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) -> Vec<OwnerLookup> {
+        self.stuck.poll(watched, now_ns, &self.selection, sink)
+    }
+
+    /// Owners found by socket cookie for the sockets `looked_up`, which waited for them.
+    pub(crate) fn owners_found(
+        &mut self,
+        looked_up: &[u64],
+        found: &HashMap<u64, Owner>,
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) {
+        self.stuck
+            .owners_found(looked_up, found, now_ns, &self.selection, sink);
+    }
+
+    /// When the index of watched sockets should be looked through next.
+    pub(crate) fn next_poll(&self) -> Option<u64> {
+        self.stuck.next_poll()
+    }
+
+    /// What a plan wrote: counted as fixes, and in the sockets by state.
+    pub(crate) fn applied(&mut self, plan: &Plan, outcome: &Outcome) {
+        self.reconciliation.count(plan, outcome);
+        for (state, change) in reconcile::record_changes(plan, outcome) {
+            if let Some(state) = TcpState::from_u8(state) {
+                self.totals.adjust(state, change);
             }
         }
     }
 
-    /// Settles what waits on time: timewait events whose partner never came, then sockets that
-    /// crossed their threshold. Call after reading every event written before `now_ns`.
-    pub(crate) fn tick(&mut self, now_ns: u64, sink: &mut impl Sink) {
-        self.settle_timewaits(now_ns, sink);
-        self.report_due(now_ns, sink);
-    }
-
-    /// The earliest time a socket may become stuck or a timewait event needs settling.
-    pub(crate) fn next_deadline(&self) -> Option<u64> {
-        match (self.table.next_deadline(), self.timewaits.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// Lingering timewait sockets the kernel moved to TIME_WAIT without a trace (written to its
+    /// records as such, where `written`): counted as the transitions they are, and reported.
+    pub(crate) fn silently_moved(
+        &mut self,
+        moves: &[(Tuple, TwRecord, TwRecord)],
+        written: &[bool],
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) {
+        for ((key, _, was), done) in moves.iter().zip(written) {
+            if !done {
+                continue;
+            }
+            let spent = (was.flags & record_flags::AGE_KNOWN != 0)
+                .then(|| now_ns.saturating_sub(was.since_ns));
+            self.totals
+                .record(TcpState::FinWait2, TcpState::TimeWait, spent);
+            self.totals.adjust(TcpState::FinWait2, -1);
+            self.totals.adjust(TcpState::TimeWait, 1);
+            let Ok(endpoints) = endpoints(key) else {
+                continue;
+            };
+            let owner = (was.pid != 0).then(|| Owner {
+                pid: was.pid,
+                comm: crate::source::events::Comm::new(""),
+                cgroup: None,
+            });
+            let transition = Transition {
+                ts_ns: now_ns,
+                sock: was.sock,
+                endpoints,
+                old: TcpState::FinWait2,
+                new: TcpState::TimeWait,
+                prev_state_ns: spent,
+                owner,
+            };
+            let info = TransitionInfo {
+                service_port: was.service_port,
+                selected: self.selection.matches(transition.owner.as_ref()),
+            };
+            sink.transition(&transition, info);
         }
     }
 
     /// The counts of this moment, for summaries and metrics alike.
-    pub(crate) fn snapshot(&self) -> Snapshot {
-        let mut sockets = [0; TcpState::COUNT];
-        for state in TcpState::ALL {
-            sockets[state as usize] = self.table.count(state);
-        }
-        let mut stuck = [0; TcpState::COUNT];
-        for entry in self
-            .table
-            .stuck()
-            .iter()
-            .filter_map(|key| self.table.get(key))
-        {
-            if self.selection.matches(entry.owner()) {
-                stuck[entry.state() as usize] += 1;
-            }
-        }
+    pub(crate) fn snapshot(&self, kernel: &Aggregates) -> Snapshot {
+        let sockets = self.totals.sockets(kernel);
         Snapshot {
+            tracked: sockets.iter().sum(),
             sockets,
-            tracked: self.table.len(),
-            stuck,
-            evictions: self.table.evictions(),
-            events: self.stats.events,
-            reconciliation: self.stats.reconciliation,
+            stuck: self.stuck.by_state(),
+            episodes: self.stuck.episodes(),
+            reconciliation: self.reconciliation,
         }
     }
 
-    pub(crate) fn stats(&self) -> &Stats {
-        &self.stats
+    pub(crate) fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Stuck sockets due for a reminder, marked as reminded.
+    pub(crate) fn reminders(&mut self, now_ns: u64) -> Vec<StuckReport> {
+        self.stuck.reminders(now_ns)
     }
 
     /// Starts new statistics intervals (after a summary).
-    pub(crate) fn reset_interval(&mut self) {
-        self.stats.reset_interval();
+    pub(crate) fn start_interval(&mut self, kernel: &Aggregates) {
+        self.totals.start_interval(kernel);
     }
 
-    /// TIME-WAIT sockets by remote port, most first, at most `max` ports.
-    pub(crate) fn time_wait_by_remote_port(&self, max: usize) -> Vec<(u16, u64)> {
-        let mut by_port: BTreeMap<u16, u64> = BTreeMap::new();
-        for (_, entry) in self
-            .table
-            .iter()
-            .filter(|(_, e)| e.state() == TcpState::TimeWait)
-        {
-            *by_port.entry(entry.endpoints().remote_port).or_default() += 1;
-        }
-        let mut ports: Vec<(u16, u64)> = by_port.into_iter().collect();
-        ports.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        ports.truncate(max);
-        ports
-    }
-
-    /// Sockets in the table with a lingering FIN-WAIT-2 on a timewait socket: the daemon checks
-    /// them against the kernel's FIN_WAIT2 list.
-    pub(crate) fn has_lingering(&self) -> bool {
-        !self.table.lingering().is_empty()
-    }
-
-    /// Sockets in the table: the size of the start-up snapshot.
-    pub(crate) fn tracked(&self) -> usize {
-        self.table.len()
+    pub(crate) fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
     }
 }
 
+/// TIME-WAIT sockets by remote port, most first, at most `max` ports.
+pub(crate) fn time_wait_by_remote_port(
+    timewaits: &[(Tuple, TwRecord)],
+    max: usize,
+) -> Vec<(u16, u64)> {
+    let mut by_port: HashMap<u16, u64> = HashMap::new();
+    for (key, record) in timewaits {
+        if state(record.substate) == Ok(TcpState::TimeWait) {
+            *by_port.entry(key.dport).or_default() += 1;
+        }
+    }
+    let mut ports: Vec<(u16, u64)> = by_port.into_iter().collect();
+    ports.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ports.truncate(max);
+    ports
+}
+
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -1,230 +1,554 @@
-//! Keeps the table equal to the kernel's own list of sockets: the start-up snapshot seeds it,
-//! later listings heal what events missed (a lost or skipped event, a request socket the
-//! tracepoint never reports), each fix counted. A restarted daemon also adopts the kernel's
-//! pinned per-socket records, which give sockets found at start-up their true ages.
+//! Keeps the kernel's records equal to its own list of sockets. The start-up snapshot seeds them
+//! (sockets older than the tracer), later listings heal what the programs missed (a skipped run, a
+//! record that did not fit, a request socket the tracepoint never reports), each fix counted. The
+//! plan is plain data: the daemon writes it to the kernel's maps (checking each fix against the
+//! record as it is then) and hands back what was written, which the counts follow.
 use std::collections::{HashMap, HashSet};
 
-use tracer_common::TcpState;
+use tracer_common::{SockRecord, TcpState, Tuple, TwRecord, Watch, record_flags};
 
-use super::{
-    Tracker,
-    report::Sink,
-    table::{Entry, SockKey},
-};
+use super::stuck::Thresholds;
 use crate::{
-    enrich::socket_list::ListedSocket,
-    source::events::{Endpoints, PinnedRecord},
+    enrich::socket_list::{ListedSocket, Listing},
+    source::decode::tuple,
 };
 
-/// A reconciliation whose listing is being taken.
-pub(super) struct Reconciling {
-    /// When the listing started.
-    listed_at_ns: u64,
-    /// Connections that closed since: the listing may still show them.
-    closed: HashSet<Endpoints>,
+/// What to write to the kernel's maps so that they match a listing.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Plan {
+    /// The start-up snapshot: what it adds is not a fix.
+    pub(crate) seed: bool,
+    /// Full sockets without a record (written only where none exists by then).
+    pub(crate) sockets_new: Vec<(u64, SockRecord)>,
+    /// Records in another state than the kernel lists, and the record they were read as (written
+    /// only if the record is still so).
+    pub(crate) sockets_fixed: Vec<(u64, SockRecord, SockRecord)>,
+    /// Records of sockets the kernel no longer lists.
+    pub(crate) sockets_gone: Vec<(u64, SockRecord)>,
+    pub(crate) timewaits_new: Vec<(Tuple, TwRecord)>,
+    pub(crate) timewaits_fixed: Vec<(Tuple, TwRecord, TwRecord)>,
+    pub(crate) timewaits_gone: Vec<(Tuple, TwRecord)>,
+    /// The index of watched sockets and of lingering timewait sockets, kept in step. Each index
+    /// change goes with the record it follows, as read (written only if the record is still so).
+    pub(crate) watch_set: Vec<(u64, Watch)>,
+    pub(crate) watch_gone: Vec<(u64, Option<SockRecord>)>,
+    pub(crate) lingering_set: Vec<Tuple>,
+    pub(crate) lingering_gone: Vec<Tuple>,
 }
 
-impl Tracker {
-    /// Starts a reconciliation: the kernel's listing is about to be taken at `now_ns`.
-    pub(crate) fn begin_reconcile(&mut self, now_ns: u64) {
-        self.reconciling = Some(Reconciling {
-            listed_at_ns: now_ns,
-            closed: HashSet::new(),
-        });
-    }
+/// Which of a plan's writes took place, in the plan's order.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Outcome {
+    pub(crate) sockets_new: Vec<bool>,
+    pub(crate) sockets_fixed: Vec<bool>,
+    pub(crate) sockets_gone: Vec<bool>,
+    pub(crate) timewaits_new: Vec<bool>,
+    pub(crate) timewaits_fixed: Vec<bool>,
+    pub(crate) timewaits_gone: Vec<bool>,
+}
 
-    /// Notes a connection closing while a listing is taken.
-    pub(super) fn note_closed(&mut self, endpoints: &Endpoints) {
-        if let Some(reconciling) = &mut self.reconciling {
-            reconciling.closed.insert(*endpoints);
-        }
-    }
+/// Differences found between the records and the kernel's socket list, and fixed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reconciliation {
+    pub(crate) runs: u64,
+    /// Sockets the kernel has that the records missed.
+    pub(crate) added: u64,
+    /// Records of sockets that the kernel no longer has.
+    pub(crate) removed: u64,
+    /// Records in the wrong state.
+    pub(crate) corrected: u64,
+}
 
-    /// Compares the table with the kernel's listing (taken since [`Self::begin_reconcile`], with
-    /// every event written meanwhile already applied) and fixes what differs. The listing covers
-    /// the network namespaces in `namespaces`: sockets of others are left alone. `seed` marks
-    /// the first listing, at start-up: sockets added then are not fixes.
-    ///
-    /// Returns the sockets whose owner is not known but whose file the kernel listed (by inode),
-    /// for the caller to look up and answer with [`Tracker::owners_looked_up`].
-    pub(crate) fn reconcile(
-        &mut self,
-        listing: &[ListedSocket],
-        namespaces: &HashSet<u32>,
-        now_ns: u64,
-        seed: bool,
-        sink: &mut impl Sink,
-    ) -> Vec<(SockKey, u32)> {
-        let mut unowned = Vec::new();
-        let Some(Reconciling {
-            listed_at_ns: listed_at,
-            closed,
-        }) = self.reconciling.take()
-        else {
-            return unowned;
-        };
-        self.tick(now_ns, sink);
-        // Kernel sockets by endpoints; each can match one entry.
-        let mut unmatched: HashMap<Endpoints, Vec<usize>> = HashMap::new();
-        for (i, socket) in listing.iter().enumerate() {
-            unmatched.entry(socket.endpoints).or_default().push(i);
-        }
-        let mut keys: Vec<(SockKey, Endpoints, TcpState, u64)> = self
-            .table
-            .iter()
-            .filter(|(_, e)| namespaces.contains(&e.endpoints().netns))
-            .map(|(k, e)| (*k, *e.endpoints(), e.state(), e.last_active_ns()))
-            .collect();
-        // Sockets that changed during the listing come first: the events are newer than the
-        // listing, so they are not judged by it, but they are the sockets it shows (a socket
-        // created meanwhile must not be added twice). Then sockets the events name, then
-        // sockets known only from a listing.
-        keys.sort_by_key(|(k, _, _, last_active)| {
-            (*last_active < listed_at, matches!(k, SockKey::Listed(_)))
-        });
-        let mut mismatched = Vec::new();
-        for (key, endpoints, state, last_active) in keys {
-            if last_active >= listed_at {
-                take_match(&mut unmatched, listing, &endpoints, |_| true);
-                continue;
-            }
-            let found = take_match(&mut unmatched, listing, &endpoints, |s| s.state == state);
-            match found {
-                Some(i) => {
-                    if endpoints.local_port == 0 {
-                        // A connecting socket, whose port was not yet known at its first event.
-                        self.table
-                            .learn_local_port(&key, listing[i].endpoints.local_port);
-                    }
-                    self.note_unowned(key, &listing[i], &mut unowned);
-                }
-                None => mismatched.push((key, endpoints)),
-            }
-        }
-        for (key, endpoints) in mismatched {
-            match take_match(&mut unmatched, listing, &endpoints, |_| true) {
-                Some(i) => {
-                    let state = listing[i].state;
-                    if let Some(old) = self.table.get(&key).map(Entry::state)
-                        && let (_, Some(report)) = self.leave_state(key, old, state, None, now_ns)
-                    {
-                        self.report_unstuck(&report, sink);
-                    }
-                    self.table
-                        .correct(&key, state, now_ns, listing[i].endpoints);
-                    self.note_unowned(key, &listing[i], &mut unowned);
-                    self.stats.reconciliation.corrected += 1;
-                }
-                None => {
-                    self.forget(key, now_ns, sink);
-                    self.stats.reconciliation.removed += 1;
-                }
-            }
-        }
-        for socket in unmatched.into_values().flatten().map(|i| &listing[i]) {
-            if matches!(socket.state, TcpState::Close | TcpState::BoundInactive)
-                || closed.contains(&socket.endpoints)
-            {
-                continue;
-            }
-            let mut entry = Entry::new(socket.state, now_ns, false, socket.endpoints);
-            if socket.state == TcpState::TimeWait
-                || (socket.state == TcpState::FinWait2 && socket.inode == 0)
-            {
-                entry = entry.on_timewait_socket();
-            }
-            let key = SockKey::Listed(socket.cookie);
-            self.insert(key, entry, now_ns, sink);
-            self.note_unowned(key, socket, &mut unowned);
-            if !seed {
-                self.stats.reconciliation.added += 1;
-            }
-        }
-        if !seed {
-            self.stats.reconciliation.runs += 1;
-        }
-        unowned
+impl Reconciliation {
+    pub(crate) fn fixes(&self) -> u64 {
+        self.added + self.removed + self.corrected
     }
+}
 
-    /// A socket without an owner whose file the kernel listed: its owner is to be looked up by
-    /// inode, and a stuck report waits for the answer.
-    fn note_unowned(
-        &mut self,
-        key: SockKey,
-        socket: &ListedSocket,
-        unowned: &mut Vec<(SockKey, u32)>,
-    ) {
-        if socket.inode != 0 && self.table.get(&key).is_some_and(|e| e.owner().is_none()) {
-            self.table.await_owner(&key);
-            unowned.push((key, socket.inode));
+/// The kernel's records as the daemon read them, before the listing was taken.
+pub(crate) struct Records<'a> {
+    pub(crate) sockets: &'a [(u64, SockRecord)],
+    pub(crate) timewaits: &'a [(Tuple, TwRecord)],
+    pub(crate) watched: &'a [(u64, Watch)],
+    pub(crate) lingering: &'a [Tuple],
+}
+
+/// Compares the records (read first) with the listing (taken after) and plans the fixes. A
+/// record changed meanwhile is caught when the daemon checks each fix before writing it.
+pub(crate) fn plan(
+    records: &Records<'_>,
+    listing: &Listing,
+    thresholds: &Thresholds,
+    now_ns: u64,
+    seed: bool,
+) -> Plan {
+    let mut plan = Plan {
+        seed,
+        ..Plan::default()
+    };
+    let watched = |state: u8| TcpState::from_u8(state).is_some_and(|s| thresholds.get(s).is_some());
+    let listening: HashSet<(u32, u16)> = listing
+        .sockets
+        .iter()
+        .filter(|s| s.state == TcpState::Listen)
+        .map(|s| (s.endpoints.netns, s.endpoints.local_port))
+        .collect();
+    let service_port = |s: &ListedSocket| {
+        let e = &s.endpoints;
+        if s.state == TcpState::Listen || listening.contains(&(e.netns, e.local_port)) {
+            e.local_port
+        } else {
+            e.remote_port
         }
-    }
+    };
+    let sockets: HashMap<u64, SockRecord> = records.sockets.iter().copied().collect();
+    let timewaits: HashMap<Tuple, TwRecord> = records.timewaits.iter().copied().collect();
+    let indexed: HashMap<u64, Watch> = records.watched.iter().copied().collect();
+    let lingering: HashSet<Tuple> = records.lingering.iter().copied().collect();
+    let mut listed_full = HashSet::new();
+    let mut listed_timewait = HashSet::new();
 
-    /// Gives sockets known only from the kernel's list the kernel's own records of them (kept in a
-    /// pinned map across daemon restarts): their address, when they entered their state, and
-    /// their owner. A record counts only if it shows the state the kernel lists. Returns how many
-    /// sockets were matched.
-    pub(crate) fn adopt_records(&mut self, records: &[PinnedRecord]) -> usize {
-        let by_connection: HashMap<(Endpoints, TcpState), &PinnedRecord> = records
-            .iter()
-            .map(|r| ((r.endpoints, r.state), r))
-            .collect();
-        let listed: Vec<(SockKey, Endpoints, TcpState)> = self
-            .table
-            .iter()
-            .filter(|(k, _)| matches!(k, SockKey::Listed(_)))
-            .map(|(k, e)| (*k, *e.endpoints(), e.state()))
-            .collect();
-        let mut adopted = 0;
-        for (key, endpoints, state) in listed {
-            let Some(record) = by_connection.get(&(endpoints, state)) else {
-                continue;
+    for socket in listing.sockets.iter().filter(|s| {
+        !matches!(s.state, TcpState::Close | TcpState::BoundInactive)
+            && listing.listed.contains(&s.endpoints.netns)
+    }) {
+        let state = socket.state as u8;
+        let port = service_port(socket);
+        if socket.timewait {
+            let key = tuple(&socket.endpoints);
+            listed_timewait.insert(key);
+            let fresh = TwRecord {
+                since_ns: now_ns,
+                sock: socket.cookie,
+                pid: 0,
+                service_port: port,
+                substate: state,
+                flags: 0,
             };
-            let kernel = SockKey::Kernel(record.sock);
-            self.table.rekey(key, kernel);
-            self.table
-                .adopt_age(&kernel, record.since_ns, record.owner.clone());
-            adopted += 1;
+            match timewaits.get(&key) {
+                None => plan.timewaits_new.push((key, fresh)),
+                Some(r) if r.substate != state => {
+                    plan.timewaits_fixed.push((
+                        key,
+                        TwRecord {
+                            pid: r.pid,
+                            ..fresh
+                        },
+                        *r,
+                    ));
+                }
+                Some(_) => {}
+            }
+            let lingers = socket.state == TcpState::FinWait2;
+            if lingers && !lingering.contains(&key) {
+                plan.lingering_set.push(key);
+            } else if !lingers && lingering.contains(&key) {
+                plan.lingering_gone.push(key);
+            }
+            continue;
         }
-        adopted
+        listed_full.insert(socket.cookie);
+        let record = match sockets.get(&socket.cookie) {
+            None => {
+                let fresh = SockRecord {
+                    since_ns: now_ns,
+                    pid: 0,
+                    netns: socket.endpoints.netns,
+                    service_port: port,
+                    state,
+                    flags: 0,
+                    _pad: 0,
+                };
+                plan.sockets_new.push((socket.cookie, fresh));
+                fresh
+            }
+            Some(r) if r.state != state => {
+                let fixed = SockRecord {
+                    since_ns: now_ns,
+                    state,
+                    flags: 0,
+                    ..*r
+                };
+                plan.sockets_fixed.push((socket.cookie, fixed, *r));
+                fixed
+            }
+            Some(r) => *r,
+        };
+        // The index holds every full socket in a watched state (a restarted daemon's records
+        // have none yet; a socket older than the tracer is named by its cookie until an event
+        // names its address).
+        let in_index = indexed.get(&socket.cookie);
+        if watched(record.state) {
+            if in_index.is_none_or(|w| w.state != record.state || w.since_ns != record.since_ns) {
+                plan.watch_set.push((
+                    socket.cookie,
+                    Watch {
+                        since_ns: record.since_ns,
+                        sock: in_index.map_or(socket.cookie, |w| w.sock),
+                        tuple: tuple(&socket.endpoints),
+                        pid: record.pid,
+                        service_port: record.service_port,
+                        state: record.state,
+                        flags: record.flags,
+                    },
+                ));
+            }
+        } else if in_index.is_some() {
+            plan.watch_gone.push((socket.cookie, Some(record)));
+        }
+    }
+    for (cookie, record) in records.sockets {
+        if listing.listed.contains(&record.netns) && !listed_full.contains(cookie) {
+            plan.sockets_gone.push((*cookie, *record));
+        }
+    }
+    for (key, record) in records.timewaits {
+        if listing.listed.contains(&key.netns) && !listed_timewait.contains(key) {
+            plan.timewaits_gone.push((*key, *record));
+            if lingering.contains(key) {
+                plan.lingering_gone.push(*key);
+            }
+        }
+    }
+    // Index entries of sockets whose record is gone or not in a watched state.
+    for (cookie, entry) in records.watched {
+        let record = sockets.get(cookie);
+        let stale = record.is_none_or(|r| !watched(r.state))
+            || (listing.listed.contains(&entry.tuple.netns) && !listed_full.contains(cookie));
+        if stale && !plan.watch_gone.iter().any(|(c, _)| c == cookie) {
+            plan.watch_gone.push((*cookie, record.copied()));
+        }
+    }
+    plan
+}
+
+impl Reconciliation {
+    /// Counts what a plan fixed, as written (the start-up snapshot fixes nothing).
+    pub(crate) fn count(&mut self, plan: &Plan, outcome: &Outcome) {
+        if plan.seed {
+            return;
+        }
+        let written = |flags: &[bool]| flags.iter().filter(|w| **w).count() as u64;
+        self.runs += 1;
+        self.added += written(&outcome.sockets_new) + written(&outcome.timewaits_new);
+        self.removed += written(&outcome.sockets_gone) + written(&outcome.timewaits_gone);
+        self.corrected += written(&outcome.sockets_fixed) + written(&outcome.timewaits_fixed);
     }
 }
 
-/// Takes the first unmatched listed socket with these endpoints (any local port for a socket
-/// whose port is not known yet) that satisfies `accept`.
-fn take_match(
-    unmatched: &mut HashMap<Endpoints, Vec<usize>>,
-    listing: &[ListedSocket],
-    endpoints: &Endpoints,
-    accept: impl Fn(&ListedSocket) -> bool,
-) -> Option<usize> {
-    if endpoints.local_port == 0 && endpoints.remote_port != 0 {
-        let candidate = unmatched
+/// The changes to the records by state that a plan made, as written: what the kernel's own counts
+/// do not include.
+pub(crate) fn record_changes(plan: &Plan, outcome: &Outcome) -> Vec<(u8, i64)> {
+    let mut changes = Vec::new();
+    let mut each = |written: &[bool],
+                    states: &mut dyn Iterator<Item = (Option<u8>, Option<u8>)>| {
+        for (done, (old, new)) in written.iter().zip(states) {
+            if *done {
+                changes.extend(old.map(|s| (s, -1)));
+                changes.extend(new.map(|s| (s, 1)));
+            }
+        }
+    };
+    each(
+        &outcome.sockets_new,
+        &mut plan.sockets_new.iter().map(|(_, r)| (None, Some(r.state))),
+    );
+    each(
+        &outcome.sockets_fixed,
+        &mut plan
+            .sockets_fixed
             .iter()
-            .find(|(e, list)| {
-                e.family == endpoints.family
-                    && e.local == endpoints.local
-                    && e.remote == endpoints.remote
-                    && e.remote_port == endpoints.remote_port
-                    && list.iter().any(|i| accept(&listing[*i]))
-            })
-            .map(|(e, _)| *e)?;
-        return take_from(unmatched, listing, &candidate, accept);
-    }
-    take_from(unmatched, listing, endpoints, accept)
+            .map(|(_, new, old)| (Some(old.state), Some(new.state))),
+    );
+    each(
+        &outcome.sockets_gone,
+        &mut plan.sockets_gone.iter().map(|(_, r)| (Some(r.state), None)),
+    );
+    each(
+        &outcome.timewaits_new,
+        &mut plan
+            .timewaits_new
+            .iter()
+            .map(|(_, r)| (None, Some(r.substate))),
+    );
+    each(
+        &outcome.timewaits_fixed,
+        &mut plan
+            .timewaits_fixed
+            .iter()
+            .map(|(_, new, old)| (Some(old.substate), Some(new.substate))),
+    );
+    each(
+        &outcome.timewaits_gone,
+        &mut plan
+            .timewaits_gone
+            .iter()
+            .map(|(_, r)| (Some(r.substate), None)),
+    );
+    changes
 }
 
-fn take_from(
-    unmatched: &mut HashMap<Endpoints, Vec<usize>>,
-    listing: &[ListedSocket],
-    endpoints: &Endpoints,
-    accept: impl Fn(&ListedSocket) -> bool,
-) -> Option<usize> {
-    let list = unmatched.get_mut(endpoints)?;
-    let position = list.iter().position(|i| accept(&listing[*i]))?;
-    let index = list.swap_remove(position);
-    if list.is_empty() {
-        unmatched.remove(endpoints);
+/// Lingering timewait sockets the kernel moved to TIME_WAIT without a trace: gone from its list
+/// of FIN_WAIT2 sockets (taken after the records were read). They moved at about `now_ns`.
+pub(crate) fn silent_moves(
+    lingering: &[(Tuple, TwRecord)],
+    fin_wait2: &Listing,
+    now_ns: u64,
+) -> Vec<(Tuple, TwRecord, TwRecord)> {
+    let still: HashSet<Tuple> = fin_wait2
+        .sockets
+        .iter()
+        .filter(|s| s.timewait && s.state == TcpState::FinWait2)
+        .map(|s| tuple(&s.endpoints))
+        .collect();
+    lingering
+        .iter()
+        .filter(|(key, record)| {
+            record.substate == TcpState::FinWait2 as u8
+                && fin_wait2.listed.contains(&key.netns)
+                && !still.contains(key)
+        })
+        .map(|(key, record)| {
+            let moved = TwRecord {
+                since_ns: now_ns,
+                substate: TcpState::TimeWait as u8,
+                flags: record_flags::AGE_KNOWN,
+                ..*record
+            };
+            (*key, moved, *record)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{IpAddr, Ipv4Addr},
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::source::events::{Endpoints, Family};
+
+    const NETNS: u32 = 4026531840;
+
+    fn ends(port: u16, remote: u16) -> Endpoints {
+        Endpoints {
+            netns: NETNS,
+            family: Family::Ipv4,
+            local: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: port,
+            remote: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            remote_port: remote,
+        }
     }
-    Some(index)
+
+    fn listed(cookie: u64, state: TcpState, port: u16, remote: u16) -> ListedSocket {
+        ListedSocket {
+            endpoints: ends(port, remote),
+            state,
+            cookie,
+            inode: 1,
+            timewait: false,
+            queue: 0,
+            backlog: 0,
+        }
+    }
+
+    fn listing(sockets: Vec<ListedSocket>) -> Listing {
+        Listing {
+            sockets,
+            listed: HashSet::from([NETNS]),
+            ..Listing::default()
+        }
+    }
+
+    fn record(state: TcpState, since_ns: u64) -> SockRecord {
+        SockRecord {
+            since_ns,
+            pid: 7,
+            netns: NETNS,
+            service_port: 80,
+            state: state as u8,
+            flags: record_flags::AGE_KNOWN,
+            _pad: 0,
+        }
+    }
+
+    fn thresholds() -> Thresholds {
+        let mut t = Thresholds::default();
+        t.set(TcpState::CloseWait, Some(Duration::from_secs(2)));
+        t
+    }
+
+    fn no_records() -> Records<'static> {
+        Records {
+            sockets: &[],
+            timewaits: &[],
+            watched: &[],
+            lingering: &[],
+        }
+    }
+
+    #[test]
+    fn the_seed_records_every_listed_socket() {
+        let mut time_wait = listed(3, TcpState::TimeWait, 40000, 80);
+        time_wait.timewait = true;
+        let mut lingering = listed(4, TcpState::FinWait2, 40001, 80);
+        lingering.timewait = true;
+        let sockets = vec![
+            listed(1, TcpState::Listen, 80, 0),
+            listed(2, TcpState::CloseWait, 80, 5000),
+            time_wait,
+            lingering,
+            listed(5, TcpState::Close, 9, 0),
+        ];
+        let plan = plan(&no_records(), &listing(sockets), &thresholds(), 100, true);
+        let states: Vec<(u64, u8, u16)> = plan
+            .sockets_new
+            .iter()
+            .map(|(c, r)| (*c, r.state, r.service_port))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (1, TcpState::Listen as u8, 80),
+                (2, TcpState::CloseWait as u8, 80)
+            ],
+            "a socket of a listener serves its port; CLOSE is not a state sockets stay in"
+        );
+        assert!(
+            plan.sockets_new
+                .iter()
+                .all(|(_, r)| r.flags == 0 && r.since_ns == 100)
+        );
+        assert_eq!(plan.timewaits_new.len(), 2);
+        assert_eq!(plan.lingering_set, vec![tuple(&ends(40001, 80))]);
+        assert_eq!(plan.watch_set.len(), 1, "CLOSE_WAIT is watched");
+        assert_eq!(plan.watch_set[0].1.sock, 2, "named by its cookie");
+        let outcome = Outcome {
+            sockets_new: vec![true, false],
+            timewaits_new: vec![true, true],
+            ..Outcome::default()
+        };
+        let mut fixes = Reconciliation::default();
+        fixes.count(&plan, &outcome);
+        assert_eq!(fixes, Reconciliation::default(), "the seed fixes nothing");
+        let changes = record_changes(&plan, &outcome);
+        assert_eq!(
+            changes,
+            vec![
+                (TcpState::Listen as u8, 1),
+                (TcpState::TimeWait as u8, 1),
+                (TcpState::FinWait2 as u8, 1)
+            ],
+            "only what was written counts"
+        );
+    }
+
+    #[test]
+    fn later_listings_fix_and_count() {
+        let sockets = [
+            (1, record(TcpState::Established, 10)),
+            (2, record(TcpState::Established, 10)),
+            (3, record(TcpState::Listen, 10)),
+        ];
+        let watched = [(9, Watch::default())];
+        let records = Records {
+            sockets: &sockets,
+            timewaits: &[],
+            watched: &watched,
+            lingering: &[],
+        };
+        let listing = listing(vec![
+            listed(2, TcpState::CloseWait, 80, 6000),
+            listed(3, TcpState::Listen, 80, 0),
+            listed(4, TcpState::SynSent, 6001, 443),
+        ]);
+        let plan = plan(&records, &listing, &thresholds(), 50, false);
+        assert_eq!(
+            plan.sockets_gone
+                .iter()
+                .map(|(c, _)| *c)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(plan.sockets_fixed.len(), 1);
+        let (cookie, fixed, was) = plan.sockets_fixed[0];
+        assert_eq!(
+            (cookie, fixed.state, was.state),
+            (2, TcpState::CloseWait as u8, TcpState::Established as u8)
+        );
+        assert_eq!(
+            (fixed.pid, fixed.flags, fixed.since_ns),
+            (7, 0, 50),
+            "its age is unknown"
+        );
+        assert_eq!(plan.sockets_new.len(), 1);
+        assert_eq!(plan.sockets_new[0].1.service_port, 443);
+        assert_eq!(
+            plan.watch_set.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            vec![2, 4],
+            "CLOSE_WAIT and SYN_SENT are watched"
+        );
+        assert_eq!(
+            plan.watch_gone,
+            vec![(9, None)],
+            "an index entry without a record"
+        );
+        let outcome = Outcome {
+            sockets_new: vec![true],
+            sockets_fixed: vec![true],
+            sockets_gone: vec![true],
+            ..Outcome::default()
+        };
+        let mut fixes = Reconciliation::default();
+        fixes.count(&plan, &outcome);
+        assert_eq!(
+            (fixes.runs, fixes.added, fixes.removed, fixes.corrected),
+            (1, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn other_namespaces_are_left_alone() {
+        let mut elsewhere = record(TcpState::Established, 10);
+        elsewhere.netns = NETNS + 1;
+        let sockets = [(1, elsewhere)];
+        let records = Records {
+            sockets: &sockets,
+            ..no_records()
+        };
+        let plan = plan(&records, &listing(vec![]), &thresholds(), 50, false);
+        assert!(plan.sockets_gone.is_empty());
+    }
+
+    #[test]
+    fn lingering_sockets_gone_from_fin_wait2_moved() {
+        let key = tuple(&ends(40001, 80));
+        let other = tuple(&ends(40002, 80));
+        let lingering = TwRecord {
+            since_ns: 10,
+            sock: 0xabc,
+            pid: 7,
+            service_port: 80,
+            substate: TcpState::FinWait2 as u8,
+            flags: record_flags::AGE_KNOWN,
+        };
+        let mut still = listed(5, TcpState::FinWait2, 40002, 80);
+        still.timewait = true;
+        let moves = silent_moves(
+            &[(key, lingering), (other, lingering)],
+            &listing(vec![still]),
+            99,
+        );
+        assert_eq!(moves.len(), 1);
+        let (moved_key, moved, was) = moves[0];
+        assert_eq!(moved_key, key);
+        assert_eq!(
+            (moved.substate, moved.since_ns, moved.sock),
+            (TcpState::TimeWait as u8, 99, 0xabc)
+        );
+        assert_eq!(was, lingering);
+    }
 }

@@ -3,7 +3,7 @@
 //! counts cannot disagree.
 use tracer_common::TcpState;
 
-use super::stats::{EventCounts, Reconciliation};
+use super::reconcile::Reconciliation;
 use crate::source::events::{Endpoints, Owner, Transition};
 
 /// Where the core's reports go. Stuck and unstuck reports are made only for the sockets the owner
@@ -59,11 +59,11 @@ pub(crate) struct UnstuckReport {
 pub(crate) struct Snapshot {
     /// Live sockets by state, indexed by `TcpState as usize`.
     pub(crate) sockets: [u64; TcpState::COUNT],
-    pub(crate) tracked: usize,
+    pub(crate) tracked: u64,
     /// Stuck sockets the owner filter selects, by state.
     pub(crate) stuck: [u64; TcpState::COUNT],
-    pub(crate) evictions: u64,
-    pub(crate) events: EventCounts,
+    /// Stuck reports made since start-up, by state.
+    pub(crate) episodes: [u64; TcpState::COUNT],
     pub(crate) reconciliation: Reconciliation,
 }
 

@@ -1,18 +1,21 @@
-//! Stuck sockets: a socket that stays in a state longer than that state's threshold. A stuck
-//! socket sends no events, so detection runs on time: the table keeps every watched socket's
-//! deadline in order, the daemon wakes at the earliest, and [`Tracker::report_due`] reports what
-//! is due, once per episode; reminders repeat them in the summaries at most every
-//! `--stuck-repeat`. One constructor per report.
-use std::time::Duration;
+//! Stuck sockets: a socket that stays in a state longer than that state's threshold. The kernel
+//! keeps an index of the sockets in watched states; the daemon looks through it when the earliest
+//! one may cross its threshold (and at least once per shortest threshold, for sockets that enter
+//! meanwhile), reports each socket once per episode, and repeats it in the summaries at most every
+//! `--stuck-repeat`. The kernel tells when a socket leaves a watched state after its threshold:
+//! the end of the episode, with the exact time it spent. One constructor per report.
+use std::{collections::HashMap, time::Duration};
 
 use tracer_common::TcpState;
 
 use super::{
-    Tracker,
     report::{Sink, StuckReport, UnstuckReport},
-    table::{Entry, SockKey},
+    select::OwnerFilter,
 };
-use crate::units::nanos;
+use crate::{
+    source::events::{Endpoints, KernelTransition, Owner, Watched},
+    units::nanos,
+};
 
 /// Per-state thresholds; `None` means the state is not watched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,95 +50,299 @@ impl Thresholds {
     pub(crate) fn get(&self, state: TcpState) -> Option<Duration> {
         self.0[state as usize]
     }
+
+    /// Nanoseconds per state, 0 for unwatched states: what the kernel programs are handed.
+    pub(crate) fn as_nanos(&self) -> [u64; TcpState::COUNT] {
+        self.0.map(|t| t.map_or(0, nanos))
+    }
+
+    fn shortest(&self) -> Option<u64> {
+        self.0.iter().flatten().map(|t| nanos(*t)).min()
+    }
 }
 
 impl StuckReport {
-    /// `entry` has been in its state past its threshold, at `now_ns`.
-    pub(crate) fn of(key: SockKey, entry: &Entry, threshold: Duration, now_ns: u64) -> Self {
+    /// A socket that entered `state` at `since_ns` is past `threshold` at `now_ns`.
+    fn of(socket: &Candidate, threshold: Duration, now_ns: u64) -> Self {
         Self {
             ts_ns: now_ns,
-            sock: key.id(),
-            endpoints: *entry.endpoints(),
-            state: entry.state(),
-            age_ns: now_ns.saturating_sub(entry.entered_ns()),
-            age_known: entry.age_known(),
+            sock: socket.sock,
+            endpoints: socket.endpoints,
+            state: socket.state,
+            age_ns: now_ns.saturating_sub(socket.since_ns),
+            age_known: socket.age_known,
             threshold_ns: nanos(threshold),
-            owner: entry.owner().cloned(),
+            owner: socket.owner.clone(),
         }
     }
 }
 
 impl UnstuckReport {
-    /// The end of a stuck episode, if `entry` was reported stuck: it left for `new` (`None`: it
-    /// vanished) at `ts_ns`, after `spent` in its state when the caller knows it.
-    pub(crate) fn of(
-        key: SockKey,
-        entry: &Entry,
-        new: Option<TcpState>,
-        spent: Option<u64>,
-        ts_ns: u64,
-    ) -> Option<Self> {
-        entry.is_stuck().then(|| Self {
+    /// A stuck socket left its state for `new` (`None`: it vanished) at `ts_ns`, after `spent`
+    /// in it when the kernel knows.
+    fn of(stuck: &Stuck, new: Option<TcpState>, spent: Option<u64>, ts_ns: u64) -> Self {
+        let socket = &stuck.socket;
+        Self {
             ts_ns,
-            sock: key.id(),
-            endpoints: *entry.endpoints(),
-            state: entry.state(),
+            sock: socket.sock,
+            endpoints: socket.endpoints,
+            state: socket.state,
             new,
-            duration_ns: spent.unwrap_or_else(|| ts_ns.saturating_sub(entry.entered_ns())),
-            age_known: spent.is_some() || entry.age_known(),
-            owner: entry.owner().cloned(),
-        })
+            duration_ns: spent.unwrap_or_else(|| ts_ns.saturating_sub(socket.since_ns)),
+            age_known: spent.is_some() || socket.age_known,
+            owner: socket.owner.clone(),
+        }
     }
 }
 
-impl Tracker {
-    /// Reports every socket whose deadline has come, and marks it stuck.
-    pub(super) fn report_due(&mut self, now_ns: u64, sink: &mut impl Sink) {
-        for key in self.table.due(now_ns) {
-            let Some(entry) = self.table.get(&key) else {
+/// A socket in a watched state, as the detector knows it.
+#[derive(Debug, Clone, PartialEq)]
+struct Candidate {
+    sock: u64,
+    endpoints: Endpoints,
+    state: TcpState,
+    since_ns: u64,
+    age_known: bool,
+    owner: Option<Owner>,
+}
+
+impl From<&Watched> for Candidate {
+    fn from(w: &Watched) -> Self {
+        Self {
+            sock: w.sock,
+            endpoints: w.endpoints,
+            state: w.state,
+            since_ns: w.since_ns,
+            age_known: w.age_known,
+            owner: w.owner.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Stuck {
+    socket: Candidate,
+    reminded_ns: u64,
+    /// The owner filter selects it: its reports are made and it is counted.
+    selected: bool,
+}
+
+/// A socket past its threshold whose owner the kernel does not know: the daemon looks it up (by
+/// the socket's inode) before reporting it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OwnerLookup {
+    pub(crate) cookie: u64,
+    pub(crate) state: TcpState,
+}
+
+pub(crate) struct StuckSockets {
+    thresholds: Thresholds,
+    repeat_ns: u64,
+    /// Stuck now, by cookie.
+    stuck: HashMap<u64, Stuck>,
+    /// Past their threshold, waiting for their owner.
+    awaiting: HashMap<u64, Candidate>,
+    /// Stuck reports made, by state (of the sockets the owner filter selects).
+    episodes: [u64; TcpState::COUNT],
+    next_poll_ns: Option<u64>,
+}
+
+impl StuckSockets {
+    pub(crate) fn new(thresholds: Thresholds, repeat_ns: u64) -> Self {
+        Self {
+            thresholds,
+            repeat_ns,
+            stuck: HashMap::new(),
+            awaiting: HashMap::new(),
+            episodes: [0; TcpState::COUNT],
+            next_poll_ns: None,
+        }
+    }
+
+    /// When the kernel's index should be looked through next (`None`: at once, or never when no
+    /// state is watched).
+    pub(crate) fn next_poll(&self) -> Option<u64> {
+        self.next_poll_ns
+    }
+
+    /// Looks through the kernel's index of watched sockets (read before the events written since
+    /// were applied): reports the sockets past their threshold, asks for the owners it needs, and
+    /// ends the episodes of stuck sockets gone from it without a word from the kernel.
+    pub(crate) fn poll(
+        &mut self,
+        watched: &[Watched],
+        now_ns: u64,
+        selection: &OwnerFilter,
+        sink: &mut impl Sink,
+    ) -> Vec<OwnerLookup> {
+        let by_cookie: HashMap<u64, &Watched> = watched.iter().map(|w| (w.cookie, w)).collect();
+        // A stuck socket no longer indexed in its state left it unseen (its event was lost, or a
+        // reconciliation removed it): the episode ends now, or when it entered its new state.
+        let left: Vec<u64> = self
+            .stuck
+            .iter()
+            .filter(|(cookie, s)| {
+                by_cookie
+                    .get(cookie)
+                    .is_none_or(|w| w.state != s.socket.state || w.since_ns != s.socket.since_ns)
+            })
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        for cookie in left {
+            if let Some(stuck) = self.stuck.remove(&cookie) {
+                let (new, ended) = match by_cookie.get(&cookie) {
+                    Some(w) => (Some(w.state), w.since_ns),
+                    None => (None, now_ns),
+                };
+                let spent = ended.saturating_sub(stuck.socket.since_ns);
+                if stuck.selected {
+                    sink.unstuck(&UnstuckReport::of(&stuck, new, Some(spent), ended));
+                }
+            }
+        }
+        let mut lookups = Vec::new();
+        let mut next: Option<u64> = self.thresholds.shortest().map(|t| now_ns + t);
+        for w in watched {
+            let Some(threshold) = self.thresholds.get(w.state) else {
                 continue;
             };
-            let Some(threshold) = self.table.thresholds().get(entry.state()) else {
+            if self.stuck.contains_key(&w.cookie) || self.awaiting.contains_key(&w.cookie) {
                 continue;
-            };
-            let report = StuckReport::of(key, entry, threshold, now_ns);
-            self.table.mark_reminded(&key, now_ns);
-            self.report_stuck(&report, sink);
+            }
+            let deadline = w.since_ns.saturating_add(nanos(threshold));
+            if deadline > now_ns {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                continue;
+            }
+            let candidate = Candidate::from(w);
+            if candidate.owner.is_some() {
+                self.report(w.cookie, candidate, now_ns, selection, sink);
+            } else {
+                lookups.push(OwnerLookup {
+                    cookie: w.cookie,
+                    state: w.state,
+                });
+                self.awaiting.insert(w.cookie, candidate);
+            }
+        }
+        self.next_poll_ns = next;
+        lookups
+    }
+
+    /// The owners found (by cookie) for the sockets `looked_up`; those not found have none:
+    /// their stuck reports go now.
+    pub(crate) fn owners_found(
+        &mut self,
+        looked_up: &[u64],
+        found: &HashMap<u64, Owner>,
+        now_ns: u64,
+        selection: &OwnerFilter,
+        sink: &mut impl Sink,
+    ) {
+        for cookie in looked_up {
+            if let Some(mut candidate) = self.awaiting.remove(cookie) {
+                candidate.owner = found.get(cookie).cloned();
+                self.report(*cookie, candidate, now_ns, selection, sink);
+            }
+        }
+    }
+
+    fn report(
+        &mut self,
+        cookie: u64,
+        socket: Candidate,
+        now_ns: u64,
+        selection: &OwnerFilter,
+        sink: &mut impl Sink,
+    ) {
+        let Some(threshold) = self.thresholds.get(socket.state) else {
+            return;
+        };
+        let selected = selection.matches(socket.owner.as_ref());
+        if selected {
+            sink.stuck(&StuckReport::of(&socket, threshold, now_ns));
+            self.episodes[socket.state as usize] += 1;
+        }
+        self.stuck.insert(
+            cookie,
+            Stuck {
+                socket,
+                reminded_ns: now_ns,
+                selected,
+            },
+        );
+    }
+
+    /// A socket left a watched state after its threshold (the kernel's word): the end of its
+    /// episode, with the exact time it spent. A socket that crossed its threshold and left before
+    /// the daemon looked is reported stuck first, as of its threshold.
+    pub(crate) fn left(
+        &mut self,
+        event: &KernelTransition,
+        selection: &OwnerFilter,
+        sink: &mut impl Sink,
+    ) {
+        let t = &event.transition;
+        let spent = t.prev_state_ns;
+        let stuck = match self.stuck.remove(&event.cookie) {
+            Some(stuck) if stuck.socket.state == t.old => stuck,
+            Some(_) | None => {
+                let Some(threshold) = self.thresholds.get(t.old) else {
+                    return;
+                };
+                let awaited = self.awaiting.remove(&event.cookie);
+                let since_ns = spent.map_or_else(
+                    || awaited.as_ref().map_or(t.ts_ns, |a| a.since_ns),
+                    |spent| t.ts_ns.saturating_sub(spent),
+                );
+                let socket = Candidate {
+                    sock: t.sock,
+                    endpoints: t.endpoints,
+                    state: t.old,
+                    since_ns,
+                    age_known: spent.is_some(),
+                    owner: t.owner.clone().or(awaited.and_then(|a| a.owner)),
+                };
+                let crossed = since_ns.saturating_add(nanos(threshold)).min(t.ts_ns);
+                self.report(event.cookie, socket, crossed, selection, sink);
+                match self.stuck.remove(&event.cookie) {
+                    Some(stuck) => stuck,
+                    None => return,
+                }
+            }
+        };
+        if stuck.selected {
+            sink.unstuck(&UnstuckReport::of(&stuck, Some(t.new), spent, t.ts_ns));
         }
     }
 
     /// Stuck sockets due for a reminder (none in the last `--stuck-repeat`), marked as reminded.
-    /// Only the sockets the owner filter selects.
     pub(crate) fn reminders(&mut self, now_ns: u64) -> Vec<StuckReport> {
-        let due: Vec<SockKey> = self
-            .table
-            .stuck()
-            .iter()
-            .filter(|key| {
-                self.table
-                    .get(key)
-                    .and_then(Entry::reminded_ns)
-                    .is_some_and(|at| now_ns.saturating_sub(at) >= self.repeat_ns)
+        let repeat_ns = self.repeat_ns;
+        let thresholds = &self.thresholds;
+        self.stuck
+            .values_mut()
+            .filter(|s| s.selected && now_ns.saturating_sub(s.reminded_ns) >= repeat_ns)
+            .map(|s| {
+                s.reminded_ns = now_ns;
+                let threshold = thresholds.get(s.socket.state).unwrap_or_default();
+                StuckReport::of(&s.socket, threshold, now_ns)
             })
-            .copied()
-            .collect();
-        let mut reports = Vec::with_capacity(due.len());
-        for key in due {
-            let Some(entry) = self.table.get(&key) else {
-                continue;
-            };
-            let threshold = self
-                .table
-                .thresholds()
-                .get(entry.state())
-                .unwrap_or_default();
-            let report = StuckReport::of(key, entry, threshold, now_ns);
-            self.table.mark_reminded(&key, now_ns);
-            if self.selection.matches(report.owner.as_ref()) {
-                reports.push(report);
-            }
+            .collect()
+    }
+
+    /// Stuck sockets now, by state (those the owner filter selects).
+    pub(crate) fn by_state(&self) -> [u64; TcpState::COUNT] {
+        let mut counts = [0; TcpState::COUNT];
+        for s in self.stuck.values().filter(|s| s.selected) {
+            counts[s.socket.state as usize] += 1;
         }
-        reports
+        counts
+    }
+
+    /// Stuck reports made so far, by state.
+    pub(crate) fn episodes(&self) -> [u64; TcpState::COUNT] {
+        self.episodes
     }
 }
 
@@ -153,5 +360,9 @@ mod tests {
         assert_eq!(t.get(TcpState::FinWait1), Some(Duration::from_secs(60)));
         assert_eq!(t.get(TcpState::Established), None);
         assert_eq!(t.get(TcpState::Listen), None);
+        let ns = t.as_nanos();
+        assert_eq!(ns[TcpState::CloseWait as usize], 60_000_000_000);
+        assert_eq!(ns[TcpState::Established as usize], 0);
+        assert_eq!(t.shortest(), Some(10_000_000_000));
     }
 }

@@ -1,43 +1,69 @@
-//! The blocking scans the daemon runs beside its event loop, on tokio's blocking threads: full
-//! listings of the kernel's sockets (start-up snapshot, reconciliations), listings of its
-//! FIN_WAIT2 sockets (lingering checks), and owner lookups by inode. At most one of each kind
-//! runs at a time; owner lookups asked for meanwhile wait for the next.
-use std::collections::{HashMap, HashSet};
+//! The blocking work the daemon runs beside its event loop, on tokio's blocking threads: full
+//! reconciliations (the start-up snapshot among them: read the kernel's records, list its
+//! sockets, plan and write the fixes), lingering checks (timewait sockets the kernel moved to
+//! TIME-WAIT without a trace), and owner lookups by inode for stuck reports. At most one of each
+//! kind runs at a time; lookups asked for meanwhile wait for the next.
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use tokio::{task::JoinHandle, time::Instant};
-use tracer_common::TcpState;
-use tracing::warn;
+use tokio::task::JoinHandle;
+use tracer_common::{SockRecord, TcpState, Tuple, TwRecord, Watch};
 
+use super::apply::{apply, write_if_unchanged};
 use crate::{
-    core::{Tracker, table::SockKey},
-    enrich::{
-        owners,
-        socket_list::{self, Listing},
+    core::{
+        reconcile::{self, Outcome, Plan, Records},
+        stuck::{OwnerLookup, Thresholds},
     },
-    source::{clock::monotonic_ns, events::Owner, filter::SocketFilter},
+    enrich::{owners, socket_list},
+    source::{
+        clock::monotonic_ns,
+        events::Owner,
+        filter::SocketFilter,
+        kernel_maps::{RecordMap, RecordMaps},
+    },
 };
 
+/// The sockets an owner lookup looked for, and the owners it found by cookie.
+pub(super) type OwnersFound = (Vec<u64>, HashMap<u64, Owner>);
+
+/// A reconciliation, done: what was planned and written.
+pub(super) struct Reconciled {
+    pub(super) plan: Plan,
+    pub(super) outcome: Outcome,
+    /// Network namespaces listed.
+    pub(super) namespaces: usize,
+}
+
+/// Moves to TIME-WAIT found, and which were written to the records.
+pub(super) struct Moved {
+    pub(super) moves: Vec<(Tuple, TwRecord, TwRecord)>,
+    pub(super) written: Vec<bool>,
+    pub(super) at_ns: u64,
+    /// CPU time the check took (its listing): the next one is spaced by it.
+    pub(super) cpu: Duration,
+}
+
 pub(super) struct Jobs {
+    maps: Arc<RecordMaps>,
     filter: SocketFilter,
-    /// The host's network namespaces, as the last full listing found them.
-    namespaces: Option<HashMap<u32, u32>>,
-    /// A full listing, and whether it is the start-up snapshot.
-    pub(super) listing: Option<JoinHandle<(bool, Result<Listing>)>>,
-    /// A listing of FIN_WAIT2 sockets, with when it started (daemon and kernel clocks).
-    pub(super) lingering: Option<JoinHandle<(Instant, u64, Result<Listing>)>>,
-    /// A lookup of owners by inode for the sockets `looking_up`; `queued` wait for the next.
-    pub(super) owner_lookup: Option<JoinHandle<HashMap<u32, Owner>>>,
-    looking_up: Vec<(SockKey, u32)>,
-    queued: Vec<(SockKey, u32)>,
+    thresholds: Thresholds,
+    pub(super) reconciliation: Option<JoinHandle<Result<Reconciled>>>,
+    pub(super) lingering: Option<JoinHandle<Result<Moved>>>,
+    /// A lookup of owners by cookie: the cookies looked up, and what was found. `queued` wait
+    /// for the next.
+    pub(super) owner_lookup: Option<JoinHandle<Result<OwnersFound>>>,
+    looking_up: Vec<u64>,
+    queued: Vec<OwnerLookup>,
 }
 
 impl Jobs {
-    pub(super) fn new(filter: SocketFilter) -> Self {
+    pub(super) fn new(maps: Arc<RecordMaps>, filter: SocketFilter, thresholds: Thresholds) -> Self {
         Self {
+            maps,
             filter,
-            namespaces: None,
-            listing: None,
+            thresholds,
+            reconciliation: None,
             lingering: None,
             owner_lookup: None,
             looking_up: Vec::new(),
@@ -45,75 +71,132 @@ impl Jobs {
         }
     }
 
-    /// Lists every socket, unless a listing is under way. The start-up snapshot (`seed`) and
-    /// each reconciliation look for the host's namespaces anew.
-    pub(super) fn start_listing(&mut self, tracker: &mut Tracker, seed: bool) {
-        if self.listing.is_some() {
+    /// Reconciles the kernel's records with its socket list, unless a reconciliation is under
+    /// way. `seed`: the start-up snapshot.
+    pub(super) fn start_reconciliation(&mut self, seed: bool) {
+        if self.reconciliation.is_some() {
             return;
         }
-        tracker.begin_reconcile(monotonic_ns());
-        let filter = self.filter.clone();
-        self.listing = Some(tokio::task::spawn_blocking(move || {
-            (seed, socket_list::take_listing(None, None, &filter))
+        let (maps, filter, thresholds) = (
+            self.maps.clone(),
+            self.filter.clone(),
+            self.thresholds.clone(),
+        );
+        self.reconciliation = Some(tokio::task::spawn_blocking(move || {
+            reconcile_now(&maps, &filter, &thresholds, seed)
         }));
     }
 
-    pub(super) fn remember_namespaces(&mut self, listing: Listing) {
-        self.namespaces = Some(listing.namespaces);
-    }
-
-    pub(super) fn namespace_count(&self) -> usize {
-        self.namespaces.as_ref().map_or(1, |n| n.len().max(1))
-    }
-
-    /// Lists the FIN_WAIT2 sockets of the namespaces the last full listing found.
+    /// Looks for lingering timewait sockets that moved to TIME-WAIT, unless a check is under way.
     pub(super) fn start_lingering_check(&mut self) {
-        let (started, listed_at) = (Instant::now(), monotonic_ns());
-        let (known, filter) = (self.namespaces.clone(), self.filter.clone());
+        if self.lingering.is_some() {
+            return;
+        }
+        let (maps, filter) = (self.maps.clone(), self.filter.clone());
         self.lingering = Some(tokio::task::spawn_blocking(move || {
-            let listing = socket_list::take_listing(known, Some(TcpState::FinWait2), &filter)
-                .context("listing the kernel's FIN_WAIT2 sockets");
-            (started, listed_at, listing)
+            check_lingering(&maps, &filter)
         }));
     }
 
-    pub(super) fn checking_lingering(&self) -> bool {
-        self.lingering.is_some()
+    /// The sockets the last lookup looked for (to answer them when it failed).
+    pub(super) fn looked_up(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.looking_up)
     }
 
     /// Looks up the owners of these sockets, and of those waiting, unless a lookup is under way.
-    pub(super) fn look_up_owners(&mut self, mut unowned: Vec<(SockKey, u32)>) {
-        self.queued.append(&mut unowned);
+    pub(super) fn look_up_owners(&mut self, mut lookups: Vec<OwnerLookup>) {
+        self.queued.append(&mut lookups);
         if self.queued.is_empty() || self.owner_lookup.is_some() {
             return;
         }
-        self.looking_up = std::mem::take(&mut self.queued);
-        let inodes: HashSet<u32> = self.looking_up.iter().map(|(_, inode)| *inode).collect();
+        let wanted: Vec<(u64, TcpState)> =
+            self.queued.drain(..).map(|l| (l.cookie, l.state)).collect();
+        self.looking_up = wanted.iter().map(|(cookie, _)| *cookie).collect();
+        let filter = self.filter.clone();
         self.owner_lookup = Some(tokio::task::spawn_blocking(move || {
-            owners::holders_of(&inodes)
+            let found = owners::holders_by_cookie(&wanted, &filter)?;
+            Ok((wanted.iter().map(|(cookie, _)| *cookie).collect(), found))
         }));
-    }
-
-    /// The sockets of the lookup that finished with `found`, and the owners found. A failed
-    /// lookup found nobody: the sockets waiting for it are answered all the same.
-    pub(super) fn owners_found(
-        &mut self,
-        found: Result<HashMap<u32, Owner>>,
-    ) -> (Vec<(SockKey, u32)>, HashMap<u32, Owner>) {
-        let found = found.unwrap_or_else(|err| {
-            warn!("looking up socket owners: {err:#}");
-            HashMap::new()
-        });
-        (std::mem::take(&mut self.looking_up), found)
     }
 }
 
+fn reconcile_now(
+    maps: &RecordMaps,
+    filter: &SocketFilter,
+    thresholds: &Thresholds,
+    seed: bool,
+) -> Result<Reconciled> {
+    let sockets: Vec<(u64, SockRecord)> = maps.all(RecordMap::Sockets)?;
+    let timewaits: Vec<(Tuple, TwRecord)> = maps.all(RecordMap::Timewait)?;
+    let watched: Vec<(u64, Watch)> = maps.all(RecordMap::Watched)?;
+    let lingering: Vec<(Tuple, u8)> = maps.all(RecordMap::Lingering)?;
+    let lingering: Vec<Tuple> = lingering.into_iter().map(|(key, _)| key).collect();
+    let listing = socket_list::take_listing(None, None, filter)
+        .context("listing the kernel's TCP sockets")?;
+    let records = Records {
+        sockets: &sockets,
+        timewaits: &timewaits,
+        watched: &watched,
+        lingering: &lingering,
+    };
+    let plan = reconcile::plan(&records, &listing, thresholds, monotonic_ns(), seed);
+    let outcome = apply(maps, &plan)?;
+    Ok(Reconciled {
+        plan,
+        outcome,
+        namespaces: listing.namespaces.len().max(1),
+    })
+}
+
+fn check_lingering(maps: &RecordMaps, filter: &SocketFilter) -> Result<Moved> {
+    let lingering: Vec<(Tuple, u8)> = maps.all(RecordMap::Lingering)?;
+    let mut records = Vec::with_capacity(lingering.len());
+    for (key, _) in &lingering {
+        if let Some(record) = maps.get::<Tuple, TwRecord>(RecordMap::Timewait, key)? {
+            records.push((*key, record));
+        }
+    }
+    if records.is_empty() {
+        return Ok(Moved {
+            moves: Vec::new(),
+            written: Vec::new(),
+            at_ns: monotonic_ns(),
+            cpu: Duration::ZERO,
+        });
+    }
+    let listing = socket_list::take_listing(None, Some(TcpState::FinWait2), filter)
+        .context("listing the kernel's FIN_WAIT2 sockets")?;
+    let at_ns = monotonic_ns();
+    let moves = reconcile::silent_moves(&records, &listing, at_ns);
+    let mut written = Vec::with_capacity(moves.len());
+    for (key, moved, was) in &moves {
+        let done = write_if_unchanged(maps, RecordMap::Timewait, key, moved, was)?;
+        if done {
+            maps.delete(RecordMap::Lingering, &[*key])?;
+        }
+        written.push(done);
+    }
+    // Lingering entries whose timewait record is gone (it ended): the index follows.
+    let ended: Vec<Tuple> = lingering
+        .iter()
+        .map(|(key, _)| *key)
+        .filter(|key| !records.iter().any(|(k, _)| k == key))
+        .collect();
+    maps.delete(RecordMap::Lingering, &ended)?;
+    Ok(Moved {
+        moves,
+        written,
+        at_ns,
+        cpu: listing.cpu,
+    })
+}
+
 /// Waits for a job to finish and takes its result; pends forever when none runs.
-pub(super) async fn finished<T>(job: &mut Option<JoinHandle<T>>) -> Result<T> {
+pub(super) async fn finished<T>(job: &mut Option<JoinHandle<Result<T>>>) -> Result<T> {
     let result = match job.as_mut() {
         Some(handle) => handle.await.context("a background scan failed"),
         None => std::future::pending().await,
     };
     *job = None;
-    result
+    result?
 }

@@ -1,6 +1,8 @@
-//! The orchestrator: builds the stages from the settings ([`pipeline`]), runs the schedule (stuck
-//! deadlines, summaries, reconciliations, lingering checks, metric refreshes) and the blocking
-//! scans beside it ([`jobs`]), and stops cleanly.
+//! The orchestrator: builds the stages from the settings ([`pipeline`]), runs the schedule (looks
+//! through the kernel's index of watched sockets when one may turn stuck, summaries,
+//! reconciliations, lingering checks, metric refreshes) and the blocking jobs beside it
+//! ([`jobs`], [`apply`]), and stops cleanly.
+mod apply;
 mod jobs;
 mod pipeline;
 
@@ -48,48 +50,59 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     info!("attached; tracing TCP state transitions");
 
     let mut timers = Timers::start(&settings.schedule);
-    let mut jobs = Jobs::new(settings.load.filter.clone());
+    let mut jobs = Jobs::new(
+        pipeline.maps.clone(),
+        settings.load.filter.clone(),
+        pipeline.tracker.thresholds().clone(),
+    );
     // The start-up snapshot: the programs are attached already, so a socket changing meanwhile
-    // is seen by both and the events win.
-    jobs.start_listing(&mut pipeline.tracker, true);
+    // is recorded by them, and their records win.
+    jobs.start_reconciliation(true);
+    let mut seeded = false;
     loop {
-        let deadline = pipeline.tracker.next_deadline().map(instant_of);
+        // Stuck sockets are looked for once the snapshot is in, then when one may be due.
+        let poll = pipeline
+            .tracker
+            .next_poll()
+            .map(instant_of)
+            .filter(|_| seeded);
         tokio::select! {
             ready = pipeline.reader.readable() => ready?,
             _ = timers.poll.tick() => {}
-            _ = sleep_until(deadline) => {}
+            _ = sleep_until(poll), if seeded => {
+                let lookups = pipeline.poll_watched()?;
+                jobs.look_up_owners(lookups);
+            }
             _ = timers.summaries.tick() => {
                 pipeline.advance();
                 pipeline.summarize(&mut timers.summary_clock, false)?;
             }
-            _ = timers.reconciles.tick() => jobs.start_listing(&mut pipeline.tracker, false),
-            _ = tokio::time::sleep_until(timers.next_lingering_check), if !jobs.checking_lingering() => {
-                if pipeline.tracker.has_lingering() {
-                    jobs.start_lingering_check();
-                } else {
-                    timers.next_lingering_check = Instant::now() + LINGERING_CHECK;
-                }
+            _ = timers.reconciles.tick() => jobs.start_reconciliation(false),
+            _ = tokio::time::sleep_until(timers.next_lingering_check), if jobs.lingering.is_none() => {
+                jobs.start_lingering_check();
             }
             _ = timers.refreshes.tick(), if pipeline.serves_metrics() => pipeline.refresh_metrics()?,
-            done = finished(&mut jobs.listing) => {
-                let (seed, listing) = done?;
-                let listing = listing.context("listing the kernel's TCP sockets")?;
-                jobs.look_up_owners(pipeline.apply_listing(&listing, seed));
-                jobs.remember_namespaces(listing);
-                if seed {
-                    pipeline.seeded(jobs.namespace_count())?;
+            done = finished(&mut jobs.reconciliation) => {
+                let done = done?;
+                pipeline.reconciled(&done)?;
+                if done.plan.seed {
+                    seeded = true;
+                    let lookups = pipeline.poll_watched()?;
+                    jobs.look_up_owners(lookups);
                 }
             }
             done = finished(&mut jobs.lingering) => {
-                let (started, listed_at_ns, listing) = done?;
-                let listing = listing?;
-                pipeline.apply_lingering_check(&listing, listed_at_ns);
-                timers.next_lingering_check =
-                    started + LINGERING_CHECK.max(listing.cpu * LINGERING_CHECK_CPU_SHARE);
+                let moved = done?;
+                pipeline.moved(&moved);
+                timers.next_lingering_check = Instant::now()
+                    + LINGERING_CHECK.max(moved.cpu * LINGERING_CHECK_CPU_SHARE);
             }
             done = finished(&mut jobs.owner_lookup) => {
-                let (lookups, found) = jobs.owners_found(done);
-                pipeline.owners_looked_up(&lookups, found);
+                let (looked_up, found) = done.unwrap_or_else(|err| {
+                    tracing::warn!("looking up socket owners: {err:#}");
+                    (jobs.looked_up(), Default::default())
+                });
+                pipeline.owners_found(&looked_up, found);
                 jobs.look_up_owners(Vec::new());
             }
             _ = sigint.recv() => break,

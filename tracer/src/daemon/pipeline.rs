@@ -1,18 +1,21 @@
 //! The stages, built from the settings and joined in the order data flows: the source's event
-//! reader, the enrich stage's owners, the core, and the exports.
+//! reader and maps, the enrich stage's owners, the core, and the exports.
 use std::{collections::HashMap, io::Write, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use prometheus_client::registry::Registry;
+use tracer_common::{Tuple, TwRecord};
 use tracing::{Level, info, warn};
 
-use super::SummaryClock;
+use super::{
+    SummaryClock,
+    jobs::{Moved, Reconciled},
+};
 use crate::{
     cli::{LogSettings, Settings},
-    core::{Tracker, table::SockKey},
-    enrich::{owners::Owners, socket_list::Listing},
+    core::{Tracker, stuck::OwnerLookup},
+    enrich::owners::Owners,
     export::{
-        Fanout,
         log::{self, LogWriter, Shown},
         metrics::Metrics,
         summary::{Context, Summary},
@@ -21,6 +24,7 @@ use crate::{
     source::{
         clock::monotonic_ns,
         events::Owner,
+        kernel_maps::{RecordMap, RecordMaps},
         probe::{self, Part, Probe},
         ring::EventReader,
     },
@@ -29,10 +33,12 @@ use crate::{
 pub(super) struct Pipeline<W: Write> {
     pub(super) reader: EventReader,
     kernel_log: aya_log::EbpfLogger<&'static dyn ::log::Log>,
+    pub(super) maps: Arc<RecordMaps>,
     owners: Owners,
     pub(super) tracker: Tracker,
     log: LogWriter<W>,
     metrics: Option<Metrics>,
+    port_labels: bool,
     /// Kept for last: dropping it detaches the programs.
     probe: Probe,
 }
@@ -49,16 +55,24 @@ impl<W: Write> Pipeline<W> {
                 warn!("{what} is off: {reason}");
             }
         }
+        if probe.restarted {
+            info!(
+                "restart: {} sockets keep the ages recorded in the kernel",
+                probe.pinned_by_state.iter().sum::<i64>()
+            );
+        }
         Ok(Self {
             reader: EventReader::new(probe.events()?)?,
             kernel_log: probe.logger()?,
+            maps: Arc::new(probe.record_maps()?),
             owners: Owners::default(),
-            tracker: Tracker::new(settings.core.clone()),
+            tracker: Tracker::new(settings.core.clone(), probe.pinned_by_state),
             log: LogWriter::new(log_settings(&settings.log), stdout),
             metrics: settings
                 .metrics
                 .as_ref()
                 .map(|m| Metrics::new(m.port_label)),
+            port_labels: settings.load.port_labels,
             probe,
         })
     }
@@ -71,86 +85,81 @@ impl<W: Write> Pipeline<W> {
         self.metrics.as_ref().map(Metrics::registry)
     }
 
-    /// Moves every event written so far through the stages, then settles what is due by now.
+    /// Moves every event written so far through the stages.
     pub(super) fn advance(&mut self) {
-        let (reader, owners) = (&mut self.reader, &mut self.owners);
-        let (tracker, mut sink) =
-            core_and_exports(&mut self.tracker, &mut self.log, &mut self.metrics);
-        reader.drain(|mut event| {
-            if let Some(owner) = event.owner_mut() {
+        let (owners, tracker, log) = (&mut self.owners, &mut self.tracker, &mut self.log);
+        self.reader.drain(|mut event| {
+            if let Some(owner) = event.transition.owner.as_mut() {
                 owners.describe(owner, monotonic_ns());
             }
-            tracker.on_event(event, &mut sink);
+            tracker.on_transition(event, log);
         });
-        tracker.tick(monotonic_ns(), &mut sink);
         self.kernel_log.flush();
     }
 
-    /// Fixes the table where a listing of the kernel's sockets differs, after the events written
-    /// while it was taken. Returns the sockets whose owners are to be looked up, by inode.
-    pub(super) fn apply_listing(&mut self, listing: &Listing, seed: bool) -> Vec<(SockKey, u32)> {
-        self.advance();
-        let (tracker, mut sink) =
-            core_and_exports(&mut self.tracker, &mut self.log, &mut self.metrics);
-        let unowned = tracker.reconcile(
-            &listing.sockets,
-            &listing.listed,
-            monotonic_ns(),
-            seed,
-            &mut sink,
-        );
-        release_free_memory();
-        unowned
-    }
-
-    /// The start-up snapshot is in: a restarted daemon adopts the ages the kernel kept.
-    pub(super) fn seeded(&mut self, namespaces: usize) -> Result<()> {
-        if self.probe.restarted() {
-            // The kernel kept recording while no daemon ran; its records give the sockets found at
-            // start-up their true ages and owners.
-            let adopted = self.tracker.adopt_records(&self.probe.socket_records()?);
-            info!("restart: {adopted} sockets keep the ages recorded in the kernel");
+    /// Looks through the kernel's index of watched sockets for stuck ones: the index first, then
+    /// the events written meanwhile. Returns the sockets whose owners are to be looked up.
+    pub(super) fn poll_watched(&mut self) -> Result<Vec<OwnerLookup>> {
+        let mut watched = self.maps.watched()?;
+        for owner in watched.iter_mut().filter_map(|w| w.owner.as_mut()) {
+            self.owners.describe(owner, monotonic_ns());
         }
-        info!(
-            "start-up snapshot: {} sockets in {namespaces} network namespaces",
-            self.tracker.tracked(),
-        );
-        self.refresh_metrics()?;
-        // Under systemd (Type=notify): ready once tracing with the table seeded.
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        Ok(())
-    }
-
-    /// Lingering timewait sockets missing from the kernel's FIN_WAIT2 list moved to TIME_WAIT.
-    pub(super) fn apply_lingering_check(&mut self, listing: &Listing, listed_at_ns: u64) {
         self.advance();
-        let (tracker, mut sink) =
-            core_and_exports(&mut self.tracker, &mut self.log, &mut self.metrics);
-        tracker.check_lingering(
-            &listing.sockets,
-            &listing.listed,
-            listed_at_ns,
-            monotonic_ns(),
-            &mut sink,
-        );
+        Ok(self
+            .tracker
+            .poll_watched(&watched, monotonic_ns(), &mut self.log))
     }
 
-    /// Owners found by inode, described as the enrich stage describes every owner.
-    pub(super) fn owners_looked_up(
-        &mut self,
-        lookups: &[(SockKey, u32)],
-        mut found: HashMap<u32, Owner>,
-    ) {
+    /// Owners found by socket cookie for the sockets looked up, described as the enrich stage
+    /// describes every owner.
+    pub(super) fn owners_found(&mut self, looked_up: &[u64], mut found: HashMap<u64, Owner>) {
         for owner in found.values_mut() {
             self.owners.describe(owner, monotonic_ns());
         }
-        self.tracker.owners_looked_up(lookups, &found);
+        self.advance();
+        self.tracker
+            .owners_found(looked_up, &found, monotonic_ns(), &mut self.log);
+    }
+
+    /// A reconciliation was written: counted. After the start-up snapshot, the daemon is ready.
+    pub(super) fn reconciled(&mut self, done: &Reconciled) -> Result<()> {
+        self.tracker.applied(&done.plan, &done.outcome);
+        release_free_memory();
+        if done.plan.seed {
+            let tracked = self
+                .tracker
+                .snapshot(&self.probe.aggregates(false)?)
+                .tracked;
+            info!(
+                "start-up snapshot: {tracked} sockets in {} network namespaces",
+                done.namespaces
+            );
+            self.refresh_metrics()?;
+            // Under systemd (Type=notify): ready once tracing with the records seeded.
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        }
+        Ok(())
+    }
+
+    /// Moves to TIME-WAIT the kernel made without a trace, found by a lingering check.
+    pub(super) fn moved(&mut self, moved: &Moved) {
+        self.advance();
+        self.tracker
+            .silently_moved(&moved.moves, &moved.written, moved.at_ns, &mut self.log);
     }
 
     /// Brings the metrics, when served, up to date with the core and the kernel's counters.
     pub(super) fn refresh_metrics(&mut self) -> Result<()> {
         if let Some(metrics) = &mut self.metrics {
-            metrics.refresh(&self.tracker.snapshot(), &self.probe.health()?);
+            let kernel = self.probe.aggregates(self.port_labels)?;
+            let totals = self.tracker.totals();
+            metrics.refresh(
+                &self.tracker.snapshot(&kernel),
+                &totals.transitions(&kernel),
+                &totals.durations(&kernel),
+                &kernel,
+                &self.probe.health()?,
+            );
         }
         Ok(())
     }
@@ -162,10 +171,13 @@ impl<W: Write> Pipeline<W> {
             now_ns,
             started_ns: clock.started_ns,
             interval_started_ns: clock.interval_started_ns,
+            seen: self.probe.seen()?,
             health: self.probe.health()?,
             last,
         };
-        let summary = Summary::take(&mut self.tracker, context);
+        let kernel = self.probe.aggregates(false)?;
+        let timewaits: Vec<(Tuple, TwRecord)> = self.maps.all(RecordMap::Timewait)?;
+        let summary = Summary::take(&mut self.tracker, &kernel, &timewaits, context);
         self.log.summary(&summary);
         clock.interval_started_ns = now_ns;
         Ok(())
@@ -195,8 +207,14 @@ impl<W: Write> Pipeline<W> {
         }
         if health.unrecorded_sockets > 0 {
             warn!(
-                "sockets without a kernel record (ages unknown): {}",
+                "sockets the kernel could not keep a record of: {} (raise --max-sockets)",
                 health.unrecorded_sockets
+            );
+        }
+        if health.unwatched_sockets > 0 {
+            warn!(
+                "sockets in watched states not indexed (not reported if stuck): {} (raise --max-sockets)",
+                health.unwatched_sockets
             );
         }
         if self.reader.malformed() > 0 {
@@ -204,16 +222,6 @@ impl<W: Write> Pipeline<W> {
         }
         Ok(())
     }
-}
-
-/// The core, and the exports its reports go to.
-fn core_and_exports<'a, W: Write>(
-    tracker: &'a mut Tracker,
-    log: &'a mut LogWriter<W>,
-    metrics: &'a mut Option<Metrics>,
-) -> (&'a mut Tracker, Fanout<'a, W>) {
-    let metrics = metrics.as_mut();
-    (tracker, Fanout { log, metrics })
 }
 
 fn log_settings(settings: &LogSettings) -> log::Settings {

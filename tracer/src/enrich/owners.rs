@@ -8,9 +8,15 @@ use std::{
     sync::Arc,
 };
 
+use anyhow::Result;
 use procfs::process::{FDTarget, Process, all_processes};
+use tracer_common::TcpState;
 
-use crate::source::events::{Comm, Owner};
+use super::socket_list::take_listing;
+use crate::source::{
+    events::{Comm, Owner},
+    filter::SocketFilter,
+};
 
 /// How long a process's name and cgroup are trusted before they are read again (pids are reused,
 /// processes move between cgroups).
@@ -103,6 +109,33 @@ pub(crate) fn holders_of(inodes: &HashSet<u32>) -> HashMap<u32, Owner> {
     found
 }
 
+/// The owners of sockets the kernel knows by cookie (in these states, in the namespaces the
+/// filter lets through): their inodes from the kernel's socket list, then the processes holding
+/// them. A blocking scan; sockets not found are left out.
+pub(crate) fn holders_by_cookie(
+    wanted: &[(u64, TcpState)],
+    filter: &SocketFilter,
+) -> Result<HashMap<u64, Owner>> {
+    let states: HashSet<TcpState> = wanted.iter().map(|(_, state)| *state).collect();
+    let cookies: HashSet<u64> = wanted.iter().map(|(cookie, _)| *cookie).collect();
+    let mut inodes: HashMap<u32, u64> = HashMap::new();
+    let mut namespaces = None;
+    for state in states {
+        let listing = take_listing(namespaces.take(), Some(state), filter)?;
+        for socket in &listing.sockets {
+            if cookies.contains(&socket.cookie) && socket.inode != 0 {
+                inodes.insert(socket.inode, socket.cookie);
+            }
+        }
+        namespaces = Some(listing.namespaces);
+    }
+    let holders = holders_of(&inodes.keys().copied().collect());
+    Ok(holders
+        .into_iter()
+        .filter_map(|(inode, owner)| Some((*inodes.get(&inode)?, owner)))
+        .collect())
+}
+
 fn read_process(pid: u32) -> Option<(Comm, Option<String>)> {
     let process = Process::new(i32::try_from(pid).ok()?).ok()?;
     let comm = Comm::new(&process.stat().ok()?.comm);
@@ -153,6 +186,34 @@ mod tests {
         };
         owners.describe(&mut ghost, 0);
         assert_eq!((ghost.comm.as_str().as_ref(), ghost.cgroup), ("gone", None));
+    }
+
+    #[test]
+    fn finds_socket_owners_by_cookie() {
+        use std::net::TcpStream;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_accepted, _) = listener.accept().unwrap();
+        let netns = crate::enrich::socket_list::own_netns().unwrap();
+        let listed = crate::enrich::socket_list::list_tcp_sockets(netns, None).unwrap();
+        let mine = listed
+            .iter()
+            .find(|s| s.endpoints.local_port == port && s.endpoints.remote_port != 0)
+            .expect("the accepted socket is listed");
+        let found = holders_by_cookie(
+            &[
+                (mine.cookie, TcpState::Established),
+                (u64::MAX, TcpState::Listen),
+            ],
+            &SocketFilter::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            found.get(&mine.cookie).map(|o| o.pid),
+            Some(std::process::id())
+        );
+        assert_eq!(found.len(), 1, "an unknown cookie finds nobody");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use netlink_packet_core::{
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags, Timer},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 use tracer_common::{TcpState, Tuple, normalize_family};
@@ -31,6 +31,11 @@ pub struct ListedSocket {
     pub cookie: u64,
     /// The inode of the socket's file; 0 for sockets no process holds (timewait, request).
     pub inode: u32,
+    /// A timewait socket (TIME-WAIT, or a FIN-WAIT-2 lingering on one), not a full socket.
+    pub timewait: bool,
+    /// A listener's accept queue and its backlog (0 for other sockets).
+    pub queue: u32,
+    pub backlog: u32,
 }
 
 /// The kernel's sockets as one listing found them, with the namespaces it covered.
@@ -227,18 +232,7 @@ fn dump(
             let length = message.header.length as usize;
             match message.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    let h = &response.header;
-                    if let Some(listed) = listed_socket(
-                        netns,
-                        h.family,
-                        h.state,
-                        h.socket_id.source_address,
-                        h.socket_id.source_port,
-                        h.socket_id.destination_address,
-                        h.socket_id.destination_port,
-                        h.socket_id.cookie,
-                        h.inode,
-                    ) {
+                    if let Some(listed) = listed_socket(netns, &response.header) {
                         into.push(listed);
                     }
                 }
@@ -257,17 +251,7 @@ fn dump(
 /// Builds a listed socket the way the kernel programs report sockets: IPv4-mapped IPv6 sockets as
 /// IPv4.
 #[allow(clippy::too_many_arguments)]
-fn listed_socket(
-    netns: u32,
-    family: u8,
-    state: u8,
-    local: IpAddr,
-    local_port: u16,
-    remote: IpAddr,
-    remote_port: u16,
-    cookie: [u8; 8],
-    inode: u32,
-) -> Option<ListedSocket> {
+fn listed_socket(netns: u32, h: &InetResponseHeader) -> Option<ListedSocket> {
     let octets = |ip: IpAddr| match ip {
         IpAddr::V4(v4) => {
             let mut bytes = [0u8; 16];
@@ -276,21 +260,27 @@ fn listed_socket(
         }
         IpAddr::V6(v6) => v6.octets(),
     };
+    let id = &h.socket_id;
     let mut tuple = Tuple {
-        saddr: octets(local),
-        daddr: octets(remote),
-        sport: local_port,
-        dport: remote_port,
-        family: u16::from(family),
+        saddr: octets(id.source_address),
+        daddr: octets(id.destination_address),
+        sport: id.source_port,
+        dport: id.destination_port,
+        family: u16::from(h.family),
         netns,
         _pad: [0; 3],
     };
     normalize_family(&mut tuple);
+    let state = TcpState::from_u8(h.state)?;
+    let listening = state == TcpState::Listen;
     Some(ListedSocket {
         endpoints: endpoints(&tuple).ok()?,
-        state: TcpState::from_u8(state)?,
-        cookie: u64::from_ne_bytes(cookie),
-        inode,
+        state,
+        cookie: u64::from_ne_bytes(id.cookie),
+        inode: h.inode,
+        timewait: matches!(h.timer, Some(Timer::TimeWait)),
+        queue: if listening { h.recv_queue } else { 0 },
+        backlog: if listening { h.send_queue } else { 0 },
     })
 }
 
@@ -301,40 +291,65 @@ mod tests {
     use super::*;
     use crate::source::events::Family;
 
+    fn header(
+        family: u8,
+        state: u8,
+        local: IpAddr,
+        remote: IpAddr,
+        cookie: u8,
+    ) -> InetResponseHeader {
+        let mut socket_id = SocketId::new_v6();
+        socket_id.source_address = local;
+        socket_id.source_port = 80;
+        socket_id.destination_address = remote;
+        socket_id.destination_port = 5000;
+        socket_id.cookie = [cookie, 0, 0, 0, 0, 0, 0, 0];
+        InetResponseHeader {
+            family,
+            state,
+            timer: None,
+            socket_id,
+            recv_queue: 3,
+            send_queue: 128,
+            uid: 0,
+            inode: 7,
+        }
+    }
+
     #[test]
     fn mapped_addresses_are_ipv4() {
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        let listed = listed_socket(
-            1,
-            10,
-            1,
-            mapped,
-            80,
-            mapped,
-            5000,
-            [1, 0, 0, 0, 0, 0, 0, 0],
-            7,
-        )
-        .unwrap();
+        let listed = listed_socket(1, &header(10, 1, mapped, mapped, 1)).unwrap();
         assert_eq!(listed.endpoints.family, Family::Ipv4);
         assert_eq!(listed.endpoints.local, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(listed.state, TcpState::Established);
-        assert_eq!(listed.cookie, 1);
+        assert_eq!((listed.cookie, listed.inode), (1, 7));
+        assert!(!listed.timewait);
+        assert_eq!((listed.queue, listed.backlog), (0, 0), "not a listener");
         let v6 = listed_socket(
             1,
-            10,
-            10,
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
-            80,
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            0,
-            [0; 8],
-            0,
+            &header(
+                10,
+                10,
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                0,
+            ),
         )
         .unwrap();
         assert_eq!(v6.endpoints.family, Family::Ipv6);
         assert_eq!(v6.state, TcpState::Listen);
-        assert!(listed_socket(1, 10, 99, mapped, 1, mapped, 2, [0; 8], 0).is_none());
+        assert_eq!((v6.queue, v6.backlog), (3, 128), "a listener's queue");
+        let mut tw = header(
+            2,
+            6,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            2,
+        );
+        tw.timer = Some(Timer::TimeWait);
+        assert!(listed_socket(1, &tw).unwrap().timewait);
+        assert!(listed_socket(1, &header(10, 99, mapped, mapped, 0)).is_none());
     }
 
     /// The real kernel lists a connection this test holds, on both ends, with its inode.

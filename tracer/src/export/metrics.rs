@@ -1,222 +1,89 @@
-//! Prometheus metrics (prometheus-client): transitions and times in state from the core's reports,
-//! gauges and totals from the core's snapshot and the kernel's health figures, refreshed each
-//! second. Labels are states and transition pairs, never sockets, addresses or processes; a
-//! `port` label is opt-in and capped.
-use std::{collections::HashSet, sync::Arc};
+//! Prometheus metrics (prometheus-client). Every figure follows a total the core or the kernel
+//! keeps, refreshed each second and encoded as it stands at each scrape: counts and histograms
+//! come from the kernel's aggregates (the daemon does no work per transition for them). Labels
+//! are states and transition pairs, never sockets, addresses or processes; a `port` label is
+//! opt-in and capped.
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
-    encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::DescriptorEncoder,
+    metrics::{MetricType, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tracer_common::TcpState;
+use tracer_common::{
+    TcpState,
+    aggregate::{DURATION_BUCKETS, OCTAVES, octave_of_bucket},
+};
 
 use crate::{
-    core::{
-        report::{Sink, Snapshot, StuckReport, TransitionInfo, UnstuckReport},
-        stats::Reconciliation,
+    core::{reconcile::Reconciliation, report::Snapshot},
+    source::{
+        health::KernelHealth,
+        kernel_maps::{Aggregates, StateDurations},
     },
-    source::{events::Transition, health::KernelHealth},
 };
 
 /// Distinct `port` label values at most; further ports are counted under `other`.
 const MAX_PORT_LABELS: usize = 64;
 
-/// Time-in-state buckets, in seconds: from a loopback handshake to an hour-old leak.
-const DURATION_BUCKETS: [f64; 16] = [
-    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-    3600.0,
-];
+/// Histogram buckets: every other power of two of microseconds (4 µs … 2^40 µs), so that each is
+/// a whole number of the kernel's buckets and the counts are exact.
+const BUCKET_OCTAVES: std::ops::RangeInclusive<usize> = 1..=(OCTAVES - 1);
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: &'static str,
-}
+const STATES: usize = TcpState::COUNT;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct TransitionLabels {
-    old: &'static str,
-    new: &'static str,
-    port: Option<String>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct DurationLabels {
+/// One time-in-state histogram: counts by octave (`tracer_common::aggregate::octave`).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Series {
     state: &'static str,
     port: Option<String>,
+    octaves: Vec<u64>,
+    count: u64,
+    sum_seconds: f64,
 }
 
-/// Labels encoded by hand so that `port` is left out, not empty, when port labels are off.
-fn encode_labels(
-    encoder: &mut LabelSetEncoder,
-    labels: &[(&str, &str)],
-    port: &Option<String>,
-) -> Result<(), std::fmt::Error> {
-    for label in labels {
-        label.encode(encoder.encode_label())?;
-    }
-    if let Some(port) = port {
-        ("port", port.as_str()).encode(encoder.encode_label())?;
-    }
-    Ok(())
-}
+/// A transition counter: (old, new, port label, count).
+type TransitionCount = (&'static str, &'static str, Option<String>, u64);
 
-impl EncodeLabelSet for TransitionLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_labels(encoder, &[("old", self.old), ("new", self.new)], &self.port)
-    }
-}
-
-impl EncodeLabelSet for DurationLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_labels(encoder, &[("state", self.state)], &self.port)
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FixLabels {
-    kind: &'static str,
-}
-
-/// A counter that follows a running total kept elsewhere.
-#[derive(Default)]
-struct Total {
-    counter: Counter,
-    seen: u64,
-}
-
-impl Total {
-    fn set(&mut self, total: u64) {
-        self.counter.inc_by(total.saturating_sub(self.seen));
-        self.seen = self.seen.max(total);
-    }
+/// The figures as of the last refresh.
+#[derive(Debug, Default)]
+struct Latest {
+    sockets: [u64; STATES],
+    stuck: [u64; STATES],
+    /// States that had sockets (or stuck sockets) once: their gauges stay, at 0.
+    had_sockets: [bool; STATES],
+    had_stuck: [bool; STATES],
+    episodes: [u64; STATES],
+    transitions: Vec<TransitionCount>,
+    durations: Vec<Series>,
+    fixes: Reconciliation,
+    health: KernelHealth,
 }
 
 pub(crate) struct Metrics {
     registry: Arc<Registry>,
-    sockets: Family<StateLabels, Gauge>,
-    transitions: Family<TransitionLabels, Counter>,
-    durations: Family<DurationLabels, Histogram>,
-    stuck: Family<StateLabels, Gauge>,
-    stuck_episodes: Family<StateLabels, Counter>,
-    fixes: Family<FixLabels, Counter>,
-    fixes_seen: Reconciliation,
-    lost: Total,
-    skipped: Total,
-    failed_reads: Total,
-    unrecorded: Total,
-    evictions: Total,
-    /// `Some` with `--metrics-port-label`: the service ports labelled so far.
-    port_labels: Option<HashSet<u16>>,
-    /// Handles of the unlabelled-by-port series, by state numbers.
-    transition_handles: Vec<Option<Counter>>,
-    duration_handles: Vec<Option<Histogram>>,
+    latest: Arc<Mutex<Latest>>,
+    /// `Some` with `--metrics-port-label`: the ports labelled so far, in the order seen.
+    port_labels: Option<Vec<u16>>,
 }
-
-const STATES: usize = TcpState::COUNT;
 
 impl Metrics {
     pub(crate) fn new(port_label: bool) -> Self {
         let mut registry = Registry::default();
-        let sockets = Family::<StateLabels, Gauge>::default();
-        registry.register(
-            "tcpstate_sockets",
-            "TCP sockets by current state",
-            sockets.clone(),
-        );
-        let transitions = Family::<TransitionLabels, Counter>::default();
-        registry.register(
-            "tcpstate_transitions",
-            "TCP state transitions",
-            transitions.clone(),
-        );
-        let durations = Family::<DurationLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(DURATION_BUCKETS)
-        });
-        registry.register(
-            "tcpstate_state_duration_seconds",
-            "Time sockets spent in a state, observed when they leave it",
-            durations.clone(),
-        );
-        let stuck = Family::<StateLabels, Gauge>::default();
-        registry.register(
-            "tcpstate_stuck_sockets",
-            "Sockets in a state longer than its threshold",
-            stuck.clone(),
-        );
-        let stuck_episodes = Family::<StateLabels, Counter>::default();
-        registry.register(
-            "tcpstate_stuck_episodes",
-            "Times a socket crossed its state's stuck threshold",
-            stuck_episodes.clone(),
-        );
-        let fixes = Family::<FixLabels, Counter>::default();
-        registry.register(
-            "tcpstate_reconciliation_fixes",
-            "Differences between the socket table and the kernel's socket list, fixed",
-            fixes.clone(),
-        );
-        let lost = Total::default();
-        registry.register(
-            "tcpstate_lost_events",
-            "Events the kernel could not deliver (ring buffer full)",
-            lost.counter.clone(),
-        );
-        let skipped = Total::default();
-        registry.register(
-            "tcpstate_skipped_events",
-            "Tracer program runs the kernel skipped (another BPF program was running on the CPU)",
-            skipped.counter.clone(),
-        );
-        let failed_reads = Total::default();
-        registry.register(
-            "tcpstate_failed_reads",
-            "Kernel program runs that could not read a kernel structure and wrote nothing",
-            failed_reads.counter.clone(),
-        );
-        let unrecorded = Total::default();
-        registry.register(
-            "tcpstate_unrecorded_sockets",
-            "Sockets whose per-socket kernel record could not be stored (their ages are unknown)",
-            unrecorded.counter.clone(),
-        );
-        let evictions = Total::default();
-        registry.register(
-            "tcpstate_evictions",
-            "Sockets dropped from the table to keep it within --max-sockets",
-            evictions.counter.clone(),
-        );
+        let latest = Arc::new(Mutex::new(Latest::default()));
+        registry.register_collector(Box::new(Exposition(latest.clone())));
         // A gauge set to 1 rather than an OpenMetrics `info`, which the classic text format
         // (promtool, older scrapers) does not know.
-        let build_info = Family::<BuildLabels, Gauge>::default();
+        let build_info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
         build_info
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            })
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
         registry.register("tcpstate_build_info", "The tracer's version", build_info);
         Self {
             registry: Arc::new(registry),
-            sockets,
-            transitions,
-            durations,
-            stuck,
-            stuck_episodes,
-            fixes,
-            fixes_seen: Reconciliation::default(),
-            lost,
-            skipped,
-            failed_reads,
-            unrecorded,
-            evictions,
-            port_labels: port_label.then(HashSet::new),
-            transition_handles: vec![None; STATES * STATES],
-            duration_handles: vec![None; STATES],
+            latest,
+            port_labels: port_label.then(Vec::new),
         }
     }
 
@@ -224,122 +91,271 @@ impl Metrics {
         self.registry.clone()
     }
 
-    /// Brings the gauges and totals up to date with the core's snapshot and the kernel.
-    pub(crate) fn refresh(&mut self, snapshot: &Snapshot, health: &KernelHealth) {
-        set_by_state(&self.sockets, &snapshot.sockets);
-        set_by_state(&self.stuck, &snapshot.stuck);
-        let fixes = snapshot.reconciliation;
-        for (kind, now, before) in [
-            ("added", fixes.added, self.fixes_seen.added),
-            ("removed", fixes.removed, self.fixes_seen.removed),
-            ("corrected", fixes.corrected, self.fixes_seen.corrected),
-        ] {
-            self.fixes
-                .get_or_create(&FixLabels { kind })
-                .inc_by(now.saturating_sub(before));
-        }
-        self.fixes_seen = fixes;
-        self.lost.set(health.lost());
-        self.skipped.set(health.skipped_all);
-        self.failed_reads.set(health.failed_reads);
-        self.unrecorded.set(health.unrecorded_sockets);
-        self.evictions.set(snapshot.evictions);
-    }
-
-    fn transition_counter(&mut self, old: TcpState, new: TcpState) -> &Counter {
-        let slot = &mut self.transition_handles[old as usize * STATES + new as usize];
-        slot.get_or_insert_with(|| {
-            self.transitions
-                .get_or_create(&TransitionLabels {
-                    old: old.name(),
-                    new: new.name(),
-                    port: None,
-                })
-                .clone()
-        })
-    }
-
-    fn duration_histogram(&mut self, state: TcpState) -> &Histogram {
-        let slot = &mut self.duration_handles[state as usize];
-        slot.get_or_insert_with(|| {
-            self.durations
-                .get_or_create(&DurationLabels {
-                    state: state.name(),
-                    port: None,
-                })
-                .clone()
-        })
-    }
-
-    /// The `port` label of a socket, when port labels are on: its service port (the one it
-    /// listens on or connects to), up to [`MAX_PORT_LABELS`] distinct ports.
-    fn port_label(&mut self, port: u16) -> Option<String> {
-        let labelled = self.port_labels.as_mut()?;
-        if labelled.contains(&port) || labelled.len() < MAX_PORT_LABELS {
-            labelled.insert(port);
-            Some(port.to_string())
-        } else {
-            Some("other".to_owned())
-        }
-    }
-}
-
-/// Sets a gauge per state: states with sockets, and those that had some before (back to 0).
-fn set_by_state(family: &Family<StateLabels, Gauge>, counts: &[u64; TcpState::COUNT]) {
-    for state in TcpState::ALL {
-        let labels = StateLabels {
-            state: state.name(),
-        };
-        let count = i64::try_from(counts[state as usize]).unwrap_or(i64::MAX);
-        if count > 0 || family.get(&labels).is_some() {
-            family.get_or_create(&labels).set(count);
-        }
-    }
-}
-
-/// Transitions of every traced socket are counted (the owner filter selects log lines only).
-impl Sink for Metrics {
-    fn transition(&mut self, t: &Transition, info: TransitionInfo) {
-        let spent = t
-            .prev_state_ns
-            .filter(|_| t.old != t.new)
-            .map(|ns| ns as f64 / 1e9);
-        if self.port_labels.is_none() {
-            // Without port labels a series is fixed by the states: its handle is kept, so the
-            // hot path is an index and an atomic add, not a labelled lookup.
-            self.transition_counter(t.old, t.new).inc();
-            if let Some(seconds) = spent {
-                self.duration_histogram(t.old).observe(seconds);
-            }
+    /// Brings every figure up to date: the core's snapshot and totals, the kernel's aggregates
+    /// and health.
+    pub(crate) fn refresh(
+        &mut self,
+        snapshot: &Snapshot,
+        transitions: &[u64],
+        durations: &[StateDurations],
+        kernel: &Aggregates,
+        health: &KernelHealth,
+    ) {
+        let port_transitions = self.labelled_port_transitions(kernel);
+        let port_durations = self.labelled_port_durations(kernel);
+        let Ok(mut latest) = self.latest.lock() else {
             return;
+        };
+        latest.sockets = snapshot.sockets;
+        latest.stuck = snapshot.stuck;
+        for state in 0..STATES {
+            latest.had_sockets[state] |= snapshot.sockets[state] > 0;
+            latest.had_stuck[state] |= snapshot.stuck[state] > 0;
         }
-        let port = self.port_label(info.service_port);
-        self.transitions
-            .get_or_create(&TransitionLabels {
-                old: t.old.name(),
-                new: t.new.name(),
-                port: port.clone(),
-            })
-            .inc();
-        if let Some(seconds) = spent {
-            self.durations
-                .get_or_create(&DurationLabels {
-                    state: t.old.name(),
-                    port,
+        latest.episodes = snapshot.episodes;
+        latest.fixes = snapshot.reconciliation;
+        latest.health = *health;
+        latest.transitions = match port_transitions {
+            Some(labelled) => labelled,
+            None => TcpState::ALL
+                .into_iter()
+                .flat_map(|old| TcpState::ALL.into_iter().map(move |new| (old, new)))
+                .filter_map(|(old, new)| {
+                    let n = transitions[old as usize * STATES + new as usize];
+                    (n > 0).then(|| (old.name(), new.name(), None, n))
                 })
-                .observe(seconds);
+                .collect(),
+        };
+        latest.durations = match port_durations {
+            Some(labelled) => labelled,
+            None => TcpState::ALL
+                .into_iter()
+                .filter(|state| durations[*state as usize].count > 0)
+                .map(|state| by_octave(state, &durations[state as usize]))
+                .collect(),
+        };
+    }
+
+    /// The `port` label of a service port: itself, for at most [`MAX_PORT_LABELS`] ports (port
+    /// 0 and further ports are `other`).
+    fn port_label(&mut self, port: u16) -> String {
+        let Some(labelled) = self.port_labels.as_mut() else {
+            return String::new();
+        };
+        if port != 0 && (labelled.contains(&port) || labelled.len() < MAX_PORT_LABELS) {
+            if !labelled.contains(&port) {
+                labelled.push(port);
+            }
+            port.to_string()
+        } else {
+            "other".to_owned()
         }
     }
 
-    fn stuck(&mut self, report: &StuckReport) {
-        self.stuck_episodes
-            .get_or_create(&StateLabels {
-                state: report.state.name(),
-            })
-            .inc();
+    fn labelled_port_transitions(&mut self, kernel: &Aggregates) -> Option<Vec<TransitionCount>> {
+        self.port_labels.as_ref()?;
+        let mut folded: std::collections::BTreeMap<(u8, u8, String), u64> = Default::default();
+        for &(port, old, new, n) in &kernel.port_transitions {
+            let label = self.port_label(port);
+            *folded.entry((old, new, label)).or_default() += n;
+        }
+        Some(
+            folded
+                .into_iter()
+                .filter_map(|((old, new, label), n)| {
+                    Some((
+                        TcpState::from_u8(old)?.name(),
+                        TcpState::from_u8(new)?.name(),
+                        Some(label),
+                        n,
+                    ))
+                })
+                .collect(),
+        )
     }
 
-    fn unstuck(&mut self, _report: &UnstuckReport) {}
+    fn labelled_port_durations(&mut self, kernel: &Aggregates) -> Option<Vec<Series>> {
+        self.port_labels.as_ref()?;
+        let mut folded: std::collections::BTreeMap<(u8, String), Series> = Default::default();
+        for d in &kernel.port_durations {
+            let label = self.port_label(d.port);
+            let Some(state) = TcpState::from_u8(d.state) else {
+                continue;
+            };
+            let series = folded.entry((d.state, label.clone())).or_insert(Series {
+                state: state.name(),
+                port: Some(label),
+                octaves: vec![0; OCTAVES],
+                ..Series::default()
+            });
+            for (total, n) in series.octaves.iter_mut().zip(d.buckets) {
+                *total += n;
+            }
+            series.count += d.count;
+            series.sum_seconds += d.sum_ns as f64 / 1e9;
+        }
+        Some(folded.into_values().collect())
+    }
+}
+
+/// A state's durations folded into octaves.
+fn by_octave(state: TcpState, d: &StateDurations) -> Series {
+    let mut octaves = vec![0; OCTAVES];
+    for (bucket, n) in d.buckets.iter().enumerate().take(DURATION_BUCKETS) {
+        octaves[octave_of_bucket(bucket).min(OCTAVES - 1)] += n;
+    }
+    Series {
+        state: state.name(),
+        port: None,
+        octaves,
+        count: d.count,
+        sum_seconds: d.sum_ns as f64 / 1e9,
+    }
+}
+
+/// Prometheus histogram buckets of a series: every other octave's upper bound in seconds, then
+/// +Inf, each with the durations it adds.
+fn histogram_buckets(series: &Series) -> Vec<(f64, u64)> {
+    let mut buckets = Vec::new();
+    let mut pending = 0;
+    for octave in 0..OCTAVES {
+        pending += series.octaves.get(octave).copied().unwrap_or(0);
+        if BUCKET_OCTAVES.contains(&octave) && octave % 2 == 1 {
+            // Octave `o` holds durations below 2^(o+1) µs.
+            let bound = (1u64 << (octave + 1)) as f64 / 1e6;
+            buckets.push((bound, std::mem::take(&mut pending)));
+        }
+    }
+    buckets.push((f64::INFINITY, pending));
+    buckets
+}
+
+/// Encodes [`Latest`] at each scrape.
+#[derive(Debug)]
+struct Exposition(Arc<Mutex<Latest>>);
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(latest) = self.0.lock() else {
+            return Ok(());
+        };
+        let mut by_state =
+            |name: &str, help: &str, counts: &[u64; STATES], had: &[bool; STATES]| {
+                let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for state in TcpState::ALL.into_iter().filter(|s| had[*s as usize]) {
+                    let count = i64::try_from(counts[state as usize]).unwrap_or(i64::MAX);
+                    metric
+                        .encode_family(&[("state", state.name())])?
+                        .encode_gauge(&count)?;
+                }
+                Ok::<_, std::fmt::Error>(())
+            };
+        by_state(
+            "tcpstate_sockets",
+            "TCP sockets by current state",
+            &latest.sockets,
+            &latest.had_sockets,
+        )?;
+        by_state(
+            "tcpstate_stuck_sockets",
+            "Sockets in a state longer than its threshold",
+            &latest.stuck,
+            &latest.had_stuck,
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "tcpstate_transitions",
+            "TCP state transitions",
+            None,
+            MetricType::Counter,
+        )?;
+        for (old, new, port, n) in &latest.transitions {
+            let mut labels = vec![("old", old.to_string()), ("new", new.to_string())];
+            labels.extend(port.clone().map(|p| ("port", p)));
+            metric
+                .encode_family(&labels)?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(n, None)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tcpstate_state_duration_seconds",
+            "Time sockets spent in a state, observed when they leave it",
+            None,
+            MetricType::Histogram,
+        )?;
+        for series in &latest.durations {
+            let mut labels = vec![("state", series.state.to_owned())];
+            labels.extend(series.port.clone().map(|p| ("port", p)));
+            metric
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    series.sum_seconds,
+                    series.count,
+                    &histogram_buckets(series),
+                    None,
+                )?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tcpstate_stuck_episodes",
+            "Times a socket crossed its state's stuck threshold",
+            None,
+            MetricType::Counter,
+        )?;
+        for state in TcpState::ALL {
+            let n = latest.episodes[state as usize];
+            if n > 0 {
+                metric
+                    .encode_family(&[("state", state.name())])?
+                    .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tcpstate_reconciliation_fixes",
+            "Differences between the kernel's records and its socket list, fixed",
+            None,
+            MetricType::Counter,
+        )?;
+        let fixes = latest.fixes;
+        for (kind, n) in [
+            ("added", fixes.added),
+            ("removed", fixes.removed),
+            ("corrected", fixes.corrected),
+        ] {
+            metric
+                .encode_family(&[("kind", kind)])?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+        }
+        let h = latest.health;
+        for (name, help, n) in [
+            (
+                "tcpstate_lost_events",
+                "Events the kernel could not deliver (ring buffer full)",
+                h.lost(),
+            ),
+            (
+                "tcpstate_skipped_events",
+                "Tracer program runs the kernel skipped (it was already running on the CPU)",
+                h.skipped_all,
+            ),
+            (
+                "tcpstate_failed_reads",
+                "Kernel program runs that could not read a kernel structure and gave up",
+                h.failed_reads,
+            ),
+            (
+                "tcpstate_unrecorded_sockets",
+                "Sockets whose kernel record could not be stored (the record maps are full)",
+                h.unrecorded_sockets,
+            ),
+            (
+                "tcpstate_unwatched_sockets",
+                "Sockets in a watched state that could not be indexed (they cannot be reported stuck)",
+                h.unwatched_sockets,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            metric.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+        }
+        Ok(())
+    }
 }
 
 /// The Prometheus text exposition of the registry.
@@ -348,4 +364,99 @@ pub(crate) fn render(registry: &Registry) -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, registry);
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::aggregate::duration_bucket;
+
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_exact_and_cumulate_to_the_count() {
+        let mut d = StateDurations::default();
+        for ns in [3_000u64, 5_000, 900_000, 1_000_000_000] {
+            d.buckets[duration_bucket(ns)] += 1;
+            d.count += 1;
+            d.sum_ns += ns;
+        }
+        let series = by_octave(TcpState::CloseWait, &d);
+        let buckets = histogram_buckets(&series);
+        assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), 4);
+        assert_eq!(buckets[0], (4e-6, 1), "3 µs below 4 µs");
+        let below = |bound: f64| -> u64 {
+            buckets
+                .iter()
+                .filter(|(b, _)| *b <= bound)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        assert_eq!(below(16e-6), 2);
+        assert_eq!(below(1.048576), 4, "a second is below 2^20 µs");
+        assert_eq!(below(0.262144), 3);
+        assert_eq!(buckets.last().unwrap().0, f64::INFINITY);
+    }
+
+    #[test]
+    fn exposition_follows_the_refresh() {
+        let mut metrics = Metrics::new(false);
+        let mut kernel = Aggregates::default();
+        kernel.transitions
+            [TcpState::Established as usize * STATES + TcpState::CloseWait as usize] = 3;
+        let mut snapshot = Snapshot {
+            sockets: [0; STATES],
+            tracked: 3,
+            stuck: [0; STATES],
+            episodes: [0; STATES],
+            reconciliation: Reconciliation::default(),
+        };
+        snapshot.sockets[TcpState::CloseWait as usize] = 3;
+        let durations = vec![StateDurations::default(); STATES];
+        metrics.refresh(
+            &snapshot,
+            &kernel.transitions,
+            &durations,
+            &kernel,
+            &KernelHealth::default(),
+        );
+        let text = render(&metrics.registry());
+        assert!(
+            text.contains("tcpstate_sockets{state=\"CLOSE_WAIT\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpstate_transitions_total{old=\"ESTABLISHED\",new=\"CLOSE_WAIT\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("tcpstate_lost_events_total 0"), "{text}");
+        snapshot.sockets[TcpState::CloseWait as usize] = 0;
+        metrics.refresh(
+            &snapshot,
+            &kernel.transitions,
+            &durations,
+            &kernel,
+            &KernelHealth::default(),
+        );
+        let text = render(&metrics.registry());
+        assert!(
+            text.contains("tcpstate_sockets{state=\"CLOSE_WAIT\"} 0"),
+            "back to 0: {text}"
+        );
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn port_labels_are_capped() {
+        let mut metrics = Metrics::new(true);
+        let labels: Vec<String> = (1..=70).map(|port| metrics.port_label(port)).collect();
+        assert_eq!(labels[0], "1");
+        assert_eq!(labels[63], "64");
+        assert_eq!(labels[64], "other");
+        assert_eq!(
+            metrics.port_label(5),
+            "5",
+            "a labelled port keeps its label"
+        );
+        assert_eq!(metrics.port_label(0), "other");
+    }
 }

@@ -1,15 +1,20 @@
 //! The periodic summary: what the daemon knows, in counts and distributions, never a line per
 //! socket (except the stuck ones due for a reminder). Its counts come from the same snapshot of
 //! the core as the metrics.
-use tracer_common::TcpState;
+use tracer_common::{TcpState, Tuple, TwRecord};
 
 use crate::{
     core::{
         Tracker,
+        reconcile::Reconciliation,
         report::{Snapshot, StuckReport},
-        stats::{EventCounts, Percentiles, Reconciliation},
+        time_wait_by_remote_port,
+        totals::{Percentiles, pairs, percentiles},
     },
-    source::health::KernelHealth,
+    source::{
+        health::{KernelHealth, Seen},
+        kernel_maps::Aggregates,
+    },
 };
 
 /// Stuck reminders listed in one summary at most; the rest are counted.
@@ -26,7 +31,7 @@ pub(crate) struct Summary {
     pub(crate) interval_ns: u64,
     /// Live sockets by state (non-zero only).
     pub(crate) sockets: Vec<(TcpState, u64)>,
-    pub(crate) tracked: usize,
+    pub(crate) tracked: u64,
     pub(crate) transitions: Vec<(TcpState, TcpState, u64)>,
     pub(crate) interval_transitions: Vec<(TcpState, TcpState, u64)>,
     pub(crate) durations: Vec<(TcpState, Percentiles)>,
@@ -40,11 +45,10 @@ pub(crate) struct Summary {
     pub(crate) reminders_omitted: usize,
     /// TIME-WAIT sockets by remote port, most first (at most [`MAX_PORTS`]).
     pub(crate) time_wait_by_remote_port: Vec<(u16, u64)>,
-    /// Kernel events read since start-up.
-    pub(crate) events: EventCounts,
+    /// What the kernel programs saw since start-up.
+    pub(crate) seen: Seen,
     /// What the kernel could not deliver, since start-up.
     pub(crate) health: KernelHealth,
-    pub(crate) evictions: u64,
     pub(crate) reconciliation: Reconciliation,
 }
 
@@ -54,19 +58,26 @@ pub(crate) struct Context {
     pub(crate) now_ns: u64,
     pub(crate) started_ns: u64,
     pub(crate) interval_started_ns: u64,
+    pub(crate) seen: Seen,
     pub(crate) health: KernelHealth,
     pub(crate) last: bool,
 }
 
 impl Summary {
-    /// Takes a summary and starts the next interval.
-    pub(crate) fn take(tracker: &mut Tracker, context: Context) -> Self {
-        let snapshot = tracker.snapshot();
+    /// Takes a summary from the core and the kernel's aggregates and timewait records, and starts
+    /// the next interval.
+    pub(crate) fn take(
+        tracker: &mut Tracker,
+        kernel: &Aggregates,
+        timewaits: &[(Tuple, TwRecord)],
+        context: Context,
+    ) -> Self {
+        let snapshot = tracker.snapshot(kernel);
         let mut reminders = tracker.reminders(context.now_ns);
         reminders.sort_by_key(|r| std::cmp::Reverse(r.age_ns));
         let reminders_omitted = reminders.len().saturating_sub(MAX_REMINDERS);
         reminders.truncate(MAX_REMINDERS);
-        let stats = tracker.stats();
+        let totals = tracker.totals();
         let summary = Self {
             ts_ns: context.now_ns,
             last: context.last,
@@ -74,87 +85,53 @@ impl Summary {
             interval_ns: context.now_ns.saturating_sub(context.interval_started_ns),
             sockets: Snapshot::non_zero(&snapshot.sockets),
             tracked: snapshot.tracked,
-            transitions: stats.transitions.pairs(),
-            interval_transitions: stats.interval_transitions.pairs(),
-            durations: stats.durations.percentiles(),
-            interval_durations: stats.interval_durations.percentiles(),
+            transitions: pairs(&totals.transitions(kernel)),
+            interval_transitions: pairs(&totals.interval_transitions(kernel)),
+            durations: percentiles(&totals.durations(kernel)),
+            interval_durations: percentiles(&totals.interval_durations(kernel)),
             stuck: snapshot.stuck_total(),
             stuck_by_state: Snapshot::non_zero(&snapshot.stuck),
             reminders,
             reminders_omitted,
-            time_wait_by_remote_port: tracker.time_wait_by_remote_port(MAX_PORTS),
-            events: snapshot.events,
+            time_wait_by_remote_port: time_wait_by_remote_port(timewaits, MAX_PORTS),
+            seen: context.seen,
             health: context.health,
-            evictions: snapshot.evictions,
             reconciliation: snapshot.reconciliation,
         };
-        tracker.reset_interval();
+        tracker.start_interval(kernel);
         summary
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        collections::HashSet,
-        net::{IpAddr, Ipv4Addr},
-    };
-
     use super::*;
-    use crate::{
-        core::{
-            Settings,
-            report::{Sink, TransitionInfo, UnstuckReport},
-            stuck::Thresholds,
-        },
-        enrich::socket_list::ListedSocket,
-        source::events::{Endpoints, Family, Transition},
-    };
-
-    struct Nowhere;
-    impl Sink for Nowhere {
-        fn transition(&mut self, _: &Transition, _: TransitionInfo) {}
-        fn stuck(&mut self, _: &StuckReport) {}
-        fn unstuck(&mut self, _: &UnstuckReport) {}
-    }
-
-    fn time_wait(cookie: u64, remote_port: u16) -> ListedSocket {
-        ListedSocket {
-            endpoints: Endpoints {
-                netns: 1,
-                family: Family::Ipv4,
-                local: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                local_port: 40_000 + cookie as u16,
-                remote: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                remote_port,
-            },
-            state: TcpState::TimeWait,
-            cookie,
-            inode: 0,
-        }
-    }
+    use crate::core::{Settings, stuck::Thresholds};
 
     #[test]
-    fn time_wait_by_remote_port_keeps_the_largest() {
-        let mut tracker = Tracker::new(Settings {
-            max_sockets: 1000,
-            thresholds: Thresholds::default(),
-            repeat_ns: 1,
-            owners: Default::default(),
-        });
-        // Port 1000+i has i+1 sockets in TIME_WAIT, for 12 ports.
-        let listing: Vec<ListedSocket> = (0..12u16)
-            .flat_map(|i| (0..=i).map(move |_| 1000 + i))
-            .enumerate()
-            .map(|(n, port)| time_wait(n as u64, port))
-            .collect();
-        tracker.begin_reconcile(0);
-        tracker.reconcile(&listing, &HashSet::from([1]), 0, true, &mut Nowhere);
-        let summary = Summary::take(&mut tracker, Context::default());
-        assert_eq!(summary.time_wait_by_remote_port.len(), MAX_PORTS);
-        assert_eq!(summary.time_wait_by_remote_port[0], (1011, 12));
-        assert_eq!(summary.time_wait_by_remote_port[9], (1002, 3));
-        assert_eq!(summary.sockets, vec![(TcpState::TimeWait, 78)]);
-        assert_eq!(summary.tracked, 78);
+    fn a_summary_counts_from_the_kernel_and_starts_an_interval() {
+        let mut tracker = Tracker::new(
+            Settings {
+                thresholds: Thresholds::default(),
+                repeat_ns: 1,
+                owners: Default::default(),
+            },
+            [0; TcpState::COUNT],
+        );
+        let mut kernel = Aggregates::default();
+        kernel.gauges[TcpState::TimeWait as usize] = 3;
+        let index = TcpState::FinWait2 as usize * TcpState::COUNT + TcpState::TimeWait as usize;
+        kernel.transitions[index] = 3;
+        let summary = Summary::take(&mut tracker, &kernel, &[], Context::default());
+        assert_eq!(summary.sockets, vec![(TcpState::TimeWait, 3)]);
+        assert_eq!(summary.tracked, 3);
+        assert_eq!(
+            summary.interval_transitions,
+            vec![(TcpState::FinWait2, TcpState::TimeWait, 3)]
+        );
+        kernel.transitions[index] = 4;
+        let next = Summary::take(&mut tracker, &kernel, &[], Context::default());
+        assert_eq!(next.interval_transitions[0].2, 1, "since the last summary");
+        assert_eq!(next.transitions[0].2, 4, "since start-up");
     }
 }

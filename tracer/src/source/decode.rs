@@ -1,17 +1,17 @@
-//! Decoding of the kernel's records into typed events. Ring-buffer records are read in place (one
-//! unaligned copy of a fixed-size struct, no allocation).
+//! Decoding of the kernel's records into typed events and plain data, and back (the daemon writes
+//! records too, for sockets it found in the kernel's list). Ring-buffer records are read in place
+//! (one unaligned copy of a fixed-size struct, no allocation).
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use tracer_common::{
-    AF_INET, AF_INET6, Event, EventKind, SockRecord, TcpState, Tuple, UNKNOWN_DURATION,
+    AF_INET, AF_INET6, Event, EventKind, TcpState, Tuple, UNKNOWN_DURATION, Watch, event_flags,
+    record_flags,
 };
 
-use super::events::{
-    Accepted, Comm, Endpoints, Family, KernelEvent, Owner, PinnedRecord, Timewait, Transition,
-};
+use super::events::{Comm, Endpoints, Family, KernelTransition, Owner, Transition, Watched};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DecodeError {
@@ -34,63 +34,53 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<KernelTransition, DecodeError> {
     if bytes.len() != size_of::<Event>() {
         return Err(DecodeError::Size(bytes.len()));
     }
     // SAFETY: the length matches and `Event` is plain old data; the read tolerates any alignment.
     let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    let kind = EventKind::from_u8(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
-    let endpoints = endpoints(&raw.tuple)?;
-    let owner = owner(&raw.owner);
-    Ok(match kind {
-        EventKind::Transition => KernelEvent::Transition(Transition {
-            ts_ns: raw.ts_ns,
-            sock: raw.sock,
-            endpoints,
-            old: state(raw.old)?,
-            new: state(raw.new)?,
-            prev_state_ns: (raw.prev_state_ns != UNKNOWN_DURATION).then_some(raw.prev_state_ns),
-            owner,
-        }),
-        EventKind::TimewaitArmed | EventKind::TimewaitDisarmed => {
-            let timewait = Timewait {
+    match EventKind::from_u8(raw.kind).ok_or(DecodeError::Kind(raw.kind))? {
+        EventKind::Transition => Ok(KernelTransition {
+            transition: Transition {
                 ts_ns: raw.ts_ns,
                 sock: raw.sock,
-                endpoints,
-                substate: state(raw.new)?,
-                jiffies: raw.jiffies,
-                expires: raw.timer_expires,
-            };
-            if kind == EventKind::TimewaitArmed {
-                KernelEvent::TimewaitArmed(timewait)
-            } else {
-                KernelEvent::TimewaitDisarmed(timewait)
-            }
-        }
-        EventKind::Accepted => KernelEvent::Accepted(Accepted {
-            ts_ns: raw.ts_ns,
-            sock: raw.sock,
-            endpoints,
-            owner: owner.unwrap_or(Owner {
-                pid: 0,
-                comm: Comm::from_kernel([0; 16]),
-                cgroup: None,
-            }),
+                endpoints: endpoints(&raw.tuple)?,
+                old: state(raw.old)?,
+                new: state(raw.new)?,
+                prev_state_ns: (raw.prev_state_ns != UNKNOWN_DURATION).then_some(raw.prev_state_ns),
+                owner: owner(raw.owner.pid, raw.owner.comm),
+            },
+            cookie: raw.cookie,
+            service_port: raw.service_port,
+            long_stay: raw.flags & event_flags::LONG_STAY != 0,
         }),
-    })
+    }
 }
 
-fn state(value: u8) -> Result<TcpState, DecodeError> {
+pub(crate) fn state(value: u8) -> Result<TcpState, DecodeError> {
     TcpState::from_u8(value).ok_or(DecodeError::State(value))
 }
 
-/// The process of a kernel owner record, if known.
-fn owner(raw: &tracer_common::Owner) -> Option<Owner> {
-    (raw.pid != 0).then_some(Owner {
-        pid: raw.pid,
-        comm: Comm::from_kernel(raw.comm),
+/// The owner the kernel names, if any; an empty name is filled in from /proc later.
+fn owner(pid: u32, comm: [u8; 16]) -> Option<Owner> {
+    (pid != 0).then_some(Owner {
+        pid,
+        comm: Comm::from_kernel(comm),
         cgroup: None,
+    })
+}
+
+/// A socket of the kernel's index of watched sockets.
+pub(crate) fn watched(cookie: u64, watch: &Watch) -> Result<Watched, DecodeError> {
+    Ok(Watched {
+        cookie,
+        sock: watch.sock,
+        endpoints: endpoints(&watch.tuple)?,
+        state: state(watch.state)?,
+        since_ns: watch.since_ns,
+        age_known: watch.flags & record_flags::AGE_KNOWN != 0,
+        owner: owner(watch.pid, [0; 16]),
     })
 }
 
@@ -118,16 +108,28 @@ pub(crate) fn endpoints(tuple: &Tuple) -> Result<Endpoints, DecodeError> {
     })
 }
 
-/// A per-socket record of the kernel's map, if it is of a live socket and well formed.
-pub(crate) fn pinned_record(sock: u64, record: &SockRecord) -> Option<PinnedRecord> {
-    let state = TcpState::from_u8(record.state).filter(|s| *s != TcpState::Close)?;
-    Some(PinnedRecord {
-        sock,
-        endpoints: endpoints(&record.tuple).ok()?,
-        state,
-        since_ns: record.since_ns,
-        owner: owner(&record.owner),
-    })
+/// The kernel's address tuple of some endpoints: the key of a timewait socket's record.
+pub(crate) fn tuple(e: &Endpoints) -> Tuple {
+    let octets = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&v4.octets());
+            bytes
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    Tuple {
+        saddr: octets(e.local),
+        daddr: octets(e.remote),
+        netns: e.netns,
+        sport: e.local_port,
+        dport: e.remote_port,
+        family: match e.family {
+            Family::Ipv4 => AF_INET,
+            Family::Ipv6 => AF_INET6,
+        },
+        _pad: [0; 3],
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +150,7 @@ pub(crate) mod tests {
             sport: 43210,
             dport: 8080,
             family: AF_INET,
+            netns: 7,
             ..Tuple::default()
         };
         t.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
@@ -155,38 +158,33 @@ pub(crate) mod tests {
         t
     }
 
-    fn raw_owner() -> tracer_common::Owner {
+    fn raw(old: u8, new: u8) -> Event {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");
-        tracer_common::Owner {
-            pid: 4242,
-            _pad: 0,
-            comm,
-        }
-    }
-
-    fn raw(kind: EventKind, old: u8, new: u8) -> Event {
         Event {
             ts_ns: 1_000,
             sock: 0xffff_8881_0000_1000,
+            cookie: 99,
             prev_state_ns: 52_000,
             tuple: tuple_v4(),
-            owner: raw_owner(),
-            jiffies: 5_000,
-            timer_expires: 20_000,
-            kind: kind as u8,
+            owner: tracer_common::Owner {
+                pid: 4242,
+                _pad: 0,
+                comm,
+            },
+            kind: EventKind::Transition as u8,
             old,
             new,
-            _pad: [0; 5],
+            flags: event_flags::LONG_STAY,
+            service_port: 8080,
+            _pad: [0; 2],
         }
     }
 
     #[test]
     fn decodes_a_transition() {
-        let event = raw(EventKind::Transition, 2, 1);
-        let KernelEvent::Transition(t) = decode(&encode(&event)).unwrap() else {
-            panic!("not a transition");
-        };
+        let event = decode(&encode(&raw(2, 1))).unwrap();
+        let t = &event.transition;
         assert_eq!(t.old, TcpState::SynSent);
         assert_eq!(t.new, TcpState::Established);
         assert_eq!(t.prev_state_ns, Some(52_000));
@@ -198,83 +196,81 @@ pub(crate) mod tests {
             (t.endpoints.local_port, t.endpoints.remote_port),
             (43210, 8080)
         );
-        let owner = t.owner.unwrap();
+        let owner = t.owner.as_ref().unwrap();
         assert_eq!((owner.pid, owner.comm.as_str().as_ref()), (4242, "curl"));
         assert_eq!(owner.cgroup, None, "the enrich stage adds it");
+        assert_eq!(
+            (event.cookie, event.service_port, event.long_stay),
+            (99, 8080, true)
+        );
     }
 
     #[test]
     fn unknown_duration_and_owner_are_none() {
-        let mut event = raw(EventKind::Transition, 7, 2);
+        let mut event = raw(7, 2);
         event.prev_state_ns = UNKNOWN_DURATION;
         event.owner = tracer_common::Owner::default();
-        let KernelEvent::Transition(t) = decode(&encode(&event)).unwrap() else {
-            panic!("not a transition");
-        };
-        assert_eq!(t.prev_state_ns, None);
-        assert_eq!(t.owner, None);
+        event.flags = 0;
+        let event = decode(&encode(&event)).unwrap();
+        assert_eq!(event.transition.prev_state_ns, None);
+        assert_eq!(event.transition.owner, None);
+        assert!(!event.long_stay);
     }
 
     #[test]
     fn decodes_ipv6() {
-        let mut event = raw(EventKind::Transition, 1, 8);
+        let mut event = raw(1, 8);
         event.tuple.family = AF_INET6;
         event.tuple.saddr = Ipv6Addr::LOCALHOST.octets();
         event.tuple.daddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
-        let KernelEvent::Transition(t) = decode(&encode(&event)).unwrap() else {
-            panic!("not a transition");
-        };
+        let t = decode(&encode(&event)).unwrap().transition;
         assert_eq!(t.endpoints.family, Family::Ipv6);
         assert_eq!(t.endpoints.local, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(t.endpoints.remote.to_string(), "2001:db8::1");
     }
 
     #[test]
-    fn decodes_timewait_and_accept() {
-        let armed = decode(&encode(&raw(EventKind::TimewaitArmed, 6, 6))).unwrap();
-        assert!(
-            matches!(armed, KernelEvent::TimewaitArmed(tw) if tw.substate == TcpState::TimeWait)
-        );
-        let stop = decode(&encode(&raw(EventKind::TimewaitDisarmed, 6, 5))).unwrap();
-        assert!(
-            matches!(stop, KernelEvent::TimewaitDisarmed(tw) if tw.substate == TcpState::FinWait2)
-        );
-        let accepted = decode(&encode(&raw(EventKind::Accepted, 1, 1))).unwrap();
-        assert!(matches!(accepted, KernelEvent::Accepted(a) if a.owner.pid == 4242));
-    }
-
-    #[test]
     fn rejects_malformed_records() {
         assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Size(10)));
-        let mut bad_kind = raw(EventKind::Transition, 1, 2);
+        let mut bad_kind = raw(1, 2);
         bad_kind.kind = 99;
         assert_eq!(decode(&encode(&bad_kind)), Err(DecodeError::Kind(99)));
-        let bad_state = raw(EventKind::Transition, 1, 42);
+        let bad_state = raw(1, 42);
         assert_eq!(decode(&encode(&bad_state)), Err(DecodeError::State(42)));
-        let mut bad_family = raw(EventKind::Transition, 1, 2);
+        let mut bad_family = raw(1, 2);
         bad_family.tuple.family = 1;
         assert_eq!(decode(&encode(&bad_family)), Err(DecodeError::Family(1)));
     }
 
     #[test]
-    fn pinned_records_of_live_sockets_only() {
-        let record = |state: TcpState| SockRecord {
-            since_ns: 40,
+    fn tuples_round_trip() {
+        let v4 = tuple_v4();
+        assert_eq!(tuple(&endpoints(&v4).unwrap()), v4);
+        let mut v6 = tuple_v4();
+        v6.family = AF_INET6;
+        v6.saddr = Ipv6Addr::LOCALHOST.octets();
+        v6.daddr = "2001:db8::9".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(tuple(&endpoints(&v6).unwrap()), v6);
+    }
+
+    #[test]
+    fn watched_sockets() {
+        let watch = Watch {
+            since_ns: 5,
+            sock: 0xabc,
             tuple: tuple_v4(),
-            owner: raw_owner(),
-            state: state as u8,
-            _pad: [0; 7],
+            pid: 0,
+            service_port: 8080,
+            state: TcpState::CloseWait as u8,
+            flags: record_flags::AGE_KNOWN,
         };
-        let live = pinned_record(0xaa, &record(TcpState::CloseWait)).unwrap();
+        let w = watched(3, &watch).unwrap();
         assert_eq!(
-            (live.sock, live.state, live.since_ns),
-            (0xaa, TcpState::CloseWait, 40)
+            (w.cookie, w.sock, w.state, w.since_ns),
+            (3, 0xabc, TcpState::CloseWait, 5)
         );
-        assert_eq!(live.owner.map(|o| o.pid), Some(4242));
-        assert_eq!(pinned_record(0xaa, &record(TcpState::Close)), None);
-        let mut garbled = record(TcpState::Listen);
-        garbled.state = 99;
-        assert_eq!(pinned_record(0xaa, &garbled), None);
+        assert!(w.age_known);
+        assert_eq!(w.owner, None, "pid 0: no owner known");
     }
 
     #[test]

@@ -82,53 +82,29 @@ pub(crate) struct Transition {
     pub(crate) owner: Option<Owner>,
 }
 
-/// A timewait socket's timer armed or disarmed. `substate` is TIME_WAIT or FIN_WAIT2 (the
-/// lingering FIN-WAIT-2 that the kernel also hands to a timewait socket).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Timewait {
-    pub(crate) ts_ns: u64,
-    pub(crate) sock: u64,
-    pub(crate) endpoints: Endpoints,
-    pub(crate) substate: TcpState,
-    /// `jiffies` at the event, and the timer's expiry in jiffies.
-    pub(crate) jiffies: u64,
-    pub(crate) expires: u64,
-}
-
+/// A transition the kernel wrote to the ring buffer: every one while the daemon logs them all,
+/// else only a socket leaving a watched state after its threshold.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Accepted {
-    pub(crate) ts_ns: u64,
-    pub(crate) sock: u64,
-    pub(crate) endpoints: Endpoints,
-    pub(crate) owner: Owner,
+pub(crate) struct KernelTransition {
+    pub(crate) transition: Transition,
+    /// The socket cookie (0 for a connection in its timewait phase).
+    pub(crate) cookie: u64,
+    /// The port the socket serves or uses.
+    pub(crate) service_port: u16,
+    /// It left a watched state after that state's threshold.
+    pub(crate) long_stay: bool,
 }
 
+/// A full socket in a watched state, as the kernel's index of them shows it.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum KernelEvent {
-    Transition(Transition),
-    TimewaitArmed(Timewait),
-    TimewaitDisarmed(Timewait),
-    Accepted(Accepted),
-}
-
-impl KernelEvent {
-    /// The owner the event names, for the enrich stage to describe.
-    pub(crate) fn owner_mut(&mut self) -> Option<&mut Owner> {
-        match self {
-            Self::Transition(t) => t.owner.as_mut(),
-            Self::Accepted(a) => Some(&mut a.owner),
-            Self::TimewaitArmed(_) | Self::TimewaitDisarmed(_) => None,
-        }
-    }
-}
-
-/// The kernel's per-socket record of a live socket, kept in a map that can outlive the daemon:
-/// what a restarted daemon learns of sockets it finds already open.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct PinnedRecord {
+pub(crate) struct Watched {
+    pub(crate) cookie: u64,
+    /// The socket's kernel address; its cookie while only the kernel's list named it.
     pub(crate) sock: u64,
     pub(crate) endpoints: Endpoints,
     pub(crate) state: TcpState,
     pub(crate) since_ns: u64,
+    pub(crate) age_known: bool,
+    /// The owner the kernel knows (0: none), described by the enrich stage.
     pub(crate) owner: Option<Owner>,
 }

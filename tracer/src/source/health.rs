@@ -1,21 +1,26 @@
-//! The kernel's own account of what did not reach the daemon: events lost to a full ring buffer,
-//! program runs the kernel skipped, runs that gave up on a kernel read, sockets it could not keep a
-//! record of. Every one is reported (summaries, metrics, a line at exit), never dropped silently.
+//! The kernel's own account of what the programs saw, and of what did not reach the daemon:
+//! log lines lost to a full ring buffer, program runs the kernel skipped, runs that gave up on a
+//! kernel read, sockets it could not keep a record of or index. Every one is reported (summaries,
+//! metrics, a line at exit), never dropped silently.
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KernelHealth {
-    /// Transitions that did not fit in the ring buffer.
+    /// Transition lines that did not fit in the ring buffer (the transitions are counted all the
+    /// same: only their lines are lost).
     pub(crate) lost_transitions: u64,
-    /// Other events (TIME-WAIT timers, accepts) that did not fit.
+    /// Other events that did not fit.
     pub(crate) lost_other: u64,
     /// Runs of the transition program the kernel skipped (it was interrupted by itself).
     pub(crate) skipped_transitions: u64,
     /// Runs of all the tracer's programs the kernel skipped.
     pub(crate) skipped_all: u64,
-    /// Program runs that could not read a kernel structure and wrote nothing.
+    /// Program runs that could not read a kernel structure and gave up.
     pub(crate) failed_reads: u64,
-    /// Sockets whose per-socket record could not be stored: their ages are unknown.
+    /// Sockets whose record could not be stored (the record maps are full): their states and
+    /// ages are unknown until a reconciliation finds them.
     pub(crate) unrecorded_sockets: u64,
+    /// Sockets in a watched state that could not be indexed: they cannot be reported stuck.
+    pub(crate) unwatched_sockets: u64,
 }
 
 impl KernelHealth {
@@ -23,4 +28,15 @@ impl KernelHealth {
     pub(crate) fn lost(&self) -> u64 {
         self.lost_transitions + self.lost_other
     }
+}
+
+/// What the programs saw since they were loaded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    /// Transitions of full sockets the address filters let through.
+    pub(crate) transitions: u64,
+    /// Timewait phases that ended.
+    pub(crate) timewait_ends: u64,
+    /// Owners named at accept().
+    pub(crate) accepts: u64,
 }

@@ -40,6 +40,11 @@ pub(crate) fn read_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         skc_v6_daddr: btf.offset("sock_common", "skc_v6_daddr")?,
         skc_v6_rcv_saddr: btf.offset("sock_common", "skc_v6_rcv_saddr")?,
         skc_net: btf.offset("sock_common", "skc_net")?,
+        skc_cookie: btf.offset("sock_common", "skc_cookie")?,
+        skc_flags: btf.offset("sock_common", "skc_flags")?,
+        skc_nulls_pprev: btf.offset("sock_common", "skc_nulls_node")?
+            + btf.offset("hlist_nulls_node", "pprev")?,
+        sock_done_bit: btf.enum_value("sock_flags", "SOCK_DONE")?,
         inet_sport: btf.offset("inet_sock", "inet_sport")?,
         inet_saddr: btf.offset("inet_sock", "inet_saddr")?,
         net_inum: btf.offset("net", "ns")? + btf.offset("ns_common", "inum")?,
@@ -77,6 +82,25 @@ impl KernelBtf {
             Some(_) => bail!("struct {outer}.{member} is a bit field: unsupported kernel"),
             None => bail!("kernel BTF: struct {outer} has no member `{member}`"),
         }
+    }
+
+    /// The value of a constant of an enum.
+    fn enum_value(&self, name: &str, constant: &str) -> Result<u32> {
+        let types = self
+            .0
+            .resolve_types_by_name(name)
+            .with_context(|| format!("kernel BTF has no type `{name}`"))?;
+        types
+            .iter()
+            .find_map(|ty| match ty {
+                Type::Enum(e) => e
+                    .members
+                    .iter()
+                    .find(|m| self.0.resolve_name(*m).is_ok_and(|n| n == constant))
+                    .map(|m| m.val()),
+                _ => None,
+            })
+            .with_context(|| format!("kernel BTF: enum {name} has no constant `{constant}`"))
     }
 
     /// Bit offset of `member` inside `st`.
@@ -144,6 +168,8 @@ mod tests {
         assert_eq!(offsets.skc_family, 16);
         assert!(offsets.tw_timer > offsets.tw_substate);
         assert!(offsets.socket_sk > 0 && offsets.task_files > 0);
+        assert_eq!(offsets.sock_done_bit, 1, "SOCK_DONE follows SOCK_DEAD");
+        assert!(offsets.skc_nulls_pprev >= 8 && offsets.skc_cookie > 0 && offsets.skc_flags > 0);
         // `struct inet_sock` begins with `struct sock`: its own fields lie past it.
         assert!(offsets.inet_sport > offsets.skc_v6_rcv_saddr);
         assert!(offsets.inet_saddr > offsets.skc_v6_rcv_saddr);

@@ -1,5 +1,5 @@
-//! The per-socket kernel map outlives the daemon, pinned in bpffs, so a restarted daemon (upgrade,
-//! crash, SIGKILL) still knows when each socket entered its state. The pin's name carries the
+//! The kernel's record maps outlive the daemon, pinned in bpffs, so a restarted daemon (upgrade,
+//! crash, SIGKILL) still knows when each socket entered its state. The pins' names carry the
 //! record layout's version; a pin of another version, or of a map of another shape, is replaced,
 //! never trusted. One daemon at a time holds the pinned state (a lock on its directory).
 use std::{
@@ -10,15 +10,15 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, MapType};
-use tracer_common::{SOCK_RECORD_VERSION, SockRecord};
+use tracer_common::RECORD_VERSION;
 
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// The pinned-state directory, locked for this daemon's life.
 pub(crate) struct PinDir {
-    /// Where the per-socket map is (or will be) pinned.
-    pub(crate) sockets: PathBuf,
-    /// A compatible map was pinned already: the daemon restarts on it.
+    /// Where each pinned map is (or will be) pinned, by map name.
+    pub(crate) paths: Vec<(&'static str, PathBuf)>,
+    /// Compatible maps were pinned already: the daemon restarts on them.
     pub(crate) reused: bool,
     _lock: File,
 }
@@ -47,16 +47,27 @@ impl std::fmt::Display for PinError {
 
 impl std::error::Error for PinError {}
 
-/// What the pinned map must look like to be reused.
+/// A pinned map, and what it must look like to be reused.
 pub(crate) struct Shape {
+    /// The map's name in the object (`tracer_common::names`).
+    pub(crate) map: &'static str,
+    pub(crate) key_size: usize,
+    pub(crate) value_size: usize,
     pub(crate) max_entries: u32,
+}
+
+impl Shape {
+    /// The pin's file name: the map's name and the records' layout version.
+    fn file_name(&self) -> String {
+        format!("{}_v{RECORD_VERSION}", self.map.to_ascii_lowercase())
+    }
 }
 
 impl PinDir {
     /// Mounts bpffs if needed, creates `dir` (mode 0700), takes the lock, and removes pins the
     /// daemon cannot trust. Errors mean pinning is unavailable; another daemon holding the lock is
     /// reported as such.
-    pub(crate) fn open(dir: &Path, shape: &Shape) -> Result<Self, PinError> {
+    pub(crate) fn open(dir: &Path, shapes: &[Shape]) -> Result<Self, PinError> {
         let unavailable = PinError::Unavailable;
         ensure_bpffs().map_err(unavailable)?;
         std::fs::DirBuilder::new()
@@ -72,26 +83,30 @@ impl PinDir {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(PinError::Busy(dir.to_path_buf()));
         }
-        let sockets = dir.join(format!("sockets_v{SOCK_RECORD_VERSION}"));
-        remove_stale(dir, &sockets, shape).map_err(unavailable)?;
+        let paths: Vec<(&'static str, PathBuf)> = shapes
+            .iter()
+            .map(|shape| (shape.map, dir.join(shape.file_name())))
+            .collect();
+        remove_stale(dir, shapes, &paths).map_err(unavailable)?;
         Ok(Self {
-            reused: sockets.exists(),
-            sockets,
+            reused: paths.iter().all(|(_, path)| path.exists()),
+            paths,
             _lock: lock,
         })
     }
 }
 
-/// Removes pins of other record versions, and the current pin if its map has another shape.
-fn remove_stale(dir: &Path, current: &Path, shape: &Shape) -> Result<()> {
+/// Removes pins of other record versions (any `*_v*` file that is not a current pin), and the
+/// current pins whose maps have another shape.
+fn remove_stale(dir: &Path, shapes: &[Shape], current: &[(&str, PathBuf)]) -> Result<()> {
     for entry in std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .flatten()
     {
         let path = entry.path();
         let name = entry.file_name();
-        let is_sockets = name.to_str().is_some_and(|n| n.starts_with("sockets_v"));
-        if is_sockets && path != current {
+        let pinned_by_us = name.to_str().is_some_and(|n| n.contains("_v"));
+        if pinned_by_us && !current.iter().any(|(_, p)| *p == path) {
             tracing::warn!(
                 "removing {}, pinned by an incompatible version",
                 path.display()
@@ -99,12 +114,14 @@ fn remove_stale(dir: &Path, current: &Path, shape: &Shape) -> Result<()> {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
-    if current.exists() && !compatible(current, shape) {
-        tracing::warn!(
-            "removing {}: its map does not have the layout of this version",
-            current.display()
-        );
-        std::fs::remove_file(current).with_context(|| format!("removing {}", current.display()))?;
+    for (shape, (_, path)) in shapes.iter().zip(current) {
+        if path.exists() && !compatible(path, shape) {
+            tracing::warn!(
+                "removing {}: its map does not have the layout of this version",
+                path.display()
+            );
+            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        }
     }
     Ok(())
 }
@@ -116,9 +133,9 @@ fn compatible(path: &Path, shape: &Shape) -> bool {
     let Ok(info) = map.info() else {
         return false;
     };
-    matches!(info.map_type(), Ok(MapType::LruHash))
-        && info.key_size() as usize == size_of::<u64>()
-        && info.value_size() as usize == size_of::<SockRecord>()
+    matches!(info.map_type(), Ok(MapType::Hash))
+        && info.key_size() as usize == shape.key_size
+        && info.value_size() as usize == shape.value_size
         && info.max_entries() == shape.max_entries
 }
 

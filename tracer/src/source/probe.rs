@@ -1,27 +1,26 @@
 //! Puts the programs into the kernel: checks privileges and prerequisites, reads the running
-//! kernel's layouts, fills the programs' read-only globals, loads and attaches. Dropping the
-//! returned [`Probe`] detaches everything (and the kernel does the same if the process dies).
+//! kernel's layouts, fills the programs' read-only globals, sizes and pins the record maps, loads
+//! and attaches. Dropping the returned [`Probe`] detaches everything (and the kernel does the same
+//! if the process dies).
 use std::{
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
-use tracer_common::{SockRecord, counter, names};
+use tracer_common::{Config, SockRecord, TcpState, Tuple, TwRecord, names};
 
 use super::{
-    decode::pinned_record,
-    events::PinnedRecord,
     filter::SocketFilter,
-    health::KernelHealth,
+    jiffies,
     kernel_layout::{self, VMLINUX_BTF},
-    pinning, privileges, prog_stats,
-    tracefs::{self, Format},
+    kernel_maps::RecordMap,
+    pinning, privileges, tracefs,
 };
 
 /// The eBPF object built by build.rs, embedded so the daemon is a single file.
@@ -32,14 +31,39 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 pub(crate) struct LoadSettings {
     pub(crate) ring_buffer_size: u32,
     pub(crate) filter: SocketFilter,
-    /// Where to pin the per-socket map; `None`: not pinned.
+    /// Where to pin the record maps; `None`: not pinned.
     pub(crate) pin_dir: Option<PathBuf>,
+    /// Full sockets the kernel keeps records of, at most (timewait and watched sockets in
+    /// proportion).
+    pub(crate) max_sockets: u32,
+    /// Stuck threshold of each state, in nanoseconds; 0: not watched.
+    pub(crate) thresholds_ns: [u64; TcpState::COUNT],
+    /// Every transition goes to the ring buffer (and accept() names owners at once).
+    pub(crate) log_all: bool,
+    /// Transitions and durations are counted per service port too.
+    pub(crate) port_labels: bool,
+}
+
+impl LoadSettings {
+    /// Sizes of the record maps: timewait sockets, sockets in watched states and lingering
+    /// timewait sockets are fewer than sockets.
+    fn map_sizes(&self) -> [(&'static str, u32); 4] {
+        let sockets = self.max_sockets.max(1024);
+        [
+            (names::SOCKETS, sockets),
+            (names::TIMEWAIT, (sockets / 2).max(1024)),
+            (names::WATCHED, (sockets / 4).max(1024)),
+            (names::LINGERING, (sockets / 16).max(1024)),
+        ]
+    }
 }
 
 /// An optional part of the tracer: attached, or off for a reason the daemon tells the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Part {
     Attached,
+    /// Not needed with these settings.
+    Unused,
     Off(String),
 }
 
@@ -54,13 +78,18 @@ impl Part {
 
 /// The loaded and attached programs.
 pub(crate) struct Probe {
-    ebpf: Ebpf,
-    /// TIME-WAIT tracking (it needs BTF tracepoints and a readable kallsyms).
+    pub(super) ebpf: Ebpf,
+    /// TIME-WAIT tracking (it needs a readable `tw_timer_handler` in kallsyms).
     pub(crate) timewait: Part,
-    /// Owners of accepted sockets (it needs syscall tracepoints).
+    /// Owners of accepted sockets at accept() (only while logging every transition).
     pub(crate) accept_owners: Part,
-    /// The pinned per-socket map, when pinning works; kept for the lock it holds.
-    pins: Option<pinning::PinDir>,
+    /// Records the pinned maps held when this daemon started, by state: the kernel's own
+    /// counts start at zero.
+    pub(crate) pinned_by_state: [i64; TcpState::COUNT],
+    /// The pinned maps were kept from an earlier daemon.
+    pub(crate) restarted: bool,
+    /// Kept for the lock it holds.
+    _pins: Option<pinning::PinDir>,
 }
 
 pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
@@ -79,39 +108,34 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
         kernel_layout::kernel_symbol(&kallsyms, "tw_timer_handler")
     });
-    let tracefs = tracefs::ensure_mounted()?;
-    // Accept owners need the syscall tracepoints, which some kernels are built without.
-    let accept_exit = Format::read(&tracefs, "syscalls", "sys_exit_accept4")
-        .and_then(|f| f.check("ret", tracer_common::ACCEPT_RET_OFFSET, 8));
     let kernel = kernel_layout::read_offsets(Path::new(VMLINUX_BTF))?;
-
-    let pins = match &settings.pin_dir {
-        Some(dir) => {
-            let shape = pinning::Shape {
-                max_entries: tracer_common::SOCKET_RECORDS,
-            };
-            match pinning::PinDir::open(dir, &shape) {
-                Ok(pins) => Some(pins),
-                Err(err @ pinning::PinError::Busy(_)) => return Err(err.into()),
-                Err(err) => {
-                    tracing::warn!("socket ages will not survive a restart: {err}");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
+    let pins = open_pins(settings)?;
     let btf = aya::Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
+    let config = Config {
+        ns_per_jiffy: jiffies::ns_per_jiffy().unwrap_or(0),
+        watched: (0..TcpState::COUNT)
+            .filter(|state| settings.thresholds_ns[*state] != 0)
+            .fold(0, |mask, state| mask | (1 << state)),
+        log_all: u8::from(settings.log_all),
+        port_labels: u8::from(settings.port_labels),
+        _pad: [0; 4],
+    };
     let filter = settings.filter.kernel_filter();
     // Wake the reader once a quarter of the buffer is used; the poll timer covers the rest.
     let wakeup_bytes = u64::from(settings.ring_buffer_size / 4);
     let mut loader = EbpfLoader::new();
     if let Some(pins) = &pins {
-        loader.map_pin_path(names::SOCKETS, pins.sockets.as_path());
+        for (map, path) in &pins.paths {
+            loader.map_pin_path(map, path.as_path());
+        }
+    }
+    for (map, size) in settings.map_sizes() {
+        loader.map_max_entries(map, size);
     }
     let mut ebpf = loader
         .btf(Some(&btf))
         .map_max_entries(names::EVENTS, settings.ring_buffer_size)
+        .override_global(names::CONFIG, &config, true)
         .override_global(names::FILTER, &filter, true)
         .override_global(names::OFFSETS, &kernel.offsets, true)
         .override_global(names::TIMER_FUNCTION, &kernel.timer_function, true)
@@ -127,21 +151,73 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         names::REMOTE_PORTS,
         &settings.filter.remote_ports,
     )?;
-
-    attach_btf_tracepoint(&mut ebpf, &btf, names::TRANSITION_PROGRAM)?;
-    let accept_owners = Part::of(accept_exit.and_then(|()| {
-        attach_tracepoint(&mut ebpf, names::ACCEPT_PROGRAM, &names::ACCEPT_TRACEPOINTS)
-    }));
-    let timewait = match tw_handler.join().ok().flatten() {
-        Some(address) => Part::of(attach_timewait(&mut ebpf, &btf, address)),
+    let mut thresholds: Array<_, u64> = Array::try_from(
+        ebpf.map_mut(names::THRESHOLDS)
+            .context("map THRESHOLDS missing")?,
+    )?;
+    for (state, ns) in settings.thresholds_ns.iter().enumerate() {
+        thresholds.set(state as u32, ns, 0)?;
+    }
+    let mut probe = Probe {
+        ebpf,
+        timewait: Part::Unused,
+        accept_owners: Part::Unused,
+        pinned_by_state: [0; TcpState::COUNT],
+        restarted: pins.as_ref().is_some_and(|p| p.reused),
+        _pins: pins,
+    };
+    // Records kept by an earlier daemon are counted before anything can change them.
+    if probe.restarted {
+        let maps = probe.record_maps()?;
+        let sockets: Vec<(u64, SockRecord)> = maps.all(RecordMap::Sockets)?;
+        let timewaits: Vec<(Tuple, TwRecord)> = maps.all(RecordMap::Timewait)?;
+        let states = sockets
+            .iter()
+            .map(|(_, r)| r.state)
+            .chain(timewaits.iter().map(|(_, r)| r.substate));
+        for state in states {
+            probe.pinned_by_state[usize::from(state).min(TcpState::COUNT - 1)] += 1;
+        }
+    }
+    probe.timewait = match tw_handler.join().ok().flatten() {
+        Some(address) => Part::of(attach_timewait(&mut probe.ebpf, &btf, address)),
         None => Part::Off("tw_timer_handler is not readable in /proc/kallsyms".to_owned()),
     };
-    Ok(Probe {
-        ebpf,
-        timewait,
-        accept_owners,
-        pins,
-    })
+    attach_btf_tracepoint(&mut probe.ebpf, &btf, names::TRANSITION_PROGRAM)?;
+    if settings.log_all {
+        probe.accept_owners = Part::of(attach_accept(&mut probe.ebpf));
+    }
+    Ok(probe)
+}
+
+/// Opens the pin directory for the record maps, sized as they will be loaded.
+fn open_pins(settings: &LoadSettings) -> Result<Option<pinning::PinDir>> {
+    let Some(dir) = &settings.pin_dir else {
+        return Ok(None);
+    };
+    let sizes = settings.map_sizes();
+    let shapes = [
+        pinning::Shape {
+            map: names::SOCKETS,
+            key_size: size_of::<u64>(),
+            value_size: size_of::<SockRecord>(),
+            max_entries: sizes[0].1,
+        },
+        pinning::Shape {
+            map: names::TIMEWAIT,
+            key_size: size_of::<Tuple>(),
+            value_size: size_of::<TwRecord>(),
+            max_entries: sizes[1].1,
+        },
+    ];
+    match pinning::PinDir::open(dir, &shapes) {
+        Ok(pins) => Ok(Some(pins)),
+        Err(err @ pinning::PinError::Busy(_)) => Err(err.into()),
+        Err(err) => {
+            tracing::warn!("socket ages will not survive a restart: {err}");
+            Ok(None)
+        }
+    }
 }
 
 fn fill_port_map(ebpf: &mut Ebpf, name: &str, ports: &[u16]) -> Result<()> {
@@ -156,14 +232,21 @@ fn fill_port_map(ebpf: &mut Ebpf, name: &str, ports: &[u16]) -> Result<()> {
     Ok(())
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, points: &[(&str, &str)]) -> Result<()> {
+/// The accept() tracepoints are classic ones: they need tracefs, which is mounted when it is not.
+fn attach_accept(ebpf: &mut Ebpf) -> Result<()> {
+    let tracefs = tracefs::ensure_mounted()?;
+    tracefs::Format::read(&tracefs, "syscalls", "sys_exit_accept4")?.check(
+        "ret",
+        tracer_common::ACCEPT_RET_OFFSET,
+        8,
+    )?;
     let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .with_context(|| format!("program {program} missing"))?
+        .program_mut(names::ACCEPT_PROGRAM)
+        .context("program sys_exit_accept missing")?
         .try_into()?;
     prog.load()
-        .with_context(|| format!("the kernel refused program {program}"))?;
-    for (category, name) in points {
+        .context("the kernel refused program sys_exit_accept")?;
+    for (category, name) in names::ACCEPT_TRACEPOINTS {
         prog.attach(category, name)
             .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
     }
@@ -171,17 +254,16 @@ fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, points: &[(&str, &str)]) ->
 }
 
 fn attach_timewait(ebpf: &mut Ebpf, btf: &aya::Btf, tw_timer_handler: u64) -> Result<()> {
+    attach_btf_tracepoint(ebpf, btf, names::TIMER_EXPIRE_PROGRAM)?;
+    // Set last: the transition program hands closes over to timewait records only once expiries
+    // are seen, so no record is left without an end.
     let map = ebpf
         .map_mut(names::TW_TIMER_HANDLER)
         .context("map TW_TIMER_HANDLER missing")?;
     let mut handler: Array<_, u64> = Array::try_from(map)?;
     handler
         .set(0, tw_timer_handler, 0)
-        .context("setting the timewait timer handler")?;
-    for name in [names::TIMER_START_PROGRAM, names::TIMER_CANCEL_PROGRAM] {
-        attach_btf_tracepoint(ebpf, btf, name)?;
-    }
-    Ok(())
+        .context("setting the timewait timer handler")
 }
 
 /// Loads and attaches the program of this name to the BTF tracepoint of the same name.
@@ -207,61 +289,13 @@ impl Probe {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Sum over CPUs of one of the kernel's counters.
-    fn counter(&self, index: u32) -> Result<u64> {
-        let map = self
-            .ebpf
-            .map(names::COUNTERS)
-            .context("map COUNTERS missing")?;
-        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        Ok(counters.get(&index, 0)?.iter().sum())
-    }
-
-    /// The kernel's account of everything it could not deliver.
-    pub(crate) fn health(&self) -> Result<KernelHealth> {
-        Ok(KernelHealth {
-            lost_transitions: self.counter(counter::LOST_TRANSITIONS)?,
-            lost_other: self.counter(counter::LOST_OTHER)?,
-            skipped_transitions: self
-                .program_stats(|name| name == names::TRANSITION_PROGRAM)?
-                .recursion_misses,
-            skipped_all: self.program_stats(|_| true)?.recursion_misses,
-            failed_reads: self.counter(counter::READ_FAILED)?,
-            unrecorded_sockets: self.counter(counter::RECORD_FAILED)?,
-        })
-    }
-
-    /// The kernel's accounting of the tracer's programs whose names `wanted` accepts, summed.
-    fn program_stats(&self, wanted: impl Fn(&str) -> bool) -> Result<prog_stats::ProgramStats> {
-        let mut total = prog_stats::ProgramStats::default();
-        for (name, program) in self.ebpf.programs().filter(|(name, _)| wanted(name)) {
-            let Ok(fd) = program.fd() else {
-                continue; // not loaded (e.g. TIME-WAIT tracking off)
-            };
-            let stats = prog_stats::read(fd.as_fd())
-                .with_context(|| format!("reading the statistics of {name}"))?;
-            total = total + stats;
+    /// The file descriptor of a hash map (plain or per-CPU), for whole-map reads and writes.
+    pub(super) fn hash_map_fd(&self, name: &str) -> Result<BorrowedFd<'_>> {
+        match self.ebpf.map(name) {
+            Some(Map::HashMap(data) | Map::PerCpuHashMap(data)) => Ok(data.fd().as_fd()),
+            Some(_) => bail!("map {name} is not a hash map"),
+            None => bail!("map {name} missing"),
         }
-        Ok(total)
-    }
-
-    /// Whether the per-socket map was pinned by an earlier daemon: this one is a restart.
-    pub(crate) fn restarted(&self) -> bool {
-        self.pins.as_ref().is_some_and(|p| p.reused)
-    }
-
-    /// The kernel's per-socket records of live sockets (not of closed ones).
-    pub(crate) fn socket_records(&self) -> Result<Vec<PinnedRecord>> {
-        let map = self
-            .ebpf
-            .map(names::SOCKETS)
-            .context("map SOCKETS missing")?;
-        let records: HashMap<_, u64, SockRecord> = HashMap::try_from(map)?;
-        Ok(records
-            .iter()
-            .filter_map(Result::ok)
-            .filter_map(|(sock, record)| pinned_record(sock, &record))
-            .collect())
     }
 
     /// Gives the aya-log records of the programs a reader (their ring buffer).

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::{
     core::{
         report::{StuckReport, UnstuckReport},
-        stats::Percentiles,
+        totals::Percentiles,
     },
     export::{summary::Summary, wall_clock::WallClock},
     source::events::{Endpoints, Owner, Transition},
@@ -259,17 +259,20 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         },
         "time_wait_by_remote_port": ports,
         "events": {
-            "transitions": s.events.transitions,
+            "transitions": s.seen.transitions,
             "transitions_lost": s.health.lost_transitions,
             "transitions_skipped": s.health.skipped_transitions,
-            "timewait": s.events.timewait,
-            "accepted": s.events.accepted,
+            "timewait": s.seen.timewait_ends,
+            "accepted": s.seen.accepts,
         },
         "lost_events": s.health.lost(),
         "skipped_events": s.health.skipped_all,
         "failed_reads": s.health.failed_reads,
         "unrecorded_sockets": s.health.unrecorded_sockets,
-        "evictions": s.evictions,
+        "unwatched_sockets": s.health.unwatched_sockets,
+        // Kept for the schema: the table no longer evicts (sockets it cannot hold are counted in
+        // unrecorded_sockets).
+        "evictions": 0,
         "reconciliation": {
             "runs": s.reconciliation.runs,
             "fixes": s.reconciliation.fixes(),
@@ -385,6 +388,7 @@ mod tests {
         assert_eq!(value["events"]["transitions_skipped"], 1);
         assert_eq!(value["failed_reads"], 0);
         assert_eq!(value["unrecorded_sockets"], 0);
+        assert_eq!(value["unwatched_sockets"], 0);
         assert_eq!(value["events"]["transitions"], 12);
         assert_eq!(value["evictions"], 0);
         assert_eq!(value["reconciliation"]["fixes"], 1);

@@ -139,10 +139,10 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        core::stats::{EventCounts, Percentiles, Reconciliation},
+        core::{reconcile::Reconciliation, totals::Percentiles},
         source::{
             events::{Comm, Endpoints, Family, Owner},
-            health::KernelHealth,
+            health::{KernelHealth, Seen},
         },
     };
 
@@ -249,17 +249,16 @@ pub(crate) mod tests {
             reminders: vec![stuck()],
             reminders_omitted: 0,
             time_wait_by_remote_port: vec![(8080, 4)],
-            events: EventCounts {
+            seen: Seen {
                 transitions: 12,
-                timewait: 1,
-                accepted: 2,
+                timewait_ends: 1,
+                accepts: 2,
             },
             health: KernelHealth {
                 skipped_transitions: 1,
                 skipped_all: 2,
                 ..KernelHealth::default()
             },
-            evictions: 0,
             reconciliation: Reconciliation {
                 runs: 1,
                 added: 0,

@@ -207,19 +207,19 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
     );
     writeln!(
         out,
-        "    stuck now: {} ({by_state}); TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; evictions: {}; reconciliation: {} runs, {} fixes",
+        "    stuck now: {} ({by_state}); TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; reconciliation: {} runs, {} fixes",
         s.stuck,
         s.health.lost(),
         s.health.skipped_all,
-        s.evictions,
         s.reconciliation.runs,
         s.reconciliation.fixes()
     )?;
-    if s.health.failed_reads + s.health.unrecorded_sockets > 0 {
+    let h = &s.health;
+    if h.failed_reads + h.unrecorded_sockets + h.unwatched_sockets > 0 {
         writeln!(
             out,
-            "    kernel: failed reads: {}; sockets without a kernel record: {}",
-            s.health.failed_reads, s.health.unrecorded_sockets
+            "    kernel: failed reads: {}; sockets without a record: {}; watched sockets not indexed: {}",
+            h.failed_reads, h.unrecorded_sockets, h.unwatched_sockets
         )?;
     }
     for r in &s.reminders {

@@ -1,5 +1,30 @@
-//! Kernel timers count jiffies; the events count nanoseconds. The tick rate (HZ) that converts
-//! one into the other is not exposed to userspace: it is found from the events themselves.
+//! Kernel timers count jiffies; the programs count nanoseconds. The tick rate (HZ) that converts
+//! one into the other is not exposed to userspace: it is found from one reading of both clocks
+//! in /proc/timer_list, and handed to the programs (a timewait socket's expiry, in jiffies, dates
+//! its move to TIME-WAIT).
+
+/// Nanoseconds per jiffy of the running kernel, from /proc/timer_list; `None` when unreadable.
+pub(crate) fn ns_per_jiffy() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/timer_list").ok()?;
+    let (jiffies, now_ns) = sample(&text)?;
+    let hz = HzEstimator::default().observe(jiffies, now_ns)?;
+    Some(1_000_000_000 / u64::from(hz))
+}
+
+/// The first `now at N nsecs` and `jiffies: N` of /proc/timer_list: the same moment to a tick.
+fn sample(text: &str) -> Option<(u64, u64)> {
+    let now_ns = text.lines().find_map(|l| {
+        l.strip_prefix("now at ")?
+            .strip_suffix(" nsecs")?
+            .trim()
+            .parse()
+            .ok()
+    })?;
+    let jiffies = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("jiffies:")?.trim().parse().ok())?;
+    Some((jiffies, now_ns))
+}
 
 /// Finds the kernel's tick rate (HZ), to turn timer expiries in jiffies into time.
 ///
@@ -16,10 +41,6 @@ pub(crate) struct HzEstimator {
 const KNOWN_HZ: [u32; 7] = [100, 128, 200, 250, 256, 300, 1000];
 
 impl HzEstimator {
-    pub(crate) fn hz(&self) -> Option<u32> {
-        self.hz
-    }
-
     pub(crate) fn observe(&mut self, jiffies: u64, mono_ns: u64) -> Option<u32> {
         if self.hz.is_some() {
             return self.hz;
@@ -51,6 +72,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_timer_list() {
+        let text = "Timer List Version: v0.10\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at 2733618900601 nsecs\n\ncpu: 0\n jiffies: 4295575635\n";
+        assert_eq!(sample(text), Some((4_295_575_635, 2_733_618_900_601)));
+        assert_eq!(sample("nothing"), None);
+        // This machine's own: HZ between 100 and 1000.
+        let ns = ns_per_jiffy().expect("/proc/timer_list is readable as root");
+        assert!((1_000_000..=10_000_000).contains(&ns), "{ns}");
+    }
+
+    #[test]
     fn hz_from_one_sample() {
         // Read off this project's VM: uptime 1671.96 s, jiffies 4295310252, HZ 250.
         let mut hz = HzEstimator::default();
@@ -68,7 +99,11 @@ mod tests {
         assert_eq!(hz.observe(start, 305_000_000_000), None);
         assert_eq!(hz.observe(start + 250, 306_000_000_000), None, "too close");
         assert_eq!(hz.observe(start + 750, 308_000_000_000), Some(250));
-        assert_eq!(hz.hz(), Some(250));
+        assert_eq!(
+            hz.observe(start + 750, 308_000_000_001),
+            Some(250),
+            "found once, kept"
+        );
     }
 
     #[test]

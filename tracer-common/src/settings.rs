@@ -1,0 +1,89 @@
+//! What the daemon hands the programs at load time, as read-only globals: its settings, the
+//! address filters, and the struct offsets of the running kernel.
+/// The daemon's settings for the programs (the stuck thresholds themselves are in the
+/// `THRESHOLDS` array, read only when a socket leaves a watched state).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Nanoseconds per jiffy (the kernel's tick); 0 when unknown.
+    pub ns_per_jiffy: u64,
+    /// Bit `1 << state` set for each state with a stuck threshold.
+    pub watched: u16,
+    /// Non-zero: write every transition to the ring buffer (the daemon logs them all).
+    pub log_all: u8,
+    /// Non-zero: count transitions and durations per service port too.
+    pub port_labels: u8,
+    pub _pad: [u8; 4],
+}
+
+impl Config {
+    pub const fn watches(&self, state: u8) -> bool {
+        state < 16 && self.watched & (1 << state) != 0
+    }
+}
+
+/// Filters applied in the kernel before a socket is recorded, counted or reported.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFilter {
+    /// 0: any; else [`crate::AF_INET`] or [`crate::AF_INET6`].
+    pub family: u16,
+    /// Non-zero: only sockets whose local port is in the `LOCAL_PORTS` map.
+    pub local_ports: u8,
+    /// Non-zero: only sockets whose remote port is in the `REMOTE_PORTS` map.
+    pub remote_ports: u8,
+    /// Non-zero: only sockets of this network namespace (inode number).
+    pub netns: u32,
+}
+
+impl KernelFilter {
+    pub const fn is_empty(&self) -> bool {
+        self.family == 0 && self.local_ports == 0 && self.remote_ports == 0 && self.netns == 0
+    }
+}
+
+/// Field offsets the programs need, read from the running kernel's BTF (and the tracepoint's
+/// format file) at start-up, so the programs do not depend on one kernel's layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    // `struct sock_common`
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_net: u32,
+    pub skc_cookie: u32,
+    pub skc_flags: u32,
+    /// `skc_nulls_node.pprev`: null once the socket left the connection table (a timewait socket
+    /// took its place there).
+    pub skc_nulls_pprev: u32,
+    /// Bit of `SOCK_DONE` (a FIN was received) in `skc_flags`.
+    pub sock_done_bit: u32,
+    /// `struct inet_sock`: the local port and address as the classic tracepoint reports them
+    /// (the kernel clears `skc_num` before the transition to CLOSE).
+    pub inet_sport: u32,
+    pub inet_saddr: u32,
+    /// `struct net` to its namespace inode number (`ns.inum`).
+    pub net_inum: u32,
+    // `struct inet_timewait_sock`
+    pub tw_substate: u32,
+    pub tw_timer: u32,
+    // `struct timer_list` (its `function` is the separate `TIMER_FUNCTION` global)
+    pub timer_expires: u32,
+    // current task -> open file -> socket, for accept()
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+}
+
+/// Offset of the return value in the records of `syscalls/sys_exit_accept4` and
+/// `sys_exit_accept` (the accepted socket's descriptor); the daemon checks it against the format
+/// file before loading.
+pub const ACCEPT_RET_OFFSET: usize = 16;

@@ -1,0 +1,138 @@
+//! The aggregates the kernel keeps instead of sending every transition: transitions by
+//! (old, new), time in each state, live records by state, and the same per service port when the
+//! daemon asks for port labels. All per CPU: no lock, no atomic.
+use tracer_common::{
+    TcpState,
+    aggregate::{DURATION_BUCKETS, OCTAVES, PortKey, duration_bucket, octave},
+};
+
+use crate::maps::{COUNTS, DURATIONS, GAUGES, PORT_COUNTS, PORT_DURATIONS, ZERO_PORT_DURATIONS};
+
+const STATES: usize = TcpState::COUNT;
+
+/// An array index the verifier can see is in bounds: read back through the stack, so that the
+/// compiler cannot fold the check into arithmetic the verifier does not follow.
+#[inline(always)]
+fn bounded(index: usize, len: usize) -> Option<usize> {
+    // SAFETY: a read of a local.
+    let index = unsafe { core::ptr::read_volatile(&index) };
+    (index < len).then_some(index)
+}
+
+/// One transition of a socket that serves or uses `port` (`port_labels`: counted per port too).
+#[inline(always)]
+pub(crate) fn transition(old: u8, new: u8, port: u16, port_labels: bool) {
+    let (o, n) = (old as usize, new as usize);
+    if o >= STATES || n >= STATES {
+        return;
+    }
+    if let Some(counts) = COUNTS.get_ptr_mut(0)
+        && let Some(index) = bounded(o * STATES + n, STATES * STATES)
+    {
+        // SAFETY: per-CPU value; the index is bounded above.
+        unsafe { (*counts).counts[index] += 1 };
+    }
+    if port_labels {
+        port_transition(port, old, new);
+    }
+}
+
+/// A socket spent `ns` in `state`.
+#[inline(always)]
+pub(crate) fn duration(state: u8, ns: u64, port: u16, port_labels: bool) {
+    let Some(bucket) = bounded(duration_bucket(ns), DURATION_BUCKETS) else {
+        return;
+    };
+    if let Some(d) = DURATIONS.get_ptr_mut(state as u32) {
+        // SAFETY: per-CPU value; the bucket is bounded above.
+        unsafe {
+            (*d).buckets[bucket] += 1;
+            (*d).count += 1;
+            (*d).sum_ns += ns;
+            if (*d).min_ns == 0 || ns < (*d).min_ns {
+                (*d).min_ns = ns.max(1);
+            }
+            if ns > (*d).max_ns {
+                (*d).max_ns = ns;
+            }
+        }
+    }
+    if port_labels {
+        port_duration(port, state, ns);
+    }
+}
+
+/// A record entered (`+1`) or left (`-1`) `state`.
+#[inline(always)]
+pub(crate) fn gauge(state: u8, change: i64) {
+    let Some(s) = bounded(state as usize, STATES) else {
+        return;
+    };
+    if let Some(g) = GAUGES.get_ptr_mut(0) {
+        // SAFETY: per-CPU value; the index is bounded above.
+        unsafe { (*g).by_state[s] += change };
+    }
+}
+
+/// A record moved from `old` to `new` (`None`: no record on that side).
+#[inline(always)]
+pub(crate) fn moved(old: Option<u8>, new: Option<u8>) {
+    if old == new {
+        return;
+    }
+    if let Some(old) = old {
+        gauge(old, -1);
+    }
+    if let Some(new) = new {
+        gauge(new, 1);
+    }
+}
+
+fn port_key(port: u16, old: u8, new: u8) -> PortKey {
+    PortKey {
+        port,
+        old,
+        new,
+        _pad: [0; 4],
+    }
+}
+
+#[inline(always)]
+fn port_transition(port: u16, old: u8, new: u8) {
+    for key in [port_key(port, old, new), port_key(0, old, new)] {
+        if let Some(count) = PORT_COUNTS.get_ptr_mut(&key) {
+            // SAFETY: per-CPU value.
+            unsafe { *count += 1 };
+            return;
+        }
+        if PORT_COUNTS.insert(&key, &1, 0).is_ok() {
+            return;
+        }
+        // The map is full: count it under port 0.
+    }
+}
+
+#[inline(always)]
+fn port_duration(port: u16, state: u8, ns: u64) {
+    let Some(slot) = bounded(octave(ns), OCTAVES) else {
+        return;
+    };
+    for key in [port_key(port, state, 0), port_key(0, state, 0)] {
+        let mut value = PORT_DURATIONS.get_ptr_mut(&key);
+        if value.is_none()
+            && let Some(zero) = ZERO_PORT_DURATIONS.get(0)
+            && PORT_DURATIONS.insert(&key, zero, 0).is_ok()
+        {
+            value = PORT_DURATIONS.get_ptr_mut(&key);
+        }
+        if let Some(d) = value {
+            // SAFETY: per-CPU value; the slot is bounded above.
+            unsafe {
+                (*d).buckets[slot] += 1;
+                (*d).count += 1;
+                (*d).sum_ns += ns;
+            }
+            return;
+        }
+    }
+}

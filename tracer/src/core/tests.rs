@@ -1,0 +1,379 @@
+//! The core on synthetic input: the kernel's index of watched sockets as polls would read it, the
+//! transitions the kernel sends, owners found, and the time.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+    time::Duration,
+};
+
+use proptest::prelude::*;
+use tracer_common::TcpState::{self, *};
+
+use super::{
+    report::{Sink, StuckReport, TransitionInfo, UnstuckReport},
+    select::OwnerFilter,
+    stuck::Thresholds,
+    *,
+};
+use crate::source::events::{
+    Comm, Endpoints, Family, KernelTransition, Owner, Transition, Watched,
+};
+
+const S: u64 = 1_000_000_000;
+const NETNS: u32 = 4026531840;
+
+#[derive(Default, Debug)]
+struct Recorded {
+    transitions: Vec<(Transition, TransitionInfo)>,
+    stuck: Vec<StuckReport>,
+    unstuck: Vec<UnstuckReport>,
+}
+
+impl Sink for Recorded {
+    fn transition(&mut self, t: &Transition, info: TransitionInfo) {
+        self.transitions.push((t.clone(), info));
+    }
+    fn stuck(&mut self, r: &StuckReport) {
+        self.stuck.push(r.clone());
+    }
+    fn unstuck(&mut self, r: &UnstuckReport) {
+        self.unstuck.push(r.clone());
+    }
+}
+
+fn ends(id: u64) -> Endpoints {
+    Endpoints {
+        netns: NETNS,
+        family: Family::Ipv4,
+        local: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        local_port: 10_000 + id as u16,
+        remote: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        remote_port: 80,
+    }
+}
+
+fn server() -> Owner {
+    Owner {
+        pid: 7,
+        comm: Comm::new("server"),
+        cgroup: Some(Arc::from("/system.slice/server.service")),
+    }
+}
+
+fn watched(cookie: u64, state: TcpState, since_ns: u64, owner: Option<Owner>) -> Watched {
+    Watched {
+        cookie,
+        sock: 0x1000 + cookie,
+        endpoints: ends(cookie),
+        state,
+        since_ns,
+        age_known: true,
+        owner,
+    }
+}
+
+fn left(cookie: u64, old: TcpState, new: TcpState, ts_ns: u64, spent: u64) -> KernelTransition {
+    KernelTransition {
+        transition: Transition {
+            ts_ns,
+            sock: 0x1000 + cookie,
+            endpoints: ends(cookie),
+            old,
+            new,
+            prev_state_ns: Some(spent),
+            owner: Some(server()),
+        },
+        cookie,
+        service_port: 80,
+        long_stay: true,
+    }
+}
+
+fn thresholds(state: TcpState, secs: u64) -> Thresholds {
+    let mut t = Thresholds::default();
+    t.set(state, Some(Duration::from_secs(secs)));
+    t
+}
+
+fn tracker_with(owners: OwnerFilter) -> Tracker {
+    Tracker::new(
+        Settings {
+            thresholds: thresholds(CloseWait, 2),
+            repeat_ns: 10 * S,
+            owners,
+        },
+        [0; TcpState::COUNT],
+    )
+}
+
+fn tracker() -> Tracker {
+    tracker_with(OwnerFilter::default())
+}
+
+#[test]
+fn stuck_within_a_poll_of_its_threshold_then_unstuck_exactly() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    let index = [watched(1, CloseWait, S, Some(server()))];
+    assert!(t.poll_watched(&index, 2 * S, &mut r).is_empty());
+    assert!(r.stuck.is_empty());
+    assert_eq!(t.next_poll(), Some(3 * S), "its deadline");
+    t.poll_watched(&index, 3 * S, &mut r);
+    t.poll_watched(&index, 4 * S, &mut r);
+    assert_eq!(r.stuck.len(), 1, "once per episode");
+    let report = &r.stuck[0];
+    assert_eq!(
+        (report.state, report.age_ns, report.age_known),
+        (CloseWait, 2 * S, true)
+    );
+    assert_eq!(report.owner, Some(server()));
+    assert_eq!(report.threshold_ns, 2 * S);
+    // It closes at 6 s: the kernel says so, with the exact time spent.
+    t.on_transition(left(1, CloseWait, LastAck, 6 * S, 5 * S), &mut r);
+    assert_eq!(r.unstuck.len(), 1);
+    assert_eq!(
+        (r.unstuck[0].duration_ns, r.unstuck[0].new),
+        (5 * S, Some(LastAck))
+    );
+    assert!(r.unstuck[0].age_known);
+    // The index no longer has it: nothing more.
+    t.poll_watched(&[], 7 * S, &mut r);
+    assert_eq!((r.stuck.len(), r.unstuck.len()), (1, 1));
+    let snapshot = t.snapshot(&Aggregates::default());
+    assert_eq!(snapshot.episodes[CloseWait as usize], 1);
+    assert_eq!(snapshot.stuck[CloseWait as usize], 0);
+}
+
+#[test]
+fn a_socket_that_left_before_the_poll_is_reported_as_of_its_threshold() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    t.on_transition(left(1, CloseWait, LastAck, 10 * S, 3 * S), &mut r);
+    assert_eq!(r.stuck.len(), 1);
+    assert_eq!(
+        (r.stuck[0].ts_ns, r.stuck[0].age_ns),
+        (9 * S, 2 * S),
+        "at 7 s + 2 s"
+    );
+    assert_eq!(r.unstuck.len(), 1);
+    assert_eq!(r.unstuck[0].duration_ns, 3 * S);
+    // A transition that is no long stay is only a line.
+    let mut quick = left(2, CloseWait, LastAck, 11 * S, S);
+    quick.long_stay = false;
+    t.on_transition(quick, &mut r);
+    assert_eq!((r.stuck.len(), r.transitions.len()), (1, 2));
+}
+
+#[test]
+fn a_socket_without_a_known_owner_waits_for_the_lookup() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    let index = [watched(1, CloseWait, 0, None)];
+    let lookups = t.poll_watched(&index, 3 * S, &mut r);
+    assert_eq!(lookups.len(), 1);
+    assert_eq!((lookups[0].cookie, lookups[0].state), (1, CloseWait));
+    assert!(r.stuck.is_empty(), "held for its owner");
+    // Polled again meanwhile: not asked twice.
+    assert!(t.poll_watched(&index, 3 * S + 1, &mut r).is_empty());
+    // A second socket due meanwhile waits for its own lookup.
+    let more = [
+        watched(1, CloseWait, 0, None),
+        watched(3, CloseWait, 0, None),
+    ];
+    assert_eq!(t.poll_watched(&more, 3 * S + 1, &mut r).len(), 1);
+    t.owners_found(&[1], &HashMap::from([(1, server())]), 3 * S + 2, &mut r);
+    assert_eq!(r.stuck.len(), 1, "only the socket looked up");
+    assert_eq!(r.stuck.len(), 1);
+    assert_eq!(r.stuck[0].owner, Some(server()));
+    // One that is not found is reported without an owner.
+    let other = [watched(2, CloseWait, 0, None)];
+    t.poll_watched(&other, 4 * S, &mut r);
+    t.owners_found(&[2, 3], &HashMap::new(), 4 * S, &mut r);
+    assert_eq!(r.stuck[1].owner, None);
+    assert_eq!(r.stuck.len(), 3);
+}
+
+#[test]
+fn a_stuck_socket_gone_from_the_index_without_a_word_ends_its_episode() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    t.poll_watched(&[watched(1, CloseWait, 0, Some(server()))], 3 * S, &mut r);
+    // It moved on (its event was lost): the index shows it in LAST_ACK since 4 s.
+    let mut moved = watched(1, LastAck, 4 * S, Some(server()));
+    moved.age_known = true;
+    t.poll_watched(&[moved], 5 * S, &mut r);
+    assert_eq!(r.unstuck.len(), 1);
+    assert_eq!(
+        (r.unstuck[0].new, r.unstuck[0].duration_ns),
+        (Some(LastAck), 4 * S)
+    );
+    // Vanished altogether.
+    t.poll_watched(&[watched(2, CloseWait, 0, Some(server()))], 6 * S, &mut r);
+    t.poll_watched(&[], 7 * S, &mut r);
+    assert_eq!(r.unstuck.len(), 2);
+    assert_eq!((r.unstuck[1].new, r.unstuck[1].duration_ns), (None, 7 * S));
+}
+
+#[test]
+fn reminders_come_at_most_every_repeat() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    t.poll_watched(&[watched(1, CloseWait, 0, Some(server()))], 2 * S, &mut r);
+    assert!(t.reminders(5 * S).is_empty(), "reported 3 s ago");
+    let due = t.reminders(12 * S);
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].age_ns, 12 * S);
+    assert!(t.reminders(15 * S).is_empty());
+}
+
+#[test]
+fn the_owner_filter_selects_reports_and_stuck_counts() {
+    let mut t = tracker_with(OwnerFilter {
+        comms: vec!["server".into()],
+        ..Default::default()
+    });
+    let mut r = Recorded::default();
+    let other = Owner {
+        pid: 8,
+        comm: Comm::new("other"),
+        cgroup: None,
+    };
+    let index = [
+        watched(1, CloseWait, 0, Some(server())),
+        watched(2, CloseWait, 0, Some(other.clone())),
+    ];
+    t.poll_watched(&index, 3 * S, &mut r);
+    assert_eq!(
+        r.stuck.iter().map(|s| s.sock).collect::<Vec<_>>(),
+        vec![0x1001]
+    );
+    let snapshot = t.snapshot(&Aggregates::default());
+    assert_eq!(snapshot.stuck[CloseWait as usize], 1, "the owner's only");
+    assert_eq!(t.reminders(20 * S).len(), 1);
+    let mut theirs = left(2, CloseWait, LastAck, 21 * S, 21 * S);
+    theirs.transition.owner = Some(other);
+    t.on_transition(left(1, CloseWait, LastAck, 21 * S, 21 * S), &mut r);
+    t.on_transition(theirs, &mut r);
+    assert_eq!(r.unstuck.len(), 1);
+    assert_eq!(
+        r.transitions
+            .iter()
+            .map(|(_, info)| info.selected)
+            .collect::<Vec<_>>(),
+        vec![true, false],
+        "lines of the owner only"
+    );
+}
+
+#[test]
+fn polls_come_at_least_once_per_shortest_threshold() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    t.poll_watched(&[], 100 * S, &mut r);
+    assert_eq!(
+        t.next_poll(),
+        Some(102 * S),
+        "a socket entering now may be due then"
+    );
+    t.poll_watched(&[watched(1, SynSent, 95 * S, None)], 100 * S, &mut r);
+    assert_eq!(t.next_poll(), Some(102 * S), "SYN_SENT's 10 s come later");
+}
+
+#[test]
+fn time_wait_counted_by_remote_port() {
+    use crate::source::decode::tuple;
+    let tw = |port: u16, remote: u16, substate: TcpState| {
+        let mut e = ends(u64::from(port));
+        e.remote_port = remote;
+        (
+            tuple(&e),
+            tracer_common::TwRecord {
+                substate: substate as u8,
+                ..Default::default()
+            },
+        )
+    };
+    let records = [
+        tw(1, 443, TimeWait),
+        tw(2, 443, TimeWait),
+        tw(3, 80, TimeWait),
+        tw(4, 80, FinWait2),
+    ];
+    assert_eq!(
+        time_wait_by_remote_port(&records, 10),
+        vec![(443, 2), (80, 1)]
+    );
+    assert_eq!(time_wait_by_remote_port(&records, 1), vec![(443, 2)]);
+}
+
+/// One scripted socket: enters CLOSE_WAIT at `since`, leaves it at `leaves` (if ever).
+#[derive(Debug, Clone)]
+struct Life {
+    since: u64,
+    leaves: Option<u64>,
+    owner_known: bool,
+}
+
+fn lives() -> impl Strategy<Value = Vec<Life>> {
+    proptest::collection::vec(
+        (0u64..20, proptest::option::of(0u64..30), any::<bool>()).prop_map(
+            |(since, stay, owner_known)| Life {
+                since: since * S / 2,
+                leaves: stay.map(|stay| since * S / 2 + stay * S / 3),
+                owner_known,
+            },
+        ),
+        1..12,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Polled every half second and fed the kernel's events in time order, every socket that
+    /// stays past its threshold is reported stuck once, within a second of it, and unstuck once
+    /// with its exact time when it leaves; no other report is made.
+    #[test]
+    fn every_episode_is_reported_once(lives in lives()) {
+        let (mut t, mut r) = (tracker(), Recorded::default());
+        let end = 30 * S;
+        let mut now = 0;
+        while now <= end {
+            // Events of the sockets that left since the last poll, in time order.
+            let mut gone: Vec<(u64, &Life)> = lives.iter().enumerate()
+                .filter(|(_, l)| l.leaves.is_some_and(|at| at <= now && at + S / 2 > now))
+                .map(|(i, l)| (i as u64, l))
+                .collect();
+            gone.sort_by_key(|(_, l)| l.leaves);
+            for (cookie, life) in gone {
+                let at = life.leaves.unwrap_or_default();
+                let mut event = left(cookie, CloseWait, LastAck, at, at - life.since);
+                event.long_stay = at - life.since >= 2 * S;
+                t.on_transition(event, &mut r);
+            }
+            let index: Vec<Watched> = lives.iter().enumerate()
+                .filter(|(_, l)| l.since <= now && l.leaves.is_none_or(|at| at > now))
+                .map(|(i, l)| watched(i as u64, CloseWait, l.since, l.owner_known.then(server)))
+                .collect();
+            let lookups: Vec<u64> =
+                t.poll_watched(&index, now, &mut r).iter().map(|l| l.cookie).collect();
+            t.owners_found(&lookups, &HashMap::new(), now, &mut r);
+            now += S / 2;
+        }
+        for (i, life) in lives.iter().enumerate() {
+            let sock = 0x1000 + i as u64;
+            let stayed = life.leaves.unwrap_or(u64::MAX).saturating_sub(life.since);
+            let stuck: Vec<&StuckReport> = r.stuck.iter().filter(|s| s.sock == sock).collect();
+            let reached = life.since + 2 * S <= end;
+            if stayed >= 2 * S && (reached || life.leaves.is_some_and(|at| at <= end)) {
+                prop_assert_eq!(stuck.len(), 1, "{:?}", life);
+                prop_assert!(stuck[0].ts_ns <= life.since + 2 * S + S, "within a second: {:?}", stuck[0]);
+            } else {
+                prop_assert!(stuck.is_empty(), "{:?} {:?}", life, stuck);
+            }
+            let unstuck: Vec<&UnstuckReport> = r.unstuck.iter().filter(|u| u.sock == sock).collect();
+            match life.leaves {
+                Some(at) if at <= end && stayed >= 2 * S => {
+                    prop_assert_eq!(unstuck.len(), 1);
+                    prop_assert_eq!(unstuck[0].duration_ns, at - life.since);
+                }
+                _ => prop_assert!(unstuck.is_empty(), "{:?} {:?}", life, unstuck),
+            }
+        }
+    }
+}
