@@ -3,6 +3,8 @@
 //! the daemon to act on. Transition lines, which can come by the hundred thousand a second, are
 //! built by hand in a reused buffer (`line`); the rare ones go through `format!` and serde.
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod equivalence;
 mod ip;
 mod json;
