@@ -9,6 +9,7 @@ use std::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::line::Line;
 use crate::{
     core::{
         report::{StuckReport, UnstuckReport},
@@ -84,19 +85,6 @@ impl OwnerFields {
 }
 
 #[derive(Serialize)]
-struct TransitionLine {
-    #[serde(flatten)]
-    head: Head,
-    #[serde(flatten)]
-    socket: Socket,
-    old: &'static str,
-    new: &'static str,
-    prev_state_ms: Option<f64>,
-    #[serde(flatten)]
-    owner: OwnerFields,
-}
-
-#[derive(Serialize)]
 struct StuckLine {
     #[serde(flatten)]
     head: Head,
@@ -140,22 +128,52 @@ fn line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
-pub(super) fn transition(
-    out: &mut impl Write,
-    clock: &WallClock,
-    t: &Transition,
-) -> io::Result<()> {
-    line(
-        out,
-        &TransitionLine {
-            head: Head::new("transition", "info", clock, t.ts_ns),
-            socket: Socket::new(t.sock, &t.endpoints),
-            old: t.old.name(),
-            new: t.new.name(),
-            prev_state_ms: t.prev_state_ns.map(millis),
-            owner: OwnerFields::new(t.owner.as_ref()),
-        },
-    )
+/// A transition line built in `line` without serde or `core::fmt`; byte for byte what
+/// `reference::transition` writes.
+pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition) {
+    let e = &t.endpoints;
+    // Fields in the order of the serde structs (Head, Socket, ..., OwnerFields). Family and state
+    // names are plain ASCII words: nothing to escape.
+    line.raw(br#"{"event":"transition","level":"info","ts":""#);
+    line.time(clock.wall(t.ts_ns));
+    line.raw(br#"","sock":""#);
+    line.hex(t.sock, 1);
+    line.raw(br#"","netns":"#);
+    line.int(e.netns);
+    line.raw(br#","family":""#);
+    line.raw(e.family.name().as_bytes());
+    line.raw(br#"","saddr":""#);
+    line.ip(e.local);
+    line.raw(br#"","sport":"#);
+    line.int(e.local_port);
+    line.raw(br#","daddr":""#);
+    line.ip(e.remote);
+    line.raw(br#"","dport":"#);
+    line.int(e.remote_port);
+    line.raw(br#","old":""#);
+    line.raw(t.old.name().as_bytes());
+    line.raw(br#"","new":""#);
+    line.raw(t.new.name().as_bytes());
+    line.raw(br#"","prev_state_ms":"#);
+    match t.prev_state_ns {
+        Some(ns) => line.millis_shortest(ns),
+        None => line.raw(b"null"),
+    }
+    match &t.owner {
+        Some(owner) => {
+            line.raw(br#","pid":"#);
+            line.int(owner.pid);
+            line.raw(br#","comm":"#);
+            line.json_str(&owner.comm.as_str());
+            line.raw(br#","cgroup":"#);
+            match owner.cgroup.as_deref() {
+                Some(cgroup) => line.json_str(cgroup),
+                None => line.raw(b"null"),
+            }
+        }
+        None => line.raw(br#","pid":null,"comm":null,"cgroup":null"#),
+    }
+    line.raw(b"}\n");
 }
 
 fn stuck_line(clock: &WallClock, r: &StuckReport) -> StuckLine {
@@ -282,6 +300,44 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         },
     });
     line(out, &value)
+}
+
+/// The serde implementation the hand-built transition lines replaced: the oracle they are
+/// tested against, and the baseline of the benchmark.
+#[cfg(test)]
+pub(super) mod reference {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct TransitionLine {
+        #[serde(flatten)]
+        head: Head,
+        #[serde(flatten)]
+        socket: Socket,
+        old: &'static str,
+        new: &'static str,
+        prev_state_ms: Option<f64>,
+        #[serde(flatten)]
+        owner: OwnerFields,
+    }
+
+    pub(in super::super) fn transition(
+        out: &mut impl Write,
+        clock: &WallClock,
+        t: &Transition,
+    ) -> io::Result<()> {
+        line(
+            out,
+            &TransitionLine {
+                head: Head::new("transition", "info", clock, t.ts_ns),
+                socket: Socket::new(t.sock, &t.endpoints),
+                old: t.old.name(),
+                new: t.new.name(),
+                prev_state_ms: t.prev_state_ns.map(millis),
+                owner: OwnerFields::new(t.owner.as_ref()),
+            },
+        )
+    }
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@ use std::{
     net::SocketAddr,
 };
 
+use super::line::Line;
 use crate::{
     core::report::{StuckReport, UnstuckReport},
     export::{summary::Summary, wall_clock::WallClock},
     source::events::{Endpoints, Owner, Transition},
-    units::millis,
 };
 
 pub(super) fn transition_header(out: &mut impl Write) -> io::Result<()> {
@@ -34,31 +34,44 @@ fn time(clock: &WallClock, ts_ns: u64) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_micros(clock.wall(ts_ns))
 }
 
-pub(super) fn transition(
-    out: &mut impl Write,
-    clock: &WallClock,
-    t: &Transition,
-) -> io::Result<()> {
-    let (pid, comm) = match &t.owner {
-        Some(owner) => (owner.pid.to_string(), owner.comm.as_str().into_owned()),
-        None => ("-".to_owned(), "-".to_owned()),
-    };
-    let ms = t
-        .prev_state_ns
-        .map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", millis(ns)));
+/// A transition in the columns of `transition_header`, built in `line` without `core::fmt`;
+/// byte for byte what `reference::transition` writes.
+pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition) {
     let e = &t.endpoints;
-    writeln!(
-        out,
-        "{:<27} {:016x} {pid:<7} {comm:<15} {:<25} {:<5} {:<25} {:<5} {:<11} -> {:<11} {ms:>10}",
-        time(clock, t.ts_ns),
-        t.sock,
-        e.local.to_string(),
-        e.local_port,
-        e.remote.to_string(),
-        e.remote_port,
-        t.old.name(),
-        t.new.name(),
-    )
+    line.left(27, |l| l.time(clock.wall(t.ts_ns)));
+    line.raw(b" ");
+    line.hex(t.sock, 16);
+    line.raw(b" ");
+    match &t.owner {
+        Some(owner) => {
+            line.left(7, |l| l.int(owner.pid));
+            line.raw(b" ");
+            line.left_str(15, &owner.comm.as_str());
+        }
+        None => {
+            line.left(7, |l| l.raw(b"-"));
+            line.raw(b" ");
+            line.left_str(15, "-");
+        }
+    }
+    line.raw(b" ");
+    line.left(25, |l| l.ip(e.local));
+    line.raw(b" ");
+    line.left(5, |l| l.int(e.local_port));
+    line.raw(b" ");
+    line.left(25, |l| l.ip(e.remote));
+    line.raw(b" ");
+    line.left(5, |l| l.int(e.remote_port));
+    line.raw(b" ");
+    line.left_str(11, t.old.name());
+    line.raw(b" -> ");
+    line.left_str(11, t.new.name());
+    line.raw(b" ");
+    line.right(10, |l| match t.prev_state_ns {
+        Some(ns) => l.millis_fixed3(ns),
+        None => l.raw(b"-"),
+    });
+    line.raw(b"\n");
 }
 
 fn seconds(ns: u64) -> String {
@@ -229,6 +242,41 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         writeln!(out, "    … and {} more stuck sockets", s.reminders_omitted)?;
     }
     Ok(())
+}
+
+/// The `format!` implementation the hand-built lines replaced: the oracle they are tested
+/// against, and the baseline of the benchmark.
+#[cfg(test)]
+pub(super) mod reference {
+    use super::*;
+    use crate::units::millis;
+
+    pub(in super::super) fn transition(
+        out: &mut impl Write,
+        clock: &WallClock,
+        t: &Transition,
+    ) -> io::Result<()> {
+        let (pid, comm) = match &t.owner {
+            Some(owner) => (owner.pid.to_string(), owner.comm.as_str().into_owned()),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        let ms = t
+            .prev_state_ns
+            .map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", millis(ns)));
+        let e = &t.endpoints;
+        writeln!(
+            out,
+            "{:<27} {:016x} {pid:<7} {comm:<15} {:<25} {:<5} {:<25} {:<5} {:<11} -> {:<11} {ms:>10}",
+            time(clock, t.ts_ns),
+            t.sock,
+            e.local.to_string(),
+            e.local_port,
+            e.remote.to_string(),
+            e.remote_port,
+            t.old.name(),
+            t.new.name(),
+        )
+    }
 }
 
 #[cfg(test)]
