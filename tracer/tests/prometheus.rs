@@ -1,8 +1,8 @@
 //! The operator's kit against the real tools (Debian's prometheus package): the alert rules under
 //! promtool's unit tests and loaded into a real Prometheus that scrapes the tracer while sockets
 //! leak, and the Grafana dashboard's queries checked by promtool and against the metrics the
-//! tracer exports. As every test here that starts the tracer, these never skip: without root or
-//! the prometheus package they fail.
+//! tracer exports. Like every test that starts the tracer, these never skip: without root or the
+//! prometheus package they fail.
 mod support;
 
 use std::{
@@ -271,22 +271,23 @@ fn prometheus_fires_and_resolves_the_close_wait_alert() {
         p.value(stuck) == 3.0
     });
 
-    // Pending for the rule's `for`, then firing.
-    let mut states = Vec::new();
+    // Pending for the rule's `for`, then firing; Prometheus's own ALERTS series keeps both.
     prometheus.wait_for(
         Duration::from_secs(60),
         "TcpstateCloseWaitStuck firing",
         |p| {
-            let alerts = p.alerts("TcpstateCloseWaitStuck");
-            if let Some(state) = alerts.first().and_then(|a| a["state"].as_str()) {
-                if states.last().map(String::as_str) != Some(state) {
-                    states.push(state.to_owned());
-                }
-            }
-            states.last().map(String::as_str) == Some("firing")
+            p.alerts("TcpstateCloseWaitStuck")
+                .iter()
+                .any(|a| a["state"] == "firing")
         },
     );
-    assert_eq!(states, ["pending", "firing"]);
+    let pending = "max_over_time(ALERTS{alertname=\"TcpstateCloseWaitStuck\",\
+                   alertstate=\"pending\",state=\"CLOSE_WAIT\"}[10m])";
+    assert_eq!(
+        prometheus.value(pending),
+        1.0,
+        "never pending before firing"
+    );
     let alerts = prometheus.alerts("TcpstateCloseWaitStuck");
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     let alert = &alerts[0];
