@@ -3,106 +3,9 @@
 //! test's own and the tracer is limited to it, so other tests' traffic does not count.
 mod support;
 
-use std::{
-    collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::io::Write as _;
 
-use support::{Namespace, Tracer, Workload};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn scrape(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/openmetrics-text"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
-/// Samples by name and labels (sorted `k=v` pairs joined by commas).
-fn samples(text: &str) -> HashMap<(String, String), f64> {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("the exposition parses as Prometheus text");
-    scrape
-        .samples
-        .into_iter()
-        .filter_map(|s| {
-            let value = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => return None,
-            };
-            let mut labels: Vec<String> =
-                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            labels.sort();
-            Some(((s.metric, labels.join(",")), value))
-        })
-        .collect()
-}
-
-fn value(samples: &HashMap<(String, String), f64>, name: &str, labels: &str) -> f64 {
-    samples
-        .get(&(name.to_owned(), labels.to_owned()))
-        .copied()
-        .unwrap_or(0.0)
-}
-
-/// Waits until a scrape satisfies `done`; returns it.
-fn scrape_until(
-    port: u16,
-    what: &str,
-    done: impl Fn(&HashMap<(String, String), f64>) -> bool,
-) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = scrape(port);
-        if done(&samples(&text)) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last scrape:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A tracer limited to `ns`, serving metrics on a free port (returned).
-fn start_tracer(ns: &Namespace, extra: &[&str]) -> (Tracer, u16) {
-    let port = free_port();
-    let port_text = port.to_string();
-    let path = ns.path();
-    let mut args = vec![
-        "--netns",
-        path.as_str(),
-        "--metrics-addr",
-        port_text.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    (Tracer::start(&args), port)
-}
+use support::{Namespace, Workload, promtool, samples, scrape_until, start_tracer, value};
 
 #[test]
 fn metrics_count_the_workload() {
@@ -188,22 +91,17 @@ fn metrics_count_the_workload() {
     drop(tracer);
 }
 
-/// `promtool check metrics`, from Debian's prometheus package, when it is installed. It parses and
-/// lints the classic text format: the one finding OpenMetrics causes by design (a counter's HELP is
-/// on its family name, without `_total`) is expected; anything else fails.
+/// `promtool check metrics` (Debian's prometheus package) parses and lints the classic text
+/// format: the one finding OpenMetrics causes by design (a counter's HELP is on its family name,
+/// without `_total`) is expected; anything else fails.
 fn promtool_check(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
+    let mut child = promtool()
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-    else {
-        eprintln!(
-            "promtool is not installed: the exposition was checked with prometheus-parse only"
-        );
-        return;
-    };
+        .unwrap();
     child
         .stdin
         .take()

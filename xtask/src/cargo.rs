@@ -1,8 +1,9 @@
 //! Runs cargo and the built tracer.
 use std::{
+    io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -40,14 +41,75 @@ pub fn output_of(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
 }
 
 pub fn build_release() -> Result<()> {
-    checked(cargo().args(["build", "--release", "--package", "tracer", "--bins"]))
+    cargo_step(
+        "building the daemon and its eBPF programs (release; a few minutes the first time)",
+        &["build", "--release", "--package", "tracer", "--bins"],
+    )
+}
+
+/// Runs cargo as one step of a task: one line saying what it does, then only what needs reading
+/// (warnings, errors). `--quiet` would be simpler but also drops the warnings build scripts relay
+/// (the eBPF build's, through aya-build), so cargo's progress lines are filtered out instead.
+pub fn cargo_step(what: &str, args: &[&str]) -> Result<()> {
+    eprintln!("xtask: {what}");
+    let mut cmd = cargo();
+    // Piped, cargo would drop the colours of its diagnostics.
+    if std::io::stderr().is_terminal() {
+        cmd.args(["--color", "always"]);
+    }
+    let mut child = cmd
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo")?;
+    if let Some(pipe) = child.stderr.take() {
+        let mut stderr = std::io::stderr().lock();
+        for line in BufReader::new(pipe).lines() {
+            let line = line.context("reading cargo's output")?;
+            if !is_progress(&line) {
+                let _ = writeln!(stderr, "{line}");
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Cargo's status lines right-align one capitalised verb in 12 columns ("   Compiling foo v1");
+/// diagnostics never look like that.
+fn is_progress(line: &str) -> bool {
+    let plain = without_ansi(line);
+    let Some((head, rest)) = plain.split_at_checked(12) else {
+        return false;
+    };
+    let verb = head.trim_start();
+    rest.starts_with(' ')
+        && verb.starts_with(|c: char| c.is_ascii_uppercase())
+        && verb.chars().all(|c| c.is_ascii_alphabetic())
+}
+
+/// The text of a line without its colour escapes (`ESC [ ... letter`).
+fn without_ansi(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 /// Replaces xtask with the tracer, so signals (Ctrl-C, SIGTERM) reach the tracer directly.
@@ -77,4 +139,35 @@ pub fn test_all() -> Result<()> {
             .env("RUSTC_BOOTSTRAP", "1"),
     )?;
     checked(cargo().args(["test", "--release", "--no-fail-fast"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_progress;
+
+    #[test]
+    fn progress_lines_are_told_from_diagnostics() {
+        for line in [
+            "   Compiling tracer v0.1.0 (/work/tracer)",
+            "    Finished `release` profile [optimized] target(s) in 5m 51s",
+            "\x1b[1m\x1b[92m   Compiling\x1b[0m libc v0.2.191",
+            "  Downloaded clap v4.6.9",
+            "    Blocking waiting for file lock on build directory",
+        ] {
+            assert!(is_progress(line), "{line}");
+        }
+        for line in [
+            "warning: tracer@0.1.0: unused variable: `x`",
+            "warning: unused variable: `x`",
+            " --> src/main.rs:1:16",
+            "  |",
+            "1 | fn main(){ let x = 1; }",
+            "  = note: `#[warn(unused_variables)]` on by default",
+            "error: could not compile `tracer` (bin \"tracer\") due to 1 previous error",
+            "\x1b[1m\x1b[33mwarning\x1b[0m: unused import",
+            "",
+        ] {
+            assert!(!is_progress(line), "{line}");
+        }
+    }
 }

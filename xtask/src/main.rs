@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cargo;
+mod package;
 mod setup;
 mod soak;
 
@@ -26,8 +27,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: formatting, lints, unit, property and real-kernel tests, and a
-    /// smoke run of the benchmark.
+    /// Build the Debian package (target/debian/tcpstate_*.deb): the daemon, its systemd unit, man
+    /// page, shell completions, alert rules and dashboard.
+    Package {
+        /// Then install it on this machine, check what it installed and purge it (as root; part
+        /// of `cargo xtask test`).
+        #[arg(long)]
+        test: bool,
+    },
+    /// Run the whole test suite: formatting, lints, unit, property and real-kernel tests (with a
+    /// real Prometheus), the package installed and removed, and a smoke run of the benchmark.
     Test,
     /// Measure the tracer against no tracer and its peers (libbpf-tools, bpftrace), as root.
     Bench(bench::Options),
@@ -54,14 +63,30 @@ fn run(cli: Cli) -> Result<()> {
             cargo::build_release()?;
             cargo::exec_tracer(&args)
         }
+        Task::Package { test } => {
+            if test {
+                require_root(
+                    "the package test installs and removes a package",
+                    "package --test",
+                )?;
+            }
+            setup::ensure_toolchain()?;
+            if test {
+                package::test()
+            } else {
+                package::build().map(drop)
+            }
+        }
         Task::Test => {
-            require_root("the test suite", "test")?;
+            require_root("the test suite loads eBPF programs into the kernel", "test")?;
+            require_prometheus()?;
             setup::ensure_toolchain()?;
             cargo::test_all()?;
+            package::test()?;
             bench::run(&bench::Options::smoke())
         }
         Task::Bench(options) => {
-            require_root("the benchmark", "bench")?;
+            require_root("the benchmark loads eBPF programs into the kernel", "bench")?;
             setup::ensure_toolchain()?;
             cargo::build_release()?;
             bench::run(&if options.smoke {
@@ -71,7 +96,7 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Task::Soak(options) => {
-            require_root("the soak", "soak")?;
+            require_root("the soak loads eBPF programs into the kernel", "soak")?;
             setup::ensure_toolchain()?;
             cargo::build_release()?;
             soak::run(&options)
@@ -79,14 +104,35 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The tasks that load eBPF programs (and enter network namespaces) need root; say so before
-/// building anything.
-fn require_root(what: &str, task: &str) -> Result<()> {
+/// The alert rules, the dashboard and the metrics are tested with Debian's prometheus package
+/// (promtool and the server itself). Say so before building anything rather than fail after
+/// minutes; these tests never skip, in CI or elsewhere.
+fn require_prometheus() -> Result<()> {
+    let missing: Vec<&str> = ["promtool", "prometheus"]
+        .into_iter()
+        .filter(|tool| {
+            std::process::Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_err()
+        })
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the test suite runs {} from Debian's prometheus package: \
+             apt-get install --no-install-recommends prometheus",
+            missing.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+/// The tasks that load eBPF programs (and enter network namespaces) or install packages need
+/// root; say so before building anything.
+fn require_root(why: &str, task: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        anyhow::bail!(
-            "{what} loads eBPF programs into the kernel: run it as root (sudo -E cargo xtask {task})"
-        );
+        anyhow::bail!("{why}: run it as root (sudo -E cargo xtask {task})");
     }
     Ok(())
 }

@@ -56,7 +56,14 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<()> {
     );
     checked(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--version", "^0.13"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--quiet",
+                "--version",
+                "^0.13",
+            ])
             .args([
                 "--no-default-features",
                 "--features",

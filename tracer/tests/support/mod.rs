@@ -3,7 +3,9 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::{
-    io::{BufRead as _, BufReader},
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -357,4 +359,125 @@ impl Drop for Namespace {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
+}
+
+/// A port free on loopback right now, for a server the test starts.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` from a server on loopback: the status line and headers, and the body. HTTP/1.0, so
+/// the body comes whole (never chunked) and ends with the connection.
+pub fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|err| panic!("cannot connect to 127.0.0.1:{port}: {err}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response from port {port}: {response}"));
+    (head.to_owned(), body.to_owned())
+}
+
+/// The tracer's `/metrics`, checked to be served as OpenMetrics.
+pub fn scrape(port: u16) -> String {
+    let (head, body) = http_get(port, "/metrics");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    body
+}
+
+/// Samples by name and labels (sorted `k=v` pairs joined by commas).
+pub fn samples(text: &str) -> HashMap<(String, String), f64> {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses as Prometheus text");
+    scrape
+        .samples
+        .into_iter()
+        .filter_map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => return None,
+            };
+            let mut labels: Vec<String> =
+                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            Some(((s.metric, labels.join(",")), value))
+        })
+        .collect()
+}
+
+pub fn value(samples: &HashMap<(String, String), f64>, name: &str, labels: &str) -> f64 {
+    samples
+        .get(&(name.to_owned(), labels.to_owned()))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Waits until a scrape satisfies `done`; returns it. Patient: the tracer's gauges can lag by
+/// many seconds on a host with very many sockets (tests/prometheus.rs says why).
+pub fn scrape_until(
+    port: u16,
+    what: &str,
+    done: impl Fn(&HashMap<(String, String), f64>) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(port);
+        if done(&samples(&text)) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last scrape:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A tracer limited to the network namespace `ns`, serving metrics on a free port (returned).
+pub fn start_tracer(ns: &Namespace, extra: &[&str]) -> (Tracer, u16) {
+    let port = free_port();
+    let port_text = port.to_string();
+    let path = ns.path();
+    let mut args = vec![
+        "--netns",
+        path.as_str(),
+        "--metrics-addr",
+        port_text.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    (Tracer::start(&args), port)
+}
+
+/// `promtool` from Debian's prometheus package. Fails when it is missing, in CI as anywhere:
+/// the alert rules and dashboard would otherwise pass unchecked.
+pub fn promtool() -> Command {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    assert!(
+        found,
+        "promtool is missing: install Debian's prometheus package \
+         (apt-get install --no-install-recommends prometheus; .ci/run does)"
+    );
+    Command::new("promtool")
 }
