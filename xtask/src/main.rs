@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cargo;
+mod scale;
 mod setup;
 mod soak;
 
@@ -26,13 +27,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: formatting, lints, unit, property and real-kernel tests, and a
-    /// smoke run of the benchmark.
+    /// Run the whole test suite: formatting, lints, unit, property and real-kernel tests, and
+    /// smoke runs of the benchmark and of the scale measurement.
     Test,
     /// Measure the tracer against no tracer and its peers (libbpf-tools, bpftrace), as root.
     Bench(bench::Options),
     /// Run the tracer under steady churn for minutes, sampling its memory and table (as root).
     Soak(soak::Options),
+    /// Hold up to a million sockets and measure what the tracer spends on them, as root.
+    Scale(scale::Options),
+    /// A worker process of `scale`, holding connections (started by the harness).
+    #[command(hide = true)]
+    ScaleWorker(scale::worker::Args),
 }
 
 fn main() {
@@ -58,7 +64,8 @@ fn run(cli: Cli) -> Result<()> {
             require_root("the test suite", "test")?;
             setup::ensure_toolchain()?;
             cargo::test_all()?;
-            bench::run(&bench::Options::smoke())
+            bench::run(&bench::Options::smoke())?;
+            scale::run(&scale::Options::smoke())
         }
         Task::Bench(options) => {
             require_root("the benchmark", "bench")?;
@@ -76,6 +83,17 @@ fn run(cli: Cli) -> Result<()> {
             cargo::build_release()?;
             soak::run(&options)
         }
+        Task::Scale(options) => {
+            require_root("the scale measurement", "scale")?;
+            setup::ensure_toolchain()?;
+            cargo::build_release()?;
+            scale::run(&if options.smoke {
+                scale::Options::smoke()
+            } else {
+                options
+            })
+        }
+        Task::ScaleWorker(args) => scale::worker::run(&args),
     }
 }
 

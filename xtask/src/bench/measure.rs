@@ -58,24 +58,45 @@ pub struct Program {
     pub recursion_misses: u64,
 }
 
-/// Ids of the BPF programs whose file descriptors a process holds (`prog_id:` in its fdinfo).
-fn program_ids_of(pid: u32) -> Result<HashSet<u32>> {
+/// The fdinfo texts of a process's open file descriptors (those still open when read).
+fn fdinfos(pid: u32) -> Result<Vec<String>> {
     let dir = format!("/proc/{pid}/fdinfo");
-    let mut ids = HashSet::new();
-    for entry in std::fs::read_dir(&dir)
+    Ok(std::fs::read_dir(&dir)
         .with_context(|| format!("reading {dir}"))?
         .flatten()
-    {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        ids.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
-                .filter_map(|id| id.trim().parse::<u32>().ok()),
-        );
-    }
-    Ok(ids)
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .collect())
+}
+
+/// The value of a numeric `name:` line of an fdinfo text.
+fn fdinfo_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Ids of the BPF programs whose file descriptors a process holds (`prog_id:` in its fdinfo).
+fn program_ids_of(pid: u32) -> Result<HashSet<u32>> {
+    Ok(fdinfos(pid)?
+        .iter()
+        .filter_map(|text| fdinfo_field(text, "prog_id:"))
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect())
+}
+
+/// Memory of the BPF maps a process holds, in bytes: the `memlock:` the kernel charges for each
+/// map file descriptor (ring buffer included), each map counted once.
+pub fn bpf_map_memory(pid: u32) -> Result<u64> {
+    let by_map: HashMap<u64, u64> = fdinfos(pid)?
+        .iter()
+        .filter_map(|text| {
+            Some((
+                fdinfo_field(text, "map_id:")?,
+                fdinfo_field(text, "memlock:")?,
+            ))
+        })
+        .collect();
+    Ok(by_map.values().sum())
 }
 
 /// The BPF programs a process holds, by id.

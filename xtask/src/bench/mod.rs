@@ -3,7 +3,7 @@
 //! per round, rounds repeated) and reported as medians with their range, in
 //! target/bench/results.{md,json}.
 pub mod measure;
-mod tools;
+pub mod tools;
 
 use std::{
     collections::BTreeMap,
@@ -367,7 +367,7 @@ fn check_accounting(results: &[RunResult]) -> Result<()> {
 }
 
 /// Median and range of some figure over runs.
-fn spread(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64, f64)> {
+pub(crate) fn spread(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64, f64)> {
     let mut v: Vec<f64> = values.into_iter().collect();
     if v.is_empty() {
         return None;
