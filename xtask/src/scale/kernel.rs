@@ -41,32 +41,31 @@ fn write(name: &str, value: &str) -> Result<()> {
     std::fs::write(&path, value).with_context(|| format!("writing {value:?} to {path}"))
 }
 
-/// Host-wide limits, read before the harness leaves the host's network namespace (tcp_mem is
-/// not visible from another). Not changed: other work shares the machine.
-pub fn host_settings() -> Result<Vec<Setting>> {
-    let host = |name, why| -> Result<Setting> {
-        Ok(Setting {
-            name,
-            scope: "host",
-            found: read(name)?,
-            set: None,
-            why,
-        })
+/// Host-wide limits, read before the harness leaves its network namespace: tcp_mem shows only in
+/// the host's (after the benchmark, in `cargo xtask test`, it is not visible). Not changed: other
+/// work shares the machine.
+pub fn host_settings() -> Vec<Setting> {
+    let host = |name, why| Setting {
+        name,
+        scope: "host",
+        found: read(name).unwrap_or_else(|_| "not visible from this namespace".to_owned()),
+        set: None,
+        why,
     };
-    Ok(vec![
+    vec![
         host(
             "net.ipv4.tcp_mem",
             "pages of socket buffers before TCP throttles; idle connections hold none",
-        )?,
+        ),
         host(
             "fs.file-max",
             "open files machine-wide: a socket is one, 2 per connection",
-        )?,
+        ),
         host(
             "fs.nr_open",
             "per-process ceiling of the fd limit (the hard limit, 20,000 here, binds first)",
-        )?,
-    ])
+        ),
+    ]
 }
 
 /// Sets what the namespace needs for `connections_per_destination` connections to each worker's

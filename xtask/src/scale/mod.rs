@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use self::{
     fleet::{Fleet, Planted},
-    timeline::{CpuSampler, WindowCost},
+    timeline::{CpuSampler, Schedule, WindowCost},
 };
 use crate::{
     bench::{measure, tools},
@@ -123,7 +123,7 @@ pub fn run(options: &Options) -> Result<()> {
     if options.stuck > options.connections {
         bail!("cannot leave more connections in CLOSE_WAIT than there are");
     }
-    let host = kernel::host_settings()?;
+    let host = kernel::host_settings();
     let load_at_start = kernel::load_average();
     let netns = measure::enter_own_network_namespace()?;
     let mut settings = kernel::prepare_namespace(options.per_worker)?;
@@ -145,9 +145,9 @@ pub fn run(options: &Options) -> Result<()> {
         let tracer = Tracer::start(&flags, netns)?;
         thread::sleep(SETTLE);
         let baseline = tracer.memory()?;
-        let cpu = measure::cpu_time(tracer.pid)?;
+        let cpu = measure::process_cpu_time(tracer.pid)?;
         let fleet = Fleet::start(options.connections, options.per_worker, parallel)?;
-        let tracer_cpu = measure::cpu_time(tracer.pid)?.saturating_sub(cpu);
+        let tracer_cpu = measure::process_cpu_time(tracer.pid)?.saturating_sub(cpu);
         (baseline, Some((tracer, tracer_cpu)), fleet)
     } else {
         let baseline = idle_memory(&flags, netns)?;
@@ -276,7 +276,7 @@ impl Tracer {
         let spawned = Clock::now();
         let running = tools::start_tracer(netns, flags, STARTUP_TIMEOUT)?;
         let pid = running.pid().context("the tracer has no process")?;
-        let startup_cpu = measure::cpu_time(pid)?;
+        let startup_cpu = measure::process_cpu_time(pid)?;
         Ok(Self {
             sampler: CpuSampler::start(pid),
             running,
@@ -306,12 +306,14 @@ impl Tracer {
         })
     }
 
-    /// The daemon's CPU between two instants, and the reconciliations due in between.
-    fn cost(&self, from: Instant, to: Instant, reconcile_interval: Duration) -> WindowCost {
-        timeline::window_cost(
-            &self.sampler.between(from, to),
-            &timeline::ticks(self.snapshot_at(), reconcile_interval, from, to),
-        )
+    /// The daemon's CPU between two instants, and its bursts of work.
+    fn cost(&self, from: Instant, to: Instant, options: &Options) -> WindowCost {
+        let schedule = Schedule {
+            snapshot: self.snapshot_at(),
+            reconcile: options.reconcile_interval,
+            summary: options.summary_interval,
+        };
+        timeline::window_cost(&self.sampler.between(from, to), &schedule)
     }
 
     /// The JSON objects of one kind written so far.
@@ -408,24 +410,27 @@ fn measure_phase(tracer: Tracer, started: Started, context: &PhaseContext) -> Re
         threshold_from + options.threshold,
         origin,
     )?;
-    eprintln!("xtask: scale: comparing the tracer's table with the kernel's");
-    let table = compare_table(&tracer, options)?;
-    let lingering_until = context.planting.at + context.fin_timeout + Duration::from_secs(2);
+    // Before the table comparison, whose `ss` runs load the machine and take long at a million
+    // sockets. The kernel keeps a timewait socket listed a second or two past its timeout; the
+    // daemon stops checking once their timers have fired.
+    let lingering_until = context.planting.at + context.fin_timeout + Duration::from_secs(5);
     let lingering = if !options.smoke && Instant::now() < lingering_until {
         eprintln!("xtask: scale: sampling CPU while the planted sockets' peers linger");
         let from = Instant::now();
         thread::sleep(lingering_until - from);
-        Some(tracer.cost(from, Instant::now(), options.reconcile_interval))
+        Some(tracer.cost(from, Instant::now(), options))
     } else {
         None
     };
+    eprintln!("xtask: scale: comparing the tracer's table with the kernel's");
+    let table = compare_table(&tracer, options)?;
     eprintln!(
         "xtask: scale: sampling idle CPU for {}",
         humantime::format_duration(options.idle)
     );
     let from = Instant::now();
     thread::sleep(options.idle);
-    let idle = tracer.cost(from, Instant::now(), options.reconcile_interval);
+    let idle = tracer.cost(from, Instant::now(), options);
     let memory = tracer.memory()?;
     let tracked = table.tracked;
     let grown = (memory.rss + memory.bpf_maps) as f64
@@ -476,6 +481,8 @@ pub struct StuckReports {
     all_owned_after_ms: Option<f64>,
     /// Stuck reports of sockets that were not planted.
     unplanted: usize,
+    /// The first few of them: state, addresses, age.
+    unplanted_examples: Vec<String>,
     wrong_owner: Vec<String>,
 }
 
@@ -508,12 +515,29 @@ fn is_report_of(report: &Value, planted: &Planted) -> bool {
 }
 
 fn judge_stuck(reports: &[Value], planted: &[Planted], origin: SystemTime) -> StuckReports {
+    let unplanted: Vec<&Value> = reports
+        .iter()
+        .filter(|r| !planted.iter().any(|p| is_report_of(r, p)))
+        .collect();
     let mut judged = StuckReports {
         planted: planted.len(),
-        unplanted: reports
+        unplanted: unplanted.len(),
+        unplanted_examples: unplanted
             .iter()
-            .filter(|r| !planted.iter().any(|p| is_report_of(r, p)))
-            .count(),
+            .take(5)
+            .map(|r| {
+                format!(
+                    "{} {}:{} <-> {}:{} age {} ms, pid {}",
+                    r["state"],
+                    r["saddr"],
+                    r["sport"],
+                    r["daddr"],
+                    r["dport"],
+                    r["age_ms"],
+                    r["pid"]
+                )
+            })
+            .collect(),
         ..StuckReports::default()
     };
     let mut last_owned: Option<SystemTime> = None;
@@ -659,7 +683,10 @@ fn checks(phases: &[Phase]) -> Vec<report::Check> {
         check(
             "no other socket is reported stuck",
             s.unplanted == 0,
-            format!("{} other stuck reports", s.unplanted),
+            format!(
+                "{} other stuck reports {:?}",
+                s.unplanted, s.unplanted_examples
+            ),
         );
         let f = &phase.final_summary;
         check(
@@ -715,6 +742,7 @@ mod tests {
         assert_eq!(judged.late, 1);
         assert_eq!(judged.max_late_ms, Some(2000.0));
         assert_eq!(judged.unplanted, 1);
+        assert_eq!(judged.unplanted_examples.len(), 1);
         assert_eq!(judged.wrong_owner.len(), 1);
         // Not every planted socket has its owner: no time to report.
         assert_eq!(judged.all_owned_after_ms, None);

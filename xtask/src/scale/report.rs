@@ -5,7 +5,11 @@ use serde::Serialize;
 
 use crate::bench::spread;
 
-use super::{Build, Phase, Started, kernel::Setting, timeline::WindowCost};
+use super::{
+    Build, Phase, Started,
+    kernel::Setting,
+    timeline::{BurstCost, WindowCost, Work},
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -171,14 +175,27 @@ fn rows() -> Vec<(&'static str, Cell)> {
         }),
         (
             "one reconciliation: wall ms / CPU ms, median (min–max)",
-            |p| reconciliations(p.lingering.iter().chain([&p.idle])),
+            |p| {
+                let windows = || p.lingering.iter().chain([&p.idle]);
+                let merged = windows().flat_map(|w| w.of(Work::Merged)).count();
+                let mut shown = costs(windows().flat_map(|w| w.of(Work::Reconciliation)));
+                if merged > 0 {
+                    shown.push_str(&format!("; {merged} more merged with other work"));
+                }
+                shown
+            },
         ),
+        ("one summary: wall ms / CPU ms, median (min–max)", |p| {
+            costs(p.idle.of(Work::Summary))
+        }),
         (
             "idle CPU ms per minute: all / outside reconciliations",
             |p| {
                 format!(
                     "{:.0} / {:.0} (over {:.0} s)",
-                    p.idle.cpu_ms_per_minute, p.idle.other_cpu_ms_per_minute, p.idle.seconds
+                    p.idle.cpu_ms_per_minute,
+                    p.idle.outside_reconciliations_cpu_ms_per_minute,
+                    p.idle.seconds
                 )
             },
         ),
@@ -186,11 +203,17 @@ fn rows() -> Vec<(&'static str, Cell)> {
             longest(&p.idle)
         }),
         (
-            "while FIN_WAIT2 peers linger: CPU ms per minute outside reconciliations; longest burst wall / CPU ms",
+            "while FIN_WAIT2 peers linger: CPU ms per minute outside reconciliations; longest other burst wall / CPU ms",
             |p| {
                 p.lingering.as_ref().map_or_else(
-                    || "not measured".to_owned(),
-                    |w| format!("{:.0}; {}", w.other_cpu_ms_per_minute, longest(w)),
+                    || "not measured (over before the window began)".to_owned(),
+                    |w| {
+                        format!(
+                            "{:.0}; {}",
+                            w.outside_reconciliations_cpu_ms_per_minute,
+                            longest(w)
+                        )
+                    },
                 )
             },
         ),
@@ -227,16 +250,16 @@ fn counts(by_state: &BTreeMap<String, u64>) -> String {
         .join(" ")
 }
 
-/// The reconciliations seen: how many, and their wall and CPU time, median (min–max).
-fn reconciliations<'a>(windows: impl Iterator<Item = &'a WindowCost>) -> String {
-    let seen: Vec<_> = windows.flat_map(|w| &w.reconciliations).collect();
+/// Bursts of one kind: their wall and CPU time, median (min–max), and how many.
+fn costs<'a>(bursts: impl Iterator<Item = &'a BurstCost>) -> String {
+    let seen: Vec<&BurstCost> = bursts.collect();
+    if seen.is_empty() {
+        return "none seen".to_owned();
+    }
     let show = |values: Vec<f64>| match spread(values) {
         Some((median, min, max)) => format!("{median:.0} ({min:.0}–{max:.0})"),
         None => "–".to_owned(),
     };
-    if seen.is_empty() {
-        return "none seen".to_owned();
-    }
     format!(
         "{} / {} (n={})",
         show(seen.iter().map(|b| b.wall_ms).collect()),
@@ -246,8 +269,11 @@ fn reconciliations<'a>(windows: impl Iterator<Item = &'a WindowCost>) -> String 
 }
 
 fn longest(window: &WindowCost) -> String {
-    window.other_longest.map_or_else(
-        || "none".to_owned(),
-        |b| format!("{:.0} / {:.0}", b.wall_ms, b.cpu_ms),
-    )
+    window
+        .of(Work::Other)
+        .max_by(|a, b| a.wall_ms.total_cmp(&b.wall_ms))
+        .map_or_else(
+            || "none".to_owned(),
+            |b| format!("{:.0} / {:.0} (at {:.1} s)", b.wall_ms, b.cpu_ms, b.at_s),
+        )
 }

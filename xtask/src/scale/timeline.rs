@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::bench::measure;
 
-/// How often the daemon's CPU time is read: fine enough to see a reconciliation of a few
-/// thousand sockets, coarse enough that reading /proc costs the machine little.
+/// How often the daemon's CPU time is read: the kernel counts it in 10 ms ticks; fine enough to
+/// see a reconciliation of a few thousand sockets, and reading /proc costs the machine little.
 const PERIOD: Duration = Duration::from_millis(10);
 
 /// One reading: when, and the CPU time the process had used by then.
@@ -41,9 +41,9 @@ impl CpuSampler {
             let (samples, stop) = (samples.clone(), stop.clone());
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    // The main thread's CPU: the tracer runs on one thread (tokio's current-thread
-                    // runtime), which lists its own network namespace, where the sockets are.
-                    let Ok(cpu) = measure::cpu_time(pid) else {
+                    // The whole process: the daemon lists other network namespaces from threads
+                    // of their own while its main thread waits.
+                    let Ok(cpu) = measure::process_cpu_time(pid) else {
                         return;
                     };
                     if let Ok(mut s) = samples.lock() {
@@ -98,8 +98,10 @@ pub struct Burst {
 /// Share of a CPU above which an interval counts as work. Low, because on a shared machine a
 /// busy daemon may get only part of a CPU; well above the 100 ms poll's few microseconds.
 const BUSY_SHARE: f64 = 0.2;
-/// Pauses shorter than this (the scheduler giving the CPU to another process) do not end a burst.
-const MERGE_GAP: Duration = Duration::from_millis(50);
+/// Pauses shorter than this do not end a burst: on a shared machine, a busy daemon waits for a
+/// CPU for tens of milliseconds at a time. Shorter than the daemon's quiet gaps (its 100 ms poll
+/// does not count as work).
+const MERGE_GAP: Duration = Duration::from_millis(250);
 
 pub fn bursts(samples: &[Sample]) -> Vec<Burst> {
     let mut found: Vec<Burst> = Vec::new();
@@ -125,42 +127,62 @@ pub fn bursts(samples: &[Sample]) -> Vec<Burst> {
     found
 }
 
-/// What a quiet window of the daemon's life cost: all its CPU, and the part spent in the
-/// reconciliations scheduled in it.
+/// What the daemon was doing in a burst, told by the schedule the burst falls on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    /// Starts at a reconciliation's tick.
+    Reconciliation,
+    /// Starts at a summary's tick.
+    Summary,
+    /// Started before a reconciliation's tick and ran through it: the reconciliation merged with
+    /// other work, which cannot be told apart.
+    Merged,
+    /// Anything else: FIN_WAIT2 checks, stuck detection, polls.
+    Other,
+}
+
+/// When the daemon's periodic work falls due: its timers start when its start-up snapshot is
+/// complete.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub snapshot: Instant,
+    pub reconcile: Duration,
+    pub summary: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BurstCost {
+    pub work: Work,
+    /// When it began, in seconds after the start-up snapshot.
+    pub at_s: f64,
+    pub wall_ms: f64,
+    pub cpu_ms: f64,
+}
+
+/// What a quiet window of the daemon's life cost: all its CPU, and each burst of work in it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WindowCost {
     pub seconds: f64,
     pub cpu_ms: f64,
     pub cpu_ms_per_minute: f64,
-    /// One entry per reconciliation seen in the window.
-    pub reconciliations: Vec<BurstCost>,
-    /// CPU outside the reconciliations (summaries, FIN_WAIT2 checks, polls), per minute.
-    pub other_cpu_ms_per_minute: f64,
-    /// The longest burst of work outside reconciliations.
-    pub other_longest: Option<BurstCost>,
+    /// CPU outside the reconciliations (and the bursts merged with one), per minute.
+    pub outside_reconciliations_cpu_ms_per_minute: f64,
+    pub bursts: Vec<BurstCost>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct BurstCost {
-    pub wall_ms: f64,
-    pub cpu_ms: f64,
-}
-
-impl From<&Burst> for BurstCost {
-    fn from(b: &Burst) -> Self {
-        Self {
-            wall_ms: b.end.saturating_duration_since(b.start).as_secs_f64() * 1e3,
-            cpu_ms: b.cpu.as_secs_f64() * 1e3,
-        }
+impl WindowCost {
+    pub fn of(&self, work: Work) -> impl Iterator<Item = &BurstCost> {
+        self.bursts.iter().filter(move |b| b.work == work)
     }
 }
 
-/// A reconciliation starts at its tick, or a little later when the daemon was busy then.
+/// Work starts at its tick, or a little later when the daemon was busy then.
 const TICK_SLACK_BEFORE: Duration = Duration::from_millis(100);
 const TICK_SLACK_AFTER: Duration = Duration::from_secs(1);
 
-/// The cost of a window given its samples and the times reconciliations were due in it.
-pub fn window_cost(samples: &[Sample], reconcile_ticks: &[Instant]) -> WindowCost {
+/// The cost of a window given its samples and the daemon's schedule.
+pub fn window_cost(samples: &[Sample], schedule: &Schedule) -> WindowCost {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         return WindowCost::default();
     };
@@ -173,49 +195,59 @@ pub fn window_cost(samples: &[Sample], reconcile_ticks: &[Instant]) -> WindowCos
             0.0
         }
     };
-    // Each tick's reconciliation is the first burst starting near it.
     let found = bursts(samples);
-    let mut is_reconciliation = vec![false; found.len()];
-    for &tick in reconcile_ticks {
-        if let Some(i) = found
-            .iter()
-            .position(|b| b.start + TICK_SLACK_BEFORE >= tick && b.start <= tick + TICK_SLACK_AFTER)
-        {
-            is_reconciliation[i] = true;
+    let mut work = vec![Work::Other; found.len()];
+    for (kind, interval) in [
+        (Work::Reconciliation, schedule.reconcile),
+        (Work::Summary, schedule.summary),
+    ] {
+        for tick in ticks(schedule.snapshot, interval, first.at, last.at) {
+            // Each tick's work is the first burst starting near it.
+            let unclaimed = |i: &usize| work[*i] == Work::Other;
+            let starting = (0..found.len()).filter(unclaimed).find(|&i| {
+                found[i].start + TICK_SLACK_BEFORE >= tick
+                    && found[i].start <= tick + TICK_SLACK_AFTER
+            });
+            let spanning = (0..found.len())
+                .filter(unclaimed)
+                .find(|&i| found[i].start < tick && found[i].end > tick);
+            match (starting, spanning) {
+                (Some(i), _) => work[i] = kind,
+                (None, Some(i)) if kind == Work::Reconciliation => work[i] = Work::Merged,
+                _ => {}
+            }
         }
     }
-    let of_kind = |reconciliation: bool| -> Vec<&Burst> {
-        found
-            .iter()
-            .zip(&is_reconciliation)
-            .filter(|(_, r)| **r == reconciliation)
-            .map(|(b, _)| b)
-            .collect()
-    };
-    let (reconciliations, others) = (of_kind(true), of_kind(false));
-    let reconcile_ms: f64 = reconciliations
+    let bursts: Vec<BurstCost> = found
         .iter()
-        .map(|b| b.cpu.as_secs_f64() * 1e3)
+        .zip(work)
+        .map(|(b, work)| BurstCost {
+            work,
+            at_s: b
+                .start
+                .saturating_duration_since(schedule.snapshot)
+                .as_secs_f64(),
+            wall_ms: b.end.saturating_duration_since(b.start).as_secs_f64() * 1e3,
+            cpu_ms: b.cpu.as_secs_f64() * 1e3,
+        })
+        .collect();
+    let reconciling_ms: f64 = bursts
+        .iter()
+        .filter(|b| matches!(b.work, Work::Reconciliation | Work::Merged))
+        .map(|b| b.cpu_ms)
         .sum();
     WindowCost {
         seconds,
         cpu_ms,
         cpu_ms_per_minute: per_minute(cpu_ms),
-        reconciliations: reconciliations
-            .iter()
-            .map(|b| BurstCost::from(*b))
-            .collect(),
-        other_cpu_ms_per_minute: per_minute(cpu_ms - reconcile_ms),
-        other_longest: others
-            .iter()
-            .map(|b| BurstCost::from(*b))
-            .max_by(|a, b| a.wall_ms.total_cmp(&b.wall_ms)),
+        outside_reconciliations_cpu_ms_per_minute: per_minute(cpu_ms - reconciling_ms),
+        bursts,
     }
 }
 
-/// The times reconciliations fall due between two instants: every `interval` after the start-up
-/// snapshot (the daemon's timer starts when its snapshot is done).
-pub fn ticks(snapshot: Instant, interval: Duration, from: Instant, to: Instant) -> Vec<Instant> {
+/// The times work with this interval falls due between two instants (with the slack a burst may
+/// start after its tick): every `interval` after the start-up snapshot.
+fn ticks(snapshot: Instant, interval: Duration, from: Instant, to: Instant) -> Vec<Instant> {
     let mut ticks = Vec::new();
     if interval.is_zero() {
         return ticks;
@@ -251,8 +283,11 @@ mod tests {
     #[test]
     fn finds_bursts_and_merges_short_pauses() {
         let t0 = Instant::now();
-        // idle, 30 ms of work, a 20 ms pause, 20 ms of work, a long pause, 10 ms of work
-        let s = samples(t0, &[0, 0, 10, 10, 10, 0, 0, 10, 10, 0, 0, 0, 0, 0, 0, 10]);
+        // idle, 30 ms of work, a 20 ms pause, 20 ms of work, a 300 ms pause, 10 ms of work
+        let mut work = vec![0, 0, 10, 10, 10, 0, 0, 10, 10];
+        work.extend([0; 30]);
+        work.push(10);
+        let s = samples(t0, &work);
         let found = bursts(&s);
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].start, t0 + Duration::from_millis(20));
@@ -273,23 +308,38 @@ mod tests {
     }
 
     #[test]
-    fn reconciliations_are_the_bursts_at_their_ticks() {
+    fn bursts_are_told_by_their_schedule() {
         let t0 = Instant::now();
-        let mut work = vec![0u64; 100];
-        work[10..15].fill(10); // at 100 ms: the reconciliation due at 100 ms
-        work[60] = 8; // at 600 ms: something else
+        let mut work = vec![0u64; 200];
+        work[10..15].fill(10); // 100 ms: the reconciliation due at 100 ms
+        work[60] = 3; // 600 ms: the summary due at 600 ms
+        work[100] = 8; // 1000 ms: something else
+        work[145..170].fill(10); // 1450–1700 ms: through the reconciliation due at 1600 ms
         let s = samples(t0, &work);
-        let cost = window_cost(&s, &[t0 + Duration::from_millis(100)]);
-        assert_eq!(cost.reconciliations.len(), 1);
-        assert!((cost.reconciliations[0].cpu_ms - 50.0).abs() < 1e-9);
-        assert!((cost.reconciliations[0].wall_ms - 50.0).abs() < 1e-6);
-        assert!((cost.cpu_ms - 58.0).abs() < 1e-9);
-        // 8 ms outside over a 1 s window.
-        assert!((cost.other_cpu_ms_per_minute - 480.0).abs() < 1e-6);
-        assert!(
-            cost.other_longest
-                .is_some_and(|b| (b.cpu_ms - 8.0).abs() < 1e-9)
+        let schedule = Schedule {
+            snapshot: t0 - Duration::from_millis(1400),
+            reconcile: Duration::from_millis(1500),
+            summary: Duration::from_millis(2000),
+        };
+        let cost = window_cost(&s, &schedule);
+        let kinds: Vec<Work> = cost.bursts.iter().map(|b| b.work).collect();
+        assert_eq!(
+            kinds,
+            [
+                Work::Reconciliation,
+                Work::Summary,
+                Work::Other,
+                Work::Merged
+            ]
         );
+        let first = cost.bursts[0];
+        assert!((first.cpu_ms - 50.0).abs() < 1e-9);
+        assert!((first.wall_ms - 50.0).abs() < 1e-6);
+        assert!((first.at_s - 1.5).abs() < 1e-6);
+        assert!((cost.cpu_ms - 311.0).abs() < 1e-9);
+        // 11 ms outside reconciliations over a 2 s window.
+        assert!((cost.outside_reconciliations_cpu_ms_per_minute - 330.0).abs() < 1e-6);
+        assert_eq!(cost.of(Work::Other).count(), 1);
     }
 
     #[test]
