@@ -140,22 +140,26 @@ pub fn run(options: &Options) -> Result<()> {
     let started = options.started();
 
     let mut phases = Vec::new();
-    let build_started = Instant::now();
-    let (baseline, first, mut fleet) = if started.contains(&Started::Before) {
+    let build = || -> Result<(Fleet, Duration)> {
+        let started = Instant::now();
+        let fleet = Fleet::start(options.connections, options.per_worker, parallel)?;
+        Ok((fleet, started.elapsed()))
+    };
+    let (baseline, first, mut fleet, took) = if started.contains(&Started::Before) {
         let tracer = Tracer::start(&flags, netns)?;
         thread::sleep(SETTLE);
         let baseline = tracer.memory()?;
         let cpu = measure::process_cpu_time(tracer.pid)?;
-        let fleet = Fleet::start(options.connections, options.per_worker, parallel)?;
+        let (fleet, took) = build()?;
         let tracer_cpu = measure::process_cpu_time(tracer.pid)?.saturating_sub(cpu);
-        (baseline, Some((tracer, tracer_cpu)), fleet)
+        (baseline, Some((tracer, tracer_cpu)), fleet, took)
     } else {
         let baseline = idle_memory(&flags, netns)?;
-        let fleet = Fleet::start(options.connections, options.per_worker, parallel)?;
-        (baseline, None, fleet)
+        let (fleet, took) = build()?;
+        (baseline, None, fleet, took)
     };
     let build = Build {
-        seconds: build_started.elapsed().as_secs_f64(),
+        seconds: took.as_secs_f64(),
         workers: fleet.len(),
         tracer_cpu_ms: first.as_ref().map(|(_, cpu)| cpu.as_secs_f64() * 1e3),
     };
@@ -526,15 +530,20 @@ fn judge_stuck(reports: &[Value], planted: &[Planted], origin: SystemTime) -> St
             .iter()
             .take(5)
             .map(|r| {
+                // Strings without their JSON quotes.
+                let f = |key: &str| match &r[key] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
                 format!(
-                    "{} {}:{} <-> {}:{} age {} ms, pid {}",
-                    r["state"],
-                    r["saddr"],
-                    r["sport"],
-                    r["daddr"],
-                    r["dport"],
-                    r["age_ms"],
-                    r["pid"]
+                    "{} {}:{} <-> {}:{} for {} ms, pid {}",
+                    f("state"),
+                    f("saddr"),
+                    f("sport"),
+                    f("daddr"),
+                    f("dport"),
+                    f("age_ms"),
+                    f("pid")
                 )
             })
             .collect(),
@@ -742,7 +751,10 @@ mod tests {
         assert_eq!(judged.late, 1);
         assert_eq!(judged.max_late_ms, Some(2000.0));
         assert_eq!(judged.unplanted, 1);
-        assert_eq!(judged.unplanted_examples.len(), 1);
+        assert_eq!(
+            judged.unplanted_examples,
+            ["CLOSE_WAIT 127.1.0.1:1000 <-> 127.0.0.1:50000 for 5000.0 ms, pid 7"]
+        );
         assert_eq!(judged.wrong_owner.len(), 1);
         // Not every planted socket has its owner: no time to report.
         assert_eq!(judged.all_owned_after_ms, None);
