@@ -74,8 +74,10 @@ impl Options {
             before: true,
             after: true,
             threshold: Duration::from_secs(5),
-            // Short, so the table comparison spans a reconciliation.
-            reconcile_interval: Duration::from_secs(7),
+            // The daemon's default. Shorter, a reconciliation could run while the connections are
+            // made, and it blocks the daemon long enough for the ring buffer to overflow on a slow
+            // machine: the smoke run's "nothing lost" would then depend on the machine's speed.
+            reconcile_interval: Duration::from_secs(30),
             summary_interval: Duration::from_secs(3),
             per_worker: 9_000,
             smoke: true,
@@ -779,9 +781,9 @@ mod tests {
     }
 
     #[test]
-    fn smoke_spans_a_reconciliation() {
+    fn smoke_is_small_and_checks_both_tracers() {
         let o = Options::smoke();
-        assert!(o.reconcile_interval < o.idle);
+        assert!(2 * o.connections <= 100_000);
         assert_eq!(o.started(), vec![Started::Before, Started::After]);
         let flags = tracer_flags(&o, None);
         assert!(flags.contains(&"close-wait=5s".to_owned()));
