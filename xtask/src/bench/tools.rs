@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read},
     net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -244,6 +245,18 @@ fn spawn(tool: Tool, netns: u32, extra: &[String], timeout: Duration) -> Result<
             c
         }
     };
+    // A tool must not outlive the harness, even one that is killed (no Drop runs then): it would
+    // keep its programs attached and the harness's network namespace alive. The signal is the
+    // tools' clean stop.
+    // SAFETY: prctl is async-signal-safe and touches only the child being started.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let spawned = Instant::now();
     let mut child = command
         .stdout(Stdio::piped())
