@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cargo;
 mod package;
+mod scale;
 mod setup;
 mod soak;
 
@@ -36,12 +37,18 @@ enum Task {
         test: bool,
     },
     /// Run the whole test suite: formatting, lints, unit, property and real-kernel tests (with a
-    /// real Prometheus), the package installed and removed, and a smoke run of the benchmark.
+    /// real Prometheus), the package installed and removed, and smoke runs of the benchmark and
+    /// of the scale measurement.
     Test,
     /// Measure the tracer against no tracer and its peers (libbpf-tools, bpftrace), as root.
     Bench(bench::Options),
     /// Run the tracer under steady churn for minutes, sampling its memory and table (as root).
     Soak(soak::Options),
+    /// Hold up to a million sockets and measure what the tracer spends on them, as root.
+    Scale(scale::Options),
+    /// A worker process of `scale`, holding connections (started by the harness).
+    #[command(hide = true)]
+    ScaleWorker(scale::worker::Args),
 }
 
 fn main() {
@@ -83,7 +90,8 @@ fn run(cli: Cli) -> Result<()> {
             setup::ensure_toolchain()?;
             cargo::test_all()?;
             package::test()?;
-            bench::run(&bench::Options::smoke())
+            bench::run(&bench::Options::smoke())?;
+            scale::run(&scale::Options::smoke())
         }
         Task::Bench(options) => {
             require_root("the benchmark loads eBPF programs into the kernel", "bench")?;
@@ -101,6 +109,17 @@ fn run(cli: Cli) -> Result<()> {
             cargo::build_release()?;
             soak::run(&options)
         }
+        Task::Scale(options) => {
+            require_root("the scale measurement", "scale")?;
+            setup::ensure_toolchain()?;
+            cargo::build_release()?;
+            scale::run(&if options.smoke {
+                scale::Options::smoke()
+            } else {
+                options
+            })
+        }
+        Task::ScaleWorker(args) => scale::worker::run(&args),
     }
 }
 

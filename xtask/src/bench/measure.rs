@@ -22,6 +22,31 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_nanos(ns))
 }
 
+/// CPU time of a whole process, every thread included, also those that have exited (the
+/// tracer lists other network namespaces from short-lived threads): utime + stime of
+/// /proc/<pid>/stat, in clock ticks (10 ms).
+pub fn process_cpu_time(pid: u32) -> Result<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces: state is
+    // field 3, utime and stime fields 14 and 15.
+    let after_comm = text.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let mut fields = after_comm.split_whitespace().skip(11);
+    let mut tick = || -> Result<u64> {
+        fields
+            .next()
+            .and_then(|f| f.parse().ok())
+            .context("parsing /proc/<pid>/stat")
+    };
+    let ticks = tick()? + tick()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&t| t > 0)
+        .unwrap_or(100);
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+}
+
 /// Peak resident memory of a process (VmHWM), in bytes.
 pub fn peak_rss(pid: u32) -> Result<u64> {
     status_bytes(pid, "VmHWM:")
@@ -128,6 +153,11 @@ pub fn maps_of(pid: u32) -> Result<Vec<Map>> {
     Ok(maps)
 }
 
+/// Kernel memory of the BPF maps a process holds, in bytes (ring buffer included).
+pub fn bpf_map_memory(pid: u32) -> Result<u64> {
+    Ok(maps_of(pid)?.iter().map(|m| m.bytes).sum())
+}
+
 /// Counter increase between two readings of the same process's programs, by program name.
 pub fn program_deltas(
     before: &HashMap<u32, Program>,
@@ -191,4 +221,29 @@ fn netns_inode(path: &Path) -> Result<u32> {
     Ok(std::fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
         .ino() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_whole_process_cpu_time() {
+        let before = process_cpu_time(std::process::id()).unwrap();
+        // Busy for a few clock ticks, on another thread.
+        thread_busy(Duration::from_millis(50));
+        let after = process_cpu_time(std::process::id()).unwrap();
+        assert!(after > before, "{before:?} -> {after:?}");
+    }
+
+    fn thread_busy(how_long: Duration) {
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while start.elapsed() < how_long {
+                std::hint::black_box(0u64);
+            }
+        })
+        .join()
+        .unwrap();
+    }
 }

@@ -6,7 +6,9 @@
 pub mod measure;
 mod report;
 mod servers;
-mod tools;
+pub mod tools;
+
+pub(crate) use report::spread;
 
 use std::{
     net::TcpListener,

@@ -52,7 +52,10 @@ pub struct Running {
     child: Option<Child>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    /// Spawn to "attached" (the tracer) or to the first line seen (a peer).
     pub startup: Duration,
+    /// Spawn to the tracer's "start-up snapshot" line: its table is complete from then on.
+    pub snapshot: Duration,
 }
 
 /// What a stopped tool left.
@@ -64,6 +67,16 @@ pub struct Finished {
 impl Running {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Lines written to standard output so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Standard error so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Lines written so far that mention `port` as either end, in the tool's format.
@@ -178,9 +191,22 @@ fn bpftrace_script() -> PathBuf {
     workspace_root().join("xtask/bench/tcpstates.bt")
 }
 
+/// How long a tool may take to start in the benchmark.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Starts `tool` and waits until it reports. The tracer is limited to the benchmark's network
 /// namespace (`netns`), so its counts hold the workload's events only.
 pub fn start(tool: Tool, netns: u32) -> Result<Running> {
+    spawn(tool, netns, &[], START_TIMEOUT)
+}
+
+/// Starts the quiet tracer with further flags, waiting up to `timeout` for its start-up snapshot
+/// (which takes long when millions of sockets exist).
+pub fn start_tracer(netns: u32, extra: &[String], timeout: Duration) -> Result<Running> {
+    spawn(Tool::TracerQuiet, netns, extra, timeout)
+}
+
+fn spawn(tool: Tool, netns: u32, extra: &[String], timeout: Duration) -> Result<Running> {
     let mut command = match tool {
         Tool::Baseline => {
             return Ok(Running {
@@ -189,6 +215,7 @@ pub fn start(tool: Tool, netns: u32) -> Result<Running> {
                 stdout: Arc::default(),
                 stderr: Arc::default(),
                 startup: Duration::ZERO,
+                snapshot: Duration::ZERO,
             });
         }
         Tool::TracerQuiet | Tool::TracerLog => {
@@ -208,6 +235,7 @@ pub fn start(tool: Tool, netns: u32) -> Result<Running> {
                     "never"
                 },
             ]);
+            c.args(extra);
             c
         }
         Tool::Libbpf => {
@@ -250,8 +278,9 @@ pub fn start(tool: Tool, netns: u32) -> Result<Running> {
         stdout,
         stderr,
         startup: Duration::ZERO,
+        snapshot: Duration::ZERO,
     };
-    wait_ready(&mut running, spawned)?;
+    wait_ready(&mut running, spawned, timeout)?;
     Ok(running)
 }
 
@@ -286,8 +315,8 @@ fn collect_lines(pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
 
 /// The tracer says when it has attached; a peer is ready when a connection made for the purpose
 /// shows in its output.
-fn wait_ready(running: &mut Running, spawned: Instant) -> Result<()> {
-    let deadline = spawned + Duration::from_secs(60);
+fn wait_ready(running: &mut Running, spawned: Instant, timeout: Duration) -> Result<()> {
+    let deadline = spawned + timeout;
     // A peer's readiness is seen on a connection of its own; the tracer's is not, so that the
     // tracer's counts hold the workload alone.
     let sentinel = if running.tool.is_ours() {
@@ -321,13 +350,18 @@ fn wait_ready(running: &mut Running, spawned: Instant) -> Result<()> {
             }
         };
         if ready {
+            running.snapshot = spawned.elapsed();
             if running.startup.is_zero() {
-                running.startup = spawned.elapsed();
+                running.startup = running.snapshot;
             }
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{} did not start within 60 s", running.tool.name());
+            bail!(
+                "{} did not start within {}",
+                running.tool.name(),
+                humantime::format_duration(timeout)
+            );
         }
         thread::sleep(Duration::from_millis(if running.tool.is_ours() {
             5
