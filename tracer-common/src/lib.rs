@@ -7,13 +7,18 @@
 #![no_std]
 
 pub mod aggregate;
+pub mod ends;
 pub mod names;
 pub mod records;
 pub mod settings;
 pub mod state;
 pub mod tuple;
 
-pub use records::{Event, EventKind, SockRecord, TwRecord, Watch, event_flags, record_flags};
+pub use ends::{End, EndCounts};
+pub use records::{
+    Event, EventKind, LastClose, RECENT_CLOSES, RecentCloses, SockRecord, TwRecord, Watch,
+    event_flags, record_flags,
+};
 pub use settings::{ACCEPT_RET_OFFSET, Config, KernelFilter, Offsets};
 pub use state::TcpState;
 pub use tuple::{AF_INET, AF_INET6, Owner, Tuple, normalize_family};
@@ -23,7 +28,7 @@ pub const UNKNOWN_DURATION: u64 = u64::MAX;
 
 /// Version of the pinned records' layout, part of the pinned maps' names: a daemon never reads
 /// records written by an incompatible one.
-pub const RECORD_VERSION: u32 = 3;
+pub const RECORD_VERSION: u32 = 4;
 
 /// TIME-WAIT lasts this long (the kernel's fixed `TCP_TIMEWAIT_LEN`).
 pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
@@ -48,7 +53,14 @@ pub mod counter {
     pub const TIMEWAIT_ENDS: u32 = 6;
     /// Owners set at accept().
     pub const ACCEPTS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// SYNs a connecting socket retransmitted (each costs its connect a second or more).
+    pub const SYN_RETRANSMITS: u32 = 8;
+    /// SYN-ACKs a listener retransmitted: handshakes its clients did not complete in time.
+    pub const SYNACK_RETRANSMITS: u32 = 9;
+    /// Resets a socket sent as it closed that could not be matched to its close (the closing
+    /// task moved to another CPU in between): that end stays counted as it was.
+    pub const UNMATCHED_RESETS: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Transitions that only a system call of the socket's own process makes (connect, listen, close,
@@ -88,6 +100,7 @@ mod pod {
     unsafe impl aya::Pod for super::aggregate::Gauges {}
     unsafe impl aya::Pod for super::aggregate::PortKey {}
     unsafe impl aya::Pod for super::aggregate::PortDurations {}
+    unsafe impl aya::Pod for super::EndCounts {}
 }
 
 #[cfg(test)]

@@ -19,6 +19,11 @@ pub const DURATIONS: &str = "DURATIONS";
 pub const GAUGES: &str = "GAUGES";
 pub const PORT_COUNTS: &str = "PORT_COUNTS";
 pub const PORT_DURATIONS: &str = "PORT_DURATIONS";
+/// Per-CPU connection ends ([`crate::EndCounts`]).
+pub const ENDS: &str = "ENDS";
+/// Per-CPU connect times ([`crate::aggregate::Durations`]): index 0 without a SYN retransmitted,
+/// 1 with.
+pub const CONNECT_DURATIONS: &str = "CONNECT_DURATIONS";
 /// Per-CPU health counters ([`crate::counter`]).
 pub const COUNTERS: &str = "COUNTERS";
 /// Local and remote ports of `--lport` / `--rport`.
@@ -40,6 +45,9 @@ pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 pub const TRANSITION_PROGRAM: &str = "inet_sock_set_state";
 pub const TIMER_EXPIRE_PROGRAM: &str = "timer_expire_entry";
 pub const ACCEPT_PROGRAM: &str = "sys_exit_accept";
+pub const RESET_PROGRAM: &str = "tcp_send_reset";
+pub const RETRANSMIT_PROGRAM: &str = "tcp_retransmit_skb";
+pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
 
 /// The syscall tracepoints the accept program is attached to.
 pub const ACCEPT_TRACEPOINTS: [(&str, &str); 2] = [
@@ -48,7 +56,7 @@ pub const ACCEPT_TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// Every map the daemon opens by name.
-pub const MAPS: [&str; 15] = [
+pub const MAPS: [&str; 17] = [
     EVENTS,
     SOCKETS,
     TIMEWAIT,
@@ -59,6 +67,8 @@ pub const MAPS: [&str; 15] = [
     GAUGES,
     PORT_COUNTS,
     PORT_DURATIONS,
+    ENDS,
+    CONNECT_DURATIONS,
     COUNTERS,
     LOCAL_PORTS,
     REMOTE_PORTS,
@@ -68,4 +78,11 @@ pub const MAPS: [&str; 15] = [
 /// Every global the daemon sets.
 pub const GLOBALS: [&str; 5] = [CONFIG, FILTER, OFFSETS, TIMER_FUNCTION, WAKEUP_BYTES];
 /// Every program the daemon loads.
-pub const PROGRAMS: [&str; 3] = [TRANSITION_PROGRAM, TIMER_EXPIRE_PROGRAM, ACCEPT_PROGRAM];
+pub const PROGRAMS: [&str; 6] = [
+    TRANSITION_PROGRAM,
+    TIMER_EXPIRE_PROGRAM,
+    ACCEPT_PROGRAM,
+    RESET_PROGRAM,
+    RETRANSMIT_PROGRAM,
+    SYNACK_PROGRAM,
+];

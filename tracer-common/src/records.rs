@@ -18,7 +18,11 @@ pub struct SockRecord {
     pub state: u8,
     /// [`record_flags`].
     pub flags: u8,
-    pub _pad: u32,
+    /// The kernel's `enum sk_rst_reason` of a reset the socket sent (with `RESET_SENT`).
+    pub reset_reason: u8,
+    /// SYNs retransmitted while connecting.
+    pub syn_retransmits: u8,
+    pub _pad: u16,
 }
 
 /// A connection in its timewait phase (TIME-WAIT, or a lingering FIN-WAIT-2).
@@ -52,6 +56,34 @@ pub mod record_flags {
     /// `since_ns` is when the socket entered its state; without it, when the tracer first saw it
     /// there (older than the tracer, or fixed by a reconciliation).
     pub const AGE_KNOWN: u8 = 1;
+    /// The socket sent a reset of its own (not an answer to a packet): it ends by it.
+    pub const RESET_SENT: u8 = 2;
+}
+
+/// The last sockets a CPU saw reach CLOSE, so that a reset sent right after (close() with unread
+/// data, linger 0: the kernel closes first) amends its end. Several: between the close and the
+/// reset's tracepoint the kernel sends the reset, and over loopback the peer's softirq closes
+/// other sockets on the same CPU meanwhile.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentCloses {
+    pub entries: [LastClose; RECENT_CLOSES],
+    /// Where the next close is written (modulo [`RECENT_CLOSES`]).
+    pub next: u64,
+}
+
+pub const RECENT_CLOSES: usize = 8;
+
+/// One socket that reached CLOSE.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastClose {
+    pub cookie: u64,
+    /// The [`crate::End`] counted for it.
+    pub end: u8,
+    /// The state it closed from.
+    pub old: u8,
+    pub _pad: [u8; 6],
 }
 
 /// What an [`Event`] reports.
@@ -60,12 +92,16 @@ pub mod record_flags {
 pub enum EventKind {
     /// A state transition (of a full socket, or of a connection in its timewait phase).
     Transition = 1,
+    /// The socket of `cookie`, whose transition to CLOSE was written just before, sent a reset
+    /// as it closed: its end is `end`, with `reset_reason`.
+    End = 2,
 }
 
 impl EventKind {
     pub const fn from_u8(value: u8) -> Option<Self> {
         match value {
             1 => Some(Self::Transition),
+            2 => Some(Self::End),
             _ => None,
         }
     }
@@ -101,7 +137,15 @@ pub struct Event {
     /// [`event_flags`].
     pub flags: u8,
     pub service_port: u16,
-    pub _pad: [u8; 2],
+    /// How the connection ended ([`crate::End`], 0 when it did not: not a transition to CLOSE),
+    /// with the socket's error (`sk_err`, 0 for none).
+    pub end: u8,
+    pub error: u8,
+    /// The kernel's `enum sk_rst_reason`, with `End::ResetSent`.
+    pub reset_reason: u8,
+    /// SYNs retransmitted before the connection was established (on SYN_SENT -> ESTABLISHED).
+    pub syn_retransmits: u8,
+    pub _pad: [u8; 6],
 }
 
 // The shared records have no implicit padding: every byte is a field, so the daemon may read them
@@ -110,10 +154,12 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Tuple>() == 16 + 16 + 4 + 2 * 6);
     assert!(size_of::<Owner>() == 4 + 4 + 16);
-    assert!(size_of::<SockRecord>() == 8 + 4 + 4 + 2 + 1 + 1 + 4);
+    assert!(size_of::<SockRecord>() == 8 + 4 + 4 + 2 + 1 + 1 + 1 + 1 + 2);
+    assert!(size_of::<LastClose>() == 8 + 1 + 1 + 6);
+    assert!(size_of::<RecentCloses>() == RECENT_CLOSES * size_of::<LastClose>() + 8);
     assert!(size_of::<TwRecord>() == 8 + 8 + 4 + 2 + 1 + 1);
     assert!(size_of::<Watch>() == 8 + 8 + size_of::<Tuple>() + 4 + 2 + 1 + 1);
-    assert!(size_of::<Event>() == 8 * 4 + size_of::<Tuple>() + size_of::<Owner>() + 8);
+    assert!(size_of::<Event>() == 8 * 4 + size_of::<Tuple>() + size_of::<Owner>() + 16);
 };
 
 #[cfg(test)]
@@ -127,6 +173,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockRecord>(), 24);
         assert_eq!(core::mem::size_of::<TwRecord>(), 24);
         assert_eq!(core::mem::size_of::<Watch>(), 72);
-        assert_eq!(core::mem::size_of::<Event>(), 112);
+        assert_eq!(core::mem::size_of::<Event>(), 120);
     }
 }

@@ -63,6 +63,9 @@ pub struct Offsets {
     pub skc_nulls_pprev: u32,
     /// Bit of `SOCK_DONE` (a FIN was received) in `skc_flags`.
     pub sock_done_bit: u32,
+    pub skc_state: u32,
+    /// `struct sock`: the socket's pending error (an `int`).
+    pub sk_err: u32,
     /// `struct inet_sock`: the local port and address as the classic tracepoint reports them
     /// (the kernel clears `skc_num` before the transition to CLOSE).
     pub inet_sport: u32,

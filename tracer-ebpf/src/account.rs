@@ -2,11 +2,15 @@
 //! (old, new), time in each state, live records by state, and the same per service port when the
 //! daemon asks for port labels. All per CPU: no lock, no atomic.
 use tracer_common::{
-    TcpState,
-    aggregate::{DURATION_BUCKETS, OCTAVES, PortKey, duration_bucket, octave},
+    End, TcpState,
+    aggregate::{DURATION_BUCKETS, Durations, OCTAVES, PortKey, duration_bucket, octave},
+    ends::ERRNO_SLOTS,
 };
 
-use crate::maps::{COUNTS, DURATIONS, GAUGES, PORT_COUNTS, PORT_DURATIONS, ZERO_PORT_DURATIONS};
+use crate::maps::{
+    CONNECT_DURATIONS, COUNTS, DURATIONS, ENDS, GAUGES, PORT_COUNTS, PORT_DURATIONS,
+    ZERO_PORT_DURATIONS,
+};
 
 const STATES: usize = TcpState::COUNT;
 
@@ -40,25 +44,69 @@ pub(crate) fn transition(old: u8, new: u8, port: u16, port_labels: bool) {
 /// A socket spent `ns` in `state`.
 #[inline(always)]
 pub(crate) fn duration(state: u8, ns: u64, port: u16, port_labels: bool) {
-    let Some(bucket) = bounded(duration_bucket(ns), DURATION_BUCKETS) else {
-        return;
-    };
     if let Some(d) = DURATIONS.get_ptr_mut(state as u32) {
-        // SAFETY: per-CPU value; the bucket is bounded above.
-        unsafe {
-            (*d).buckets[bucket] += 1;
-            (*d).count += 1;
-            (*d).sum_ns += ns;
-            if (*d).min_ns == 0 || ns < (*d).min_ns {
-                (*d).min_ns = ns.max(1);
-            }
-            if ns > (*d).max_ns {
-                (*d).max_ns = ns;
-            }
-        }
+        add_duration(d, ns);
     }
     if port_labels {
         port_duration(port, state, ns);
+    }
+}
+
+/// A connect took `ns` (SYN_SENT to ESTABLISHED), with a SYN retransmitted or not.
+#[inline(always)]
+pub(crate) fn connect_duration(ns: u64, retransmitted: bool) {
+    if let Some(d) = CONNECT_DURATIONS.get_ptr_mut(u32::from(retransmitted)) {
+        add_duration(d, ns);
+    }
+}
+
+#[inline(always)]
+fn add_duration(d: *mut Durations, ns: u64) {
+    let Some(bucket) = bounded(duration_bucket(ns), DURATION_BUCKETS) else {
+        return;
+    };
+    // SAFETY: a per-CPU value; the bucket is bounded above.
+    unsafe {
+        (*d).buckets[bucket] += 1;
+        (*d).count += 1;
+        (*d).sum_ns += ns;
+        if (*d).min_ns == 0 || ns < (*d).min_ns {
+            (*d).min_ns = ns.max(1);
+        }
+        if ns > (*d).max_ns {
+            (*d).max_ns = ns;
+        }
+    }
+}
+
+/// A connection ended (`change` 1), or an end counted before is taken back (`change` -1, as a
+/// wrapping add: per CPU a slot may wrap, the sum over CPUs is right). `connecting`: it never
+/// got past SYN_SENT. `err`: the socket's error, counted by number for an `End::Error`.
+#[inline(always)]
+pub(crate) fn end(end: End, connecting: bool, err: u8, change: u64) {
+    let Some(counts) = ENDS.get_ptr_mut(0) else {
+        return;
+    };
+    let Some(slot) = bounded(end as usize, End::COUNT) else {
+        return;
+    };
+    let errno = bounded((err as usize).min(ERRNO_SLOTS - 1), ERRNO_SLOTS);
+    // SAFETY: a per-CPU value; the indexes are bounded above.
+    unsafe {
+        (*counts).ends[slot] = (*counts).ends[slot].wrapping_add(change);
+        if connecting {
+            (*counts).connect_failures[slot] =
+                (*counts).connect_failures[slot].wrapping_add(change);
+        }
+        if end == End::Error
+            && let Some(errno) = errno
+        {
+            (*counts).errors[errno] = (*counts).errors[errno].wrapping_add(change);
+            if connecting {
+                (*counts).connect_errors[errno] =
+                    (*counts).connect_errors[errno].wrapping_add(change);
+            }
+        }
     }
 }
 

@@ -9,6 +9,9 @@
 //!   expiring timer is dropped by the first comparison.
 //! - [`accept`]: `sys_exit_accept{,4}` (classic tracepoints, only when every transition is
 //!   logged), the process that accepts a socket becomes its owner.
+//! - [`ends`]: `tcp_send_reset`, `tcp_retransmit_skb`, `tcp_retransmit_synack` (tp_btf): resets a
+//!   socket sends as it ends, SYNs and SYN-ACKs sent again. They run only when something goes
+//!   wrong.
 //! - [`maps`] holds the maps and load-time globals, [`read`] the readers of kernel structures the
 //!   hooks share, [`account`] the aggregates, [`output`] the ring buffer and the counters.
 #![no_std]
@@ -19,6 +22,7 @@
 
 mod accept;
 mod account;
+mod ends;
 mod maps;
 mod output;
 mod read;

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    Config, KernelFilter, Offsets, SockRecord, TcpState, Tuple, TwRecord, Watch,
+    Config, EndCounts, KernelFilter, Offsets, RecentCloses, SockRecord, TcpState, Tuple, TwRecord,
+    Watch,
     aggregate::{Durations, Gauges, PortDurations, PortKey, TransitionCounts},
     counter,
 };
@@ -47,6 +48,18 @@ pub(crate) static DURATIONS: PerCpuArray<Durations> =
 
 #[map]
 pub(crate) static GAUGES: PerCpuArray<Gauges> = PerCpuArray::with_max_entries(1, 0);
+
+/// How connections ended.
+#[map]
+pub(crate) static ENDS: PerCpuArray<EndCounts> = PerCpuArray::with_max_entries(1, 0);
+
+/// Connect times: 0 without a SYN retransmitted, 1 with.
+#[map]
+pub(crate) static CONNECT_DURATIONS: PerCpuArray<Durations> = PerCpuArray::with_max_entries(2, 0);
+
+/// The last sockets each CPU saw close, for a reset sent right after.
+#[map]
+pub(crate) static RECENT_CLOSES: PerCpuArray<RecentCloses> = PerCpuArray::with_max_entries(1, 0);
 
 /// With `--metrics-port-label`: transitions and durations per service port. Ports past the
 /// maps' room are counted under port 0 (`other`).
@@ -116,6 +129,8 @@ pub(crate) static OFFSETS: Global<Offsets> = Global::new(Offsets {
     skc_flags: 0,
     skc_nulls_pprev: 0,
     sock_done_bit: 0,
+    skc_state: 0,
+    sk_err: 0,
     inet_sport: 0,
     inet_saddr: 0,
     net_inum: 0,

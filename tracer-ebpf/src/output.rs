@@ -47,6 +47,7 @@ pub(crate) fn passes_filter(tuple: &Tuple) -> bool {
 
 /// What an event says, besides its addresses and owner.
 pub(crate) struct Fields {
+    pub(crate) kind: EventKind,
     pub(crate) ts_ns: u64,
     pub(crate) sock: u64,
     pub(crate) cookie: u64,
@@ -55,9 +56,13 @@ pub(crate) struct Fields {
     pub(crate) new: u8,
     pub(crate) flags: u8,
     pub(crate) service_port: u16,
+    pub(crate) end: u8,
+    pub(crate) error: u8,
+    pub(crate) reset_reason: u8,
+    pub(crate) syn_retransmits: u8,
 }
 
-/// Writes one transition event, built in place in the ring buffer (not on the program's small
+/// Writes one event, built in place in the ring buffer (not on the program's small
 /// stack). The reader is woken only when enough data waits (see `WAKEUP_BYTES`).
 #[inline(always)]
 pub(crate) fn emit(fields: &Fields, tuple: &Tuple, owner: &Owner) {
@@ -74,12 +79,16 @@ pub(crate) fn emit(fields: &Fields, tuple: &Tuple, owner: &Owner) {
         (*event).prev_state_ns = fields.prev_state_ns;
         (*event).tuple = *tuple;
         (*event).owner = *owner;
-        (*event).kind = EventKind::Transition as u8;
+        (*event).kind = fields.kind as u8;
         (*event).old = fields.old;
         (*event).new = fields.new;
         (*event).flags = fields.flags;
         (*event).service_port = fields.service_port;
-        (*event)._pad = [0; 2];
+        (*event).end = fields.end;
+        (*event).error = fields.error;
+        (*event).reset_reason = fields.reset_reason;
+        (*event).syn_retransmits = fields.syn_retransmits;
+        (*event)._pad = [0; 6];
     }
     let threshold = WAKEUP_BYTES.load();
     let flags = if threshold == 0 {

@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    Config, Owner, TIMEWAIT_LEN_NS, TcpState, Tuple, TwRecord, UNKNOWN_DURATION, counter,
-    event_flags, record_flags,
+    Config, End, EventKind, Owner, TIMEWAIT_LEN_NS, TcpState, Tuple, TwRecord, UNKNOWN_DURATION,
+    counter, event_flags, record_flags,
 };
 
 use crate::{
@@ -143,8 +143,16 @@ fn emit_timewait(tuple: &Tuple, record: &TwRecord, ts_ns: u64, spent: u64, old: 
         pid: record.pid,
         ..Owner::default()
     };
+    // A lingering FIN-WAIT-2 that reaches TIME-WAIT ended in order; its entry into TIME-WAIT
+    // is the line that says so. The end of TIME-WAIT itself ends no connection.
+    let end = if old == FIN_WAIT2 && new == TIME_WAIT {
+        End::Fin as u8
+    } else {
+        0
+    };
     emit(
         &Fields {
+            kind: EventKind::Transition,
             ts_ns,
             sock: record.sock,
             cookie: 0,
@@ -153,6 +161,10 @@ fn emit_timewait(tuple: &Tuple, record: &TwRecord, ts_ns: u64, spent: u64, old: 
             new,
             flags: event_flags::TIMEWAIT,
             service_port: record.service_port,
+            end,
+            error: 0,
+            reset_reason: 0,
+            syn_retransmits: 0,
         },
         tuple,
         &owner,

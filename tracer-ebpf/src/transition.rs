@@ -11,15 +11,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    Owner, SockRecord, TcpState, Tuple, TwRecord, UNKNOWN_DURATION, counter, event_flags,
-    record_flags, runs_in_owner_context, tuple::service_port,
+    End, EventKind, LastClose, Owner, RECENT_CLOSES as RECENT_CLOSES_LEN, SockRecord, TcpState,
+    Tuple, TwRecord, UNKNOWN_DURATION, counter, event_flags, record_flags, runs_in_owner_context,
+    tuple::service_port,
 };
 
 use crate::{
     account,
     maps::{
-        CONFIG, LINGERING, OFFSETS, SCRATCH_WATCH, SOCKETS, THRESHOLDS, TIMEWAIT, TW_TIMER_HANDLER,
-        WATCHED,
+        CONFIG, LINGERING, OFFSETS, RECENT_CLOSES, SCRATCH_WATCH, SOCKETS, THRESHOLDS, TIMEWAIT,
+        TW_TIMER_HANDLER, WATCHED,
     },
     output::{Fields, count, emit, finish, passes_filter},
     read::{current_owner, current_pid, full_socket_tuple, member, netns_of, now},
@@ -92,6 +93,11 @@ fn on_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         },
         None => (false, 0, NONE, 0, 0, 0),
     };
+    let (reset_reason, syn_retransmits) = match record {
+        // SAFETY: as above.
+        Some(r) => unsafe { ((*r).reset_reason, (*r).syn_retransmits) },
+        None => (0, 0),
+    };
     let known = had && had_state == old;
     let age_known = known && had_flags & record_flags::AGE_KNOWN != 0;
     let spent = if age_known {
@@ -133,6 +139,45 @@ fn on_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             account::duration(old, spent, port, port_labels);
         }
     }
+    let connected = old == SYN_SENT && new == ESTABLISHED;
+    if connected && age_known {
+        account::connect_duration(spent, syn_retransmits != 0);
+    }
+
+    // How the connection ended, when it did: the kernel set the socket's error before closing
+    // it, and a reset of its own was recorded. A reset sent right after the close amends it.
+    let (end, error) = if new == CLOSE {
+        let err: i32 = member(sk, offsets.sk_err);
+        let err = if (0..=255).contains(&err) {
+            err as u8
+        } else {
+            255
+        };
+        let reset_sent = had && had_flags & record_flags::RESET_SENT != 0;
+        match End::classify(old, handover, err, reset_sent) {
+            Some(end) => {
+                account::end(end, old == SYN_SENT, err, 1);
+                if let Some(recent) = RECENT_CLOSES.get_ptr_mut(0) {
+                    // SAFETY: this CPU's slots, no one else's while the program runs (a nested
+                    // run writes a slot of its own); the index is masked into bounds.
+                    unsafe {
+                        let slot = ((*recent).next as usize) & (RECENT_CLOSES_LEN - 1);
+                        (*recent).entries[slot] = LastClose {
+                            cookie,
+                            end: end as u8,
+                            old,
+                            _pad: [0; 6],
+                        };
+                        (*recent).next += 1;
+                    }
+                }
+                (end as u8, err)
+            }
+            None => (0, err),
+        }
+    } else {
+        (0, 0)
+    };
 
     // The event goes before the index changes: the daemon reads the index, then the ring buffer,
     // so a socket gone from the index always has its event there already.
@@ -161,6 +206,7 @@ fn on_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
         emit(
             &Fields {
+                kind: EventKind::Transition,
                 ts_ns: ts,
                 sock: sk,
                 cookie,
@@ -169,6 +215,14 @@ fn on_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 new: next,
                 flags,
                 service_port: port,
+                end,
+                error,
+                reset_reason: if end == End::ResetSent as u8 {
+                    reset_reason
+                } else {
+                    0
+                },
+                syn_retransmits: if connected { syn_retransmits } else { 0 },
             },
             &tuple,
             &owner,
@@ -220,6 +274,8 @@ fn on_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 (*r).service_port = port;
                 (*r).state = new;
                 (*r).flags = record_flags::AGE_KNOWN;
+                (*r).reset_reason = 0;
+                (*r).syn_retransmits = 0;
             }
             account::moved(Some(had_state), Some(new));
         }
@@ -232,6 +288,8 @@ fn on_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             service_port: port,
             state: new,
             flags: record_flags::AGE_KNOWN,
+            reset_reason: 0,
+            syn_retransmits: 0,
             _pad: 0,
         };
         if SOCKETS.insert(cookie, &fresh, 0).is_ok() {

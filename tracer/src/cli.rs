@@ -23,7 +23,7 @@ use crate::{
     name = "tracer",
     version,
     about = "Trace TCP state transitions with eBPF: time spent in each state, stuck sockets, TIME-WAIT.",
-    after_help = "Runs as root (or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_RESOURCE)."
+    after_help = "Runs as root, or with CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH and CAP_SYSLOG (what each is for: the systemd unit)."
 )]
 pub struct Config {
     /// Output format of every event line.
@@ -65,6 +65,12 @@ pub struct Config {
     #[arg(long = "cgroup", value_name = "PATH")]
     pub(crate) cgroup: Option<String>,
 
+    /// Report only sockets owned by processes in this container, as --pid does: its id or at
+    /// least its first 12 digits, as `docker ps` shows it or `kubectl get pod -o yaml` gives it
+    /// (containerd://ID).
+    #[arg(long = "container", value_parser = parse_container, value_name = "ID")]
+    pub(crate) container: Option<String>,
+
     /// Only sockets of this network namespace: its inode number, or a path to it
     /// (/proc/PID/ns/net, /run/netns/NAME).
     #[arg(long, value_parser = parse_netns, value_name = "NETNS")]
@@ -80,7 +86,8 @@ pub struct Config {
 
     /// Report a socket as stuck after this long in a state: STATE=DURATION or STATE=off
     /// (repeatable). Defaults: syn-sent=10s syn-recv=10s close-wait=60s last-ack=60s
-    /// fin-wait-1=60s closing=60s fin-wait-2=120s.
+    /// fin-wait-1=60s closing=60s fin-wait-2=120s listen=30s (listen: a listener whose accept
+    /// queue does not drain this long, its process no longer accepting).
     #[arg(long = "stuck", value_parser = parse_threshold, value_name = "STATE=DURATION")]
     pub(crate) stuck: Vec<(TcpState, Option<Duration>)>,
 
@@ -221,12 +228,13 @@ impl Config {
         (!self.no_pin).then(|| self.pin_dir.clone())
     }
 
-    /// The owners to report, from `--pid`, `--comm` and `--cgroup`.
+    /// The owners to report, from `--pid`, `--comm`, `--cgroup` and `--container`.
     fn owner_filter(&self) -> OwnerFilter {
         OwnerFilter {
             pids: self.pids.clone(),
             comms: self.comms.clone(),
             cgroup_prefix: self.cgroup.clone(),
+            container: self.container.clone(),
         }
     }
 
@@ -334,6 +342,23 @@ fn parse_netns(text: &str) -> Result<u32, String> {
     u32::try_from(meta.ino()).map_err(|_| format!("`{text}` has an inode number out of range"))
 }
 
+/// A container id or its prefix (12 to 64 hex digits), bare or after a runtime's `NAME://` as
+/// Kubernetes writes a container's id in a pod's status.
+fn parse_container(text: &str) -> Result<String, String> {
+    let id = text
+        .trim()
+        .split_once("://")
+        .map_or(text.trim(), |(_, id)| id)
+        .to_ascii_lowercase();
+    if (12..=64).contains(&id.len()) && id.bytes().all(|c| c.is_ascii_hexdigit()) {
+        Ok(id)
+    } else {
+        Err(format!(
+            "`{text}` is not a container id: 12 to 64 hex digits, as `docker ps` shows"
+        ))
+    }
+}
+
 fn parse_ring_size(text: &str) -> Result<u32, String> {
     let size: u32 = text
         .trim()
@@ -408,6 +433,11 @@ mod tests {
             Some(Duration::from_secs(3600))
         );
         assert_eq!(t.get(TcpState::LastAck), Some(Duration::from_secs(60)));
+        // LISTEN is for listeners' accept queues: never handed to the kernel as a stay.
+        let listen = parse(&["--stuck", "listen=5s"]).unwrap().thresholds();
+        assert_eq!(listen.get(TcpState::Listen), Some(Duration::from_secs(5)));
+        assert!(!listen.watches(TcpState::Listen));
+        assert_eq!(listen.as_nanos()[TcpState::Listen as usize], 0);
         for bad in ["close-wait=abc", "nowhere=5s", "close-wait"] {
             assert!(parse(&["--stuck", bad]).is_err(), "{bad}");
         }
@@ -503,6 +533,24 @@ mod tests {
         assert_eq!(filter.cgroup_prefix.as_deref(), Some("/kubepods"));
         assert!(parse(&["--pid", "x"]).is_err());
         assert!(parse(&[]).unwrap().owner_filter().is_empty());
+        let id = "b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f";
+        for (given, taken) in [
+            ("b9ec786121db", "b9ec786121db"),
+            ("B9EC786121DB", "b9ec786121db"),
+            (&format!("containerd://{id}"), id),
+            (id, id),
+        ] {
+            let filter = parse(&["--container", given]).unwrap().owner_filter();
+            assert_eq!(filter.container.as_deref(), Some(taken), "{given}");
+        }
+        for bad in [
+            "b9ec786121d",
+            "not-a-container",
+            &format!("{id}0"),
+            "docker://",
+        ] {
+            assert!(parse(&["--container", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

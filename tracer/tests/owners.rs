@@ -155,3 +155,48 @@ fn owners_carry_their_cgroup() {
     drop(outside);
     std::fs::remove_dir(&dir).unwrap();
 }
+
+/// A process in a container's cgroup (named as Docker's systemd driver names it) is reported with
+/// the container's id, runtime and unit, and `--container` with the short id `docker ps` shows
+/// keeps only its sockets.
+#[test]
+fn owners_carry_their_container() {
+    let id = format!(
+        "{:016x}",
+        u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    )
+    .repeat(4);
+    let unit = format!("docker-{id}.scope");
+    let dir = format!("{}/{unit}", cgroup2_mount());
+    std::fs::create_dir(&dir).unwrap();
+    let inside = Workload::close_wait(
+        "127.0.0.1",
+        2,
+        Some(&format!("echo $$ > {dir}/cgroup.procs && exec {{}}")),
+    );
+    let outside = Workload::close_wait("127.0.0.1", 2, None);
+    let tracer = Tracer::start(&["--stuck", "close-wait=1s", "--container", &id[..12]]);
+    tracer.wait_for(Duration::from_secs(10), "2 stuck reports", |events| {
+        of_kind(events, "stuck")
+            .iter()
+            .filter(|e| e["sport"] == inside.listen_port)
+            .count()
+            >= 2
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let done = tracer.stop();
+    let stuck = of_kind(&done.events, "stuck");
+    assert!(!stuck.is_empty());
+    for e in &stuck {
+        assert_eq!(e["sport"], inside.listen_port, "only the container's: {e}");
+        assert_eq!(e["pid"], inside.pid);
+        assert_eq!(e["cgroup"], format!("/{unit}"));
+        assert_eq!(e["container_id"], id.as_str());
+        assert_eq!(e["container_runtime"], "docker");
+        assert_eq!(e["unit"], unit.as_str());
+        assert!(e.get("pod_uid").is_none(), "no pod: {e}");
+    }
+    drop(inside);
+    drop(outside);
+    std::fs::remove_dir(&dir).unwrap();
+}

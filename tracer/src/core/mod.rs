@@ -5,10 +5,16 @@
 //! the façade; each job lives beside it:
 //!
 //! - [`stuck`]: thresholds, stuck and unstuck reports, reminders;
+//! - [`listeners`]: listeners whose accept queue does not drain;
 //! - [`totals`]: sockets by state, transitions, time in state, since start-up and per interval;
 //! - [`reconcile`]: plans that keep the kernel's records equal to its socket list, and the moves
 //!   to TIME-WAIT the kernel makes without a trace;
+//! - [`closes`]: lines of closed sockets held until a reset sent right after amends them;
+//! - [`ends`]: connection ends and failed connects by name;
 //! - [`select`]: the owner filters; [`report`]: the vocabulary of what the core reports.
+pub(crate) mod closes;
+pub(crate) mod ends;
+pub(crate) mod listeners;
 pub(crate) mod reconcile;
 pub(crate) mod report;
 pub(crate) mod select;
@@ -17,19 +23,24 @@ pub(crate) mod totals;
 
 use std::collections::HashMap;
 
-use tracer_common::{TcpState, Tuple, TwRecord, record_flags};
+use tracer_common::{End, TcpState, Tuple, TwRecord, record_flags};
 
 use self::{
+    closes::PendingCloses,
+    listeners::{ListenerSeen, Listeners},
     reconcile::{Outcome, Plan, Reconciliation},
     report::{Sink, Snapshot, StuckReport, TransitionInfo},
     select::OwnerFilter,
     stuck::{OwnerLookup, StuckSockets, Thresholds},
     totals::Totals,
 };
-use crate::source::{
-    decode::{endpoints, state},
-    events::{KernelTransition, Owner, Transition, Watched},
-    kernel_maps::Aggregates,
+use crate::{
+    enrich::owners::Holders,
+    source::{
+        decode::{endpoints, state},
+        events::{ConnectionEnd, KernelTransition, Owner, Transition, Watched},
+        kernel_maps::Aggregates,
+    },
 };
 
 /// How the core is set up.
@@ -48,30 +59,53 @@ pub(crate) struct Tracker {
     totals: Totals,
     reconciliation: Reconciliation,
     selection: OwnerFilter,
+    closes: PendingCloses,
+    listeners: Listeners,
 }
 
 impl Tracker {
     /// `pinned`: records an earlier daemon left in the kernel's pinned maps, by state.
     pub(crate) fn new(settings: Settings, pinned: [i64; TcpState::COUNT]) -> Self {
+        let listen = settings.thresholds.get(TcpState::Listen);
         Self {
             stuck: StuckSockets::new(settings.thresholds.clone(), settings.repeat_ns),
             thresholds: settings.thresholds,
             totals: Totals::new(pinned),
             reconciliation: Reconciliation::default(),
+            listeners: Listeners::new(listen.map(crate::units::nanos)),
             selection: settings.owners,
+            closes: PendingCloses::default(),
         }
     }
 
-    /// A transition the kernel sent: a line to log, and the end of a stuck episode when the
-    /// socket left a watched state after its threshold.
+    /// A transition the kernel sent: a line to log (a close's held until a reset could amend
+    /// it), and the end of a stuck episode when the socket left a watched state after its
+    /// threshold.
     pub(crate) fn on_transition(&mut self, event: KernelTransition, sink: &mut impl Sink) {
         let info = TransitionInfo {
             service_port: event.service_port,
             selected: self.selection.matches(event.transition.owner.as_ref()),
         };
-        sink.transition(&event.transition, info);
         if event.long_stay {
             self.stuck.left(&event, &self.selection, sink);
+        }
+        if PendingCloses::must_wait(event.cookie, &event.transition) {
+            self.closes.hold(event.cookie, event.transition, info);
+        } else {
+            sink.transition(&event.transition, info);
+        }
+    }
+
+    /// The socket of `cookie` sent a reset as it closed: the line of its close says so.
+    pub(crate) fn reset_after_close(&mut self, cookie: u64, reset_reason: u8) {
+        self.closes.reset_sent(cookie, reset_reason);
+    }
+
+    /// Lines of closes whose wait is over, the ring buffer having been read at `read_ns`
+    /// (`u64::MAX`: all of them, at exit).
+    pub(crate) fn release_closes(&mut self, read_ns: u64, sink: &mut impl Sink) {
+        for (transition, info) in self.closes.release(read_ns) {
+            sink.transition(&transition, info);
         }
     }
 
@@ -90,12 +124,30 @@ impl Tracker {
     pub(crate) fn owners_found(
         &mut self,
         looked_up: &[u64],
-        found: &HashMap<u64, Owner>,
+        found: &Holders,
         now_ns: u64,
         sink: &mut impl Sink,
     ) {
         self.stuck
             .owners_found(looked_up, found, now_ns, &self.selection, sink);
+        self.listeners
+            .owners_found(looked_up, &found.owners, now_ns, &self.selection, sink);
+    }
+
+    /// Whether listeners' accept queues are checked (`--stuck listen=…` is not off).
+    pub(crate) fn watches_listeners(&self) -> bool {
+        self.listeners.watched()
+    }
+
+    /// One check of every listener's accept queue; returns the listeners whose owners are to be
+    /// looked up before they are reported stalled.
+    pub(crate) fn check_listeners(
+        &mut self,
+        listeners: &[ListenerSeen],
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) -> Vec<OwnerLookup> {
+        self.listeners.check(listeners, now_ns, sink)
     }
 
     /// When the index of watched sockets should be looked through next.
@@ -148,6 +200,12 @@ impl Tracker {
                 new: TcpState::TimeWait,
                 prev_state_ns: spent,
                 owner,
+                end: Some(ConnectionEnd {
+                    end: End::Fin,
+                    error: None,
+                    reset_reason: None,
+                }),
+                syn_retransmits: None,
             };
             let info = TransitionInfo {
                 service_port: was.service_port,
@@ -165,6 +223,8 @@ impl Tracker {
             sockets,
             stuck: self.stuck.by_state(),
             episodes: self.stuck.episodes(),
+            stalled_listeners: self.listeners.stalled(),
+            listener_stalls: self.listeners.stalls(),
             reconciliation: self.reconciliation,
         }
     }

@@ -86,7 +86,7 @@ pub(crate) fn plan(
         seed,
         ..Plan::default()
     };
-    let watched = |state: u8| TcpState::from_u8(state).is_some_and(|s| thresholds.get(s).is_some());
+    let watched = |state: u8| TcpState::from_u8(state).is_some_and(|s| thresholds.watches(s));
     let listening: HashSet<(u32, u16)> = listing
         .sockets
         .iter()
@@ -157,6 +157,8 @@ pub(crate) fn plan(
                     service_port: port,
                     state,
                     flags: 0,
+                    reset_reason: 0,
+                    syn_retransmits: 0,
                     _pad: 0,
                 };
                 plan.sockets_new.push((socket.cookie, fresh));
@@ -371,7 +373,7 @@ mod tests {
             service_port: 80,
             state: state as u8,
             flags: record_flags::AGE_KNOWN,
-            _pad: 0,
+            ..SockRecord::default()
         }
     }
 

@@ -3,6 +3,7 @@
 //! counts cannot disagree.
 use tracer_common::TcpState;
 
+pub(crate) use super::listeners::{ListenerRecovered, ListenerStalled};
 use super::reconcile::Reconciliation;
 use crate::source::events::{Endpoints, Owner, Transition};
 
@@ -14,6 +15,8 @@ pub(crate) trait Sink {
     fn transition(&mut self, transition: &Transition, info: TransitionInfo);
     fn stuck(&mut self, report: &StuckReport);
     fn unstuck(&mut self, report: &UnstuckReport);
+    fn listener_stalled(&mut self, report: &ListenerStalled);
+    fn listener_recovered(&mut self, report: &ListenerRecovered);
 }
 
 /// What the core knows of a transition beyond the event.
@@ -36,6 +39,9 @@ pub(crate) struct StuckReport {
     pub(crate) age_ns: u64,
     pub(crate) age_known: bool,
     pub(crate) threshold_ns: u64,
+    /// `Some(false)`: no process ever accepted the socket (it is still in its listener's
+    /// accept queue), and `owner` is its listener's. `None` otherwise.
+    pub(crate) accepted: Option<bool>,
     pub(crate) owner: Option<Owner>,
 }
 
@@ -64,6 +70,9 @@ pub(crate) struct Snapshot {
     pub(crate) stuck: [u64; TcpState::COUNT],
     /// Stuck reports made since start-up, by state.
     pub(crate) episodes: [u64; TcpState::COUNT],
+    /// Listeners stalled now, and stall reports made since start-up.
+    pub(crate) stalled_listeners: u64,
+    pub(crate) listener_stalls: u64,
     pub(crate) reconciliation: Reconciliation,
 }
 

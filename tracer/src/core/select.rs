@@ -1,4 +1,5 @@
-//! The owner filters (`--pid`, `--comm`, `--cgroup`): which sockets are reported one by one.
+//! The owner filters (`--pid`, `--comm`, `--cgroup`, `--container`): which sockets are reported
+//! one by one.
 //! They select every report about a single socket (transition lines, stuck and unstuck reports,
 //! reminders) and the stuck counts; totals of all sockets (by state, transitions, time in state)
 //! count every socket the address filters let through, since an owner is not known for every
@@ -11,11 +12,16 @@ pub(crate) struct OwnerFilter {
     pub(crate) comms: Vec<String>,
     /// A cgroup path prefix.
     pub(crate) cgroup_prefix: Option<String>,
+    /// A container id's prefix (at least its 12 digits, lowercase).
+    pub(crate) container: Option<String>,
 }
 
 impl OwnerFilter {
     pub(crate) fn is_empty(&self) -> bool {
-        self.pids.is_empty() && self.comms.is_empty() && self.cgroup_prefix.is_none()
+        self.pids.is_empty()
+            && self.comms.is_empty()
+            && self.cgroup_prefix.is_none()
+            && self.container.is_none()
     }
 
     /// Whether a socket with this owner is reported; with a filter set, a socket whose owner is
@@ -33,7 +39,14 @@ impl OwnerFilter {
                 owner
                     .cgroup
                     .as_deref()
-                    .is_some_and(|path| path.starts_with(prefix.as_str()))
+                    .is_some_and(|cgroup| cgroup.path.starts_with(prefix.as_str()))
+            })
+            && self.container.as_ref().is_none_or(|prefix| {
+                owner
+                    .cgroup
+                    .as_deref()
+                    .and_then(|cgroup| cgroup.container_id.as_deref())
+                    .is_some_and(|id| id.starts_with(prefix.as_str()))
             })
     }
 }
@@ -43,14 +56,19 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::source::events::Comm;
+    use crate::source::events::{Cgroup, Comm};
+
+    const ID: &str = "b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f";
 
     #[test]
     fn owner_filters() {
         let owner = Owner {
             pid: 42,
             comm: Comm::new("nginx"),
-            cgroup: Some(Arc::from("/kubepods/pod1/abc")),
+            cgroup: Some(Arc::new(Cgroup {
+                container_id: Some(ID.into()),
+                ..(*Cgroup::at("/kubepods/pod1/abc")).clone()
+            })),
         };
         assert!(OwnerFilter::default().matches(None));
         let by_pid = OwnerFilter {
@@ -74,5 +92,17 @@ mod tests {
             ..Default::default()
         };
         assert!(!elsewhere.matches(Some(&owner)));
+        let by_container = |prefix: &str| OwnerFilter {
+            container: Some(prefix.into()),
+            ..Default::default()
+        };
+        assert!(by_container(&ID[..12]).matches(Some(&owner)));
+        assert!(by_container(ID).matches(Some(&owner)));
+        assert!(!by_container("0123456789ab").matches(Some(&owner)));
+        let outside = Owner {
+            cgroup: Some(Cgroup::at("/system.slice/nginx.service")),
+            ..owner.clone()
+        };
+        assert!(!by_container(&ID[..12]).matches(Some(&outside)));
     }
 }

@@ -13,6 +13,7 @@ use super::{
     select::OwnerFilter,
 };
 use crate::{
+    enrich::owners::Holders,
     source::events::{Endpoints, KernelTransition, Owner, Watched},
     units::nanos,
 };
@@ -35,6 +36,8 @@ impl Default for Thresholds {
             // Longer than the kernel's orphan timeout (tcp_fin_timeout, 60 s): only a socket
             // whose application half-closed and never closed stays this long.
             (TcpState::FinWait2, 120),
+            // Not a socket's stay: a listener whose accept queue did not drain this long.
+            (TcpState::Listen, 30),
         ] {
             thresholds.set(state, Some(Duration::from_secs(secs)));
         }
@@ -51,13 +54,21 @@ impl Thresholds {
         self.0[state as usize]
     }
 
-    /// Nanoseconds per state, 0 for unwatched states: what the kernel programs are handed.
+    /// Whether sockets in `state` are watched for a stuck stay (not LISTEN: see `as_nanos`).
+    pub(crate) fn watches(&self, state: TcpState) -> bool {
+        state != TcpState::Listen && self.get(state).is_some()
+    }
+
+    /// Nanoseconds per state, 0 for unwatched states: what the kernel programs are handed. A
+    /// listener is never stuck in LISTEN: its threshold is for its accept queue (`listeners`).
     pub(crate) fn as_nanos(&self) -> [u64; TcpState::COUNT] {
-        self.0.map(|t| t.map_or(0, nanos))
+        let mut nanos = self.0.map(|t| t.map_or(0, nanos));
+        nanos[TcpState::Listen as usize] = 0;
+        nanos
     }
 
     fn shortest(&self) -> Option<u64> {
-        self.0.iter().flatten().map(|t| nanos(*t)).min()
+        self.as_nanos().into_iter().filter(|ns| *ns > 0).min()
     }
 }
 
@@ -73,6 +84,7 @@ impl StuckReport {
             age_known: socket.age_known,
             threshold_ns: nanos(threshold),
             owner: socket.owner.clone(),
+            accepted: socket.never_accepted.then_some(false),
         }
     }
 }
@@ -104,6 +116,8 @@ struct Candidate {
     since_ns: u64,
     age_known: bool,
     owner: Option<Owner>,
+    /// No process ever accepted it: `owner` is its listener's.
+    never_accepted: bool,
 }
 
 impl From<&Watched> for Candidate {
@@ -115,6 +129,7 @@ impl From<&Watched> for Candidate {
             since_ns: w.since_ns,
             age_known: w.age_known,
             owner: w.owner.clone(),
+            never_accepted: false,
         }
     }
 }
@@ -234,14 +249,15 @@ impl StuckSockets {
     pub(crate) fn owners_found(
         &mut self,
         looked_up: &[u64],
-        found: &HashMap<u64, Owner>,
+        found: &Holders,
         now_ns: u64,
         selection: &OwnerFilter,
         sink: &mut impl Sink,
     ) {
         for cookie in looked_up {
             if let Some(mut candidate) = self.awaiting.remove(cookie) {
-                candidate.owner = found.get(cookie).cloned();
+                candidate.owner = found.owners.get(cookie).cloned();
+                candidate.never_accepted = found.never_accepted.contains(cookie);
                 self.report(*cookie, candidate, now_ns, selection, sink);
             }
         }
@@ -302,6 +318,7 @@ impl StuckSockets {
                     since_ns,
                     age_known: spent.is_some(),
                     owner: t.owner.clone().or(awaited.and_then(|a| a.owner)),
+                    never_accepted: false,
                 };
                 let crossed = since_ns.saturating_add(nanos(threshold)).min(t.ts_ns);
                 self.report(event.cookie, socket, crossed, selection, sink);
@@ -359,8 +376,11 @@ mod tests {
         assert_eq!(t.get(TcpState::LastAck), Some(Duration::from_secs(60)));
         assert_eq!(t.get(TcpState::FinWait1), Some(Duration::from_secs(60)));
         assert_eq!(t.get(TcpState::Established), None);
-        assert_eq!(t.get(TcpState::Listen), None);
+        // A listener's threshold is for its accept queue, not a stay the kernel watches.
+        assert_eq!(t.get(TcpState::Listen), Some(Duration::from_secs(30)));
+        assert!(!t.watches(TcpState::Listen));
         let ns = t.as_nanos();
+        assert_eq!(ns[TcpState::Listen as usize], 0);
         assert_eq!(ns[TcpState::CloseWait as usize], 60_000_000_000);
         assert_eq!(ns[TcpState::Established as usize], 0);
         assert_eq!(t.shortest(), Some(10_000_000_000));

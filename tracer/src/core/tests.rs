@@ -3,7 +3,6 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr},
-    sync::Arc,
     time::Duration,
 };
 
@@ -11,16 +10,27 @@ use proptest::prelude::*;
 use tracer_common::TcpState::{self, *};
 
 use super::{
-    report::{Sink, StuckReport, TransitionInfo, UnstuckReport},
+    listeners::ListenerSeen,
+    report::{
+        ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo, UnstuckReport,
+    },
     select::OwnerFilter,
     stuck::Thresholds,
     *,
 };
+use crate::enrich::owners::Holders;
 use crate::source::events::{
-    Comm, Endpoints, Family, KernelTransition, Owner, Transition, Watched,
+    Cgroup, Comm, Endpoints, Family, KernelTransition, Owner, Transition, Watched,
 };
 
 const S: u64 = 1_000_000_000;
+
+fn holders(owners: HashMap<u64, Owner>) -> Holders {
+    Holders {
+        owners,
+        ..Holders::default()
+    }
+}
 const NETNS: u32 = 4026531840;
 
 #[derive(Default, Debug)]
@@ -28,6 +38,8 @@ struct Recorded {
     transitions: Vec<(Transition, TransitionInfo)>,
     stuck: Vec<StuckReport>,
     unstuck: Vec<UnstuckReport>,
+    stalled: Vec<ListenerStalled>,
+    recovered: Vec<ListenerRecovered>,
 }
 
 impl Sink for Recorded {
@@ -39,6 +51,12 @@ impl Sink for Recorded {
     }
     fn unstuck(&mut self, r: &UnstuckReport) {
         self.unstuck.push(r.clone());
+    }
+    fn listener_stalled(&mut self, r: &ListenerStalled) {
+        self.stalled.push(r.clone());
+    }
+    fn listener_recovered(&mut self, r: &ListenerRecovered) {
+        self.recovered.push(r.clone());
     }
 }
 
@@ -57,7 +75,7 @@ fn server() -> Owner {
     Owner {
         pid: 7,
         comm: Comm::new("server"),
-        cgroup: Some(Arc::from("/system.slice/server.service")),
+        cgroup: Some(Cgroup::at("/system.slice/server.service")),
     }
 }
 
@@ -83,6 +101,8 @@ fn left(cookie: u64, old: TcpState, new: TcpState, ts_ns: u64, spent: u64) -> Ke
             new,
             prev_state_ns: Some(spent),
             owner: Some(server()),
+            end: None,
+            syn_retransmits: None,
         },
         cookie,
         service_port: 80,
@@ -179,14 +199,19 @@ fn a_socket_without_a_known_owner_waits_for_the_lookup() {
         watched(3, CloseWait, 0, None),
     ];
     assert_eq!(t.poll_watched(&more, 3 * S + 1, &mut r).len(), 1);
-    t.owners_found(&[1], &HashMap::from([(1, server())]), 3 * S + 2, &mut r);
+    t.owners_found(
+        &[1],
+        &holders(HashMap::from([(1, server())])),
+        3 * S + 2,
+        &mut r,
+    );
     assert_eq!(r.stuck.len(), 1, "only the socket looked up");
     assert_eq!(r.stuck.len(), 1);
     assert_eq!(r.stuck[0].owner, Some(server()));
     // One that is not found is reported without an owner.
     let other = [watched(2, CloseWait, 0, None)];
     t.poll_watched(&other, 4 * S, &mut r);
-    t.owners_found(&[2, 3], &HashMap::new(), 4 * S, &mut r);
+    t.owners_found(&[2, 3], &Holders::default(), 4 * S, &mut r);
     assert_eq!(r.stuck[1].owner, None);
     assert_eq!(r.stuck.len(), 3);
 }
@@ -274,6 +299,82 @@ fn polls_come_at_least_once_per_shortest_threshold() {
     assert_eq!(t.next_poll(), Some(102 * S), "SYN_SENT's 10 s come later");
 }
 
+fn listener(cookie: u64, queue: u32) -> ListenerSeen {
+    ListenerSeen {
+        cookie,
+        endpoints: ends(cookie),
+        queue,
+        backlog: 128,
+    }
+}
+
+/// The default listen threshold is 30 s: a queue undrained at every check that long is a stall,
+/// reported once its owner is looked up, and recovered when it drains; a queue that drains
+/// between checks is not.
+#[test]
+fn listeners_whose_queue_does_not_drain_are_stalled() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    assert!(t.watches_listeners());
+    // Listener 1 never drains; listener 3 drains between checks: never reported.
+    for (at, one, three) in [(0, 3, 2), (10, 5, 0), (20, 5, 2), (29, 5, 2)] {
+        let seen = [listener(1, one), listener(2, 0), listener(3, three)];
+        assert!(
+            t.check_listeners(&seen, at * S, &mut r).is_empty(),
+            "not yet at {at} s"
+        );
+    }
+    let lookups = t.check_listeners(&[listener(1, 7)], 31 * S, &mut r);
+    assert_eq!(
+        lookups.iter().map(|l| l.cookie).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(lookups[0].state, Listen);
+    t.owners_found(
+        &[1],
+        &holders(HashMap::from([(1, server())])),
+        32 * S,
+        &mut r,
+    );
+    assert_eq!(r.stalled.len(), 1);
+    let stalled = &r.stalled[0];
+    assert_eq!((stalled.queue, stalled.backlog), (7, 128));
+    assert_eq!((stalled.stalled_ns, stalled.threshold_ns), (32 * S, 30 * S));
+    assert_eq!(stalled.owner, Some(server()));
+    assert_eq!(t.snapshot(&Default::default()).stalled_listeners, 1);
+    // Reported once, not at every check.
+    assert!(
+        t.check_listeners(&[listener(1, 7)], 34 * S, &mut r)
+            .is_empty()
+    );
+    t.owners_found(&[1], &Holders::default(), 35 * S, &mut r);
+    assert_eq!(r.stalled.len(), 1);
+    // Drained: recovered, with how long it lasted.
+    t.check_listeners(&[listener(1, 0)], 40 * S, &mut r);
+    assert_eq!(r.recovered.len(), 1);
+    assert_eq!(r.recovered[0].duration_ns, 40 * S);
+    assert!(!r.recovered[0].closed);
+    let snapshot = t.snapshot(&Default::default());
+    assert_eq!(
+        (snapshot.stalled_listeners, snapshot.listener_stalls),
+        (0, 1)
+    );
+}
+
+#[test]
+fn a_stalled_listener_that_closes_recovers_as_closed() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    t.check_listeners(&[listener(1, 1)], 0, &mut r);
+    t.check_listeners(&[listener(1, 1)], 30 * S, &mut r);
+    t.owners_found(&[1], &Holders::default(), 30 * S, &mut r);
+    assert_eq!(r.stalled.len(), 1);
+    assert_eq!(
+        r.stalled[0].owner, None,
+        "no owner found: reported all the same"
+    );
+    t.check_listeners(&[], 31 * S, &mut r);
+    assert!(r.recovered[0].closed);
+}
+
 #[test]
 fn time_wait_counted_by_remote_port() {
     use crate::source::decode::tuple;
@@ -352,7 +453,7 @@ proptest! {
                 .collect();
             let lookups: Vec<u64> =
                 t.poll_watched(&index, now, &mut r).iter().map(|l| l.cookie).collect();
-            t.owners_found(&lookups, &HashMap::new(), now, &mut r);
+            t.owners_found(&lookups, &Holders::default(), now, &mut r);
             now += S / 2;
         }
         for (i, life) in lives.iter().enumerate() {

@@ -8,7 +8,7 @@ use tracer_common::{
     aggregate::{DURATION_BUCKETS, bucket_floor_us, duration_bucket},
 };
 
-use crate::source::kernel_maps::{Aggregates, StateDurations};
+use crate::source::kernel_maps::{Aggregates, Ends, StateDurations};
 
 const STATES: usize = TcpState::COUNT;
 
@@ -32,7 +32,15 @@ pub(crate) struct Totals {
     own_transitions: Vec<u64>,
     own_durations: Vec<StateDurations>,
     /// The totals when the current summary interval began.
-    interval_start: (Vec<u64>, Vec<StateDurations>),
+    interval_start: IntervalStart,
+}
+
+#[derive(Default)]
+struct IntervalStart {
+    transitions: Vec<u64>,
+    durations: Vec<StateDurations>,
+    ends: Ends,
+    connects: Vec<StateDurations>,
 }
 
 impl Totals {
@@ -42,10 +50,12 @@ impl Totals {
             offsets: pinned,
             own_transitions: vec![0; STATES * STATES],
             own_durations: vec![StateDurations::default(); STATES],
-            interval_start: (
-                vec![0; STATES * STATES],
-                vec![StateDurations::default(); STATES],
-            ),
+            interval_start: IntervalStart {
+                transitions: vec![0; STATES * STATES],
+                durations: vec![StateDurations::default(); STATES],
+                ends: Ends::default(),
+                connects: vec![StateDurations::default(); 2],
+            },
         }
     }
 
@@ -100,7 +110,7 @@ impl Totals {
     pub(crate) fn interval_transitions(&self, kernel: &Aggregates) -> Vec<u64> {
         self.transitions(kernel)
             .iter()
-            .zip(&self.interval_start.0)
+            .zip(&self.interval_start.transitions)
             .map(|(now, then)| now.saturating_sub(*then))
             .collect()
     }
@@ -110,14 +120,34 @@ impl Totals {
     pub(crate) fn interval_durations(&self, kernel: &Aggregates) -> Vec<StateDurations> {
         self.durations(kernel)
             .iter()
-            .zip(&self.interval_start.1)
+            .zip(&self.interval_start.durations)
+            .map(|(now, then)| since(now, then))
+            .collect()
+    }
+
+    /// How connections ended since the interval began.
+    pub(crate) fn interval_ends(&self, kernel: &Aggregates) -> Ends {
+        kernel.ends.since(&self.interval_start.ends)
+    }
+
+    /// Connect times since the interval began, without and with a SYN retransmitted.
+    pub(crate) fn interval_connects(&self, kernel: &Aggregates) -> Vec<StateDurations> {
+        kernel
+            .connects
+            .iter()
+            .zip(&self.interval_start.connects)
             .map(|(now, then)| since(now, then))
             .collect()
     }
 
     /// Starts a new interval (after a summary).
     pub(crate) fn start_interval(&mut self, kernel: &Aggregates) {
-        self.interval_start = (self.transitions(kernel), self.durations(kernel));
+        self.interval_start = IntervalStart {
+            transitions: self.transitions(kernel),
+            durations: self.durations(kernel),
+            ends: kernel.ends.clone(),
+            connects: kernel.connects.clone(),
+        };
     }
 }
 
@@ -185,11 +215,13 @@ pub(crate) fn pairs(transitions: &[u64]) -> Vec<(TcpState, TcpState, u64)> {
 pub(crate) fn percentiles(durations: &[StateDurations]) -> Vec<(TcpState, Percentiles)> {
     TcpState::ALL
         .into_iter()
-        .filter_map(|state| {
-            let d = &durations[state as usize];
-            (d.count > 0).then(|| (state, figures(d)))
-        })
+        .filter_map(|state| figures_of(&durations[state as usize]).map(|p| (state, p)))
         .collect()
+}
+
+/// Figures of a distribution, `None` when it is empty.
+pub(crate) fn figures_of(d: &StateDurations) -> Option<Percentiles> {
+    (d.count > 0).then(|| figures(d))
 }
 
 fn figures(d: &StateDurations) -> Percentiles {

@@ -1,9 +1,10 @@
 //! The blocking work the daemon runs beside its event loop, on tokio's blocking threads: full
 //! reconciliations (the start-up snapshot among them: read the kernel's records, list its
 //! sockets, plan and write the fixes), lingering checks (timewait sockets the kernel moved to
-//! TIME-WAIT without a trace), and owner lookups by inode for stuck reports. At most one of each
+//! TIME-WAIT without a trace), listener checks (accept queues that do not drain), and owner
+//! lookups by inode for stuck reports and stalled listeners. At most one of each
 //! kind runs at a time; lookups asked for meanwhile wait for the next.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tokio::task::JoinHandle;
@@ -12,20 +13,23 @@ use tracer_common::{SockRecord, TcpState, Tuple, TwRecord, Watch};
 use super::apply::{apply, write_if_unchanged};
 use crate::{
     core::{
+        listeners::ListenerSeen,
         reconcile::{self, Outcome, Plan, Records},
         stuck::{OwnerLookup, Thresholds},
     },
-    enrich::{owners, socket_list},
+    enrich::{
+        owners::{self, Holders},
+        socket_list,
+    },
     source::{
         clock::monotonic_ns,
-        events::Owner,
         filter::SocketFilter,
         kernel_maps::{RecordMap, RecordMaps},
     },
 };
 
-/// The sockets an owner lookup looked for, and the owners it found by cookie.
-pub(super) type OwnersFound = (Vec<u64>, HashMap<u64, Owner>);
+/// The sockets an owner lookup looked for, and who holds them.
+pub(super) type OwnersFound = (Vec<u64>, Holders);
 
 /// A reconciliation, done: what was planned and written.
 pub(super) struct Reconciled {
@@ -33,6 +37,14 @@ pub(super) struct Reconciled {
     pub(super) outcome: Outcome,
     /// Network namespaces listed.
     pub(super) namespaces: usize,
+}
+
+/// The listeners one check found, with their accept queues.
+pub(super) struct ListenersChecked {
+    pub(super) listeners: Vec<ListenerSeen>,
+    pub(super) at_ns: u64,
+    /// CPU time the check took (its listing): the next one is spaced by it.
+    pub(super) cpu: Duration,
 }
 
 /// Moves to TIME-WAIT found, and which were written to the records.
@@ -50,6 +62,7 @@ pub(super) struct Jobs {
     thresholds: Thresholds,
     pub(super) reconciliation: Option<JoinHandle<Result<Reconciled>>>,
     pub(super) lingering: Option<JoinHandle<Result<Moved>>>,
+    pub(super) listeners: Option<JoinHandle<Result<ListenersChecked>>>,
     /// A lookup of owners by cookie: the cookies looked up, and what was found. `queued` wait
     /// for the next.
     pub(super) owner_lookup: Option<JoinHandle<Result<OwnersFound>>>,
@@ -65,6 +78,7 @@ impl Jobs {
             thresholds,
             reconciliation: None,
             lingering: None,
+            listeners: None,
             owner_lookup: None,
             looking_up: Vec::new(),
             queued: Vec::new(),
@@ -95,6 +109,33 @@ impl Jobs {
         let (maps, filter) = (self.maps.clone(), self.filter.clone());
         self.lingering = Some(tokio::task::spawn_blocking(move || {
             check_lingering(&maps, &filter)
+        }));
+    }
+
+    /// Lists the listeners with their accept queues, unless a check is under way.
+    pub(super) fn start_listener_check(&mut self) {
+        if self.listeners.is_some() {
+            return;
+        }
+        let filter = self.filter.clone();
+        self.listeners = Some(tokio::task::spawn_blocking(move || {
+            let listing = socket_list::take_listing(None, Some(TcpState::Listen), &filter)
+                .context("listing the kernel's listeners")?;
+            Ok(ListenersChecked {
+                listeners: listing
+                    .sockets
+                    .iter()
+                    .filter(|s| s.state == TcpState::Listen)
+                    .map(|s| ListenerSeen {
+                        cookie: s.cookie,
+                        endpoints: s.endpoints,
+                        queue: s.queue,
+                        backlog: s.backlog,
+                    })
+                    .collect(),
+                at_ns: monotonic_ns(),
+                cpu: listing.cpu,
+            })
         }));
     }
 

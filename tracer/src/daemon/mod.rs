@@ -30,6 +30,8 @@ use crate::{
 /// table: on a host with many sockets the checks are spaced so they take at most 2 % of a CPU.
 const LINGERING_CHECK: Duration = Duration::from_secs(1);
 const LINGERING_CHECK_CPU_SHARE: u32 = 50;
+/// How often, at most, listeners' accept queues are checked; spaced out by the same share.
+const LISTENER_CHECK: Duration = Duration::from_secs(2);
 /// Gauges are brought up to date this often when metrics are served.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -91,6 +93,17 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
                     jobs.look_up_owners(lookups);
                 }
             }
+            _ = tokio::time::sleep_until(timers.next_listener_check),
+                if jobs.listeners.is_none() && pipeline.tracker.watches_listeners() => {
+                jobs.start_listener_check();
+            }
+            done = finished(&mut jobs.listeners) => {
+                let checked = done?;
+                let lookups = pipeline.check_listeners(&checked);
+                jobs.look_up_owners(lookups);
+                timers.next_listener_check = Instant::now()
+                    + LISTENER_CHECK.max(checked.cpu * LINGERING_CHECK_CPU_SHARE);
+            }
             done = finished(&mut jobs.lingering) => {
                 let moved = done?;
                 pipeline.moved(&moved);
@@ -114,6 +127,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     pipeline.advance();
+    pipeline.release_held();
     pipeline.summarize(&mut timers.summary_clock, true)?;
     pipeline.flush()?;
     pipeline.report_losses()
@@ -127,6 +141,7 @@ struct Timers {
     reconciles: Interval,
     refreshes: Interval,
     next_lingering_check: Instant,
+    next_listener_check: Instant,
     end: Option<Instant>,
     summary_clock: SummaryClock,
 }
@@ -148,6 +163,7 @@ impl Timers {
             reconciles: every(schedule.reconciliations, now + schedule.reconciliations),
             refreshes: every(METRICS_REFRESH, now),
             next_lingering_check: now + LINGERING_CHECK,
+            next_listener_check: now + LISTENER_CHECK,
             end: schedule.duration.map(|d| now + d),
             summary_clock: SummaryClock {
                 started_ns,

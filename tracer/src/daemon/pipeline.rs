@@ -1,6 +1,6 @@
 //! The stages, built from the settings and joined in the order data flows: the source's event
 //! reader and maps, the enrich stage's owners, the core, and the exports.
-use std::{collections::HashMap, io::Write, sync::Arc};
+use std::{io::Write, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use prometheus_client::registry::Registry;
@@ -9,12 +9,12 @@ use tracing::{Level, info, warn};
 
 use super::{
     SummaryClock,
-    jobs::{Moved, Reconciled},
+    jobs::{ListenersChecked, Moved, Reconciled},
 };
 use crate::{
     cli::{LogSettings, Settings},
     core::{Tracker, stuck::OwnerLookup},
-    enrich::owners::Owners,
+    enrich::owners::{Holders, Owners},
     export::{
         log::{self, LogWriter, Shown},
         metrics::Metrics,
@@ -23,7 +23,7 @@ use crate::{
     },
     source::{
         clock::monotonic_ns,
-        events::Owner,
+        events::KernelEvent,
         kernel_maps::{RecordMap, RecordMaps},
         probe::{self, Part, Probe},
         ring::EventReader,
@@ -50,6 +50,7 @@ impl<W: Write> Pipeline<W> {
         for (what, part) in [
             ("TIME-WAIT tracking", &probe.timewait),
             ("owners of accepted sockets", &probe.accept_owners),
+            ("connection ends and handshake retransmissions", &probe.ends),
         ] {
             if let Part::Off(reason) = part {
                 warn!("{what} is off: {reason}");
@@ -67,7 +68,7 @@ impl<W: Write> Pipeline<W> {
             maps: Arc::new(probe.record_maps()?),
             owners: Owners::default(),
             tracker: Tracker::new(settings.core.clone(), probe.pinned_by_state),
-            log: LogWriter::new(log_settings(&settings.log), stdout),
+            log: LogWriter::new(log_settings(&settings.log, &probe.reset_reasons), stdout),
             metrics: settings
                 .metrics
                 .as_ref()
@@ -87,14 +88,36 @@ impl<W: Write> Pipeline<W> {
 
     /// Moves every event written so far through the stages.
     pub(super) fn advance(&mut self) {
+        let read_ns = monotonic_ns();
         let (owners, tracker, log) = (&mut self.owners, &mut self.tracker, &mut self.log);
-        self.reader.drain(|mut event| {
-            if let Some(owner) = event.transition.owner.as_mut() {
-                owners.describe(owner, monotonic_ns());
+        self.reader.drain(|event| match event {
+            KernelEvent::Transition(mut event) => {
+                if let Some(owner) = event.transition.owner.as_mut() {
+                    owners.describe(owner, monotonic_ns());
+                }
+                tracker.on_transition(event, log);
             }
-            tracker.on_transition(event, log);
+            KernelEvent::ResetAfterClose {
+                cookie,
+                reset_reason,
+            } => tracker.reset_after_close(cookie, reset_reason),
         });
+        // Everything written before the read began has been read.
+        tracker.release_closes(read_ns, log);
         self.kernel_log.flush();
+    }
+
+    /// A check of the listeners' accept queues: stalls that ended are reported; returns the
+    /// listeners whose owners are to be looked up before they are reported stalled.
+    pub(super) fn check_listeners(&mut self, checked: &ListenersChecked) -> Vec<OwnerLookup> {
+        self.advance();
+        self.tracker
+            .check_listeners(&checked.listeners, checked.at_ns, &mut self.log)
+    }
+
+    /// At exit: the lines still held for a reset that could amend them.
+    pub(super) fn release_held(&mut self) {
+        self.tracker.release_closes(u64::MAX, &mut self.log);
     }
 
     /// Looks through the kernel's index of watched sockets for stuck ones: the index first, then
@@ -112,8 +135,8 @@ impl<W: Write> Pipeline<W> {
 
     /// Owners found by socket cookie for the sockets looked up, described as the enrich stage
     /// describes every owner.
-    pub(super) fn owners_found(&mut self, looked_up: &[u64], mut found: HashMap<u64, Owner>) {
-        for owner in found.values_mut() {
+    pub(super) fn owners_found(&mut self, looked_up: &[u64], mut found: Holders) {
+        for owner in found.owners.values_mut() {
             self.owners.describe(owner, monotonic_ns());
         }
         self.advance();
@@ -159,6 +182,7 @@ impl<W: Write> Pipeline<W> {
                 &totals.durations(&kernel),
                 &kernel,
                 &self.probe.health()?,
+                &self.probe.seen()?,
             );
         }
         Ok(())
@@ -224,7 +248,7 @@ impl<W: Write> Pipeline<W> {
     }
 }
 
-fn log_settings(settings: &LogSettings) -> log::Settings {
+fn log_settings(settings: &LogSettings, reset_reasons: &[String]) -> log::Settings {
     log::Settings {
         format: settings.format,
         clock: WallClock::now(),
@@ -236,6 +260,7 @@ fn log_settings(settings: &LogSettings) -> log::Settings {
             summaries: tracing::enabled!(target: "tcpstate::summary", Level::INFO),
         },
         color: settings.color,
+        reset_reasons: reset_reasons.into(),
     }
 }
 

@@ -14,7 +14,7 @@
 //!   sub-cgroup, like crun's `<scope>/container`, belongs to it), exactly as written in the path:
 //!   always the full 64 lowercase hex digits, which every runtime above writes. Shorter hex is not
 //!   taken: no runtime writes it there, and it would match `user-1000.slice` or `session-3.scope`.
-//!   [`ContainerId::short`] gives the 12 digits `docker ps` shows. The runtimes' monitors
+//!   The runtimes' monitors
 //!   (`crio-conmon-<id>`, `libpod-conmon-<id>`) are not containers.
 //! - `pod_uid`: the innermost Kubernetes pod holding the process, in the canonical dashed form
 //!   (kubelet's systemd driver writes `_` for `-`, its slice names' separator), or 32 hex digits
@@ -36,9 +36,9 @@
 //! component makes the whole path unreadable.
 //!
 //! Plain component matching, no regex: every name is a fixed prefix or suffix around an id.
-#![allow(dead_code)] // wired into owners by the integration commit
-
 use std::{fmt, sync::Arc};
+
+use crate::source::events::Cgroup;
 
 /// What a cgroup path says about the process in it (see the module's documentation).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,8 +97,6 @@ impl Qos {
 }
 
 const ID_LEN: usize = 64;
-/// The prefix `docker ps`, `podman ps` and `nerdctl ps` show.
-const SHORT_ID_LEN: usize = 12;
 
 /// A full container id: 64 lowercase hex digits, held inline (no allocation, `Copy`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,11 +110,6 @@ impl ContainerId {
 
     pub(crate) fn as_str(&self) -> &str {
         ascii(&self.0)
-    }
-
-    /// The 12-digit form the runtimes' command-line tools show.
-    pub(crate) fn short(&self) -> &str {
-        ascii(&self.0[..SHORT_ID_LEN])
     }
 }
 
@@ -232,6 +225,19 @@ impl Kube {
         let mut levels = name.split('-');
         levels.find(|level| *level == "kubepods")?;
         levels.try_fold(Self::Root, |kube, level| kube.child(level, b'_'))
+    }
+}
+
+/// An owner's cgroup, with the container, pod and unit its path names.
+pub(crate) fn describe(path: String) -> Cgroup {
+    let workload = identify(&path);
+    Cgroup {
+        path: path.into(),
+        runtime: workload.runtime.map(Runtime::as_str),
+        container_id: workload.container_id.map(|id| id.as_str().into()),
+        pod_uid: workload.pod_uid.map(|uid| uid.as_str().into()),
+        qos: workload.qos.map(Qos::as_str),
+        unit: workload.unit.map(|unit| (*unit).into()),
     }
 }
 
@@ -753,9 +759,13 @@ mod tests {
 
     #[test]
     fn short_ids_and_forms() {
+        let described = describe(fill("/system.slice/docker-{ID}.scope"));
+        assert_eq!(described.short_container_id(), Some(&ID[..12]));
+        assert_eq!(described.container_id.as_deref(), Some(ID));
+        assert_eq!(described.runtime, Some("docker"));
+        assert_eq!(described.unit.as_deref(), Some(&*fill("docker-{ID}.scope")));
         let w = identify(&fill("/system.slice/docker-{ID}.scope"));
         let id = w.container_id.expect("an id");
-        assert_eq!(id.short(), &ID[..12]);
         assert_eq!(format!("{id:?}"), ID);
         let uid = identify(&fill("/kubepods/pod{UID}"))
             .pod_uid

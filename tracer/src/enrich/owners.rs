@@ -12,9 +12,9 @@ use anyhow::Result;
 use procfs::process::{FDTarget, Process, all_processes};
 use tracer_common::TcpState;
 
-use super::socket_list::take_listing;
+use super::{containers, socket_list::take_listing};
 use crate::source::{
-    events::{Comm, Owner},
+    events::{Cgroup, Comm, Owner},
     filter::SocketFilter,
 };
 
@@ -27,7 +27,7 @@ const MAX_CACHED: usize = 65_536;
 #[derive(Debug, Clone)]
 struct Cached {
     comm: Comm,
-    cgroup: Option<Arc<str>>,
+    cgroup: Option<Arc<Cgroup>>,
     read_ns: u64,
 }
 
@@ -37,7 +37,8 @@ pub(crate) struct Owners {
 }
 
 impl Owners {
-    /// Describes an owner the kernel named: the process's own name and its cgroup. /proc is read
+    /// Describes an owner the kernel named: the process's own name and its cgroup, with the
+    /// container, pod and unit the cgroup's path names. /proc is read
     /// for a new or stale process; the kernel's name (of the calling thread) stands in when the
     /// process is gone.
     pub(crate) fn describe(&mut self, owner: &mut Owner, now_ns: u64) {
@@ -52,7 +53,7 @@ impl Owners {
             let cached = match read_process(owner.pid) {
                 Some((comm, cgroup)) => Cached {
                     comm,
-                    cgroup: cgroup.map(Arc::from),
+                    cgroup: cgroup.map(|path| Arc::new(containers::describe(path))),
                     read_ns: now_ns,
                 },
                 None => Cached {
@@ -109,31 +110,75 @@ pub(crate) fn holders_of(inodes: &HashSet<u32>) -> HashMap<u32, Owner> {
     found
 }
 
+/// Who holds sockets looked up by cookie.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Holders {
+    /// The process holding each socket found; for a socket no process ever accepted, its
+    /// listener's (the process that should have accepted it).
+    pub(crate) owners: HashMap<u64, Owner>,
+    /// Sockets no process ever accepted: they have no file (inode 0) and are not listeners.
+    pub(crate) never_accepted: HashSet<u64>,
+}
+
 /// The owners of sockets the kernel knows by cookie (in these states, in the namespaces the
 /// filter lets through): their inodes from the kernel's socket list, then the processes holding
-/// them. A blocking scan; sockets not found are left out.
+/// them. A socket without a file was never accepted: its listener's owner stands in. A blocking
+/// scan; sockets not found are left out.
 pub(crate) fn holders_by_cookie(
     wanted: &[(u64, TcpState)],
     filter: &SocketFilter,
-) -> Result<HashMap<u64, Owner>> {
+) -> Result<Holders> {
     let states: HashSet<TcpState> = wanted.iter().map(|(_, state)| *state).collect();
     let cookies: HashSet<u64> = wanted.iter().map(|(cookie, _)| *cookie).collect();
-    let mut inodes: HashMap<u32, u64> = HashMap::new();
+    let mut by_inode: HashMap<u32, Vec<u64>> = HashMap::new();
+    let mut unaccepted = Vec::new();
     let mut namespaces = None;
     for state in states {
         let listing = take_listing(namespaces.take(), Some(state), filter)?;
-        for socket in &listing.sockets {
-            if cookies.contains(&socket.cookie) && socket.inode != 0 {
-                inodes.insert(socket.inode, socket.cookie);
+        for socket in listing
+            .sockets
+            .iter()
+            .filter(|s| cookies.contains(&s.cookie))
+        {
+            if socket.inode != 0 {
+                by_inode
+                    .entry(socket.inode)
+                    .or_default()
+                    .push(socket.cookie);
+            } else if socket.state != TcpState::Listen && !socket.timewait {
+                unaccepted.push(socket.clone());
             }
         }
         namespaces = Some(listing.namespaces);
     }
-    let holders = holders_of(&inodes.keys().copied().collect());
-    Ok(holders
-        .into_iter()
-        .filter_map(|(inode, owner)| Some((*inodes.get(&inode)?, owner)))
-        .collect())
+    let mut holders = Holders::default();
+    if !unaccepted.is_empty() {
+        let listeners = take_listing(namespaces, Some(TcpState::Listen), filter)?;
+        for socket in &unaccepted {
+            holders.never_accepted.insert(socket.cookie);
+            let e = &socket.endpoints;
+            let listener = listeners.sockets.iter().find(|l| {
+                let le = &l.endpoints;
+                l.inode != 0
+                    && le.netns == e.netns
+                    && le.local_port == e.local_port
+                    && (le.local == e.local || le.local.is_unspecified())
+            });
+            if let Some(listener) = listener {
+                by_inode
+                    .entry(listener.inode)
+                    .or_default()
+                    .push(socket.cookie);
+            }
+        }
+    }
+    let found = holders_of(&by_inode.keys().copied().collect());
+    for (inode, owner) in found {
+        for cookie in by_inode.get(&inode).into_iter().flatten() {
+            holders.owners.insert(*cookie, owner.clone());
+        }
+    }
+    Ok(holders)
 }
 
 fn read_process(pid: u32) -> Option<(Comm, Option<String>)> {
@@ -173,7 +218,13 @@ mod tests {
         assert_eq!(owner.comm.as_str(), process_name.trim());
         let own_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let cgroup = owner.cgroup.expect("a cgroup");
-        assert!(own_cgroup.contains(&*cgroup), "{cgroup} in {own_cgroup}");
+        assert!(
+            own_cgroup.contains(&*cgroup.path),
+            "{cgroup:?} in {own_cgroup}"
+        );
+        // The path's names come with it, as the parser reads them.
+        let named = containers::describe(cgroup.path.to_string());
+        assert_eq!(*cgroup, named);
     }
 
     #[test]
@@ -210,10 +261,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            found.get(&mine.cookie).map(|o| o.pid),
+            found.owners.get(&mine.cookie).map(|o| o.pid),
             Some(std::process::id())
         );
-        assert_eq!(found.len(), 1, "an unknown cookie finds nobody");
+        assert_eq!(found.owners.len(), 1, "an unknown cookie finds nobody");
+        assert!(found.never_accepted.is_empty());
+    }
+
+    /// A connection still in its listener's accept queue has no file: never accepted, and its
+    /// listener's owner stands in.
+    #[test]
+    fn a_socket_never_accepted_names_its_listener() {
+        use std::net::TcpStream;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let netns = crate::enrich::socket_list::own_netns().unwrap();
+        let listed = crate::enrich::socket_list::list_tcp_sockets(netns, None).unwrap();
+        let queued = listed
+            .iter()
+            .find(|s| s.endpoints.local_port == port && s.endpoints.remote_port != 0)
+            .expect("the queued socket is listed");
+        assert_eq!(queued.inode, 0, "no file until accepted");
+        let found =
+            holders_by_cookie(&[(queued.cookie, queued.state)], &SocketFilter::default()).unwrap();
+        assert!(found.never_accepted.contains(&queued.cookie));
+        assert_eq!(
+            found.owners.get(&queued.cookie).map(|o| o.pid),
+            Some(std::process::id()),
+            "the listener's owner"
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! come from the kernel's aggregates (the daemon does no work per transition for them). Labels
 //! are states and transition pairs, never sockets, addresses or processes; a `port` label is
 //! opt-in and capped.
-use std::sync::{Arc, Mutex};
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::{
     collector::Collector,
@@ -12,14 +15,14 @@ use prometheus_client::{
     registry::Registry,
 };
 use tracer_common::{
-    TcpState,
+    End, TcpState,
     aggregate::{DURATION_BUCKETS, OCTAVES, octave_of_bucket},
 };
 
 use crate::{
-    core::{reconcile::Reconciliation, report::Snapshot},
+    core::{ends, reconcile::Reconciliation, report::Snapshot},
     source::{
-        health::KernelHealth,
+        health::{KernelHealth, Seen},
         kernel_maps::{Aggregates, StateDurations},
     },
 };
@@ -33,11 +36,10 @@ const BUCKET_OCTAVES: std::ops::RangeInclusive<usize> = 1..=(OCTAVES - 1);
 
 const STATES: usize = TcpState::COUNT;
 
-/// One time-in-state histogram: counts by octave (`tracer_common::aggregate::octave`).
+/// One histogram: its labels, counts by octave (`tracer_common::aggregate::octave`).
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Series {
-    state: &'static str,
-    port: Option<String>,
+    labels: Vec<(&'static str, String)>,
     octaves: Vec<u64>,
     count: u64,
     sum_seconds: f64,
@@ -58,7 +60,14 @@ struct Latest {
     transitions: Vec<TransitionCount>,
     durations: Vec<Series>,
     fixes: Reconciliation,
+    stalled_listeners: u64,
+    listener_stalls: u64,
     health: KernelHealth,
+    seen: Seen,
+    ends: Vec<(End, u64)>,
+    connect_failures: Vec<(Cow<'static, str>, u64)>,
+    /// Connect times without and with a SYN retransmitted.
+    connects: Vec<Series>,
 }
 
 pub(crate) struct Metrics {
@@ -100,6 +109,7 @@ impl Metrics {
         durations: &[StateDurations],
         kernel: &Aggregates,
         health: &KernelHealth,
+        seen: &Seen,
     ) {
         let port_transitions = self.labelled_port_transitions(kernel);
         let port_durations = self.labelled_port_durations(kernel);
@@ -114,7 +124,20 @@ impl Metrics {
         }
         latest.episodes = snapshot.episodes;
         latest.fixes = snapshot.reconciliation;
+        latest.stalled_listeners = snapshot.stalled_listeners;
+        latest.listener_stalls = snapshot.listener_stalls;
         latest.health = *health;
+        latest.seen = *seen;
+        latest.ends = ends::by_end(&kernel.ends);
+        latest.connect_failures = ends::connect_failures(&kernel.ends);
+        latest.connects = kernel
+            .connects
+            .iter()
+            .zip(["false", "true"])
+            .map(|(d, retransmitted)| {
+                by_octave(vec![("syn_retransmitted", retransmitted.to_owned())], d)
+            })
+            .collect();
         latest.transitions = match port_transitions {
             Some(labelled) => labelled,
             None => TcpState::ALL
@@ -131,7 +154,12 @@ impl Metrics {
             None => TcpState::ALL
                 .into_iter()
                 .filter(|state| durations[*state as usize].count > 0)
-                .map(|state| by_octave(state, &durations[state as usize]))
+                .map(|state| {
+                    by_octave(
+                        vec![("state", state.name().to_owned())],
+                        &durations[state as usize],
+                    )
+                })
                 .collect(),
         };
     }
@@ -183,8 +211,7 @@ impl Metrics {
                 continue;
             };
             let series = folded.entry((d.state, label.clone())).or_insert(Series {
-                state: state.name(),
-                port: Some(label),
+                labels: vec![("state", state.name().to_owned()), ("port", label)],
                 octaves: vec![0; OCTAVES],
                 ..Series::default()
             });
@@ -198,15 +225,14 @@ impl Metrics {
     }
 }
 
-/// A state's durations folded into octaves.
-fn by_octave(state: TcpState, d: &StateDurations) -> Series {
+/// Durations folded into octaves, with their labels.
+fn by_octave(labels: Vec<(&'static str, String)>, d: &StateDurations) -> Series {
     let mut octaves = vec![0; OCTAVES];
     for (bucket, n) in d.buckets.iter().enumerate().take(DURATION_BUCKETS) {
         octaves[octave_of_bucket(bucket).min(OCTAVES - 1)] += n;
     }
     Series {
-        state: state.name(),
-        port: None,
+        labels,
         octaves,
         count: d.count,
         sum_seconds: d.sum_ns as f64 / 1e9,
@@ -228,6 +254,20 @@ fn histogram_buckets(series: &Series) -> Vec<(f64, u64)> {
     }
     buckets.push((f64::INFINITY, pending));
     buckets
+}
+
+fn encode_histogram(
+    metric: &mut prometheus_client::encoding::MetricEncoder,
+    series: &Series,
+) -> Result<(), std::fmt::Error> {
+    metric
+        .encode_family(&series.labels)?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            series.sum_seconds,
+            series.count,
+            &histogram_buckets(series),
+            None,
+        )
 }
 
 /// Encodes [`Latest`] at each scrape.
@@ -282,17 +322,56 @@ impl Collector for Exposition {
             MetricType::Histogram,
         )?;
         for series in &latest.durations {
-            let mut labels = vec![("state", series.state.to_owned())];
-            labels.extend(series.port.clone().map(|p| ("port", p)));
-            metric
-                .encode_family(&labels)?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    series.sum_seconds,
-                    series.count,
-                    &histogram_buckets(series),
-                    None,
-                )?;
+            encode_histogram(&mut metric, series)?;
         }
+        let mut metric = encoder.encode_descriptor(
+            "tcpstate_connect_duration_seconds",
+            "Time from connect() to an established connection, with a SYN retransmitted or not",
+            None,
+            MetricType::Histogram,
+        )?;
+        for series in &latest.connects {
+            encode_histogram(&mut metric, series)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tcpstate_connections_ended",
+            "Connections ended, by how: fin, reset_received, reset_sent, refused, timeout, abandoned, error",
+            None,
+            MetricType::Counter,
+        )?;
+        for (end, n) in &latest.ends {
+            metric
+                .encode_family(&[("end", end.name())])?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(n, None)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tcpstate_connect_failures",
+            "Connects that failed, by reason: refused, timeout, reset_received, reset_sent, abandoned, or the error's name",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in &latest.connect_failures {
+            metric
+                .encode_family(&[("reason", reason.as_ref())])?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(n, None)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tcpstate_stalled_listeners",
+            "Listeners whose accept queue has not drained for their threshold (their process does not accept)",
+            None,
+            MetricType::Gauge,
+        )?;
+        metric.encode_gauge(&i64::try_from(latest.stalled_listeners).unwrap_or(i64::MAX))?;
+        let mut metric = encoder.encode_descriptor(
+            "tcpstate_listener_stalls",
+            "Times a listener's accept queue went undrained past its threshold",
+            None,
+            MetricType::Counter,
+        )?;
+        metric.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+            &latest.listener_stalls,
+            None,
+        )?;
         let mut metric = encoder.encode_descriptor(
             "tcpstate_stuck_episodes",
             "Times a socket crossed its state's stuck threshold",
@@ -350,6 +429,16 @@ impl Collector for Exposition {
                 "Sockets in a watched state that could not be indexed (they cannot be reported stuck)",
                 h.unwatched_sockets,
             ),
+            (
+                "tcpstate_syn_retransmits",
+                "SYNs connecting sockets sent again (each adds a second or more to a connect)",
+                latest.seen.syn_retransmits,
+            ),
+            (
+                "tcpstate_synack_retransmits",
+                "SYN-ACKs listeners sent again: handshakes their clients did not complete in time",
+                latest.seen.synack_retransmits,
+            ),
         ] {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             metric.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
@@ -380,7 +469,7 @@ mod tests {
             d.count += 1;
             d.sum_ns += ns;
         }
-        let series = by_octave(TcpState::CloseWait, &d);
+        let series = by_octave(vec![("state", "CLOSE_WAIT".to_owned())], &d);
         let buckets = histogram_buckets(&series);
         assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), 4);
         assert_eq!(buckets[0], (4e-6, 1), "3 µs below 4 µs");
@@ -408,6 +497,8 @@ mod tests {
             tracked: 3,
             stuck: [0; STATES],
             episodes: [0; STATES],
+            stalled_listeners: 1,
+            listener_stalls: 2,
             reconciliation: Reconciliation::default(),
         };
         snapshot.sockets[TcpState::CloseWait as usize] = 3;
@@ -418,6 +509,7 @@ mod tests {
             &durations,
             &kernel,
             &KernelHealth::default(),
+            &Seen::default(),
         );
         let text = render(&metrics.registry());
         assert!(
@@ -429,6 +521,21 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tcpstate_lost_events_total 0"), "{text}");
+        assert!(
+            text.contains("tcpstate_connections_ended_total{end=\"refused\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpstate_connect_failures_total{reason=\"timeout\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("tcpstate_syn_retransmits_total 0"), "{text}");
+        assert!(text.contains("tcpstate_stalled_listeners 1"), "{text}");
+        assert!(text.contains("tcpstate_listener_stalls_total 2"), "{text}");
+        assert!(
+            text.contains("tcpstate_connect_duration_seconds_count{syn_retransmitted=\"true\"} 0"),
+            "{text}"
+        );
         snapshot.sockets[TcpState::CloseWait as usize] = 0;
         metrics.refresh(
             &snapshot,
@@ -436,6 +543,7 @@ mod tests {
             &durations,
             &kernel,
             &KernelHealth::default(),
+            &Seen::default(),
         );
         let text = render(&metrics.registry());
         assert!(

@@ -1,15 +1,17 @@
 //! The periodic summary: what the daemon knows, in counts and distributions, never a line per
 //! socket (except the stuck ones due for a reminder). Its counts come from the same snapshot of
 //! the core as the metrics.
-use tracer_common::{TcpState, Tuple, TwRecord};
+use std::borrow::Cow;
+
+use tracer_common::{End, TcpState, Tuple, TwRecord};
 
 use crate::{
     core::{
-        Tracker,
+        Tracker, ends,
         reconcile::Reconciliation,
         report::{Snapshot, StuckReport},
         time_wait_by_remote_port,
-        totals::{Percentiles, pairs, percentiles},
+        totals::{Percentiles, figures_of, pairs, percentiles},
     },
     source::{
         health::{KernelHealth, Seen},
@@ -36,9 +38,21 @@ pub(crate) struct Summary {
     pub(crate) interval_transitions: Vec<(TcpState, TcpState, u64)>,
     pub(crate) durations: Vec<(TcpState, Percentiles)>,
     pub(crate) interval_durations: Vec<(TcpState, Percentiles)>,
+    /// How connections ended, by kind (zeros included).
+    pub(crate) ends: Vec<(End, u64)>,
+    pub(crate) interval_ends: Vec<(End, u64)>,
+    /// Failed connects by reason (their kind, or the error by name).
+    pub(crate) connect_failures: Vec<(Cow<'static, str>, u64)>,
+    pub(crate) interval_connect_failures: Vec<(Cow<'static, str>, u64)>,
+    /// Connect times without and with a SYN retransmitted.
+    pub(crate) connects: Connects,
+    pub(crate) interval_connects: Connects,
     /// Stuck sockets the owner filter selects, and by state.
     pub(crate) stuck: u64,
     pub(crate) stuck_by_state: Vec<(TcpState, u64)>,
+    /// Listeners stalled now, and stall reports since start-up.
+    pub(crate) stalled_listeners: u64,
+    pub(crate) listener_stalls: u64,
     /// Stuck sockets due for a reminder (at most [`MAX_REMINDERS`]).
     pub(crate) reminders: Vec<StuckReport>,
     /// Reminders due but not listed.
@@ -50,6 +64,23 @@ pub(crate) struct Summary {
     /// What the kernel could not deliver, since start-up.
     pub(crate) health: KernelHealth,
     pub(crate) reconciliation: Reconciliation,
+}
+
+/// Connect times (SYN_SENT to ESTABLISHED): `None` when no connect of that kind was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct Connects {
+    pub(crate) first_try: Option<Percentiles>,
+    /// At least one SYN was sent again: a second or more.
+    pub(crate) retransmitted: Option<Percentiles>,
+}
+
+impl Connects {
+    fn of(durations: &[crate::source::kernel_maps::StateDurations]) -> Self {
+        Self {
+            first_try: durations.first().and_then(figures_of),
+            retransmitted: durations.get(1).and_then(figures_of),
+        }
+    }
 }
 
 /// Daemon-side figures the core does not hold.
@@ -89,8 +120,16 @@ impl Summary {
             interval_transitions: pairs(&totals.interval_transitions(kernel)),
             durations: percentiles(&totals.durations(kernel)),
             interval_durations: percentiles(&totals.interval_durations(kernel)),
+            ends: ends::by_end(&kernel.ends),
+            interval_ends: ends::by_end(&totals.interval_ends(kernel)),
+            connect_failures: ends::connect_failures(&kernel.ends),
+            interval_connect_failures: ends::connect_failures(&totals.interval_ends(kernel)),
+            connects: Connects::of(&kernel.connects),
+            interval_connects: Connects::of(&totals.interval_connects(kernel)),
             stuck: snapshot.stuck_total(),
             stuck_by_state: Snapshot::non_zero(&snapshot.stuck),
+            stalled_listeners: snapshot.stalled_listeners,
+            listener_stalls: snapshot.listener_stalls,
             reminders,
             reminders_omitted,
             time_wait_by_remote_port: time_wait_by_remote_port(timewaits, MAX_PORTS),

@@ -7,11 +7,14 @@ use std::{
 };
 
 use tracer_common::{
-    AF_INET, AF_INET6, Event, EventKind, TcpState, Tuple, UNKNOWN_DURATION, Watch, event_flags,
-    record_flags,
+    AF_INET, AF_INET6, End, Event, EventKind, TcpState, Tuple, UNKNOWN_DURATION, Watch,
+    event_flags, record_flags,
 };
 
-use super::events::{Comm, Endpoints, Family, KernelTransition, Owner, Transition, Watched};
+use super::events::{
+    Comm, ConnectionEnd, Endpoints, Family, KernelEvent, KernelTransition, Owner, Transition,
+    Watched,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DecodeError {
@@ -19,6 +22,7 @@ pub(crate) enum DecodeError {
     Kind(u8),
     State(u8),
     Family(u16),
+    End(u8),
 }
 
 impl fmt::Display for DecodeError {
@@ -28,34 +32,63 @@ impl fmt::Display for DecodeError {
             Self::Kind(kind) => write!(f, "unknown event kind {kind}"),
             Self::State(state) => write!(f, "unknown TCP state {state}"),
             Self::Family(family) => write!(f, "unknown address family {family}"),
+            Self::End(end) => write!(f, "unknown connection end {end}"),
         }
     }
 }
 
 impl std::error::Error for DecodeError {}
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<KernelTransition, DecodeError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     if bytes.len() != size_of::<Event>() {
         return Err(DecodeError::Size(bytes.len()));
     }
     // SAFETY: the length matches and `Event` is plain old data; the read tolerates any alignment.
     let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    match EventKind::from_u8(raw.kind).ok_or(DecodeError::Kind(raw.kind))? {
-        EventKind::Transition => Ok(KernelTransition {
-            transition: Transition {
-                ts_ns: raw.ts_ns,
-                sock: raw.sock,
-                endpoints: endpoints(&raw.tuple)?,
-                old: state(raw.old)?,
-                new: state(raw.new)?,
-                prev_state_ns: (raw.prev_state_ns != UNKNOWN_DURATION).then_some(raw.prev_state_ns),
-                owner: owner(raw.owner.pid, raw.owner.comm),
+    Ok(
+        match EventKind::from_u8(raw.kind).ok_or(DecodeError::Kind(raw.kind))? {
+            EventKind::Transition => KernelEvent::Transition(KernelTransition {
+                transition: Transition {
+                    ts_ns: raw.ts_ns,
+                    sock: raw.sock,
+                    endpoints: endpoints(&raw.tuple)?,
+                    old: state(raw.old)?,
+                    new: state(raw.new)?,
+                    prev_state_ns: (raw.prev_state_ns != UNKNOWN_DURATION)
+                        .then_some(raw.prev_state_ns),
+                    owner: owner(raw.owner.pid, raw.owner.comm),
+                    end: connection_end(raw.end, raw.error, raw.reset_reason)?,
+                    syn_retransmits: (raw.old == TcpState::SynSent as u8
+                        && raw.new == TcpState::Established as u8)
+                        .then_some(raw.syn_retransmits),
+                },
+                cookie: raw.cookie,
+                service_port: raw.service_port,
+                long_stay: raw.flags & event_flags::LONG_STAY != 0,
+            }),
+            EventKind::End => KernelEvent::ResetAfterClose {
+                cookie: raw.cookie,
+                reset_reason: raw.reset_reason,
             },
-            cookie: raw.cookie,
-            service_port: raw.service_port,
-            long_stay: raw.flags & event_flags::LONG_STAY != 0,
-        }),
+        },
+    )
+}
+
+/// The end an event carries: none (0), or a known kind.
+fn connection_end(
+    end: u8,
+    error: u8,
+    reset_reason: u8,
+) -> Result<Option<ConnectionEnd>, DecodeError> {
+    if end == 0 {
+        return Ok(None);
     }
+    let end = End::from_u8(end).ok_or(DecodeError::End(end))?;
+    Ok(Some(ConnectionEnd {
+        end,
+        error: (error != 0).then_some(error),
+        reset_reason: (end == End::ResetSent).then_some(reset_reason),
+    }))
 }
 
 pub(crate) fn state(value: u8) -> Result<TcpState, DecodeError> {
@@ -177,14 +210,29 @@ pub(crate) mod tests {
             new,
             flags: event_flags::LONG_STAY,
             service_port: 8080,
-            _pad: [0; 2],
+            end: 0,
+            error: 0,
+            reset_reason: 0,
+            syn_retransmits: 0,
+            _pad: [0; 6],
+        }
+    }
+
+    fn transition(event: &Event) -> KernelTransition {
+        match decode(&encode(event)).unwrap() {
+            KernelEvent::Transition(t) => t,
+            other => panic!("not a transition: {other:?}"),
         }
     }
 
     #[test]
     fn decodes_a_transition() {
-        let event = decode(&encode(&raw(2, 1))).unwrap();
+        let mut connected = raw(2, 1);
+        connected.syn_retransmits = 2;
+        let event = transition(&connected);
         let t = &event.transition;
+        assert_eq!(t.syn_retransmits, Some(2));
+        assert_eq!(t.end, None);
         assert_eq!(t.old, TcpState::SynSent);
         assert_eq!(t.new, TcpState::Established);
         assert_eq!(t.prev_state_ns, Some(52_000));
@@ -211,8 +259,9 @@ pub(crate) mod tests {
         event.prev_state_ns = UNKNOWN_DURATION;
         event.owner = tracer_common::Owner::default();
         event.flags = 0;
-        let event = decode(&encode(&event)).unwrap();
+        let event = transition(&event);
         assert_eq!(event.transition.prev_state_ns, None);
+        assert_eq!(event.transition.syn_retransmits, None, "not a connect");
         assert_eq!(event.transition.owner, None);
         assert!(!event.long_stay);
     }
@@ -223,7 +272,7 @@ pub(crate) mod tests {
         event.tuple.family = AF_INET6;
         event.tuple.saddr = Ipv6Addr::LOCALHOST.octets();
         event.tuple.daddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
-        let t = decode(&encode(&event)).unwrap().transition;
+        let t = transition(&event).transition;
         assert_eq!(t.endpoints.family, Family::Ipv6);
         assert_eq!(t.endpoints.local, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(t.endpoints.remote.to_string(), "2001:db8::1");
@@ -240,6 +289,39 @@ pub(crate) mod tests {
         let mut bad_family = raw(1, 2);
         bad_family.tuple.family = 1;
         assert_eq!(decode(&encode(&bad_family)), Err(DecodeError::Family(1)));
+        let mut bad_end = raw(1, 7);
+        bad_end.end = 42;
+        assert_eq!(decode(&encode(&bad_end)), Err(DecodeError::End(42)));
+    }
+
+    #[test]
+    fn decodes_ends() {
+        let mut refused = raw(TcpState::SynSent as u8, TcpState::Close as u8);
+        refused.end = End::Refused as u8;
+        refused.error = 111;
+        let end = transition(&refused).transition.end.unwrap();
+        assert_eq!(
+            (end.end, end.error, end.reset_reason),
+            (End::Refused, Some(111), None)
+        );
+        let mut reset = raw(TcpState::Established as u8, TcpState::Close as u8);
+        reset.end = End::ResetSent as u8;
+        reset.reset_reason = 11;
+        let end = transition(&reset).transition.end.unwrap();
+        assert_eq!(
+            (end.end, end.error, end.reset_reason),
+            (End::ResetSent, None, Some(11))
+        );
+        let mut amended = raw(TcpState::Established as u8, TcpState::Close as u8);
+        amended.kind = EventKind::End as u8;
+        amended.reset_reason = 12;
+        assert_eq!(
+            decode(&encode(&amended)),
+            Ok(KernelEvent::ResetAfterClose {
+                cookie: 99,
+                reset_reason: 12
+            })
+        );
     }
 
     #[test]

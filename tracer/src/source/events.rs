@@ -2,7 +2,7 @@
 //! connection's endpoints, a process name, a socket's owner.
 use std::{fmt, net::IpAddr, sync::Arc};
 
-use tracer_common::TcpState;
+use tracer_common::{End, TcpState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
@@ -66,8 +66,46 @@ impl fmt::Debug for Comm {
 pub(crate) struct Owner {
     pub(crate) pid: u32,
     pub(crate) comm: Comm,
-    /// The cgroup v2 path, else the first v1 hierarchy's; `None` when unknown.
-    pub(crate) cgroup: Option<Arc<str>>,
+    /// `None` when unknown.
+    pub(crate) cgroup: Option<Arc<Cgroup>>,
+}
+
+/// The prefix of a container id that `docker ps`, `podman ps` and `nerdctl ps` show.
+const SHORT_ID_LEN: usize = 12;
+
+/// A process's cgroup and what its path names, as operators name them. Filled by the enrich
+/// stage; each name is `None` when the path does not say it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Cgroup {
+    /// The cgroup v2 path, else the first v1 hierarchy's.
+    pub(crate) path: Box<str>,
+    /// The runtime whose naming the container's cgroup follows (`docker`, `containerd`, …).
+    pub(crate) runtime: Option<&'static str>,
+    /// The innermost container's full id (64 hex digits).
+    pub(crate) container_id: Option<Box<str>>,
+    /// The Kubernetes pod's uid, and its QoS class.
+    pub(crate) pod_uid: Option<Box<str>>,
+    pub(crate) qos: Option<&'static str>,
+    /// The innermost systemd unit (service or scope).
+    pub(crate) unit: Option<Box<str>>,
+}
+
+impl Cgroup {
+    /// Only the path, naming nothing.
+    #[cfg(test)]
+    pub(crate) fn at(path: &str) -> Arc<Self> {
+        Arc::new(Self {
+            path: path.into(),
+            ..Self::default()
+        })
+    }
+
+    /// The container id as `docker ps` shows it (its first 12 digits).
+    pub(crate) fn short_container_id(&self) -> Option<&str> {
+        self.container_id
+            .as_deref()
+            .map(|id| id.get(..SHORT_ID_LEN).unwrap_or(id))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +118,33 @@ pub(crate) struct Transition {
     /// Time spent in `old`, when the kernel saw the socket enter it.
     pub(crate) prev_state_ns: Option<u64>,
     pub(crate) owner: Option<Owner>,
+    /// How the connection ended, on the transition that ends it (to CLOSE, or into its
+    /// timewait phase).
+    pub(crate) end: Option<ConnectionEnd>,
+    /// SYNs retransmitted before the connection was established (on SYN_SENT -> ESTABLISHED).
+    pub(crate) syn_retransmits: Option<u8>,
+}
+
+/// A connection's end, with the socket's error and the kernel's reason for a reset it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnectionEnd {
+    pub(crate) end: End,
+    /// The socket's errno, when it had one.
+    pub(crate) error: Option<u8>,
+    /// The kernel's `enum sk_rst_reason` number, with `End::ResetSent`.
+    pub(crate) reset_reason: Option<u8>,
+}
+
+/// What the kernel writes to the ring buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum KernelEvent {
+    Transition(KernelTransition),
+    /// The socket of `cookie`, whose transition to CLOSE was written just before, sent a reset as
+    /// it closed (close() with unread data, linger 0): its end is a reset sent.
+    ResetAfterClose {
+        cookie: u64,
+        reset_reason: u8,
+    },
 }
 
 /// A transition the kernel wrote to the ring buffer: every one while the daemon logs them all,

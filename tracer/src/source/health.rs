@@ -21,6 +21,9 @@ pub(crate) struct KernelHealth {
     pub(crate) unrecorded_sockets: u64,
     /// Sockets in a watched state that could not be indexed: they cannot be reported stuck.
     pub(crate) unwatched_sockets: u64,
+    /// Resets sent as a socket closed that could not be matched to its close: that connection
+    /// counts as ended in order.
+    pub(crate) unmatched_resets: u64,
 }
 
 impl KernelHealth {
@@ -39,4 +42,7 @@ pub(crate) struct Seen {
     pub(crate) timewait_ends: u64,
     /// Owners named at accept().
     pub(crate) accepts: u64,
+    /// SYNs connecting sockets sent again; SYN-ACKs listeners sent again.
+    pub(crate) syn_retransmits: u64,
+    pub(crate) synack_retransmits: u64,
 }

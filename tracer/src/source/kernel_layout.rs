@@ -14,6 +14,9 @@ pub(crate) struct KernelOffsets {
     pub(crate) offsets: Offsets,
     /// `timer_list.function`, a global of its own (read on every kernel timer).
     pub(crate) timer_function: u32,
+    /// Names of the kernel's reasons for a reset (`enum sk_rst_reason`), by number, lower case
+    /// without their prefix (`tcp_abort_on_close`); empty on a kernel without them.
+    pub(crate) reset_reasons: Vec<String>,
 }
 
 /// Reads every struct offset the programs use from the kernel's BTF.
@@ -45,6 +48,8 @@ pub(crate) fn read_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         skc_nulls_pprev: btf.offset("sock_common", "skc_nulls_node")?
             + btf.offset("hlist_nulls_node", "pprev")?,
         sock_done_bit: btf.enum_value("sock_flags", "SOCK_DONE")?,
+        skc_state: btf.offset("sock_common", "skc_state")?,
+        sk_err: btf.offset("sock", "sk_err")?,
         inet_sport: btf.offset("inet_sock", "inet_sport")?,
         inet_saddr: btf.offset("inet_sock", "inet_saddr")?,
         net_inum: btf.offset("net", "ns")? + btf.offset("ns_common", "inum")?,
@@ -61,6 +66,7 @@ pub(crate) fn read_offsets(btf_path: &Path) -> Result<KernelOffsets> {
     Ok(KernelOffsets {
         offsets,
         timer_function: btf.offset("timer_list", "function")?,
+        reset_reasons: btf.enum_names("sk_rst_reason", "SK_RST_REASON_"),
     })
 }
 
@@ -101,6 +107,36 @@ impl KernelBtf {
                 _ => None,
             })
             .with_context(|| format!("kernel BTF: enum {name} has no constant `{constant}`"))
+    }
+
+    /// The constants of an enum as a table by value, lower case without `prefix`; empty when the
+    /// kernel has no such enum. Values past 255 are left out (they do not fit a record's byte).
+    fn enum_names(&self, name: &str, prefix: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let Ok(types) = self.0.resolve_types_by_name(name) else {
+            return names;
+        };
+        for ty in types {
+            let Type::Enum(e) = ty else { continue };
+            for member in &e.members {
+                let (Ok(constant), Ok(value)) =
+                    (self.0.resolve_name(member), usize::try_from(member.val()))
+                else {
+                    continue;
+                };
+                if value > usize::from(u8::MAX) {
+                    continue;
+                }
+                if names.len() <= value {
+                    names.resize(value + 1, String::new());
+                }
+                names[value] = constant
+                    .strip_prefix(prefix)
+                    .unwrap_or(&constant)
+                    .to_ascii_lowercase();
+            }
+        }
+        names
     }
 
     /// Bit offset of `member` inside `st`.
@@ -160,6 +196,9 @@ mod tests {
     fn reads_offsets_from_the_running_kernel() {
         let kernel = read_offsets(Path::new(VMLINUX_BTF)).unwrap();
         assert!(kernel.timer_function > 0);
+        // This kernel names its reset reasons (6.10 and later).
+        assert_eq!(kernel.reset_reasons[11], "tcp_abort_on_close");
+        assert_eq!(kernel.reset_reasons[0], "not_specified");
         let offsets = kernel.offsets;
         assert_eq!(offsets.skc_daddr, 0);
         assert_eq!(offsets.skc_rcv_saddr, 4);

@@ -6,11 +6,13 @@ use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use anyhow::{Context as _, Result};
 use aya::{Pod, maps::PerCpuArray};
 use tracer_common::{
-    TcpState, Watch,
+    End, EndCounts, TcpState, Watch,
     aggregate::{
         DURATION_BUCKETS, Durations, Gauges, OCTAVES, PortDurations, PortKey, TransitionCounts,
     },
-    counter, names,
+    counter,
+    ends::ERRNO_SLOTS,
+    names,
 };
 
 use super::{
@@ -37,6 +39,10 @@ pub(crate) struct Aggregates {
     pub(crate) port_transitions: Vec<(u16, u8, u8, u64)>,
     /// With port labels: time in a state by (port, state).
     pub(crate) port_durations: Vec<PortStateDurations>,
+    /// How connections ended.
+    pub(crate) ends: Ends,
+    /// Connect times (SYN_SENT to ESTABLISHED): `[0]` without a SYN retransmitted, `[1]` with.
+    pub(crate) connects: Vec<StateDurations>,
 }
 
 impl Default for Aggregates {
@@ -47,6 +53,66 @@ impl Default for Aggregates {
             gauges: [0; STATES],
             port_transitions: Vec::new(),
             port_durations: Vec::new(),
+            ends: Ends::default(),
+            connects: vec![StateDurations::default(); 2],
+        }
+    }
+}
+
+/// How connections ended, summed over CPUs (see `tracer_common::EndCounts`). Per CPU a count
+/// may have wrapped (an end taken back on another CPU than it was counted on): sums and
+/// differences wrap too, and come out right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ends {
+    /// By `End as usize`.
+    pub(crate) ends: [u64; End::COUNT],
+    /// Of sockets that never got past SYN_SENT, by `End as usize`.
+    pub(crate) connect_failures: [u64; End::COUNT],
+    /// Ends of kind `End::Error`, by errno; and those of connecting sockets.
+    pub(crate) errors: Vec<u64>,
+    pub(crate) connect_errors: Vec<u64>,
+}
+
+impl Default for Ends {
+    fn default() -> Self {
+        Self {
+            ends: [0; End::COUNT],
+            connect_failures: [0; End::COUNT],
+            errors: vec![0; ERRNO_SLOTS],
+            connect_errors: vec![0; ERRNO_SLOTS],
+        }
+    }
+}
+
+impl Ends {
+    fn add(&mut self, counts: &EndCounts) {
+        let pairs = [
+            (&mut self.ends[..], &counts.ends[..]),
+            (&mut self.connect_failures[..], &counts.connect_failures[..]),
+            (&mut self.errors[..], &counts.errors[..]),
+            (&mut self.connect_errors[..], &counts.connect_errors[..]),
+        ];
+        for (total, cpu) in pairs {
+            for (t, n) in total.iter_mut().zip(cpu) {
+                *t = t.wrapping_add(*n);
+            }
+        }
+    }
+
+    /// What was counted since `then`.
+    pub(crate) fn since(&self, then: &Ends) -> Ends {
+        let minus = |now: &[u64], then: &[u64]| -> Vec<u64> {
+            now.iter()
+                .zip(then)
+                .map(|(n, t)| n.wrapping_sub(*t))
+                .collect()
+        };
+        let array = |v: Vec<u64>| -> [u64; End::COUNT] { v.try_into().unwrap_or([0; End::COUNT]) };
+        Ends {
+            ends: array(minus(&self.ends, &then.ends)),
+            connect_failures: array(minus(&self.connect_failures, &then.connect_failures)),
+            errors: minus(&self.errors, &then.errors),
+            connect_errors: minus(&self.connect_errors, &then.connect_errors),
         }
     }
 }
@@ -111,6 +177,7 @@ impl Probe {
             failed_reads: self.counter(counter::READ_FAILED)?,
             unrecorded_sockets: self.counter(counter::RECORD_FAILED)?,
             unwatched_sockets: self.counter(counter::WATCH_FAILED)?,
+            unmatched_resets: self.counter(counter::UNMATCHED_RESETS)?,
         })
     }
 
@@ -119,6 +186,8 @@ impl Probe {
             transitions: self.counter(counter::TRANSITIONS)?,
             timewait_ends: self.counter(counter::TIMEWAIT_ENDS)?,
             accepts: self.counter(counter::ACCEPTS)?,
+            syn_retransmits: self.counter(counter::SYN_RETRANSMITS)?,
+            synack_retransmits: self.counter(counter::SYNACK_RETRANSMITS)?,
         })
     }
 
@@ -153,6 +222,14 @@ impl Probe {
             for d in self.per_cpu::<Durations>(names::DURATIONS, state as u32)? {
                 add_durations(total, &d);
             }
+        }
+        for (index, total) in aggregates.connects.iter_mut().enumerate() {
+            for d in self.per_cpu::<Durations>(names::CONNECT_DURATIONS, index as u32)? {
+                add_durations(total, &d);
+            }
+        }
+        for counts in self.per_cpu::<EndCounts>(names::ENDS, 0)? {
+            aggregates.ends.add(&counts);
         }
         if port_labels {
             aggregates.port_transitions = self

@@ -83,6 +83,11 @@ pub(crate) struct Probe {
     pub(crate) timewait: Part,
     /// Owners of accepted sockets at accept() (only while logging every transition).
     pub(crate) accept_owners: Part,
+    /// How connections end (resets sent) and handshakes retried (SYN and SYN-ACK
+    /// retransmissions).
+    pub(crate) ends: Part,
+    /// The kernel's names of its reset reasons (`enum sk_rst_reason`), by number.
+    pub(crate) reset_reasons: Vec<String>,
     /// Records the pinned maps held when this daemon started, by state: the kernel's own
     /// counts start at zero.
     pub(crate) pinned_by_state: [i64; TcpState::COUNT],
@@ -162,6 +167,8 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         ebpf,
         timewait: Part::Unused,
         accept_owners: Part::Unused,
+        ends: Part::Unused,
+        reset_reasons: kernel.reset_reasons,
         pinned_by_state: [0; TcpState::COUNT],
         restarted: pins.as_ref().is_some_and(|p| p.reused),
         _pins: pins,
@@ -184,6 +191,15 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         None => Part::Off("tw_timer_handler is not readable in /proc/kallsyms".to_owned()),
     };
     attach_btf_tracepoint(&mut probe.ebpf, &btf, names::TRANSITION_PROGRAM)?;
+    probe.ends = Part::of(
+        [
+            names::RESET_PROGRAM,
+            names::RETRANSMIT_PROGRAM,
+            names::SYNACK_PROGRAM,
+        ]
+        .into_iter()
+        .try_for_each(|name| attach_btf_tracepoint(&mut probe.ebpf, &btf, name)),
+    );
     if settings.log_all {
         probe.accept_owners = Part::of(attach_accept(&mut probe.ebpf));
     }

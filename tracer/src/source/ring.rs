@@ -5,7 +5,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 
-use super::{decode::decode, events::KernelTransition};
+use super::{decode::decode, events::KernelEvent};
 
 pub(crate) struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -33,7 +33,7 @@ impl EventReader {
     }
 
     /// Hands every record written so far to `handle`, decoded.
-    pub(crate) fn drain(&mut self, mut handle: impl FnMut(KernelTransition)) {
+    pub(crate) fn drain(&mut self, mut handle: impl FnMut(KernelEvent)) {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             match decode(&item) {

@@ -11,12 +11,12 @@ use std::{
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
-use tracer_common::TcpState;
+use tracer_common::{End, TcpState};
 
 use super::{LogFormat, json, line::Line, text};
 use crate::{
     export::wall_clock::WallClock,
-    source::events::{Comm, Endpoints, Family, Owner, Transition},
+    source::events::{Comm, ConnectionEnd, Endpoints, Family, Owner, Transition},
 };
 
 const LINES: usize = 200_000;
@@ -34,7 +34,9 @@ fn workload() -> Vec<Transition> {
         (TcpState::FinWait1, TcpState::FinWait2, Some(2_724_000)),
         (TcpState::FinWait2, TcpState::Close, Some(415_534_871)),
     ];
-    let cgroup: Arc<str> = Arc::from("/user.slice/user-0.slice/session-1.scope");
+    let cgroup = Arc::new(crate::enrich::containers::describe(
+        "/user.slice/user-0.slice/session-1.scope".to_owned(),
+    ));
     (0..LINES)
         .map(|i| {
             let conn = (i / states.len()) as u16;
@@ -63,6 +65,12 @@ fn workload() -> Vec<Transition> {
                     comm: Comm::new("python3"),
                     cgroup: Some(cgroup.clone()),
                 }),
+                end: (new == TcpState::Close).then_some(ConnectionEnd {
+                    end: End::Fin,
+                    error: None,
+                    reset_reason: None,
+                }),
+                syn_retransmits: (old == TcpState::SynSent).then_some(0),
             }
         })
         .collect()
@@ -130,16 +138,16 @@ fn transition_lines() {
         for _ in 0..ROUNDS {
             old.push(time(&transitions, |out, t| {
                 let result = match format {
-                    LogFormat::Text => text::reference::transition(out, &clock, t),
-                    LogFormat::Json => json::reference::transition(out, &clock, t),
+                    LogFormat::Text => text::reference::transition(out, &clock, t, &[]),
+                    LogFormat::Json => json::reference::transition(out, &clock, t, &[]),
                 };
                 result.unwrap();
             }));
             new.push(time(&transitions, |out, t| {
                 line.clear();
                 match format {
-                    LogFormat::Text => text::transition(&mut line, &clock, t),
-                    LogFormat::Json => json::transition(&mut line, &clock, t),
+                    LogFormat::Text => text::transition(&mut line, &clock, t, &[]),
+                    LogFormat::Json => json::transition(&mut line, &clock, t, &[]),
                 }
                 out.extend_from_slice(line.as_bytes());
             }));

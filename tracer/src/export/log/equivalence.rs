@@ -5,7 +5,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use proptest::prelude::*;
 
 use super::{
-    LogFormat, Settings, json, strategies::batch, tests::render_with, tests::settings, text,
+    LogFormat, Settings, json,
+    strategies::batch,
+    tests::{render_with, reset_reasons, settings},
+    text,
 };
 use crate::{core::report::Sink as _, export::wall_clock::WallClock, source::events::Transition};
 
@@ -33,8 +36,8 @@ fn reference(format: LogFormat, batch: &[Transition]) -> String {
     }
     for t in batch {
         match format {
-            LogFormat::Json => json::reference::transition(&mut out, &clock(), t),
-            LogFormat::Text => text::reference::transition(&mut out, &clock(), t),
+            LogFormat::Json => json::reference::transition(&mut out, &clock(), t, &reset_reasons()),
+            LogFormat::Text => text::reference::transition(&mut out, &clock(), t, &reset_reasons()),
         }
         .unwrap();
     }

@@ -1,6 +1,7 @@
 //! JSON lines. The field names and types are a contract with users' log pipelines (documented in
 //! the README): fields may be added, never renamed or retyped.
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     io::{self, Write},
     net::IpAddr,
@@ -9,14 +10,17 @@ use std::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::line::Line;
+use super::{EndFields, line::Line};
 use crate::{
     core::{
-        report::{StuckReport, UnstuckReport},
+        report::{ListenerRecovered, ListenerStalled, StuckReport, UnstuckReport},
         totals::Percentiles,
     },
-    export::{summary::Summary, wall_clock::WallClock},
-    source::events::{Endpoints, Owner, Transition},
+    export::{
+        summary::{Connects, Summary},
+        wall_clock::WallClock,
+    },
+    source::events::{Cgroup, Endpoints, Owner, Transition},
     units::millis,
 };
 
@@ -66,20 +70,38 @@ impl Socket {
     }
 }
 
-/// The owning process, `null`s when unknown.
+/// The owning process, `null`s when unknown; the container, pod and unit its cgroup names, only
+/// where it names them.
 #[derive(Serialize)]
 struct OwnerFields {
     pid: Option<u32>,
     comm: Option<String>,
     cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_runtime: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_qos: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<String>,
 }
 
 impl OwnerFields {
     fn new(owner: Option<&Owner>) -> Self {
+        let cgroup = owner.and_then(|o| o.cgroup.as_deref());
+        let text = |field: fn(&Cgroup) -> Option<&str>| cgroup.and_then(field).map(str::to_owned);
         Self {
             pid: owner.map(|o| o.pid),
             comm: owner.map(|o| o.comm.as_str().into_owned()),
-            cgroup: owner.and_then(|o| o.cgroup.as_deref().map(str::to_owned)),
+            cgroup: cgroup.map(|c| c.path.to_string()),
+            container_runtime: cgroup.and_then(|c| c.runtime),
+            container_id: text(|c| c.container_id.as_deref()),
+            pod_uid: text(|c| c.pod_uid.as_deref()),
+            pod_qos: cgroup.and_then(|c| c.qos),
+            unit: text(|c| c.unit.as_deref()),
         }
     }
 }
@@ -94,6 +116,9 @@ struct StuckLine {
     age_ms: f64,
     age_known: bool,
     threshold_ms: f64,
+    /// `false` for a socket no process ever accepted (its owner is its listener's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accepted: Option<bool>,
     #[serde(flatten)]
     owner: OwnerFields,
 }
@@ -130,7 +155,7 @@ fn line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
 
 /// A transition line built in `line` without serde or `core::fmt`; byte for byte what
 /// `reference::transition` writes.
-pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition) {
+pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, reasons: &[String]) {
     let e = &t.endpoints;
     // Fields in the order of the serde structs (Head, Socket, ..., OwnerFields). Family and state
     // names are plain ASCII words: nothing to escape.
@@ -159,6 +184,22 @@ pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition) {
         Some(ns) => line.millis_shortest(ns),
         None => line.raw(b"null"),
     }
+    let fields = EndFields::of(t, reasons);
+    let words = [
+        (&br#","end":"#[..], fields.end.map(Cow::Borrowed)),
+        (br#","error":"#, fields.error),
+        (br#","reset_reason":"#, fields.reset_reason),
+    ];
+    for (key, value) in words {
+        if let Some(value) = value {
+            line.raw(key);
+            line.json_str(&value);
+        }
+    }
+    if let Some(n) = fields.syn_retransmits {
+        line.raw(br#","syn_retransmits":"#);
+        line.int(n);
+    }
     match &t.owner {
         Some(owner) => {
             line.raw(br#","pid":"#);
@@ -167,7 +208,22 @@ pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition) {
             line.json_str(&owner.comm.as_str());
             line.raw(br#","cgroup":"#);
             match owner.cgroup.as_deref() {
-                Some(cgroup) => line.json_str(cgroup),
+                Some(cgroup) => {
+                    line.json_str(&cgroup.path);
+                    let names = [
+                        (&br#","container_runtime":"#[..], cgroup.runtime),
+                        (br#","container_id":"#, cgroup.container_id.as_deref()),
+                        (br#","pod_uid":"#, cgroup.pod_uid.as_deref()),
+                        (br#","pod_qos":"#, cgroup.qos),
+                        (br#","unit":"#, cgroup.unit.as_deref()),
+                    ];
+                    for (key, value) in names {
+                        if let Some(value) = value {
+                            line.raw(key);
+                            line.json_str(value);
+                        }
+                    }
+                }
                 None => line.raw(b"null"),
             }
         }
@@ -184,6 +240,7 @@ fn stuck_line(clock: &WallClock, r: &StuckReport) -> StuckLine {
         age_ms: millis(r.age_ns),
         age_known: r.age_known,
         threshold_ms: millis(r.threshold_ns),
+        accepted: r.accepted,
         owner: OwnerFields::new(r.owner.as_ref()),
     }
 }
@@ -211,18 +268,118 @@ pub(super) fn unstuck(
     )
 }
 
+/// A listener's address: where it listens.
+#[derive(Serialize)]
+struct Listener {
+    netns: u32,
+    family: &'static str,
+    saddr: IpAddr,
+    sport: u16,
+}
+
+impl Listener {
+    fn new(e: &Endpoints) -> Self {
+        Self {
+            netns: e.netns,
+            family: e.family.name(),
+            saddr: e.local,
+            sport: e.local_port,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StalledLine {
+    #[serde(flatten)]
+    head: Head,
+    #[serde(flatten)]
+    listener: Listener,
+    queue: u32,
+    backlog: u32,
+    stalled_ms: f64,
+    threshold_ms: f64,
+    #[serde(flatten)]
+    owner: OwnerFields,
+}
+
+#[derive(Serialize)]
+struct RecoveredLine {
+    #[serde(flatten)]
+    head: Head,
+    #[serde(flatten)]
+    listener: Listener,
+    closed: bool,
+    duration_ms: f64,
+    #[serde(flatten)]
+    owner: OwnerFields,
+}
+
+pub(super) fn listener_stalled(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &ListenerStalled,
+) -> io::Result<()> {
+    line(
+        out,
+        &StalledLine {
+            head: Head::new("listener_stalled", "warn", clock, r.ts_ns),
+            listener: Listener::new(&r.endpoints),
+            queue: r.queue,
+            backlog: r.backlog,
+            stalled_ms: millis(r.stalled_ns),
+            threshold_ms: millis(r.threshold_ns),
+            owner: OwnerFields::new(r.owner.as_ref()),
+        },
+    )
+}
+
+pub(super) fn listener_recovered(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &ListenerRecovered,
+) -> io::Result<()> {
+    line(
+        out,
+        &RecoveredLine {
+            head: Head::new("listener_recovered", "info", clock, r.ts_ns),
+            listener: Listener::new(&r.endpoints),
+            closed: r.closed,
+            duration_ms: millis(r.duration_ns),
+            owner: OwnerFields::new(r.owner.as_ref()),
+        },
+    )
+}
+
 fn percentiles(list: &[(tracer_common::TcpState, Percentiles)]) -> BTreeMap<&'static str, Value> {
     list.iter()
-        .map(|(state, p)| {
-            (
-                state.name(),
-                json!({
-                    "count": p.count, "min": p.min_ms, "p50": p.p50_ms,
-                    "p90": p.p90_ms, "p99": p.p99_ms, "max": p.max_ms,
-                }),
-            )
-        })
+        .map(|(state, p)| (state.name(), figures(p)))
         .collect()
+}
+
+fn figures(p: &Percentiles) -> Value {
+    json!({
+        "count": p.count, "min": p.min_ms, "p50": p.p50_ms,
+        "p90": p.p90_ms, "p99": p.p99_ms, "max": p.max_ms,
+    })
+}
+
+fn connects(c: &Connects) -> Value {
+    json!({
+        "first_try": c.first_try.as_ref().map(figures),
+        "retransmitted": c.retransmitted.as_ref().map(figures),
+    })
+}
+
+/// Non-zero counts by name.
+fn named<K: AsRef<str>>(list: &[(K, u64)]) -> BTreeMap<&str, u64> {
+    list.iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| (name.as_ref(), *n))
+        .collect()
+}
+
+fn end_names(list: &[(tracer_common::End, u64)]) -> Vec<(&'static str, u64)> {
+    list.iter().map(|(end, n)| (end.name(), *n)).collect()
 }
 
 fn pairs(
@@ -269,6 +426,7 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
             "interval": percentiles(&s.interval_durations),
             "total": percentiles(&s.durations),
         },
+        "listeners": { "stalled_now": s.stalled_listeners, "stalls": s.listener_stalls },
         "stuck": {
             "now": s.stuck,
             "by_state": by_state(&s.stuck_by_state),
@@ -276,6 +434,19 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
             "reminders_omitted": s.reminders_omitted,
         },
         "time_wait_by_remote_port": ports,
+        "ends": {
+            "interval": named(&end_names(&s.interval_ends)),
+            "total": named(&end_names(&s.ends)),
+        },
+        "connect_failures": {
+            "interval": named(&s.interval_connect_failures),
+            "total": named(&s.connect_failures),
+        },
+        "connect_ms": { "interval": connects(&s.interval_connects), "total": connects(&s.connects) },
+        "handshakes": {
+            "syn_retransmits": s.seen.syn_retransmits,
+            "synack_retransmits": s.seen.synack_retransmits,
+        },
         "events": {
             "transitions": s.seen.transitions,
             "transitions_lost": s.health.lost_transitions,
@@ -288,6 +459,7 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         "failed_reads": s.health.failed_reads,
         "unrecorded_sockets": s.health.unrecorded_sockets,
         "unwatched_sockets": s.health.unwatched_sockets,
+        "unmatched_resets": s.health.unmatched_resets,
         // Kept for the schema: the table no longer evicts (sockets it cannot hold are counted in
         // unrecorded_sockets).
         "evictions": 0,
@@ -309,7 +481,7 @@ pub(super) mod reference {
     use super::*;
 
     #[derive(Serialize)]
-    struct TransitionLine {
+    struct TransitionLine<'a> {
         #[serde(flatten)]
         head: Head,
         #[serde(flatten)]
@@ -317,6 +489,14 @@ pub(super) mod reference {
         old: &'static str,
         new: &'static str,
         prev_state_ms: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        end: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<Cow<'static, str>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reset_reason: Option<Cow<'a, str>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        syn_retransmits: Option<u8>,
         #[serde(flatten)]
         owner: OwnerFields,
     }
@@ -325,7 +505,9 @@ pub(super) mod reference {
         out: &mut impl Write,
         clock: &WallClock,
         t: &Transition,
+        reasons: &[String],
     ) -> io::Result<()> {
+        let f = EndFields::of(t, reasons);
         line(
             out,
             &TransitionLine {
@@ -334,6 +516,10 @@ pub(super) mod reference {
                 old: t.old.name(),
                 new: t.new.name(),
                 prev_state_ms: t.prev_state_ns.map(millis),
+                end: f.end,
+                error: f.error,
+                reset_reason: f.reset_reason,
+                syn_retransmits: f.syn_retransmits,
                 owner: OwnerFields::new(t.owner.as_ref()),
             },
         )
@@ -346,9 +532,14 @@ mod tests {
 
     use super::super::{
         LogFormat,
-        tests::{SELECTED, render, sample, stuck, summary, unstuck},
+        tests::{SELECTED, owner_in, render, sample, stuck, summary, unstuck},
     };
-    use crate::{core::report::Sink as _, source::events::Family};
+    use tracer_common::{End, TcpState};
+
+    use crate::{
+        core::report::Sink as _,
+        source::events::{ConnectionEnd, Family},
+    };
 
     fn parse(text: &str) -> Value {
         assert_eq!(text.matches('\n').count(), 1, "one line: {text}");
@@ -376,11 +567,77 @@ mod tests {
                 "old": "SYN_SENT",
                 "new": "ESTABLISHED",
                 "prev_state_ms": 0.052125,
+                "syn_retransmits": 0,
                 "pid": 4242,
                 "comm": "curl",
                 "cgroup": "/system.slice/curl.service",
+                "unit": "curl.service",
             })
         );
+    }
+
+    #[test]
+    fn ends_by_name() {
+        let mut t = sample(Family::Ipv4);
+        t.old = TcpState::Established;
+        t.new = TcpState::Close;
+        t.syn_retransmits = None;
+        t.end = Some(ConnectionEnd {
+            end: End::ResetSent,
+            error: None,
+            reset_reason: Some(11),
+        });
+        let value = parse(&render(LogFormat::Json, |o| o.transition(&t, SELECTED)));
+        assert_eq!(value["end"], "reset_sent");
+        assert_eq!(value["reset_reason"], "tcp_abort_on_close");
+        assert!(value.get("error").is_none());
+        assert!(value.get("syn_retransmits").is_none(), "not a connect");
+        t.end = Some(ConnectionEnd {
+            end: End::Error,
+            error: Some(113),
+            reset_reason: None,
+        });
+        let value = parse(&render(LogFormat::Json, |o| o.transition(&t, SELECTED)));
+        assert_eq!(
+            (value["end"].as_str(), value["error"].as_str()),
+            (Some("error"), Some("EHOSTUNREACH"))
+        );
+        // A reason or an error the tracer has no name for is given by number.
+        t.end = Some(ConnectionEnd {
+            end: End::ResetSent,
+            error: Some(200),
+            reset_reason: Some(99),
+        });
+        let value = parse(&render(LogFormat::Json, |o| o.transition(&t, SELECTED)));
+        assert_eq!(
+            (value["error"].as_str(), value["reset_reason"].as_str()),
+            (Some("errno_200"), Some("99"))
+        );
+    }
+
+    #[test]
+    fn containers_by_name() {
+        let id = "b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f";
+        let uid = "60e5cfb5-11a2-40d0-9f86-8c4075cd5d0a";
+        let path = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id}.scope",
+            uid.replace('-', "_")
+        );
+        let mut t = sample(Family::Ipv4);
+        t.owner = owner_in(&path);
+        let mut r = stuck();
+        r.owner = owner_in(&path);
+        for value in [
+            parse(&render(LogFormat::Json, |o| o.transition(&t, SELECTED))),
+            parse(&render(LogFormat::Json, |o| o.stuck(&r))),
+        ] {
+            assert_eq!(value["cgroup"], path.as_str());
+            assert_eq!(value["container_runtime"], "containerd");
+            assert_eq!(value["container_id"], id);
+            assert_eq!(value["pod_uid"], uid);
+            assert_eq!(value["pod_qos"], "burstable");
+            assert_eq!(value["unit"], format!("cri-containerd-{id}.scope"));
+        }
     }
 
     #[test]
@@ -396,6 +653,9 @@ mod tests {
         assert!(value["pid"].is_null());
         assert!(value["comm"].is_null());
         assert!(value["cgroup"].is_null());
+        // Names a cgroup does not give are left out, not null.
+        assert!(value.get("container_id").is_none());
+        assert!(value.get("unit").is_none());
     }
 
     #[test]
@@ -409,6 +669,7 @@ mod tests {
                 "saddr": "127.0.0.1", "sport": 43210, "daddr": "10.0.0.2", "dport": 8080,
                 "state": "CLOSE_WAIT", "age_ms": 62500.0, "age_known": true, "threshold_ms": 60000.0,
                 "pid": 4242, "comm": "curl", "cgroup": "/system.slice/curl.service",
+                "unit": "curl.service",
             })
         );
         let value = parse(&render(LogFormat::Json, |o| o.unstuck(&unstuck())));
@@ -439,6 +700,12 @@ mod tests {
         assert_eq!(reminder["pid"], 4242);
         assert!(reminder.get("event").is_none());
         assert_eq!(value["time_wait_by_remote_port"]["8080"], 4);
+        assert_eq!(value["ends"]["total"], json!({"fin": 2, "refused": 1}));
+        assert_eq!(value["ends"]["interval"], json!({"fin": 1}));
+        assert_eq!(value["connect_failures"]["total"]["EHOSTUNREACH"], 1);
+        assert_eq!(value["connect_ms"]["interval"]["first_try"]["count"], 1);
+        assert!(value["connect_ms"]["total"]["retransmitted"].is_null());
+        assert_eq!(value["handshakes"]["syn_retransmits"], 2);
         assert_eq!(value["lost_events"], 0);
         assert_eq!(value["skipped_events"], 2);
         assert_eq!(value["events"]["transitions_skipped"], 1);

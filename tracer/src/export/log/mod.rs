@@ -14,11 +14,20 @@ mod rfc3339;
 mod strategies;
 mod text;
 
-use std::io::{self, Write};
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+    sync::Arc,
+};
 
 use super::{summary::Summary, wall_clock::WallClock};
 use crate::{
-    core::report::{Sink, StuckReport, TransitionInfo, UnstuckReport},
+    core::{
+        ends::error_name,
+        report::{
+            ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo, UnstuckReport,
+        },
+    },
     source::events::Transition,
 };
 
@@ -37,6 +46,37 @@ pub(crate) struct Settings {
     pub(crate) shown: Shown,
     /// Colour the level of text lines (stdout is a terminal); plain otherwise.
     pub(crate) color: bool,
+    /// The kernel's names of its reset reasons, by number.
+    pub(crate) reset_reasons: Arc<[String]>,
+}
+
+/// The fields a connection's end adds to its line: its kind, the socket's error and the kernel's
+/// reason for a reset it sent, by name; and the SYNs a connect retransmitted.
+pub(super) struct EndFields<'a> {
+    pub(super) end: Option<&'static str>,
+    pub(super) error: Option<Cow<'static, str>>,
+    pub(super) reset_reason: Option<Cow<'a, str>>,
+    pub(super) syn_retransmits: Option<u8>,
+}
+
+impl<'a> EndFields<'a> {
+    pub(super) fn of(t: &Transition, reset_reasons: &'a [String]) -> Self {
+        let end = t.end.as_ref();
+        Self {
+            end: end.map(|e| e.end.name()),
+            error: end.and_then(|e| e.error).map(error_name),
+            reset_reason: end.and_then(|e| e.reset_reason).map(|reason| {
+                match reset_reasons
+                    .get(usize::from(reason))
+                    .filter(|n| !n.is_empty())
+                {
+                    Some(name) => Cow::Borrowed(name.as_str()),
+                    None => Cow::Owned(reason.to_string()),
+                }
+            }),
+            syn_retransmits: t.syn_retransmits,
+        }
+    }
 }
 
 /// Which kinds of lines are written, from `--log-transitions`, `--log-level` and RUST_LOG.
@@ -102,7 +142,9 @@ impl<W: Write> Sink for LogWriter<W> {
         let clock = &self.settings.clock;
         self.line.clear();
         match self.settings.format {
-            LogFormat::Json => json::transition(&mut self.line, clock, t),
+            LogFormat::Json => {
+                json::transition(&mut self.line, clock, t, &self.settings.reset_reasons);
+            }
             LogFormat::Text => {
                 if !self.header_written {
                     self.header_written = true;
@@ -110,7 +152,7 @@ impl<W: Write> Sink for LogWriter<W> {
                         return self.keep(Err(err));
                     }
                 }
-                text::transition(&mut self.line, clock, t);
+                text::transition(&mut self.line, clock, t, &self.settings.reset_reasons);
             }
         }
         // One copy into the 64 KiB buffer; the system call comes once per batch.
@@ -141,6 +183,34 @@ impl<W: Write> Sink for LogWriter<W> {
         };
         self.keep(result);
     }
+
+    // Listener reports follow the stuck and unstuck levels: a stall is a warning like a stuck
+    // socket, its end a notice like an unstuck one.
+    fn listener_stalled(&mut self, report: &ListenerStalled) {
+        if !self.settings.shown.stuck {
+            return;
+        }
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::listener_stalled(&mut self.out, clock, report),
+            LogFormat::Text => {
+                text::listener_stalled(&mut self.out, clock, report, self.settings.color)
+            }
+        };
+        self.keep(result);
+    }
+
+    fn listener_recovered(&mut self, report: &ListenerRecovered) {
+        if !self.settings.shown.unstuck {
+            return;
+        }
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::listener_recovered(&mut self.out, clock, report),
+            LogFormat::Text => text::listener_recovered(&mut self.out, clock, report),
+        };
+        self.keep(result);
+    }
 }
 
 #[cfg(test)]
@@ -151,11 +221,12 @@ pub(crate) mod tests {
         time::{Duration, UNIX_EPOCH},
     };
 
-    use tracer_common::TcpState;
+    use tracer_common::{End, TcpState};
 
     use super::*;
     use crate::{
         core::{reconcile::Reconciliation, totals::Percentiles},
+        export::summary::Connects,
         source::{
             events::{Comm, Endpoints, Family, Owner},
             health::{KernelHealth, Seen},
@@ -195,10 +266,17 @@ pub(crate) mod tests {
 
     /// Process `curl` (pid 4242) in cgroup `/system.slice/curl.service`.
     pub(crate) fn owner() -> Option<Owner> {
+        owner_in("/system.slice/curl.service")
+    }
+
+    /// Process `curl` (pid 4242) in this cgroup, named as the enrich stage names it.
+    pub(crate) fn owner_in(path: &str) -> Option<Owner> {
         Some(Owner {
             pid: 4242,
             comm: Comm::new("curl"),
-            cgroup: Some(Arc::from("/system.slice/curl.service")),
+            cgroup: Some(Arc::new(crate::enrich::containers::describe(
+                path.to_owned(),
+            ))),
         })
     }
 
@@ -211,6 +289,8 @@ pub(crate) mod tests {
             new: TcpState::Established,
             prev_state_ns: Some(52_125),
             owner: owner(),
+            end: None,
+            syn_retransmits: Some(0),
         }
     }
 
@@ -223,6 +303,7 @@ pub(crate) mod tests {
             age_ns: 62_500_000_000,
             age_known: true,
             threshold_ns: 60_000_000_000,
+            accepted: None,
             owner: owner(),
         }
     }
@@ -260,8 +341,22 @@ pub(crate) mod tests {
             interval_transitions: vec![(TcpState::SynSent, TcpState::Established, 1)],
             durations: vec![(TcpState::SynSent, p)],
             interval_durations: vec![(TcpState::SynSent, Percentiles { count: 1, ..p })],
+            ends: vec![(End::Fin, 2), (End::Refused, 1)],
+            interval_ends: vec![(End::Fin, 1), (End::Refused, 0)],
+            connect_failures: vec![("refused".into(), 1), ("EHOSTUNREACH".into(), 1)],
+            interval_connect_failures: vec![("EHOSTUNREACH".into(), 1)],
+            connects: Connects {
+                first_try: Some(p),
+                retransmitted: None,
+            },
+            interval_connects: Connects {
+                first_try: Some(Percentiles { count: 1, ..p }),
+                retransmitted: None,
+            },
             stuck: 1,
             stuck_by_state: vec![(TcpState::CloseWait, 1)],
+            stalled_listeners: 0,
+            listener_stalls: 0,
             reminders: vec![stuck()],
             reminders_omitted: 0,
             time_wait_by_remote_port: vec![(8080, 4)],
@@ -269,6 +364,8 @@ pub(crate) mod tests {
                 transitions: 12,
                 timewait_ends: 1,
                 accepts: 2,
+                syn_retransmits: 2,
+                synack_retransmits: 0,
             },
             health: KernelHealth {
                 skipped_transitions: 1,
@@ -290,7 +387,28 @@ pub(crate) mod tests {
             clock: clock(),
             shown: ALL,
             color: false,
+            reset_reasons: reset_reasons(),
         }
+    }
+
+    /// The first of the kernel's reset reasons, as 6.18 numbers them.
+    pub(crate) fn reset_reasons() -> Arc<[String]> {
+        [
+            "not_specified",
+            "no_socket",
+            "tcp_invalid_ack_sequence",
+            "tcp_rfc7323_paws",
+            "tcp_too_old_ack",
+            "tcp_ack_unsent_data",
+            "tcp_flags",
+            "tcp_old_ack",
+            "tcp_abort_on_data",
+            "tcp_timewait_socket",
+            "invalid_syn",
+            "tcp_abort_on_close",
+        ]
+        .map(str::to_owned)
+        .into()
     }
 
     /// Renders through the real writer.

@@ -6,9 +6,9 @@ use std::{
 };
 
 use proptest::prelude::*;
-use tracer_common::TcpState;
+use tracer_common::{End, TcpState};
 
-use crate::source::events::{Comm, Endpoints, Family, Owner, Transition};
+use crate::source::events::{Cgroup, Comm, ConnectionEnd, Endpoints, Family, Owner, Transition};
 
 /// Nanoseconds of every size: none, tiny, round, ties of `{:.3}`, huge, anything.
 pub(super) fn nanos() -> impl Strategy<Value = u64> {
@@ -74,9 +74,34 @@ fn owner() -> impl Strategy<Value = Option<Owner>> {
         // What the kernel may hold: any bytes, NUL-terminated or not.
         any::<[u8; 16]>().prop_map(Comm::from_kernel),
     ];
+    let name = || proptest::option::of(prop_oneof!["[a-z0-9.@_-]{1,70}", odd_text()]);
+    let label = || {
+        proptest::option::of(proptest::sample::select(vec![
+            "docker",
+            "cri-o",
+            "burstable",
+        ]))
+    };
     let cgroup = proptest::option::weighted(
         0.8,
-        prop_oneof!["(/[a-z0-9.@-]{1,12}){0,4}", odd_text()].prop_map(Arc::<str>::from),
+        (
+            prop_oneof!["(/[a-z0-9.@-]{1,12}){0,4}", odd_text()],
+            label(),
+            name(),
+            name(),
+            label(),
+            name(),
+        )
+            .prop_map(|(path, runtime, container_id, pod_uid, qos, unit)| {
+                Arc::new(Cgroup {
+                    path: path.into(),
+                    runtime,
+                    container_id: container_id.map(Into::into),
+                    pod_uid: pod_uid.map(Into::into),
+                    qos,
+                    unit: unit.map(Into::into),
+                })
+            }),
     );
     proptest::option::weighted(
         0.8,
@@ -143,18 +168,38 @@ pub(super) fn transition() -> impl Strategy<Value = Transition> {
         state(),
         proptest::option::weighted(0.8, nanos()),
         owner(),
+        proptest::option::weighted(0.3, connection_end()),
+        proptest::option::weighted(0.2, any::<u8>()),
     )
         .prop_map(
-            |(ts_ns, sock, endpoints, old, new, prev_state_ns, owner)| Transition {
-                ts_ns,
-                sock,
-                endpoints,
-                old,
-                new,
-                prev_state_ns,
-                owner,
+            |(ts_ns, sock, endpoints, old, new, prev_state_ns, owner, end, syn_retransmits)| {
+                Transition {
+                    ts_ns,
+                    sock,
+                    endpoints,
+                    old,
+                    new,
+                    prev_state_ns,
+                    owner,
+                    end,
+                    syn_retransmits,
+                }
             },
         )
+}
+
+/// Any end, with errors known by name or not, reset reasons the kernel names or not.
+fn connection_end() -> impl Strategy<Value = ConnectionEnd> {
+    (
+        proptest::sample::select(End::ALL.to_vec()),
+        proptest::option::of(any::<u8>()),
+        proptest::option::of(any::<u8>()),
+    )
+        .prop_map(|(end, error, reset_reason)| ConnectionEnd {
+            end,
+            error,
+            reset_reason,
+        })
 }
 
 /// A batch of transitions in the order the daemon sees them: from one instant on, a few

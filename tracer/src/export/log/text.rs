@@ -1,13 +1,17 @@
 //! Text for people. Transitions in the columns of bcc's `tcpstates`, with a UTC timestamp first
 //! and room for IPv6 addresses; other events as `TIME LEVEL kind details` lines.
 use std::{
+    borrow::Cow,
     io::{self, Write},
     net::SocketAddr,
 };
 
-use super::line::Line;
+use super::{EndFields, line::Line};
 use crate::{
-    core::report::{StuckReport, UnstuckReport},
+    core::{
+        report::{ListenerRecovered, ListenerStalled, StuckReport, UnstuckReport},
+        totals::Percentiles,
+    },
     export::{summary::Summary, wall_clock::WallClock},
     source::events::{Endpoints, Owner, Transition},
 };
@@ -36,7 +40,7 @@ fn time(clock: &WallClock, ts_ns: u64) -> humantime::Rfc3339Timestamp {
 
 /// A transition in the columns of `transition_header`, built in `line` without `core::fmt`;
 /// byte for byte what `reference::transition` writes.
-pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition) {
+pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, reasons: &[String]) {
     let e = &t.endpoints;
     line.left(27, |l| l.time(clock.wall(t.ts_ns)));
     line.raw(b" ");
@@ -71,6 +75,24 @@ pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition) {
         Some(ns) => l.millis_fixed3(ns),
         None => l.raw(b"-"),
     });
+    // After the columns, where they apply: how the connection ended, the SYNs it retransmitted.
+    let fields = EndFields::of(t, reasons);
+    let words = [
+        (&b" end="[..], fields.end.map(Cow::Borrowed)),
+        (b" error=", fields.error),
+        (b" reason=", fields.reset_reason),
+    ];
+    for (key, value) in words {
+        if let Some(value) = value {
+            line.raw(key);
+            line.raw(value.as_bytes());
+        }
+    }
+    // For people, only a connect that needed them.
+    if let Some(n) = fields.syn_retransmits.filter(|n| *n > 0) {
+        line.raw(b" syn_retransmits=");
+        line.int(n);
+    }
     line.raw(b"\n");
 }
 
@@ -86,16 +108,31 @@ fn socket(e: &Endpoints) -> String {
     )
 }
 
+/// The owner, then the container, pod and unit its cgroup names, where it names them.
 fn describe(owner: Option<&Owner>) -> String {
-    match owner {
-        Some(o) => format!(
-            "pid={} comm={} cgroup={}",
-            o.pid,
-            o.comm.as_str(),
-            o.cgroup.as_deref().unwrap_or("-")
-        ),
-        None => "pid=- comm=- cgroup=-".to_owned(),
+    let Some(o) = owner else {
+        return "pid=- comm=- cgroup=-".to_owned();
+    };
+    let cgroup = o.cgroup.as_deref();
+    let mut text = format!(
+        "pid={} comm={} cgroup={}",
+        o.pid,
+        o.comm.as_str(),
+        cgroup.map_or("-", |c| &c.path)
+    );
+    if let Some(c) = cgroup {
+        let names = [
+            ("container", c.short_container_id()),
+            ("pod", c.pod_uid.as_deref()),
+            ("unit", c.unit.as_deref()),
+        ];
+        for (name, value) in names {
+            if let Some(value) = value {
+                text.push_str(&format!(" {name}={value}"));
+            }
+        }
     }
+    text
 }
 
 fn at_least(known: bool) -> &'static str {
@@ -104,12 +141,17 @@ fn at_least(known: bool) -> &'static str {
 
 fn stuck_details(r: &StuckReport) -> String {
     format!(
-        "{:<11} for {}{} (threshold {})  {}  {}  sock={:x}",
+        "{:<11} for {}{} (threshold {})  {}  {}{}  sock={:x}",
         r.state.name(),
         at_least(r.age_known),
         seconds(r.age_ns),
         seconds(r.threshold_ns),
         socket(&r.endpoints),
+        if r.accepted == Some(false) {
+            "never accepted, listener's "
+        } else {
+            ""
+        },
         describe(r.owner.as_ref()),
         r.sock
     )
@@ -142,6 +184,42 @@ pub(super) fn unstuck(
         socket(&r.endpoints),
         describe(r.owner.as_ref()),
         r.sock
+    )
+}
+
+pub(super) fn listener_stalled(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &ListenerStalled,
+    color: bool,
+) -> io::Result<()> {
+    let level = if color { "\x1b[33mWARN\x1b[0m" } else { "WARN" };
+    writeln!(
+        out,
+        "{} {level}  listener stalled: {} accept queue {}/{} not drained for {} (threshold {})  {}",
+        time(clock, r.ts_ns),
+        SocketAddr::new(r.endpoints.local, r.endpoints.local_port),
+        r.queue,
+        r.backlog,
+        seconds(r.stalled_ns),
+        seconds(r.threshold_ns),
+        describe(r.owner.as_ref()),
+    )
+}
+
+pub(super) fn listener_recovered(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &ListenerRecovered,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "{} INFO  listener {}: {} after {}  {}",
+        time(clock, r.ts_ns),
+        if r.closed { "closed" } else { "drained" },
+        SocketAddr::new(r.endpoints.local, r.endpoints.local_port),
+        seconds(r.duration_ns),
+        describe(r.owner.as_ref()),
     )
 }
 
@@ -206,6 +284,63 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         "    time in state, ms, last {}: {durations}",
         seconds(s.interval_ns)
     )?;
+    // Counts of the interval, with the total since start in parentheses; zeros left out.
+    let with_total = |interval: Vec<(String, u64)>, total: Vec<(String, u64)>| {
+        list(
+            interval
+                .iter()
+                .zip(&total)
+                .filter(|((_, n), (_, t))| *n > 0 || *t > 0)
+                .map(|((name, n), (_, t))| format!("{name}={n}({t})"))
+                .collect(),
+        )
+    };
+    let ends = |list: &[(tracer_common::End, u64)]| {
+        list.iter()
+            .map(|(e, n)| (e.name().to_owned(), *n))
+            .collect()
+    };
+    let reasons = |list: &[(std::borrow::Cow<'static, str>, u64)]| {
+        list.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+    };
+    // Errors by name may appear in the total only: pair each total with its interval count.
+    let failures: Vec<(String, u64)> = s
+        .connect_failures
+        .iter()
+        .map(|(reason, _)| {
+            let n = s
+                .interval_connect_failures
+                .iter()
+                .find(|(r, _)| r == reason)
+                .map_or(0, |(_, n)| *n);
+            (reason.to_string(), n)
+        })
+        .collect();
+    let connect = |name: &str, p: Option<Percentiles>| {
+        p.map(|p| {
+            format!(
+                "{name} n={} p50={:.3} p99={:.3} max={:.3}",
+                p.count, p.p50_ms, p.p99_ms, p.max_ms
+            )
+        })
+    };
+    let connects = list(
+        [
+            connect("first try", s.interval_connects.first_try),
+            connect("after a SYN retransmit", s.interval_connects.retransmitted),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    );
+    writeln!(
+        out,
+        "    connections ended (since start): {}; failed connects: {}; connect ms: {connects}; SYN retransmits: {}, SYN-ACK retransmits: {}",
+        with_total(ends(&s.interval_ends), ends(&s.ends)),
+        with_total(failures, reasons(&s.connect_failures)),
+        s.seen.syn_retransmits,
+        s.seen.synack_retransmits,
+    )?;
     let by_state = list(
         s.stuck_by_state
             .iter()
@@ -220,19 +355,20 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
     );
     writeln!(
         out,
-        "    stuck now: {} ({by_state}); TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; reconciliation: {} runs, {} fixes",
+        "    stuck now: {} ({by_state}); stalled listeners: {}; TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; reconciliation: {} runs, {} fixes",
         s.stuck,
+        s.stalled_listeners,
         s.health.lost(),
         s.health.skipped_all,
         s.reconciliation.runs,
         s.reconciliation.fixes()
     )?;
     let h = &s.health;
-    if h.failed_reads + h.unrecorded_sockets + h.unwatched_sockets > 0 {
+    if h.failed_reads + h.unrecorded_sockets + h.unwatched_sockets + h.unmatched_resets > 0 {
         writeln!(
             out,
-            "    kernel: failed reads: {}; sockets without a record: {}; watched sockets not indexed: {}",
-            h.failed_reads, h.unrecorded_sockets, h.unwatched_sockets
+            "    kernel: failed reads: {}; sockets without a record: {}; watched sockets not indexed: {}; resets not matched to their close: {}",
+            h.failed_reads, h.unrecorded_sockets, h.unwatched_sockets, h.unmatched_resets
         )?;
     }
     for r in &s.reminders {
@@ -255,6 +391,7 @@ pub(super) mod reference {
         out: &mut impl Write,
         clock: &WallClock,
         t: &Transition,
+        reasons: &[String],
     ) -> io::Result<()> {
         let (pid, comm) = match &t.owner {
             Some(owner) => (owner.pid.to_string(), owner.comm.as_str().into_owned()),
@@ -264,9 +401,23 @@ pub(super) mod reference {
             .prev_state_ns
             .map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", millis(ns)));
         let e = &t.endpoints;
+        let f = EndFields::of(t, reasons);
+        let mut tail = String::new();
+        if let Some(end) = f.end {
+            tail += &format!(" end={end}");
+        }
+        if let Some(error) = f.error {
+            tail += &format!(" error={error}");
+        }
+        if let Some(reason) = f.reset_reason {
+            tail += &format!(" reason={reason}");
+        }
+        if let Some(n) = f.syn_retransmits.filter(|n| *n > 0) {
+            tail += &format!(" syn_retransmits={n}");
+        }
         writeln!(
             out,
-            "{:<27} {:016x} {pid:<7} {comm:<15} {:<25} {:<5} {:<25} {:<5} {:<11} -> {:<11} {ms:>10}",
+            "{:<27} {:016x} {pid:<7} {comm:<15} {:<25} {:<5} {:<25} {:<5} {:<11} -> {:<11} {ms:>10}{tail}",
             time(clock, t.ts_ns),
             t.sock,
             e.local.to_string(),
@@ -283,9 +434,14 @@ pub(super) mod reference {
 mod tests {
     use super::super::{
         LogFormat,
-        tests::{SELECTED, render, sample, stuck, summary, unstuck},
+        tests::{SELECTED, owner_in, render, sample, stuck, summary, unstuck},
     };
-    use crate::{core::report::Sink as _, source::events::Family};
+    use tracer_common::{End, TcpState};
+
+    use crate::{
+        core::report::Sink as _,
+        source::events::{ConnectionEnd, Family},
+    };
 
     #[test]
     fn header_then_aligned_columns() {
@@ -319,6 +475,36 @@ mod tests {
     }
 
     #[test]
+    fn ends_and_retransmits_follow_the_columns() {
+        let mut t = sample(Family::Ipv4);
+        t.syn_retransmits = Some(1);
+        let text = render(LogFormat::Text, |o| o.transition(&t, SELECTED));
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("     0.052 syn_retransmits=1"),
+            "{text}"
+        );
+        t.old = TcpState::Established;
+        t.new = TcpState::Close;
+        t.syn_retransmits = None;
+        t.end = Some(ConnectionEnd {
+            end: End::ResetSent,
+            error: None,
+            reset_reason: Some(11),
+        });
+        let text = render(LogFormat::Text, |o| o.transition(&t, SELECTED));
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with(" end=reset_sent reason=tcp_abort_on_close"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn ipv6_and_unknowns() {
         let mut t = sample(Family::Ipv6);
         t.owner = None;
@@ -338,8 +524,20 @@ mod tests {
         assert_eq!(
             text,
             "2027-01-15T08:00:02.000000Z WARN  stuck    CLOSE_WAIT  for 62.500s (threshold 60.000s)  \
-             127.0.0.1:43210 <-> 10.0.0.2:8080  pid=4242 comm=curl cgroup=/system.slice/curl.service  \
-             sock=ffff88810a3c1200\n"
+             127.0.0.1:43210 <-> 10.0.0.2:8080  pid=4242 comm=curl cgroup=/system.slice/curl.service \
+             unit=curl.service  sock=ffff88810a3c1200\n"
+        );
+        // A container's short id (as `docker ps` shows it) and its pod, where the cgroup names them.
+        let id = "b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f";
+        let mut in_pod = stuck();
+        in_pod.owner = owner_in(&format!(
+            "/kubepods/besteffort/pod60e5cfb5-11a2-40d0-9f86-8c4075cd5d0a/{id}"
+        ));
+        assert!(
+            render(LogFormat::Text, |o| o.stuck(&in_pod)).contains(
+                "comm=curl cgroup=/kubepods/besteffort/pod60e5cfb5-11a2-40d0-9f86-8c4075cd5d0a/b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f \
+                 container=b9ec786121db pod=60e5cfb5-11a2-40d0-9f86-8c4075cd5d0a  sock="
+            )
         );
         let mut unknown_age = stuck();
         unknown_age.age_known = false;
@@ -355,15 +553,19 @@ mod tests {
     fn summary_block() {
         let text = render(LogFormat::Text, |o| o.summary(&summary()));
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines.len(), 6, "{text}");
         assert!(
             lines[0].contains("summary  uptime 60.000s, 3 sockets: ESTABLISHED=2 CLOSE_WAIT=1")
         );
         assert!(lines[1].contains("SYN_SENT->ESTABLISHED=1(3)"));
         assert!(lines[2].contains("SYN_SENT n=1 min=0.050 p50=0.060"));
-        assert!(lines[3].contains("stuck now: 1 (CLOSE_WAIT=1)"));
-        assert!(lines[3].contains("TIME_WAIT by remote port: 8080=4"));
-        assert!(lines[3].contains("reconciliation: 1 runs, 1 fixes"));
-        assert!(lines[4].contains("still stuck: CLOSE_WAIT"));
+        assert!(lines[3].contains("connections ended (since start): fin=1(2) refused=0(1);"));
+        assert!(lines[3].contains("failed connects: refused=0(1) EHOSTUNREACH=1(1);"));
+        assert!(lines[3].contains("connect ms: first try n=1 p50=0.060"));
+        assert!(lines[3].contains("SYN retransmits: 2, SYN-ACK retransmits: 0"));
+        assert!(lines[4].contains("stuck now: 1 (CLOSE_WAIT=1)"));
+        assert!(lines[4].contains("TIME_WAIT by remote port: 8080=4"));
+        assert!(lines[4].contains("reconciliation: 1 runs, 1 fixes"));
+        assert!(lines[5].contains("still stuck: CLOSE_WAIT"));
     }
 }

@@ -1,0 +1,161 @@
+//! How connections end and how handshakes struggle, from three tp_btf hooks that run only when
+//! something goes wrong (a reset sent, a segment retransmitted), never on a healthy connection:
+//!
+//! - `tcp_send_reset`: a reset the socket sends of its own (no packet to answer). Sent before the
+//!   socket closes (keepalive timeout, out of memory), it is recorded and the close counts it;
+//!   sent just after (close() with unread data, linger 0: the kernel closes first), it amends the
+//!   end the close counted, and a line that was written says so.
+//! - `tcp_retransmit_skb`: a connecting socket's SYN sent again; the connect's line and its time
+//!   say so.
+//! - `tcp_retransmit_synack`: a listener's SYN-ACK sent again: a handshake its client did not
+//!   complete in time (lost ACKs, a SYN flood).
+use aya_ebpf::{
+    cty::c_void, helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+use tracer_common::{
+    End, EventKind, Owner, RECENT_CLOSES as RECENT_CLOSES_LEN, TcpState, counter, record_flags,
+};
+
+use crate::{
+    account,
+    maps::{CONFIG, OFFSETS, RECENT_CLOSES, SOCKETS},
+    output::{Fields, count, emit, finish, passes_filter},
+    read::{full_socket_tuple, member, netns_of, now},
+};
+
+const CLOSE: u8 = TcpState::Close as u8;
+const SYN_SENT: u8 = TcpState::SynSent as u8;
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    finish(on_reset(&ctx));
+    0
+}
+
+fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    // A reset answering a packet (no socket, or one that got a bad segment) is not a socket
+    // ending by its own reset.
+    if sk == 0 || skb != 0 {
+        return Ok(());
+    }
+    // SAFETY: the helper checks its argument.
+    let tcp = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
+    if tcp == 0 {
+        return Ok(());
+    }
+    let reason = ctx.arg::<u32>(2).min(u8::MAX.into()) as u8;
+    let offsets = OFFSETS.load();
+    // SAFETY: a BTF-typed socket pointer, as the helper requires.
+    let cookie = unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) };
+    let state: u8 = member(sk, offsets.skc_state);
+    if state != CLOSE {
+        // Before the close: the close counts it.
+        if let Some(record) = SOCKETS.get_ptr_mut(cookie) {
+            // SAFETY: the map value lives while the program runs; serialized by the socket lock.
+            unsafe {
+                (*record).flags |= record_flags::RESET_SENT;
+                (*record).reset_reason = reason;
+            }
+        }
+        return Ok(());
+    }
+    // Just after the close, in the same call: amend the end it counted.
+    let Some(recent) = RECENT_CLOSES.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    let mut found = None;
+    for slot in 0..RECENT_CLOSES_LEN {
+        // SAFETY: this CPU's slots, no one else's while the program runs.
+        if unsafe { (*recent).entries[slot].cookie } == cookie {
+            found = Some(slot);
+            break;
+        }
+    }
+    let Some(slot) = found else {
+        // Not among the sockets this CPU saw close last: the closing task moved between CPUs.
+        let Some(mut tuple) = full_socket_tuple(sk, tcp, &offsets) else {
+            return Ok(());
+        };
+        tuple.netns = netns_of(sk, &offsets);
+        if passes_filter(&tuple) {
+            count(counter::UNMATCHED_RESETS);
+        }
+        return Ok(());
+    };
+    // SAFETY: as above; the slot was found in bounds.
+    let (last_end, last_old) = unsafe {
+        let entry = &mut (*recent).entries[slot];
+        entry.cookie = 0;
+        (entry.end, entry.old)
+    };
+    let Some(counted) = End::from_u8(last_end) else {
+        return Ok(());
+    };
+    if counted == End::ResetSent {
+        return Ok(());
+    }
+    let connecting = last_old == SYN_SENT;
+    account::end(counted, connecting, 0, u64::MAX);
+    account::end(End::ResetSent, connecting, 0, 1);
+    if CONFIG.load().log_all != 0 {
+        // The line of the close went out already: the daemon amends it.
+        emit(
+            &Fields {
+                kind: EventKind::End,
+                ts_ns: now(),
+                sock: sk,
+                cookie,
+                prev_state_ns: 0,
+                old: last_old,
+                new: CLOSE,
+                flags: 0,
+                service_port: 0,
+                end: End::ResetSent as u8,
+                error: 0,
+                reset_reason: reason,
+                syn_retransmits: 0,
+            },
+            &Default::default(),
+            &Owner::default(),
+        );
+    }
+    Ok(())
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let offsets = OFFSETS.load();
+    // Data retransmissions are the common case here: dropped at the first comparison.
+    if sk == 0 || member::<u8>(sk, offsets.skc_state) != SYN_SENT {
+        return 0;
+    }
+    // SAFETY: a BTF-typed socket pointer, as the helper requires.
+    let cookie = unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) };
+    if let Some(record) = SOCKETS.get_ptr_mut(cookie) {
+        count(counter::SYN_RETRANSMITS);
+        // SAFETY: the map value lives while the program runs; serialized by the socket lock.
+        unsafe { (*record).syn_retransmits = (*record).syn_retransmits.saturating_add(1) };
+    }
+    0
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
+    let listener: u64 = ctx.arg(0);
+    // SAFETY: the helper checks its argument.
+    let tcp = unsafe { generated::bpf_skc_to_tcp_sock(listener as *mut _) } as u64;
+    if tcp == 0 {
+        return 0;
+    }
+    let offsets = OFFSETS.load();
+    if let Some(mut tuple) = full_socket_tuple(listener, tcp, &offsets) {
+        tuple.netns = netns_of(listener, &offsets);
+        if passes_filter(&tuple) {
+            count(counter::SYNACK_RETRANSMITS);
+        }
+    }
+    0
+}
