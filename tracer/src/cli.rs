@@ -85,7 +85,7 @@ pub struct Config {
     pub(crate) ipv6: bool,
 
     /// Report a socket as stuck after this long in a state: STATE=DURATION or STATE=off
-    /// (repeatable). Defaults: syn-sent=10s syn-recv=10s close-wait=60s last-ack=60s
+    /// (repeatable). Defaults: syn-sent=10s close-wait=60s last-ack=60s
     /// fin-wait-1=60s closing=60s fin-wait-2=120s listen=30s (listen: a listener whose accept
     /// queue does not drain this long, its process no longer accepting).
     #[arg(long = "stuck", value_parser = parse_threshold, value_name = "STATE=DURATION")]
