@@ -22,7 +22,7 @@ use crate::{
         socket_list,
     },
     source::{
-        clock::monotonic_ns,
+        clock::{monotonic_ns, thread_cpu_time},
         filter::SocketFilter,
         kernel_maps::{RecordMap, RecordMaps},
     },
@@ -37,6 +37,8 @@ pub(super) struct Reconciled {
     pub(super) outcome: Outcome,
     /// Network namespaces listed.
     pub(super) namespaces: usize,
+    /// CPU time it took, on every thread: the next one is spaced by it.
+    pub(super) cpu: Duration,
 }
 
 /// The listeners one check found, with their accept queues.
@@ -167,13 +169,19 @@ fn reconcile_now(
     thresholds: &Thresholds,
     seed: bool,
 ) -> Result<Reconciled> {
+    let started = thread_cpu_time();
     let sockets: Vec<(u64, SockRecord)> = maps.all(RecordMap::Sockets)?;
     let timewaits: Vec<(Tuple, TwRecord)> = maps.all(RecordMap::Timewait)?;
     let watched: Vec<(u64, Watch)> = maps.all(RecordMap::Watched)?;
     let lingering: Vec<(Tuple, u8)> = maps.all(RecordMap::Lingering)?;
     let lingering: Vec<Tuple> = lingering.into_iter().map(|(key, _)| key).collect();
+    let before_listing = thread_cpu_time();
     let listing = socket_list::take_listing(None, None, filter)
         .context("listing the kernel's TCP sockets")?;
+    // The listing's CPU on threads of its own (one per other network namespace).
+    let listing_elsewhere = listing
+        .cpu
+        .saturating_sub(thread_cpu_time().saturating_sub(before_listing));
     let records = Records {
         sockets: &sockets,
         timewaits: &timewaits,
@@ -186,6 +194,7 @@ fn reconcile_now(
         plan,
         outcome,
         namespaces: listing.namespaces.len().max(1),
+        cpu: thread_cpu_time().saturating_sub(started) + listing_elsewhere,
     })
 }
 

@@ -27,11 +27,14 @@ use crate::{
 
 /// How often, at most, lingering FIN-WAIT-2 timewait sockets are checked for a silent move to
 /// TIME_WAIT. A check lists the kernel's FIN_WAIT2 sockets, which walks its whole connection
-/// table: on a host with many sockets the checks are spaced so they take at most 2 % of a CPU.
+/// table.
 const LINGERING_CHECK: Duration = Duration::from_secs(1);
-const LINGERING_CHECK_CPU_SHARE: u32 = 50;
-/// How often, at most, listeners' accept queues are checked; spaced out by the same share.
+/// How often, at most, listeners' accept queues are checked.
 const LISTENER_CHECK: Duration = Duration::from_secs(2);
+/// Background jobs (reconciliations, lingering and listener checks) are spaced by this many times
+/// the CPU the last one took, so that on a host with very many sockets each takes at most 2 % of a
+/// CPU on average.
+const BACKGROUND_CPU_SHARE: u32 = 50;
 /// Gauges are brought up to date this often when metrics are served.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -79,13 +82,19 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
                 pipeline.advance();
                 pipeline.summarize(&mut timers.summary_clock, false)?;
             }
-            _ = timers.reconciles.tick() => jobs.start_reconciliation(false),
+            _ = tokio::time::sleep_until(timers.next_reconciliation), if jobs.reconciliation.is_none() => {
+                jobs.start_reconciliation(false);
+            }
             _ = tokio::time::sleep_until(timers.next_lingering_check), if jobs.lingering.is_none() => {
                 jobs.start_lingering_check();
             }
             _ = timers.refreshes.tick(), if pipeline.serves_metrics() => pipeline.refresh_metrics()?,
             done = finished(&mut jobs.reconciliation) => {
                 let done = done?;
+                // A safety net for what the kernel could not record: at most a small share of a
+                // CPU on hosts with very many sockets.
+                timers.next_reconciliation = Instant::now()
+                    + settings.schedule.reconciliations.max(done.cpu * BACKGROUND_CPU_SHARE);
                 pipeline.reconciled(&done)?;
                 if done.plan.seed {
                     seeded = true;
@@ -102,13 +111,13 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
                 let lookups = pipeline.check_listeners(&checked);
                 jobs.look_up_owners(lookups);
                 timers.next_listener_check = Instant::now()
-                    + LISTENER_CHECK.max(checked.cpu * LINGERING_CHECK_CPU_SHARE);
+                    + LISTENER_CHECK.max(checked.cpu * BACKGROUND_CPU_SHARE);
             }
             done = finished(&mut jobs.lingering) => {
                 let moved = done?;
                 pipeline.moved(&moved);
                 timers.next_lingering_check = Instant::now()
-                    + LINGERING_CHECK.max(moved.cpu * LINGERING_CHECK_CPU_SHARE);
+                    + LINGERING_CHECK.max(moved.cpu * BACKGROUND_CPU_SHARE);
             }
             done = finished(&mut jobs.owner_lookup) => {
                 let (looked_up, found) = done.unwrap_or_else(|err| {
@@ -138,7 +147,7 @@ struct Timers {
     /// Reads the ring buffer at least this often (the kernel wakes the daemon only per batch).
     poll: Interval,
     summaries: Interval,
-    reconciles: Interval,
+    next_reconciliation: Instant,
     refreshes: Interval,
     next_lingering_check: Instant,
     next_listener_check: Instant,
@@ -160,7 +169,7 @@ impl Timers {
         Self {
             poll,
             summaries: every(schedule.summaries, now + schedule.summaries),
-            reconciles: every(schedule.reconciliations, now + schedule.reconciliations),
+            next_reconciliation: now + schedule.reconciliations,
             refreshes: every(METRICS_REFRESH, now),
             next_lingering_check: now + LINGERING_CHECK,
             next_listener_check: now + LISTENER_CHECK,

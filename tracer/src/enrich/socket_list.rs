@@ -20,7 +20,9 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 use tracer_common::{TcpState, Tuple, normalize_family};
 
-use crate::source::{decode::endpoints, events::Endpoints, filter::SocketFilter};
+use crate::source::{
+    clock::thread_cpu_time, decode::endpoints, events::Endpoints, filter::SocketFilter,
+};
 
 /// One socket of the kernel's list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,17 +69,6 @@ pub(crate) fn take_listing(
         namespaces,
         cpu: thread_cpu_time().saturating_sub(started) + other_threads,
     })
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec; the clock exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Inode number of the daemon's own network namespace.

@@ -11,6 +11,11 @@ pub(crate) fn realtime_ns() -> u64 {
     read(libc::CLOCK_REALTIME)
 }
 
+/// CPU time the calling thread has used.
+pub(crate) fn thread_cpu_time() -> std::time::Duration {
+    std::time::Duration::from_nanos(read(libc::CLOCK_THREAD_CPUTIME_ID))
+}
+
 fn read(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
