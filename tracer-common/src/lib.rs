@@ -16,8 +16,8 @@ pub mod tuple;
 
 pub use ends::{End, EndCounts};
 pub use records::{
-    Event, EventKind, LastClose, RECENT_CLOSES, RecentCloses, SockRecord, TwRecord, Watch,
-    event_flags, record_flags,
+    Event, EventKind, LastClose, OwnerHit, RECENT_CLOSES, RecentCloses, SockRecord, TwRecord,
+    Watch, event_flags, record_flags,
 };
 pub use settings::{ACCEPT_RET_OFFSET, Config, KernelFilter, Offsets};
 pub use state::TcpState;
@@ -101,6 +101,7 @@ mod pod {
     unsafe impl aya::Pod for super::aggregate::PortKey {}
     unsafe impl aya::Pod for super::aggregate::PortDurations {}
     unsafe impl aya::Pod for super::EndCounts {}
+    unsafe impl aya::Pod for super::OwnerHit {}
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub const ENDS: &str = "ENDS";
 /// Per-CPU connect times ([`crate::aggregate::Durations`]): index 0 without a SYN retransmitted,
 /// 1 with.
 pub const CONNECT_DURATIONS: &str = "CONNECT_DURATIONS";
+/// Socket inodes whose holders the owner iterator looks for (inode -> 0).
+pub const WANTED_INODES: &str = "WANTED_INODES";
 /// Per-CPU health counters ([`crate::counter`]).
 pub const COUNTERS: &str = "COUNTERS";
 /// Local and remote ports of `--lport` / `--rport`.
@@ -48,6 +50,8 @@ pub const ACCEPT_PROGRAM: &str = "sys_exit_accept";
 pub const RESET_PROGRAM: &str = "tcp_send_reset";
 pub const RETRANSMIT_PROGRAM: &str = "tcp_retransmit_skb";
 pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
+/// A task_file iterator: the processes holding wanted socket inodes ([`crate::OwnerHit`]).
+pub const OWNER_ITER_PROGRAM: &str = "socket_owners";
 
 /// The syscall tracepoints the accept program is attached to.
 pub const ACCEPT_TRACEPOINTS: [(&str, &str); 2] = [
@@ -56,7 +60,7 @@ pub const ACCEPT_TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// Every map the daemon opens by name.
-pub const MAPS: [&str; 17] = [
+pub const MAPS: [&str; 18] = [
     EVENTS,
     SOCKETS,
     TIMEWAIT,
@@ -69,6 +73,7 @@ pub const MAPS: [&str; 17] = [
     PORT_DURATIONS,
     ENDS,
     CONNECT_DURATIONS,
+    WANTED_INODES,
     COUNTERS,
     LOCAL_PORTS,
     REMOTE_PORTS,
@@ -78,11 +83,12 @@ pub const MAPS: [&str; 17] = [
 /// Every global the daemon sets.
 pub const GLOBALS: [&str; 5] = [CONFIG, FILTER, OFFSETS, TIMER_FUNCTION, WAKEUP_BYTES];
 /// Every program the daemon loads.
-pub const PROGRAMS: [&str; 6] = [
+pub const PROGRAMS: [&str; 7] = [
     TRANSITION_PROGRAM,
     TIMER_EXPIRE_PROGRAM,
     ACCEPT_PROGRAM,
     RESET_PROGRAM,
     RETRANSMIT_PROGRAM,
     SYNACK_PROGRAM,
+    OWNER_ITER_PROGRAM,
 ];

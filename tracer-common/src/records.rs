@@ -86,6 +86,16 @@ pub struct LastClose {
     pub _pad: [u8; 6],
 }
 
+/// A process holding a wanted socket, as the owner iterator writes it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnerHit {
+    pub inode: u64,
+    /// The process (thread group) id.
+    pub pid: u32,
+    pub fd: u32,
+}
+
 /// What an [`Event`] reports.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +166,7 @@ const _: () = {
     assert!(size_of::<Owner>() == 4 + 4 + 16);
     assert!(size_of::<SockRecord>() == 8 + 4 + 4 + 2 + 1 + 1 + 1 + 1 + 2);
     assert!(size_of::<LastClose>() == 8 + 1 + 1 + 6);
+    assert!(size_of::<OwnerHit>() == 16);
     assert!(size_of::<RecentCloses>() == RECENT_CLOSES * size_of::<LastClose>() + 8);
     assert!(size_of::<TwRecord>() == 8 + 8 + 4 + 2 + 1 + 1);
     assert!(size_of::<Watch>() == 8 + 8 + size_of::<Tuple>() + 4 + 2 + 1 + 1);

@@ -84,6 +84,10 @@ pub struct Offsets {
     pub fdt_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    // The owner iterator: a file's inode number, a task's process id.
+    pub file_f_inode: u32,
+    pub inode_i_ino: u32,
+    pub task_tgid: u32,
 }
 
 /// Offset of the return value in the records of `syscalls/sys_exit_accept4` and

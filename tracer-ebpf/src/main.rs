@@ -12,6 +12,8 @@
 //! - [`ends`]: `tcp_send_reset`, `tcp_retransmit_skb`, `tcp_retransmit_synack` (tp_btf): resets a
 //!   socket sends as it ends, SYNs and SYN-ACKs sent again. They run only when something goes
 //!   wrong.
+//! - [`owners`]: `socket_owners`, a task_file iterator the daemon reads to find the processes
+//!   holding the sockets it reports.
 //! - [`maps`] holds the maps and load-time globals, [`read`] the readers of kernel structures the
 //!   hooks share, [`account`] the aggregates, [`output`] the ring buffer and the counters.
 #![no_std]
@@ -25,6 +27,7 @@ mod account;
 mod ends;
 mod maps;
 mod output;
+mod owners;
 mod read;
 mod timewait;
 mod transition;

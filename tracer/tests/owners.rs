@@ -19,6 +19,12 @@ fn close_wait_sockets_older_than_the_tracer_are_reported() {
     });
     std::thread::sleep(Duration::from_millis(1500));
     let done = tracer.stop();
+    // The owners were found by the kernel's task_file iterator, not by reading /proc.
+    assert!(
+        !done.stderr.contains("finding socket owners in the kernel"),
+        "{}",
+        done.stderr
+    );
     let stuck = mine(&done.events);
     assert_eq!(stuck.len(), 5, "{stuck:#?}");
     let mut ports: Vec<u16> = stuck

@@ -25,6 +25,7 @@ use crate::{
         clock::{monotonic_ns, thread_cpu_time},
         filter::SocketFilter,
         kernel_maps::{RecordMap, RecordMaps},
+        socket_owners::SocketOwners,
     },
 };
 
@@ -60,6 +61,8 @@ pub(super) struct Moved {
 
 pub(super) struct Jobs {
     maps: Arc<RecordMaps>,
+    /// The kernel's owner iterator, when it loaded.
+    owners: Option<Arc<SocketOwners>>,
     filter: SocketFilter,
     thresholds: Thresholds,
     pub(super) reconciliation: Option<JoinHandle<Result<Reconciled>>>,
@@ -73,9 +76,15 @@ pub(super) struct Jobs {
 }
 
 impl Jobs {
-    pub(super) fn new(maps: Arc<RecordMaps>, filter: SocketFilter, thresholds: Thresholds) -> Self {
+    pub(super) fn new(
+        maps: Arc<RecordMaps>,
+        owners: Option<SocketOwners>,
+        filter: SocketFilter,
+        thresholds: Thresholds,
+    ) -> Self {
         Self {
             maps,
+            owners: owners.map(Arc::new),
             filter,
             thresholds,
             reconciliation: None,
@@ -155,9 +164,9 @@ impl Jobs {
         let wanted: Vec<(u64, TcpState)> =
             self.queued.drain(..).map(|l| (l.cookie, l.state)).collect();
         self.looking_up = wanted.iter().map(|(cookie, _)| *cookie).collect();
-        let filter = self.filter.clone();
+        let (filter, iterator) = (self.filter.clone(), self.owners.clone());
         self.owner_lookup = Some(tokio::task::spawn_blocking(move || {
-            let found = owners::holders_by_cookie(&wanted, &filter)?;
+            let found = owners::holders_by_cookie(&wanted, &filter, iterator.as_deref())?;
             Ok((wanted.iter().map(|(cookie, _)| *cookie).collect(), found))
         }));
     }

@@ -57,6 +57,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     let mut timers = Timers::start(&settings.schedule);
     let mut jobs = Jobs::new(
         pipeline.maps.clone(),
+        pipeline.socket_owners()?,
         settings.load.filter.clone(),
         pipeline.tracker.thresholds().clone(),
     );

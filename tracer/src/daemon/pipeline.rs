@@ -27,6 +27,7 @@ use crate::{
         kernel_maps::{RecordMap, RecordMaps},
         probe::{self, Part, Probe},
         ring::EventReader,
+        socket_owners::SocketOwners,
     },
 };
 
@@ -51,6 +52,10 @@ impl<W: Write> Pipeline<W> {
             ("TIME-WAIT tracking", &probe.timewait),
             ("owners of accepted sockets", &probe.accept_owners),
             ("connection ends and handshake retransmissions", &probe.ends),
+            (
+                "finding socket owners in the kernel (they are read from /proc instead)",
+                &probe.owner_iterator,
+            ),
         ] {
             if let Part::Off(reason) = part {
                 warn!("{what} is off: {reason}");
@@ -113,6 +118,11 @@ impl<W: Write> Pipeline<W> {
         self.advance();
         self.tracker
             .check_listeners(&checked.listeners, checked.at_ns, &mut self.log)
+    }
+
+    /// The kernel's owner iterator for the blocking jobs, when it loaded.
+    pub(super) fn socket_owners(&self) -> Result<Option<SocketOwners>> {
+        self.probe.socket_owners()
     }
 
     /// At exit: the lines still held for a reset that could amend them.

@@ -16,6 +16,7 @@ use super::{containers, socket_list::take_listing};
 use crate::source::{
     events::{Cgroup, Comm, Owner},
     filter::SocketFilter,
+    socket_owners::SocketOwners,
 };
 
 /// How long a process's name and cgroup are trusted before they are read again (pids are reused,
@@ -71,13 +72,43 @@ impl Owners {
     }
 }
 
-/// Finds the processes holding these socket inodes (one per inode: the first found), by reading
-/// every process's file descriptors. A blocking scan of /proc.
-pub(crate) fn holders_of(inodes: &HashSet<u32>) -> HashMap<u32, Owner> {
-    let mut found = HashMap::new();
+/// Finds the processes holding these socket inodes (one per inode: the first found): with the
+/// kernel's owner iterator when it loaded, else by reading every process's file descriptors. A
+/// blocking scan.
+pub(crate) fn holders_of(
+    inodes: &HashSet<u32>,
+    iterator: Option<&SocketOwners>,
+) -> HashMap<u32, Owner> {
     if inodes.is_empty() {
-        return found;
+        return HashMap::new();
     }
+    if let Some(iterator) = iterator {
+        match iterator.holders(inodes) {
+            Ok(found) => {
+                return found
+                    .into_iter()
+                    .map(|(inode, pid)| {
+                        let comm = read_process(pid).map_or(Comm::new(""), |(comm, _)| comm);
+                        (
+                            inode,
+                            Owner {
+                                pid,
+                                comm,
+                                cgroup: None,
+                            },
+                        )
+                    })
+                    .collect();
+            }
+            Err(err) => tracing::warn!("the owner iterator failed, reading /proc instead: {err:#}"),
+        }
+    }
+    holders_in_proc(inodes)
+}
+
+/// The processes holding these socket inodes, from every process's file descriptors in /proc.
+fn holders_in_proc(inodes: &HashSet<u32>) -> HashMap<u32, Owner> {
+    let mut found = HashMap::new();
     let Ok(processes) = all_processes() else {
         return found;
     };
@@ -127,6 +158,7 @@ pub(crate) struct Holders {
 pub(crate) fn holders_by_cookie(
     wanted: &[(u64, TcpState)],
     filter: &SocketFilter,
+    iterator: Option<&SocketOwners>,
 ) -> Result<Holders> {
     let states: HashSet<TcpState> = wanted.iter().map(|(_, state)| *state).collect();
     let cookies: HashSet<u64> = wanted.iter().map(|(cookie, _)| *cookie).collect();
@@ -172,7 +204,7 @@ pub(crate) fn holders_by_cookie(
             }
         }
     }
-    let found = holders_of(&by_inode.keys().copied().collect());
+    let found = holders_of(&by_inode.keys().copied().collect(), iterator);
     for (inode, owner) in found {
         for cookie in by_inode.get(&inode).into_iter().flatten() {
             holders.owners.insert(*cookie, owner.clone());
@@ -258,6 +290,7 @@ mod tests {
                 (u64::MAX, TcpState::Listen),
             ],
             &SocketFilter::default(),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -283,8 +316,12 @@ mod tests {
             .find(|s| s.endpoints.local_port == port && s.endpoints.remote_port != 0)
             .expect("the queued socket is listed");
         assert_eq!(queued.inode, 0, "no file until accepted");
-        let found =
-            holders_by_cookie(&[(queued.cookie, queued.state)], &SocketFilter::default()).unwrap();
+        let found = holders_by_cookie(
+            &[(queued.cookie, queued.state)],
+            &SocketFilter::default(),
+            None,
+        )
+        .unwrap();
         assert!(found.never_accepted.contains(&queued.cookie));
         assert_eq!(
             found.owners.get(&queued.cookie).map(|o| o.pid),
@@ -299,8 +336,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let path = format!("/proc/self/fd/{}", listener.as_raw_fd());
         let inode = std::fs::metadata(path).unwrap().ino() as u32;
-        let found = holders_of(&HashSet::from([inode]));
+        let found = holders_of(&HashSet::from([inode]), None);
         assert_eq!(found.get(&inode).map(|p| p.pid), Some(std::process::id()));
-        assert!(holders_of(&HashSet::new()).is_empty());
+        assert!(holders_of(&HashSet::new(), None).is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! offer): the daemon reads and fixes maps of up to millions of records, where one call per
 //! record would cost seconds. Writes go one by one: they must not replace a record the programs
 //! wrote meanwhile, and the batch call cannot say so.
-use std::os::fd::{AsRawFd as _, BorrowedFd};
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 
 use anyhow::{Result, bail};
 use aya::Pod;
@@ -12,6 +12,18 @@ use aya_obj::generated::{bpf_attr, bpf_cmd};
 const CHUNK: usize = 8192;
 
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<()> {
+    call(cmd, attr).map(drop)
+}
+
+/// A command that returns a new file descriptor (a link, an iterator).
+pub(super) fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
+    let fd = call(cmd, attr)?;
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn call(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, fully initialised bpf_attr that outlives the call; the buffers
     // it points at are sized for `count` elements by the callers.
     let rc = unsafe {
@@ -25,11 +37,11 @@ fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<()> {
     if rc < 0 {
         Err(std::io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(rc)
     }
 }
 
-fn zeroed_attr() -> bpf_attr {
+pub(super) fn zeroed_attr() -> bpf_attr {
     // SAFETY: bpf_attr is a plain C union for which all-zero is the required initial state.
     unsafe { std::mem::zeroed() }
 }

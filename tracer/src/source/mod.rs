@@ -3,7 +3,7 @@
 //! [`jiffies`], [`tracefs`], [`privileges`], [`mounts`], [`pinning`]), reads the ring buffer
 //! ([`ring`]) and decodes its records into typed [`events`] ([`decode`]), and reads and writes the
 //! kernel's maps ([`kernel_maps`], [`batch`]): the aggregates, the records, and the health
-//! figures ([`health`], [`prog_stats`]). Its output is plain data for the later stages.
+//! figures ([`health`], [`prog_stats`]); and runs the owner iterator ([`socket_owners`]). Its output is plain data for the later stages.
 pub(crate) mod batch;
 pub(crate) mod clock;
 pub(crate) mod decode;
@@ -19,4 +19,5 @@ pub(crate) mod privileges;
 pub(crate) mod probe;
 pub(crate) mod prog_stats;
 pub(crate) mod ring;
+pub(crate) mod socket_owners;
 pub(crate) mod tracefs;

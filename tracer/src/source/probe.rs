@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, Iter, TracePoint},
 };
 use tracer_common::{Config, SockRecord, TcpState, Tuple, TwRecord, names};
 
@@ -20,7 +20,9 @@ use super::{
     jiffies,
     kernel_layout::{self, VMLINUX_BTF},
     kernel_maps::RecordMap,
-    pinning, privileges, tracefs,
+    pinning, privileges,
+    socket_owners::SocketOwners,
+    tracefs,
 };
 
 /// The eBPF object built by build.rs, embedded so the daemon is a single file.
@@ -88,6 +90,8 @@ pub(crate) struct Probe {
     pub(crate) ends: Part,
     /// The kernel's names of its reset reasons (`enum sk_rst_reason`), by number.
     pub(crate) reset_reasons: Vec<String>,
+    /// Finding the processes that hold sockets with a task_file iterator (else from /proc).
+    pub(crate) owner_iterator: Part,
     /// Records the pinned maps held when this daemon started, by state: the kernel's own
     /// counts start at zero.
     pub(crate) pinned_by_state: [i64; TcpState::COUNT],
@@ -169,6 +173,7 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         accept_owners: Part::Unused,
         ends: Part::Unused,
         reset_reasons: kernel.reset_reasons,
+        owner_iterator: Part::Unused,
         pinned_by_state: [0; TcpState::COUNT],
         restarted: pins.as_ref().is_some_and(|p| p.reused),
         _pins: pins,
@@ -203,6 +208,7 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
     if settings.log_all {
         probe.accept_owners = Part::of(attach_accept(&mut probe.ebpf));
     }
+    probe.owner_iterator = Part::of(load_owner_iterator(&mut probe.ebpf, &btf));
     Ok(probe)
 }
 
@@ -283,6 +289,17 @@ fn attach_timewait(ebpf: &mut Ebpf, btf: &aya::Btf, tw_timer_handler: u64) -> Re
 }
 
 /// Loads and attaches the program of this name to the BTF tracepoint of the same name.
+/// Loads the owner iterator; it is linked and read per lookup.
+fn load_owner_iterator(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
+    let prog: &mut Iter = ebpf
+        .program_mut(names::OWNER_ITER_PROGRAM)
+        .context("program socket_owners missing")?
+        .try_into()?;
+    prog.load("task_file", btf)
+        .context("the kernel refused the task_file iterator")?;
+    Ok(())
+}
+
 fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str) -> Result<()> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(name)
@@ -312,6 +329,28 @@ impl Probe {
             Some(_) => bail!("map {name} is not a hash map"),
             None => bail!("map {name} missing"),
         }
+    }
+
+    /// The owner iterator, for use off the event loop; `None` when it did not load.
+    pub(crate) fn socket_owners(&self) -> Result<Option<SocketOwners>> {
+        if self.owner_iterator != Part::Attached {
+            return Ok(None);
+        }
+        let program: &Iter = self
+            .ebpf
+            .program(names::OWNER_ITER_PROGRAM)
+            .context("program socket_owners missing")?
+            .try_into()?;
+        let program = program
+            .fd()?
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the owner iterator's descriptor")?;
+        let wanted = self
+            .hash_map_fd(names::WANTED_INODES)?
+            .try_clone_to_owned()
+            .context("duplicating the descriptor of WANTED_INODES")?;
+        Ok(Some(SocketOwners::new(program, wanted)))
     }
 
     /// Gives the aya-log records of the programs a reader (their ring buffer).

@@ -1,0 +1,71 @@
+//! The daemon's side of the owner iterator (`socket_owners`, a task_file iterator): the processes
+//! holding some socket inodes, found in one pass over every open file in the kernel. The way `ss
+//! -p` finds them, a `readlink` of every descriptor of every process, takes seconds on a host with
+//! a million sockets; the iterator reads only what matches. Used off the event loop, one lookup at
+//! a time.
+use std::{
+    collections::{HashMap, HashSet},
+    io::Read as _,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+};
+
+use anyhow::{Context as _, Result};
+use aya_obj::generated::{bpf_attach_type, bpf_cmd};
+use tracer_common::OwnerHit;
+
+use super::batch::{self, Write, bpf_fd, zeroed_attr};
+
+/// Inodes looked for at once: the size of the kernel's `WANTED_INODES` map.
+const WANTED_AT_ONCE: usize = 1 << 16;
+
+pub(crate) struct SocketOwners {
+    program: OwnedFd,
+    wanted: OwnedFd,
+}
+
+impl SocketOwners {
+    pub(super) fn new(program: OwnedFd, wanted: OwnedFd) -> Self {
+        Self { program, wanted }
+    }
+
+    /// The process holding each of these socket inodes that one does (the first found).
+    pub(crate) fn holders(&self, inodes: &HashSet<u32>) -> Result<HashMap<u32, u32>> {
+        let mut found = HashMap::new();
+        let inodes: Vec<u32> = inodes.iter().copied().collect();
+        for chunk in inodes.chunks(WANTED_AT_ONCE) {
+            let entries: Vec<(u32, u8)> = chunk.iter().map(|inode| (*inode, 0)).collect();
+            batch::update(self.wanted.as_fd(), &entries, Write::Any)?;
+            let hits = self.iterate();
+            batch::delete(self.wanted.as_fd(), chunk)?;
+            for hit in hits? {
+                if let Ok(inode) = u32::try_from(hit.inode) {
+                    found.entry(inode).or_insert(hit.pid);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// One pass of the iterator: a link, an iterator over it, everything it writes.
+    fn iterate(&self) -> Result<Vec<OwnerHit>> {
+        let mut attr = zeroed_attr();
+        // The link_create member of the union: an iterator link of this program, no target.
+        attr.link_create.__bindgen_anon_1.prog_fd = self.program.as_raw_fd() as u32;
+        attr.link_create.attach_type = bpf_attach_type::BPF_TRACE_ITER as u32;
+        let link =
+            bpf_fd(bpf_cmd::BPF_LINK_CREATE, &mut attr).context("linking the owner iterator")?;
+        let mut attr = zeroed_attr();
+        attr.iter_create.link_fd = link.as_raw_fd() as u32;
+        let iterator =
+            bpf_fd(bpf_cmd::BPF_ITER_CREATE, &mut attr).context("creating the owner iterator")?;
+        let mut bytes = Vec::new();
+        std::fs::File::from(iterator)
+            .read_to_end(&mut bytes)
+            .context("reading the owner iterator")?;
+        Ok(bytes
+            .chunks_exact(size_of::<OwnerHit>())
+            // SAFETY: each chunk holds one whole `OwnerHit`, plain data.
+            .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<OwnerHit>()) })
+            .collect())
+    }
+}
