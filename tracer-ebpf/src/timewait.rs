@@ -89,7 +89,6 @@ pub(crate) fn end_timewait(tuple: &Tuple, at: u64, expired: u64, config: &Config
         let _ = LINGERING.remove(tuple);
     }
     account::moved(Some(record.substate), None);
-    let port = record.service_port;
     let port_labels = config.port_labels != 0;
     let log = config.log_all != 0;
     let late_ns = expired & !EXPIRED_IN_TIME_WAIT;
@@ -105,18 +104,16 @@ pub(crate) fn end_timewait(tuple: &Tuple, at: u64, expired: u64, config: &Config
         if record.substate == FIN_WAIT2 {
             // The peer's FIN came and the kernel moved it on without a trace.
             let began = time_wait_began.max(record.since_ns);
-            let spent = if since == UNKNOWN_DURATION {
-                UNKNOWN_DURATION
-            } else {
-                began.saturating_sub(since)
-            };
-            account::transition(FIN_WAIT2, TIME_WAIT, port, port_labels);
-            if spent != UNKNOWN_DURATION {
-                account::duration(FIN_WAIT2, spent, port, port_labels);
-            }
-            if log {
-                emit_timewait(tuple, &record, began, spent, FIN_WAIT2, TIME_WAIT);
-            }
+            leave(
+                tuple,
+                &record,
+                FIN_WAIT2,
+                TIME_WAIT,
+                since,
+                began,
+                port_labels,
+                log,
+            );
             from = TIME_WAIT;
             since = began;
         } else if since == UNKNOWN_DURATION {
@@ -124,17 +121,35 @@ pub(crate) fn end_timewait(tuple: &Tuple, at: u64, expired: u64, config: &Config
             since = time_wait_began;
         }
     }
+    leave(tuple, &record, from, CLOSE, since, at, port_labels, log);
+}
+
+/// The connection left `from` for `to` at `at`, in `from` since `since` (or
+/// `UNKNOWN_DURATION`): counted, its time in `from` too when known, and logged when asked.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // inlined: no call, no argument registers
+fn leave(
+    tuple: &Tuple,
+    record: &TwRecord,
+    from: u8,
+    to: u8,
+    since: u64,
+    at: u64,
+    port_labels: bool,
+    log: bool,
+) {
     let spent = if since == UNKNOWN_DURATION {
         UNKNOWN_DURATION
     } else {
         at.saturating_sub(since)
     };
-    account::transition(from, CLOSE, port, port_labels);
+    let port = record.service_port;
+    account::transition(from, to, port, port_labels);
     if spent != UNKNOWN_DURATION {
         account::duration(from, spent, port, port_labels);
     }
     if log {
-        emit_timewait(tuple, &record, at, spent, from, CLOSE);
+        emit_timewait(tuple, record, at, spent, from, to);
     }
 }
 

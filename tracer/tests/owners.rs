@@ -123,11 +123,10 @@ fn cgroup2_mount() -> String {
         .expect("no cgroup2 mount")
 }
 
-/// A socket owned by a process in a cgroup made by the test reports that cgroup's path, and
-/// `--cgroup` keeps only sockets of processes under it.
-#[test]
-fn owners_carry_their_cgroup() {
-    let name = format!("tcpstate-test-{}", std::process::id());
+/// Two processes leak CLOSE_WAIT sockets, one of them in a cgroup of the test's own named `name`;
+/// the tracer runs with `filter`. Returns every stuck report (each checked to be of the process in
+/// the cgroup: the filter kept only its sockets).
+fn stuck_reports_in_a_cgroup(name: &str, filter: &[&str]) -> Vec<Value> {
     let dir = format!("{}/{name}", cgroup2_mount());
     std::fs::create_dir(&dir).unwrap();
     let inside = Workload::close_wait(
@@ -136,7 +135,9 @@ fn owners_carry_their_cgroup() {
         Some(&format!("echo $$ > {dir}/cgroup.procs && exec {{}}")),
     );
     let outside = Workload::close_wait("127.0.0.1", 2, None);
-    let tracer = Tracer::start(&["--stuck", "close-wait=1s", "--cgroup", &format!("/{name}")]);
+    let mut args = vec!["--stuck", "close-wait=1s"];
+    args.extend_from_slice(filter);
+    let tracer = Tracer::start(&args);
     tracer.wait_for(Duration::from_secs(10), "2 stuck reports", |events| {
         of_kind(events, "stuck")
             .iter()
@@ -146,20 +147,31 @@ fn owners_carry_their_cgroup() {
     });
     std::thread::sleep(Duration::from_millis(1000));
     let done = tracer.stop();
-    let stuck = of_kind(&done.events, "stuck");
+    let stuck: Vec<Value> = of_kind(&done.events, "stuck")
+        .into_iter()
+        .cloned()
+        .collect();
     assert!(!stuck.is_empty());
     for e in &stuck {
         assert_eq!(
-            e["cgroup"],
-            format!("/{name}"),
-            "only sockets under the cgroup: {e}"
+            e["sport"], inside.listen_port,
+            "only the cgroup's sockets: {e}"
         );
-        assert_eq!(e["sport"], inside.listen_port);
         assert_eq!(e["pid"], inside.pid);
+        assert_eq!(e["cgroup"], format!("/{name}"));
     }
     drop(inside);
     drop(outside);
     std::fs::remove_dir(&dir).unwrap();
+    stuck
+}
+
+/// A socket owned by a process in a cgroup made by the test reports that cgroup's path, and
+/// `--cgroup` keeps only sockets of processes under it.
+#[test]
+fn owners_carry_their_cgroup() {
+    let name = format!("tcpstate-test-{}", std::process::id());
+    stuck_reports_in_a_cgroup(&name, &["--cgroup", &format!("/{name}")]);
 }
 
 /// A process in a container's cgroup (named as Docker's systemd driver names it) is reported with
@@ -173,36 +185,10 @@ fn owners_carry_their_container() {
     )
     .repeat(4);
     let unit = format!("docker-{id}.scope");
-    let dir = format!("{}/{unit}", cgroup2_mount());
-    std::fs::create_dir(&dir).unwrap();
-    let inside = Workload::close_wait(
-        "127.0.0.1",
-        2,
-        Some(&format!("echo $$ > {dir}/cgroup.procs && exec {{}}")),
-    );
-    let outside = Workload::close_wait("127.0.0.1", 2, None);
-    let tracer = Tracer::start(&["--stuck", "close-wait=1s", "--container", &id[..12]]);
-    tracer.wait_for(Duration::from_secs(10), "2 stuck reports", |events| {
-        of_kind(events, "stuck")
-            .iter()
-            .filter(|e| e["sport"] == inside.listen_port)
-            .count()
-            >= 2
-    });
-    std::thread::sleep(Duration::from_millis(1000));
-    let done = tracer.stop();
-    let stuck = of_kind(&done.events, "stuck");
-    assert!(!stuck.is_empty());
-    for e in &stuck {
-        assert_eq!(e["sport"], inside.listen_port, "only the container's: {e}");
-        assert_eq!(e["pid"], inside.pid);
-        assert_eq!(e["cgroup"], format!("/{unit}"));
+    for e in stuck_reports_in_a_cgroup(&unit, &["--container", &id[..12]]) {
         assert_eq!(e["container_id"], id.as_str());
         assert_eq!(e["container_runtime"], "docker");
         assert_eq!(e["unit"], unit.as_str());
         assert!(e.get("pod_uid").is_none(), "no pod: {e}");
     }
-    drop(inside);
-    drop(outside);
-    std::fs::remove_dir(&dir).unwrap();
 }

@@ -256,6 +256,23 @@ fn histogram_buckets(series: &Series) -> Vec<(f64, u64)> {
     buckets
 }
 
+/// A counter family with one label.
+fn labelled_counters<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        metric
+            .encode_family(&[(label, value)])?
+            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+    }
+    Ok(())
+}
+
 fn encode_histogram(
     metric: &mut prometheus_client::encoding::MetricEncoder,
     series: &Series,
@@ -333,28 +350,23 @@ impl Collector for Exposition {
         for series in &latest.connects {
             encode_histogram(&mut metric, series)?;
         }
-        let mut metric = encoder.encode_descriptor(
+        labelled_counters(
+            &mut encoder,
             "tcpstate_connections_ended",
             "Connections ended, by how: fin, reset_received, reset_sent, refused, timeout, abandoned, error",
-            None,
-            MetricType::Counter,
+            "end",
+            latest.ends.iter().map(|(end, n)| (end.name(), *n)),
         )?;
-        for (end, n) in &latest.ends {
-            metric
-                .encode_family(&[("end", end.name())])?
-                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(n, None)?;
-        }
-        let mut metric = encoder.encode_descriptor(
+        labelled_counters(
+            &mut encoder,
             "tcpstate_connect_failures",
             "Connects that failed, by reason: refused, timeout, reset_received, reset_sent, abandoned, or the error's name",
-            None,
-            MetricType::Counter,
+            "reason",
+            latest
+                .connect_failures
+                .iter()
+                .map(|(r, n)| (r.as_ref(), *n)),
         )?;
-        for (reason, n) in &latest.connect_failures {
-            metric
-                .encode_family(&[("reason", reason.as_ref())])?
-                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(n, None)?;
-        }
         let mut metric = encoder.encode_descriptor(
             "tcpstate_stalled_listeners",
             "Listeners whose accept queue has not drained for their threshold (their process does not accept)",
@@ -372,36 +384,28 @@ impl Collector for Exposition {
             &latest.listener_stalls,
             None,
         )?;
-        let mut metric = encoder.encode_descriptor(
+        labelled_counters(
+            &mut encoder,
             "tcpstate_stuck_episodes",
             "Times a socket crossed its state's stuck threshold",
-            None,
-            MetricType::Counter,
-        )?;
-        for state in TcpState::ALL {
-            let n = latest.episodes[state as usize];
-            if n > 0 {
-                metric
-                    .encode_family(&[("state", state.name())])?
-                    .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
-            }
-        }
-        let mut metric = encoder.encode_descriptor(
-            "tcpstate_reconciliation_fixes",
-            "Differences between the kernel's records and its socket list, fixed",
-            None,
-            MetricType::Counter,
+            "state",
+            TcpState::ALL
+                .into_iter()
+                .map(|state| (state.name(), latest.episodes[state as usize]))
+                .filter(|(_, n)| *n > 0),
         )?;
         let fixes = latest.fixes;
-        for (kind, n) in [
-            ("added", fixes.added),
-            ("removed", fixes.removed),
-            ("corrected", fixes.corrected),
-        ] {
-            metric
-                .encode_family(&[("kind", kind)])?
-                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
-        }
+        labelled_counters(
+            &mut encoder,
+            "tcpstate_reconciliation_fixes",
+            "Differences between the kernel's records and its socket list, fixed",
+            "kind",
+            [
+                ("added", fixes.added),
+                ("removed", fixes.removed),
+                ("corrected", fixes.corrected),
+            ],
+        )?;
         let h = latest.health;
         for (name, help, n) in [
             (
