@@ -24,8 +24,8 @@ pub const ENDS: &str = "ENDS";
 /// Per-CPU connect times ([`crate::aggregate::Durations`]): index 0 without a SYN retransmitted,
 /// 1 with.
 pub const CONNECT_DURATIONS: &str = "CONNECT_DURATIONS";
-/// Socket inodes whose holders the owner iterator looks for (inode -> 0).
-pub const WANTED_INODES: &str = "WANTED_INODES";
+/// Sockets whose holders the owner iterator looks for, by cookie (cookie -> 0).
+pub const WANTED_SOCKETS: &str = "WANTED_SOCKETS";
 /// Per-CPU health counters ([`crate::counter`]).
 pub const COUNTERS: &str = "COUNTERS";
 /// Local and remote ports of `--lport` / `--rport`.
@@ -50,7 +50,7 @@ pub const ACCEPT_PROGRAM: &str = "sys_exit_accept";
 pub const RESET_PROGRAM: &str = "tcp_send_reset";
 pub const RETRANSMIT_PROGRAM: &str = "tcp_retransmit_skb";
 pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
-/// A task_file iterator: the processes holding wanted socket inodes ([`crate::OwnerHit`]).
+/// A task_file iterator: the processes holding wanted sockets ([`crate::OwnerHit`]).
 pub const OWNER_ITER_PROGRAM: &str = "socket_owners";
 
 /// The syscall tracepoints the accept program is attached to.
@@ -73,7 +73,7 @@ pub const MAPS: [&str; 18] = [
     PORT_DURATIONS,
     ENDS,
     CONNECT_DURATIONS,
-    WANTED_INODES,
+    WANTED_SOCKETS,
     COUNTERS,
     LOCAL_PORTS,
     REMOTE_PORTS,

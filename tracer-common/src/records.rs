@@ -90,7 +90,8 @@ pub struct LastClose {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OwnerHit {
-    pub inode: u64,
+    /// The socket's cookie.
+    pub cookie: u64,
     /// The process (thread group) id.
     pub pid: u32,
     pub fd: u32,

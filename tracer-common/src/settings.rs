@@ -84,9 +84,9 @@ pub struct Offsets {
     pub fdt_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
-    // The owner iterator: a file's inode number, a task's process id.
+    // The owner iterator: a file's inode and its mode (a socket's?), a task's process id.
     pub file_f_inode: u32,
-    pub inode_i_ino: u32,
+    pub inode_i_mode: u32,
     pub task_tgid: u32,
 }
 

@@ -57,9 +57,9 @@ pub(crate) static ENDS: PerCpuArray<EndCounts> = PerCpuArray::with_max_entries(1
 #[map]
 pub(crate) static CONNECT_DURATIONS: PerCpuArray<Durations> = PerCpuArray::with_max_entries(2, 0);
 
-/// Socket inodes whose holders the owner iterator looks for; filled by the daemon.
+/// Sockets whose holders the owner iterator looks for, by cookie; filled by the daemon.
 #[map]
-pub(crate) static WANTED_INODES: HashMap<u32, u8> = HashMap::with_max_entries(1 << 16, 0);
+pub(crate) static WANTED_SOCKETS: HashMap<u64, u8> = HashMap::with_max_entries(1 << 16, 0);
 
 /// The last sockets each CPU saw close, for a reset sent right after.
 #[map]
@@ -148,7 +148,7 @@ pub(crate) static OFFSETS: Global<Offsets> = Global::new(Offsets {
     file_private_data: 0,
     socket_sk: 0,
     file_f_inode: 0,
-    inode_i_ino: 0,
+    inode_i_mode: 0,
     task_tgid: 0,
 });
 

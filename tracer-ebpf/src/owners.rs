@@ -1,14 +1,22 @@
-//! `socket_owners`, a task_file iterator: the processes holding the socket inodes the daemon
-//! wants (`WANTED_INODES`), found by walking every open file in the kernel in one read of the
-//! iterator, instead of a `readlink` per descriptor of every process from user space (seconds on a
-//! host with a million sockets). Runs only when the daemon reads it, for the sockets it reports.
-use aya_ebpf::{cty::c_void, helpers::generated::bpf_seq_write};
+//! `socket_owners`, a task_file iterator: the processes holding the sockets the daemon wants
+//! (`WANTED_SOCKETS`, by cookie), found by walking every open file in the kernel in one read of
+//! the iterator: no listing of the kernel's sockets to learn their inodes, and no `readlink` per
+//! descriptor of every process from user space (seconds on a host with a million sockets). Runs
+//! only when the daemon reads it, for the sockets it reports.
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_probe_read_kernel, generated::bpf_seq_write},
+};
 use tracer_common::OwnerHit;
 
 use crate::{
-    maps::{OFFSETS, WANTED_INODES},
+    maps::{OFFSETS, WANTED_SOCKETS},
     read::member,
 };
+
+/// `S_IFMT` and `S_IFSOCK` of an inode's mode.
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
 
 /// The iterator's context: `bpf_iter_meta *meta`, `task_struct *task`, `u32 fd`, `file *file`,
 /// each in an 8-byte slot.
@@ -21,22 +29,30 @@ pub fn socket_owners(ctx: *mut c_void) -> i32 {
     if meta == 0 || task == 0 || file == 0 {
         return 0;
     }
-    let offsets = OFFSETS.load();
-    let inode: u64 = member(file, offsets.file_f_inode);
-    if inode == 0 {
+    let o = OFFSETS.load();
+    let inode: u64 = member(file, o.file_f_inode);
+    if inode == 0 || member::<u16>(inode, o.inode_i_mode) & S_IFMT != S_IFSOCK {
         return 0;
     }
-    let number: u64 = member(inode, offsets.inode_i_ino);
-    let Ok(key) = u32::try_from(number) else {
-        return 0;
+    // A socket's file: its `struct socket` (an untyped pointer, so read with the helper), then
+    // the sock and its cookie (0 until someone asked for it).
+    let socket: u64 = member(file, o.file_private_data);
+    // SAFETY: probe reads check the addresses.
+    let cookie = unsafe {
+        match bpf_probe_read_kernel((socket + o.socket_sk as u64) as *const u64) {
+            Ok(sk) if sk != 0 => {
+                bpf_probe_read_kernel((sk + o.skc_cookie as u64) as *const u64).unwrap_or(0)
+            }
+            _ => 0,
+        }
     };
     // SAFETY: a lookup only tests presence.
-    if unsafe { WANTED_INODES.get(&key) }.is_none() {
+    if cookie == 0 || unsafe { WANTED_SOCKETS.get(&cookie) }.is_none() {
         return 0;
     }
     let hit = OwnerHit {
-        inode: number,
-        pid: member::<i32>(task, offsets.task_tgid) as u32,
+        cookie,
+        pid: member::<i32>(task, o.task_tgid) as u32,
         fd: fd as u32,
     };
     // `meta->seq`, the seq_file the iterator's reader reads.

@@ -125,6 +125,7 @@ impl Listeners {
                 lookups.push(OwnerLookup {
                     cookie,
                     state: TcpState::Listen,
+                    endpoints: seen.endpoints,
                 });
             }
         }

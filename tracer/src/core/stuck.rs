@@ -145,12 +145,13 @@ struct Stuck {
     selected: bool,
 }
 
-/// A socket past its threshold whose owner the kernel does not know: the daemon looks it up (by
-/// the socket's inode) before reporting it.
+/// A socket past its threshold whose owner the kernel does not know: the daemon looks it up before
+/// reporting it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct OwnerLookup {
     pub(crate) cookie: u64,
     pub(crate) state: TcpState,
+    pub(crate) endpoints: Endpoints,
 }
 
 pub(crate) struct StuckSockets {
@@ -239,6 +240,7 @@ impl StuckSockets {
                 lookups.push(OwnerLookup {
                     cookie: w.cookie,
                     state: w.state,
+                    endpoints: w.endpoints,
                 });
                 self.awaiting.insert(w.cookie, candidate);
             }

@@ -161,13 +161,16 @@ impl Jobs {
         if self.queued.is_empty() || self.owner_lookup.is_some() {
             return;
         }
-        let wanted: Vec<(u64, TcpState)> =
-            self.queued.drain(..).map(|l| (l.cookie, l.state)).collect();
-        self.looking_up = wanted.iter().map(|(cookie, _)| *cookie).collect();
+        let wanted: Vec<owners::Wanted> = self
+            .queued
+            .drain(..)
+            .map(|l| (l.cookie, l.state, l.endpoints))
+            .collect();
+        self.looking_up = wanted.iter().map(|(cookie, ..)| *cookie).collect();
         let (filter, iterator) = (self.filter.clone(), self.owners.clone());
         self.owner_lookup = Some(tokio::task::spawn_blocking(move || {
             let found = owners::holders_by_cookie(&wanted, &filter, iterator.as_deref())?;
-            Ok((wanted.iter().map(|(cookie, _)| *cookie).collect(), found))
+            Ok((wanted.iter().map(|(cookie, ..)| *cookie).collect(), found))
         }));
     }
 }

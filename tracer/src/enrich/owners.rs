@@ -12,12 +12,18 @@ use anyhow::Result;
 use procfs::process::{FDTarget, Process, all_processes};
 use tracer_common::TcpState;
 
-use super::{containers, socket_list::take_listing};
+use super::{
+    containers,
+    socket_list::{ListedSocket, take_listing},
+};
 use crate::source::{
-    events::{Cgroup, Comm, Owner},
+    events::{Cgroup, Comm, Endpoints, Owner},
     filter::SocketFilter,
     socket_owners::SocketOwners,
 };
+
+/// A socket whose owner is wanted: its cookie, its state and its addresses.
+pub(crate) type Wanted = (u64, TcpState, Endpoints);
 
 /// How long a process's name and cgroup are trusted before they are read again (pids are reused,
 /// processes move between cgroups).
@@ -72,42 +78,9 @@ impl Owners {
     }
 }
 
-/// Finds the processes holding these socket inodes (one per inode: the first found): with the
-/// kernel's owner iterator when it loaded, else by reading every process's file descriptors. A
-/// blocking scan.
-pub(crate) fn holders_of(
-    inodes: &HashSet<u32>,
-    iterator: Option<&SocketOwners>,
-) -> HashMap<u32, Owner> {
-    if inodes.is_empty() {
-        return HashMap::new();
-    }
-    if let Some(iterator) = iterator {
-        match iterator.holders(inodes) {
-            Ok(found) => {
-                return found
-                    .into_iter()
-                    .map(|(inode, pid)| {
-                        let comm = read_process(pid).map_or(Comm::new(""), |(comm, _)| comm);
-                        (
-                            inode,
-                            Owner {
-                                pid,
-                                comm,
-                                cgroup: None,
-                            },
-                        )
-                    })
-                    .collect();
-            }
-            Err(err) => tracing::warn!("the owner iterator failed, reading /proc instead: {err:#}"),
-        }
-    }
-    holders_in_proc(inodes)
-}
-
-/// The processes holding these socket inodes, from every process's file descriptors in /proc.
-fn holders_in_proc(inodes: &HashSet<u32>) -> HashMap<u32, Owner> {
+/// Finds the processes holding these socket inodes (one per inode: the first found), by reading
+/// every process's file descriptors in /proc, as `ss -p` does. A blocking scan.
+pub(crate) fn holders_of(inodes: &HashSet<u32>) -> HashMap<u32, Owner> {
     let mut found = HashMap::new();
     let Ok(processes) = all_processes() else {
         return found;
@@ -151,17 +124,66 @@ pub(crate) struct Holders {
     pub(crate) never_accepted: HashSet<u64>,
 }
 
-/// The owners of sockets the kernel knows by cookie (in these states, in the namespaces the
-/// filter lets through): their inodes from the kernel's socket list, then the processes holding
-/// them. A socket without a file was never accepted: its listener's owner stands in. A blocking
-/// scan; sockets not found are left out.
+/// The owners of sockets the kernel knows by cookie (in the namespaces the filter lets through):
+/// with the kernel's owner iterator when it loaded, else from their inodes in the kernel's socket
+/// list and /proc. A connection that no process holds, in a state it may wait to be accepted in,
+/// was never accepted: its listener's owner stands in. A blocking scan; sockets not found are
+/// left out.
 pub(crate) fn holders_by_cookie(
-    wanted: &[(u64, TcpState)],
+    wanted: &[Wanted],
     filter: &SocketFilter,
     iterator: Option<&SocketOwners>,
 ) -> Result<Holders> {
-    let states: HashSet<TcpState> = wanted.iter().map(|(_, state)| *state).collect();
-    let cookies: HashSet<u64> = wanted.iter().map(|(cookie, _)| *cookie).collect();
+    if let Some(iterator) = iterator {
+        match holders_by_iterator(wanted, filter, iterator) {
+            Ok(holders) => return Ok(holders),
+            Err(err) => tracing::warn!("the owner iterator failed, reading /proc instead: {err:#}"),
+        }
+    }
+    holders_by_inode(wanted, filter)
+}
+
+/// The kernel's owner iterator finds the processes holding the sockets by cookie, in one pass.
+fn holders_by_iterator(
+    wanted: &[Wanted],
+    filter: &SocketFilter,
+    iterator: &SocketOwners,
+) -> Result<Holders> {
+    let found = iterator.holders(&wanted.iter().map(|(cookie, ..)| *cookie).collect())?;
+    let mut holders = Holders::default();
+    for (cookie, pid) in &found {
+        holders.owners.insert(*cookie, process_owner(*pid));
+    }
+    let queued: Vec<&Wanted> = wanted
+        .iter()
+        .filter(|(cookie, state, _)| !found.contains_key(cookie) && may_wait_to_be_accepted(*state))
+        .collect();
+    if queued.is_empty() {
+        return Ok(holders);
+    }
+    let listeners = take_listing(None, Some(TcpState::Listen), filter)?;
+    let mut by_listener: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (cookie, _, endpoints) in queued {
+        holders.never_accepted.insert(*cookie);
+        if let Some(listener) = listener_of(&listeners.sockets, endpoints) {
+            by_listener
+                .entry(listener.cookie)
+                .or_default()
+                .push(*cookie);
+        }
+    }
+    for (listener, pid) in iterator.holders(&by_listener.keys().copied().collect())? {
+        for cookie in by_listener.get(&listener).into_iter().flatten() {
+            holders.owners.insert(*cookie, process_owner(pid));
+        }
+    }
+    Ok(holders)
+}
+
+/// Without the iterator: the sockets' inodes from the kernel's list (by state), then /proc.
+fn holders_by_inode(wanted: &[Wanted], filter: &SocketFilter) -> Result<Holders> {
+    let states: HashSet<TcpState> = wanted.iter().map(|(_, state, _)| *state).collect();
+    let cookies: HashSet<u64> = wanted.iter().map(|(cookie, ..)| *cookie).collect();
     let mut by_inode: HashMap<u32, Vec<u64>> = HashMap::new();
     let mut unaccepted = Vec::new();
     let mut namespaces = None;
@@ -177,7 +199,7 @@ pub(crate) fn holders_by_cookie(
                     .entry(socket.inode)
                     .or_default()
                     .push(socket.cookie);
-            } else if socket.state != TcpState::Listen && !socket.timewait {
+            } else if may_wait_to_be_accepted(socket.state) && !socket.timewait {
                 unaccepted.push(socket.clone());
             }
         }
@@ -188,15 +210,9 @@ pub(crate) fn holders_by_cookie(
         let listeners = take_listing(namespaces, Some(TcpState::Listen), filter)?;
         for socket in &unaccepted {
             holders.never_accepted.insert(socket.cookie);
-            let e = &socket.endpoints;
-            let listener = listeners.sockets.iter().find(|l| {
-                let le = &l.endpoints;
-                l.inode != 0
-                    && le.netns == e.netns
-                    && le.local_port == e.local_port
-                    && (le.local == e.local || le.local.is_unspecified())
-            });
-            if let Some(listener) = listener {
+            if let Some(listener) =
+                listener_of(&listeners.sockets, &socket.endpoints).filter(|l| l.inode != 0)
+            {
                 by_inode
                     .entry(listener.inode)
                     .or_default()
@@ -204,13 +220,41 @@ pub(crate) fn holders_by_cookie(
             }
         }
     }
-    let found = holders_of(&by_inode.keys().copied().collect(), iterator);
-    for (inode, owner) in found {
+    for (inode, owner) in holders_of(&by_inode.keys().copied().collect()) {
         for cookie in by_inode.get(&inode).into_iter().flatten() {
             holders.owners.insert(*cookie, owner.clone());
         }
     }
     Ok(holders)
+}
+
+/// The states a connection is in while it waits in its listener's accept queue (its client may
+/// have closed meanwhile). Other sockets without a process were closed by theirs (orphans).
+fn may_wait_to_be_accepted(state: TcpState) -> bool {
+    matches!(
+        state,
+        TcpState::SynRecv | TcpState::Established | TcpState::CloseWait
+    )
+}
+
+/// The listener a connection arrived on: same namespace and port, its address or any.
+fn listener_of<'a>(listeners: &'a [ListedSocket], e: &Endpoints) -> Option<&'a ListedSocket> {
+    listeners.iter().find(|l| {
+        let le = &l.endpoints;
+        l.state == TcpState::Listen
+            && le.netns == e.netns
+            && le.local_port == e.local_port
+            && (le.local == e.local || le.local.is_unspecified())
+    })
+}
+
+/// A process by pid, with its name (the enrich stage adds the rest).
+fn process_owner(pid: u32) -> Owner {
+    Owner {
+        pid,
+        comm: read_process(pid).map_or(Comm::new(""), |(comm, _)| comm),
+        cgroup: None,
+    }
 }
 
 fn read_process(pid: u32) -> Option<(Comm, Option<String>)> {
@@ -286,8 +330,8 @@ mod tests {
             .expect("the accepted socket is listed");
         let found = holders_by_cookie(
             &[
-                (mine.cookie, TcpState::Established),
-                (u64::MAX, TcpState::Listen),
+                (mine.cookie, TcpState::Established, mine.endpoints),
+                (u64::MAX, TcpState::Listen, mine.endpoints),
             ],
             &SocketFilter::default(),
             None,
@@ -317,7 +361,7 @@ mod tests {
             .expect("the queued socket is listed");
         assert_eq!(queued.inode, 0, "no file until accepted");
         let found = holders_by_cookie(
-            &[(queued.cookie, queued.state)],
+            &[(queued.cookie, queued.state, queued.endpoints)],
             &SocketFilter::default(),
             None,
         )
@@ -336,8 +380,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let path = format!("/proc/self/fd/{}", listener.as_raw_fd());
         let inode = std::fs::metadata(path).unwrap().ino() as u32;
-        let found = holders_of(&HashSet::from([inode]), None);
+        let found = holders_of(&HashSet::from([inode]));
         assert_eq!(found.get(&inode).map(|p| p.pid), Some(std::process::id()));
-        assert!(holders_of(&HashSet::new(), None).is_empty());
+        assert!(holders_of(&HashSet::new()).is_empty());
     }
 }

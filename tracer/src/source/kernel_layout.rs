@@ -63,7 +63,7 @@ pub(crate) fn read_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         file_private_data: btf.offset("file", "private_data")?,
         socket_sk: btf.offset("socket", "sk")?,
         file_f_inode: btf.offset("file", "f_inode")?,
-        inode_i_ino: btf.offset("inode", "i_ino")?,
+        inode_i_mode: btf.offset("inode", "i_mode")?,
         task_tgid: btf.offset("task_struct", "tgid")?,
     };
     Ok(KernelOffsets {

@@ -347,9 +347,9 @@ impl Probe {
             .try_clone_to_owned()
             .context("duplicating the owner iterator's descriptor")?;
         let wanted = self
-            .hash_map_fd(names::WANTED_INODES)?
+            .hash_map_fd(names::WANTED_SOCKETS)?
             .try_clone_to_owned()
-            .context("duplicating the descriptor of WANTED_INODES")?;
+            .context("duplicating the descriptor of WANTED_SOCKETS")?;
         Ok(Some(SocketOwners::new(program, wanted)))
     }
 

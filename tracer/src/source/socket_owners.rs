@@ -1,5 +1,5 @@
 //! The daemon's side of the owner iterator (`socket_owners`, a task_file iterator): the processes
-//! holding some socket inodes, found in one pass over every open file in the kernel. The way `ss
+//! holding some sockets, by cookie, found in one pass over every open file in the kernel. The way `ss
 //! -p` finds them, a `readlink` of every descriptor of every process, takes seconds on a host with
 //! a million sockets; the iterator reads only what matches. Used off the event loop, one lookup at
 //! a time.
@@ -15,7 +15,7 @@ use tracer_common::OwnerHit;
 
 use super::batch::{self, Write, bpf_fd, zeroed_attr};
 
-/// Inodes looked for at once: the size of the kernel's `WANTED_INODES` map.
+/// Sockets looked for at once: the size of the kernel's `WANTED_SOCKETS` map.
 const WANTED_AT_ONCE: usize = 1 << 16;
 
 pub(crate) struct SocketOwners {
@@ -28,19 +28,17 @@ impl SocketOwners {
         Self { program, wanted }
     }
 
-    /// The process holding each of these socket inodes that one does (the first found).
-    pub(crate) fn holders(&self, inodes: &HashSet<u32>) -> Result<HashMap<u32, u32>> {
+    /// The process holding each of these sockets (by cookie) that one does (the first found).
+    pub(crate) fn holders(&self, cookies: &HashSet<u64>) -> Result<HashMap<u64, u32>> {
         let mut found = HashMap::new();
-        let inodes: Vec<u32> = inodes.iter().copied().collect();
-        for chunk in inodes.chunks(WANTED_AT_ONCE) {
-            let entries: Vec<(u32, u8)> = chunk.iter().map(|inode| (*inode, 0)).collect();
+        let cookies: Vec<u64> = cookies.iter().copied().collect();
+        for chunk in cookies.chunks(WANTED_AT_ONCE) {
+            let entries: Vec<(u64, u8)> = chunk.iter().map(|cookie| (*cookie, 0)).collect();
             batch::update(self.wanted.as_fd(), &entries, Write::Any)?;
             let hits = self.iterate();
             batch::delete(self.wanted.as_fd(), chunk)?;
             for hit in hits? {
-                if let Ok(inode) = u32::try_from(hit.inode) {
-                    found.entry(inode).or_insert(hit.pid);
-                }
+                found.entry(hit.cookie).or_insert(hit.pid);
             }
         }
         Ok(found)
