@@ -3,11 +3,13 @@
 mod support;
 
 use std::{
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     time::Duration,
 };
 
 use serde_json::Value;
+use socket2::{Domain, Socket, Type};
 use support::{Tracer, of_kind};
 
 #[test]
@@ -20,23 +22,52 @@ fn a_listener_that_stops_accepting_is_reported_and_its_queue_named() {
         "--summary-interval",
         "1s",
     ]);
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    // A backlog of 2: the queue holds 3 connections, a fourth's SYN is dropped (an overflow).
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+        .unwrap();
+    listener.listen(2).unwrap();
+    let listener: TcpListener = listener.into();
     let port = listener.local_addr().unwrap().port();
-    // Two clients connect and give up; nobody accepts them.
-    for _ in 0..2 {
+    // Three clients connect and give up; nobody accepts them.
+    for _ in 0..3 {
         drop(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap());
     }
+    // A fourth finds the queue full: its SYNs are dropped until it gives up (one retry).
+    let turned_away = std::thread::spawn(move || {
+        let client = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let retries: libc::c_int = 1;
+        // SAFETY: a valid descriptor and an int-sized option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                client.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_SYNCNT,
+                (&raw const retries).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        client
+            .connect(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())
+            .unwrap_err()
+    });
     let mine = |e: &&Value| e["sport"] == port;
     tracer.wait_for(
         Duration::from_secs(15),
         "the stall and the unaccepted sockets",
         |events| {
             of_kind(events, "listener_stalled").iter().any(mine)
-                && of_kind(events, "stuck").into_iter().filter(mine).count() == 2
+                && of_kind(events, "stuck").into_iter().filter(mine).count() == 3
         },
     );
+    assert_eq!(
+        turned_away.join().unwrap().kind(),
+        std::io::ErrorKind::TimedOut
+    );
     // The process accepts again: the queue drains.
-    for _ in 0..2 {
+    for _ in 0..3 {
         drop(listener.accept().unwrap());
     }
     tracer.wait_for(Duration::from_secs(10), "the recovery", |events| {
@@ -48,8 +79,8 @@ fn a_listener_that_stops_accepting_is_reported_and_its_queue_named() {
         .find(mine)
         .unwrap();
     assert_eq!(stalled["level"], "warn");
-    assert_eq!(stalled["queue"], 2, "{stalled}");
-    assert!(stalled["backlog"].as_u64() >= Some(2), "{stalled}");
+    assert_eq!(stalled["queue"], 3, "{stalled}");
+    assert_eq!(stalled["backlog"], 2, "{stalled}");
     assert!(stalled["stalled_ms"].as_f64() >= Some(2000.0), "{stalled}");
     assert_eq!(stalled["pid"], std::process::id(), "the listener's owner");
     for stuck in of_kind(&done.events, "stuck").into_iter().filter(mine) {

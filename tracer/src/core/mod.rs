@@ -35,7 +35,7 @@ use self::{
     totals::Totals,
 };
 use crate::{
-    enrich::owners::Holders,
+    enrich::{listen_drops::ListenDrops, owners::Holders},
     source::{
         decode::{endpoints, state},
         events::{ConnectionEnd, KernelTransition, Owner, Transition, Watched},
@@ -61,6 +61,7 @@ pub(crate) struct Tracker {
     selection: OwnerFilter,
     closes: PendingCloses,
     listeners: Listeners,
+    listen_drops: ListenDrops,
 }
 
 impl Tracker {
@@ -75,6 +76,7 @@ impl Tracker {
             listeners: Listeners::new(listen.map(crate::units::nanos)),
             selection: settings.owners,
             closes: PendingCloses::default(),
+            listen_drops: ListenDrops::default(),
         }
     }
 
@@ -137,6 +139,11 @@ impl Tracker {
     /// Whether listeners' accept queues are checked (`--stuck listen=…` is not off).
     pub(crate) fn watches_listeners(&self) -> bool {
         self.listeners.watched()
+    }
+
+    /// The kernel's count of connections listeners turned away, as last read.
+    pub(crate) fn listen_drops(&mut self, drops: ListenDrops) {
+        self.listen_drops = drops;
     }
 
     /// One check of every listener's accept queue; returns the listeners whose owners are to be
@@ -225,6 +232,7 @@ impl Tracker {
             episodes: self.stuck.episodes(),
             stalled_listeners: self.listeners.stalled(),
             listener_stalls: self.listeners.stalls(),
+            listen_drops: self.listen_drops,
             reconciliation: self.reconciliation,
         }
     }

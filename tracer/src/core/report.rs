@@ -5,7 +5,10 @@ use tracer_common::TcpState;
 
 pub(crate) use super::listeners::{ListenerRecovered, ListenerStalled};
 use super::reconcile::Reconciliation;
-use crate::source::events::{Endpoints, Owner, Transition};
+use crate::{
+    enrich::listen_drops::ListenDrops,
+    source::events::{Endpoints, Owner, Transition},
+};
 
 /// Where the core's reports go. Stuck and unstuck reports are made only for the sockets the owner
 /// filter selects; every transition is reported, with [`TransitionInfo::selected`] saying whether
@@ -73,6 +76,9 @@ pub(crate) struct Snapshot {
     /// Listeners stalled now, and stall reports made since start-up.
     pub(crate) stalled_listeners: u64,
     pub(crate) listener_stalls: u64,
+    /// Connections listeners turned away, as the kernel counts them (since each namespace was
+    /// made).
+    pub(crate) listen_drops: ListenDrops,
     pub(crate) reconciliation: Reconciliation,
 }
 

@@ -18,6 +18,7 @@ use crate::{
         stuck::{OwnerLookup, Thresholds},
     },
     enrich::{
+        listen_drops::{self, ListenDrops},
         owners::{self, Holders},
         socket_list,
     },
@@ -45,6 +46,7 @@ pub(super) struct Reconciled {
 /// The listeners one check found, with their accept queues.
 pub(super) struct ListenersChecked {
     pub(super) listeners: Vec<ListenerSeen>,
+    pub(super) drops: ListenDrops,
     pub(super) at_ns: u64,
     /// CPU time the check took (its listing): the next one is spaced by it.
     pub(super) cpu: Duration,
@@ -133,6 +135,7 @@ impl Jobs {
             let listing = socket_list::take_listing(None, Some(TcpState::Listen), &filter)
                 .context("listing the kernel's listeners")?;
             Ok(ListenersChecked {
+                drops: listen_drops::read(&listing.namespaces, filter.netns),
                 listeners: listing
                     .sockets
                     .iter()

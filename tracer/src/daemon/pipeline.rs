@@ -116,6 +116,7 @@ impl<W: Write> Pipeline<W> {
     /// listeners whose owners are to be looked up before they are reported stalled.
     pub(super) fn check_listeners(&mut self, checked: &ListenersChecked) -> Vec<OwnerLookup> {
         self.advance();
+        self.tracker.listen_drops(checked.drops);
         self.tracker
             .check_listeners(&checked.listeners, checked.at_ns, &mut self.log)
     }

@@ -21,6 +21,7 @@ use tracer_common::{
 
 use crate::{
     core::{ends, reconcile::Reconciliation, report::Snapshot},
+    enrich::listen_drops::ListenDrops,
     source::{
         health::{KernelHealth, Seen},
         kernel_maps::{Aggregates, StateDurations},
@@ -62,6 +63,7 @@ struct Latest {
     fixes: Reconciliation,
     stalled_listeners: u64,
     listener_stalls: u64,
+    listen_drops: ListenDrops,
     health: KernelHealth,
     seen: Seen,
     ends: Vec<(End, u64)>,
@@ -126,6 +128,7 @@ impl Metrics {
         latest.fixes = snapshot.reconciliation;
         latest.stalled_listeners = snapshot.stalled_listeners;
         latest.listener_stalls = snapshot.listener_stalls;
+        latest.listen_drops = snapshot.listen_drops;
         latest.health = *health;
         latest.seen = *seen;
         latest.ends = ends::by_end(&kernel.ends);
@@ -434,6 +437,16 @@ impl Collector for Exposition {
                 h.unwatched_sockets,
             ),
             (
+                "tcpstate_listen_overflows",
+                "Connections a full accept queue turned away (the kernel's ListenOverflows, summed over namespaces)",
+                latest.listen_drops.overflows,
+            ),
+            (
+                "tcpstate_listen_drops",
+                "SYNs and ACKs listeners dropped, overflows included (the kernel's ListenDrops, summed over namespaces)",
+                latest.listen_drops.drops,
+            ),
+            (
                 "tcpstate_syn_retransmits",
                 "SYNs connecting sockets sent again (each adds a second or more to a connect)",
                 latest.seen.syn_retransmits,
@@ -503,6 +516,7 @@ mod tests {
             episodes: [0; STATES],
             stalled_listeners: 1,
             listener_stalls: 2,
+            listen_drops: Default::default(),
             reconciliation: Reconciliation::default(),
         };
         snapshot.sockets[TcpState::CloseWait as usize] = 3;

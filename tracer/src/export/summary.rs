@@ -13,6 +13,7 @@ use crate::{
         time_wait_by_remote_port,
         totals::{Percentiles, figures_of, pairs, percentiles},
     },
+    enrich::listen_drops::ListenDrops,
     source::{
         health::{KernelHealth, Seen},
         kernel_maps::Aggregates,
@@ -53,6 +54,8 @@ pub(crate) struct Summary {
     /// Listeners stalled now, and stall reports since start-up.
     pub(crate) stalled_listeners: u64,
     pub(crate) listener_stalls: u64,
+    /// Connections listeners turned away (the kernel's counts).
+    pub(crate) listen_drops: ListenDrops,
     /// Stuck sockets due for a reminder (at most [`MAX_REMINDERS`]).
     pub(crate) reminders: Vec<StuckReport>,
     /// Reminders due but not listed.
@@ -130,6 +133,7 @@ impl Summary {
             stuck_by_state: Snapshot::non_zero(&snapshot.stuck),
             stalled_listeners: snapshot.stalled_listeners,
             listener_stalls: snapshot.listener_stalls,
+            listen_drops: snapshot.listen_drops,
             reminders,
             reminders_omitted,
             time_wait_by_remote_port: time_wait_by_remote_port(timewaits, MAX_PORTS),

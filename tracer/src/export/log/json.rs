@@ -426,7 +426,12 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
             "interval": percentiles(&s.interval_durations),
             "total": percentiles(&s.durations),
         },
-        "listeners": { "stalled_now": s.stalled_listeners, "stalls": s.listener_stalls },
+        "listeners": {
+            "stalled_now": s.stalled_listeners,
+            "stalls": s.listener_stalls,
+            "overflows": s.listen_drops.overflows,
+            "drops": s.listen_drops.drops,
+        },
         "stuck": {
             "now": s.stuck,
             "by_state": by_state(&s.stuck_by_state),

@@ -357,6 +357,7 @@ pub(crate) mod tests {
             stuck_by_state: vec![(TcpState::CloseWait, 1)],
             stalled_listeners: 0,
             listener_stalls: 0,
+            listen_drops: Default::default(),
             reminders: vec![stuck()],
             reminders_omitted: 0,
             time_wait_by_remote_port: vec![(8080, 4)],

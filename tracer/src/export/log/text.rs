@@ -355,9 +355,11 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
     );
     writeln!(
         out,
-        "    stuck now: {} ({by_state}); stalled listeners: {}; TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; reconciliation: {} runs, {} fixes",
+        "    stuck now: {} ({by_state}); stalled listeners: {} (accept queue overflows {}, listen drops {}); TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; reconciliation: {} runs, {} fixes",
         s.stuck,
         s.stalled_listeners,
+        s.listen_drops.overflows,
+        s.listen_drops.drops,
         s.health.lost(),
         s.health.skipped_all,
         s.reconciliation.runs,
