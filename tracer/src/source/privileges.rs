@@ -22,8 +22,8 @@ pub(crate) fn degraded(effective: u64) -> Vec<&'static str> {
     }
     if !(has(CAP_SYS_PTRACE) && has(CAP_DAC_READ_SEARCH)) {
         limits.push(
-            "without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, owners of sockets older than the \
-             tracer are found for processes of its own user only",
+            "without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, where the kernel refuses the owner \
+             iterator, socket owners are found for processes of its own user only",
         );
     }
     if !has(CAP_SYSLOG) {
