@@ -362,27 +362,10 @@ fn with_grafana_variables(expr: &str) -> String {
 /// Metric names an expression reads: what is left once strings, label matchers, ranges and label
 /// lists are taken out, and functions, aggregations and keywords set aside.
 fn metric_names(expr: &str) -> BTreeSet<String> {
-    const NOT_NAMES: [&str; 20] = [
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "bool",
-        "and",
-        "or",
-        "unless",
-        "offset",
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "count",
-        "group",
-        "stddev",
-        "stdvar",
-        "quantile",
+    // Besides the label-list keywords below.
+    const NOT_NAMES: [&str; 14] = [
+        "bool", "and", "or", "unless", "offset", "sum", "min", "max", "avg", "count", "group",
+        "stddev", "stdvar", "quantile",
     ];
     const LABEL_LISTS: [&str; 6] = [
         "by",
@@ -434,7 +417,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             }
             let word: String = chars[start..i].iter().collect();
             let next = chars[i..].iter().find(|c| !c.is_whitespace());
-            if next != Some(&'(') && !NOT_NAMES.contains(&word.as_str()) {
+            if next != Some(&'(')
+                && !NOT_NAMES.contains(&word.as_str())
+                && !LABEL_LISTS.contains(&word.as_str())
+            {
                 names.insert(word.clone());
             }
             previous_word = word;

@@ -537,9 +537,9 @@ mod tests {
 
     use super::super::{
         LogFormat,
-        tests::{SELECTED, owner_in, render, sample, stuck, summary, unstuck},
+        tests::{SELECTED, owner_in, render, reset_close, sample, stuck, summary, unstuck},
     };
-    use tracer_common::{End, TcpState};
+    use tracer_common::End;
 
     use crate::{
         core::report::Sink as _,
@@ -583,15 +583,7 @@ mod tests {
 
     #[test]
     fn ends_by_name() {
-        let mut t = sample(Family::Ipv4);
-        t.old = TcpState::Established;
-        t.new = TcpState::Close;
-        t.syn_retransmits = None;
-        t.end = Some(ConnectionEnd {
-            end: End::ResetSent,
-            error: None,
-            reset_reason: Some(11),
-        });
+        let mut t = reset_close();
         let value = parse(&render(LogFormat::Json, |o| o.transition(&t, SELECTED)));
         assert_eq!(value["end"], "reset_sent");
         assert_eq!(value["reset_reason"], "tcp_abort_on_close");

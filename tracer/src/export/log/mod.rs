@@ -280,6 +280,21 @@ pub(crate) mod tests {
         })
     }
 
+    /// The sample socket closing with a reset of its own, for unread data.
+    pub(crate) fn reset_close() -> Transition {
+        Transition {
+            old: TcpState::Established,
+            new: TcpState::Close,
+            syn_retransmits: None,
+            end: Some(crate::source::events::ConnectionEnd {
+                end: End::ResetSent,
+                error: None,
+                reset_reason: Some(11),
+            }),
+            ..sample(Family::Ipv4)
+        }
+    }
+
     pub(crate) fn sample(family: Family) -> Transition {
         Transition {
             ts_ns: 1_500_000_000,

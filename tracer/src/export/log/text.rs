@@ -436,14 +436,9 @@ pub(super) mod reference {
 mod tests {
     use super::super::{
         LogFormat,
-        tests::{SELECTED, owner_in, render, sample, stuck, summary, unstuck},
+        tests::{SELECTED, owner_in, render, reset_close, sample, stuck, summary, unstuck},
     };
-    use tracer_common::{End, TcpState};
-
-    use crate::{
-        core::report::Sink as _,
-        source::events::{ConnectionEnd, Family},
-    };
+    use crate::{core::report::Sink as _, source::events::Family};
 
     #[test]
     fn header_then_aligned_columns() {
@@ -488,14 +483,7 @@ mod tests {
                 .ends_with("     0.052 syn_retransmits=1"),
             "{text}"
         );
-        t.old = TcpState::Established;
-        t.new = TcpState::Close;
-        t.syn_retransmits = None;
-        t.end = Some(ConnectionEnd {
-            end: End::ResetSent,
-            error: None,
-            reset_reason: Some(11),
-        });
+        let t = reset_close();
         let text = render(LogFormat::Text, |o| o.transition(&t, SELECTED));
         assert!(
             text.lines()
