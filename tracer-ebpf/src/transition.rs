@@ -78,26 +78,24 @@ fn on_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // What the kernel knew of this socket, in locals; it speaks for the old state only if it
     // shows it.
     let record = SOCKETS.get_ptr_mut(cookie);
-    let (had, since, had_state, had_flags, had_pid, had_port) = match record {
-        // SAFETY: the map value lives while the program runs (RCU); a socket's transitions are
-        // serialized by its lock.
-        Some(r) => unsafe {
-            (
-                true,
-                (*r).since_ns,
-                (*r).state,
-                (*r).flags,
-                (*r).pid,
-                (*r).service_port,
-            )
-        },
-        None => (false, 0, NONE, 0, 0, 0),
-    };
-    let (reset_reason, syn_retransmits) = match record {
-        // SAFETY: as above.
-        Some(r) => unsafe { ((*r).reset_reason, (*r).syn_retransmits) },
-        None => (0, 0),
-    };
+    let (had, since, had_state, had_flags, had_pid, had_port, reset_reason, syn_retransmits) =
+        match record {
+            // SAFETY: the map value lives while the program runs (RCU); a socket's transitions
+            // are serialized by its lock.
+            Some(r) => unsafe {
+                (
+                    true,
+                    (*r).since_ns,
+                    (*r).state,
+                    (*r).flags,
+                    (*r).pid,
+                    (*r).service_port,
+                    (*r).reset_reason,
+                    (*r).syn_retransmits,
+                )
+            },
+            None => (false, 0, NONE, 0, 0, 0, 0, 0),
+        };
     let known = had && had_state == old;
     let age_known = known && had_flags & record_flags::AGE_KNOWN != 0;
     let spent = if age_known {

@@ -249,10 +249,11 @@ fn listener_of<'a>(listeners: &'a [ListedSocket], e: &Endpoints) -> Option<&'a L
 }
 
 /// A process by pid, with its name (the enrich stage adds the rest).
+/// A process found by pid; its name and cgroup are read when the enrich stage describes it.
 fn process_owner(pid: u32) -> Owner {
     Owner {
         pid,
-        comm: read_process(pid).map_or(Comm::new(""), |(comm, _)| comm),
+        comm: Comm::new(""),
         cgroup: None,
     }
 }

@@ -4,7 +4,6 @@
 //! its event loop.
 use std::{
     collections::{HashMap, HashSet},
-    net::IpAddr,
     time::Duration,
 };
 
@@ -21,7 +20,10 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 use tracer_common::{TcpState, Tuple, normalize_family};
 
 use crate::source::{
-    clock::thread_cpu_time, decode::endpoints, events::Endpoints, filter::SocketFilter,
+    clock::thread_cpu_time,
+    decode::{address_bytes, endpoints},
+    events::Endpoints,
+    filter::SocketFilter,
 };
 
 /// One socket of the kernel's list.
@@ -241,20 +243,11 @@ fn dump(
 
 /// Builds a listed socket the way the kernel programs report sockets: IPv4-mapped IPv6 sockets as
 /// IPv4.
-#[allow(clippy::too_many_arguments)]
 fn listed_socket(netns: u32, h: &InetResponseHeader) -> Option<ListedSocket> {
-    let octets = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => {
-            let mut bytes = [0u8; 16];
-            bytes[..4].copy_from_slice(&v4.octets());
-            bytes
-        }
-        IpAddr::V6(v6) => v6.octets(),
-    };
     let id = &h.socket_id;
     let mut tuple = Tuple {
-        saddr: octets(id.source_address),
-        daddr: octets(id.destination_address),
+        saddr: address_bytes(id.source_address),
+        daddr: address_bytes(id.destination_address),
         sport: id.source_port,
         dport: id.destination_port,
         family: u16::from(h.family),
@@ -277,7 +270,7 @@ fn listed_socket(netns: u32, h: &InetResponseHeader) -> Option<ListedSocket> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 
     use super::*;
     use crate::source::events::Family;

@@ -521,15 +521,18 @@ mod tests {
         };
         snapshot.sockets[TcpState::CloseWait as usize] = 3;
         let durations = vec![StateDurations::default(); STATES];
-        metrics.refresh(
-            &snapshot,
-            &kernel.transitions,
-            &durations,
-            &kernel,
-            &KernelHealth::default(),
-            &Seen::default(),
-        );
-        let text = render(&metrics.registry());
+        let exposition = |metrics: &mut Metrics, snapshot: &Snapshot| {
+            metrics.refresh(
+                snapshot,
+                &kernel.transitions,
+                &durations,
+                &kernel,
+                &KernelHealth::default(),
+                &Seen::default(),
+            );
+            render(&metrics.registry())
+        };
+        let text = exposition(&mut metrics, &snapshot);
         assert!(
             text.contains("tcpstate_sockets{state=\"CLOSE_WAIT\"} 3"),
             "{text}"
@@ -555,15 +558,7 @@ mod tests {
             "{text}"
         );
         snapshot.sockets[TcpState::CloseWait as usize] = 0;
-        metrics.refresh(
-            &snapshot,
-            &kernel.transitions,
-            &durations,
-            &kernel,
-            &KernelHealth::default(),
-            &Seen::default(),
-        );
-        let text = render(&metrics.registry());
+        let text = exposition(&mut metrics, &snapshot);
         assert!(
             text.contains("tcpstate_sockets{state=\"CLOSE_WAIT\"} 0"),
             "back to 0: {text}"

@@ -112,6 +112,7 @@ impl Summary {
         let reminders_omitted = reminders.len().saturating_sub(MAX_REMINDERS);
         reminders.truncate(MAX_REMINDERS);
         let totals = tracker.totals();
+        let interval_ends = totals.interval_ends(kernel);
         let summary = Self {
             ts_ns: context.now_ns,
             last: context.last,
@@ -124,9 +125,9 @@ impl Summary {
             durations: percentiles(&totals.durations(kernel)),
             interval_durations: percentiles(&totals.interval_durations(kernel)),
             ends: ends::by_end(&kernel.ends),
-            interval_ends: ends::by_end(&totals.interval_ends(kernel)),
+            interval_ends: ends::by_end(&interval_ends),
             connect_failures: ends::connect_failures(&kernel.ends),
-            interval_connect_failures: ends::connect_failures(&totals.interval_ends(kernel)),
+            interval_connect_failures: ends::connect_failures(&interval_ends),
             connects: Connects::of(&kernel.connects),
             interval_connects: Connects::of(&totals.interval_connects(kernel)),
             stuck: snapshot.stuck_total(),

@@ -141,19 +141,23 @@ pub(crate) fn endpoints(tuple: &Tuple) -> Result<Endpoints, DecodeError> {
     })
 }
 
-/// The kernel's address tuple of some endpoints: the key of a timewait socket's record.
-pub(crate) fn tuple(e: &Endpoints) -> Tuple {
-    let octets = |ip: IpAddr| match ip {
+/// An address as the kernel's tuple holds it: IPv4 in the first four bytes.
+pub(crate) fn address_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
         IpAddr::V4(v4) => {
             let mut bytes = [0u8; 16];
             bytes[..4].copy_from_slice(&v4.octets());
             bytes
         }
         IpAddr::V6(v6) => v6.octets(),
-    };
+    }
+}
+
+/// The kernel's address tuple of some endpoints: the key of a timewait socket's record.
+pub(crate) fn tuple(e: &Endpoints) -> Tuple {
     Tuple {
-        saddr: octets(e.local),
-        daddr: octets(e.remote),
+        saddr: address_bytes(e.local),
+        daddr: address_bytes(e.remote),
         netns: e.netns,
         sport: e.local_port,
         dport: e.remote_port,
