@@ -41,7 +41,8 @@ pub mod counter {
     /// Per-socket records (full or timewait sockets) that could not be stored: their ages and
     /// states are unknown to the tracer until the next reconciliation.
     pub const RECORD_FAILED: u32 = 1;
-    /// Other events that did not fit in the ring buffer.
+    /// Other events that did not fit in the ring buffer (or a listener's SYN-ACK count that
+    /// found no room in its map).
     pub const LOST_OTHER: u32 = 2;
     /// Program runs that could not read a kernel structure and gave up.
     pub const READ_FAILED: u32 = 3;

@@ -24,6 +24,8 @@ pub const ENDS: &str = "ENDS";
 /// Per-CPU connect times ([`crate::aggregate::Durations`]): index 0 without a SYN retransmitted,
 /// 1 with.
 pub const CONNECT_DURATIONS: &str = "CONNECT_DURATIONS";
+/// Per-CPU SYN-ACK retransmits by listener cookie (an LRU map).
+pub const LISTENER_SYNACKS: &str = "LISTENER_SYNACKS";
 /// Sockets whose holders the owner iterator looks for, by cookie (cookie -> 0).
 pub const WANTED_SOCKETS: &str = "WANTED_SOCKETS";
 /// Per-CPU health counters ([`crate::counter`]).
@@ -60,7 +62,7 @@ pub const ACCEPT_TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// Every map the daemon opens by name.
-pub const MAPS: [&str; 18] = [
+pub const MAPS: [&str; 19] = [
     EVENTS,
     SOCKETS,
     TIMEWAIT,
@@ -73,6 +75,7 @@ pub const MAPS: [&str; 18] = [
     PORT_DURATIONS,
     ENDS,
     CONNECT_DURATIONS,
+    LISTENER_SYNACKS,
     WANTED_SOCKETS,
     COUNTERS,
     LOCAL_PORTS,

@@ -8,7 +8,8 @@
 //! - `tcp_retransmit_skb`: a connecting socket's SYN sent again; the connect's line and its time
 //!   say so.
 //! - `tcp_retransmit_synack`: a listener's SYN-ACK sent again: a handshake its client did not
-//!   complete in time (lost ACKs, a SYN flood).
+//!   complete in time (lost ACKs, a SYN flood). Counted per listener: the daemon lists the
+//!   half-open connections of the listeners whose count moved.
 use aya_ebpf::{
     cty::c_void, helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
@@ -18,7 +19,7 @@ use tracer_common::{
 
 use crate::{
     account,
-    maps::{CONFIG, OFFSETS, RECENT_CLOSES, SOCKETS},
+    maps::{CONFIG, LISTENER_SYNACKS, OFFSETS, RECENT_CLOSES, SOCKETS},
     output::{Fields, count, emit, finish, passes_filter},
     read::{full_socket_tuple, member, netns_of, now},
 };
@@ -155,7 +156,26 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
         tuple.netns = netns_of(listener, &offsets);
         if passes_filter(&tuple) {
             count(counter::SYNACK_RETRANSMITS);
+            // SAFETY: a BTF-typed socket pointer, as the helper requires.
+            let cookie = unsafe { generated::bpf_get_socket_cookie(listener as *mut c_void) };
+            count_synack(cookie);
         }
     }
     0
+}
+
+/// One more SYN-ACK retransmitted by the listener `cookie`, on this CPU.
+fn count_synack(cookie: u64) {
+    const NOEXIST: u64 = 1;
+    if LISTENER_SYNACKS.get_ptr_mut(&cookie).is_none()
+        && LISTENER_SYNACKS.insert(&cookie, &1, NOEXIST).is_ok()
+    {
+        return;
+    }
+    // The listener's entry was there, or another CPU just made it.
+    match LISTENER_SYNACKS.get_ptr_mut(&cookie) {
+        // SAFETY: this CPU's value; no other writer on this CPU while the program runs.
+        Some(slot) => unsafe { *slot += 1 },
+        None => count(counter::LOST_OTHER),
+    }
 }

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
     Config, EndCounts, KernelFilter, Offsets, RecentCloses, SockRecord, TcpState, Tuple, TwRecord,
@@ -74,6 +74,12 @@ pub(crate) static PORT_COUNTS: PerCpuHashMap<PortKey, u64> =
 #[map]
 pub(crate) static PORT_DURATIONS: PerCpuHashMap<PortKey, PortDurations> =
     PerCpuHashMap::with_max_entries(1024, NO_PREALLOC);
+
+/// SYN-ACKs each listener sent again, by the listener's cookie: its half-open connections. The
+/// least recently counted listeners make room for new ones.
+#[map]
+pub(crate) static LISTENER_SYNACKS: LruPerCpuHashMap<u64, u64> =
+    LruPerCpuHashMap::with_max_entries(1024, 0);
 
 /// Per-CPU room to build an index entry in (the program's stack is small).
 #[map]

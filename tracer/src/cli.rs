@@ -86,8 +86,9 @@ pub struct Config {
 
     /// Report a socket as stuck after this long in a state: STATE=DURATION or STATE=off
     /// (repeatable). Defaults: syn-sent=10s close-wait=60s last-ack=60s
-    /// fin-wait-1=60s closing=60s fin-wait-2=120s listen=30s (listen: a listener whose accept
-    /// queue does not drain this long, its process no longer accepting).
+    /// fin-wait-1=60s closing=60s fin-wait-2=120s listen=30s syn-recv=10s (listen: a listener
+    /// whose accept queue does not drain this long, its process no longer accepting; syn-recv: a
+    /// listener with a half-open connection this old, its handshake never completing).
     #[arg(long = "stuck", value_parser = parse_threshold, value_name = "STATE=DURATION")]
     pub(crate) stuck: Vec<(TcpState, Option<Duration>)>,
 
@@ -434,11 +435,20 @@ mod tests {
             Some(Duration::from_secs(3600))
         );
         assert_eq!(t.get(TcpState::LastAck), Some(Duration::from_secs(60)));
-        // LISTEN is for listeners' accept queues: never handed to the kernel as a stay.
-        let listen = parse(&["--stuck", "listen=5s"]).unwrap().thresholds();
-        assert_eq!(listen.get(TcpState::Listen), Some(Duration::from_secs(5)));
-        assert!(!listen.watches(TcpState::Listen));
-        assert_eq!(listen.as_nanos()[TcpState::Listen as usize], 0);
+        // LISTEN and SYN_RECV are for listeners (accept queues, half-open connections): never
+        // handed to the kernel as stays.
+        let listener = parse(&["--stuck", "listen=5s", "--stuck", "syn-recv=3s"])
+            .unwrap()
+            .thresholds();
+        assert_eq!(listener.get(TcpState::Listen), Some(Duration::from_secs(5)));
+        assert_eq!(
+            listener.get(TcpState::SynRecv),
+            Some(Duration::from_secs(3))
+        );
+        for state in [TcpState::Listen, TcpState::SynRecv] {
+            assert!(!listener.watches(state));
+            assert_eq!(listener.as_nanos()[state as usize], 0);
+        }
         for bad in ["close-wait=abc", "nowhere=5s", "close-wait"] {
             assert!(parse(&["--stuck", bad]).is_err(), "{bad}");
         }

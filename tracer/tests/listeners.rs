@@ -1,16 +1,18 @@
-//! Real-kernel test of a listener that stops accepting: its accept queue does not drain, its
-//! clients give up and their connections sit in CLOSE_WAIT in the queue, owned by nobody.
+//! Real-kernel tests of listeners in trouble: one that stops accepting (its accept queue does not
+//! drain, its clients give up and their connections sit in CLOSE_WAIT in the queue, owned by
+//! nobody), and one whose handshakes never complete (its SYN-ACKs dropped on the way back).
 mod support;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
+    process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
-use support::{Tracer, of_kind};
+use support::{Namespace, Tracer, of_kind};
 
 #[test]
 fn a_listener_that_stops_accepting_is_reported_and_its_queue_named() {
@@ -106,4 +108,108 @@ fn a_listener_that_stops_accepting_is_reported_and_its_queue_named() {
         summary["listeners"]["stalls"].as_u64() >= Some(1),
         "{summary}"
     );
+}
+
+/// A server namespace and a client namespace joined by a veth pair; the client's namespace drops
+/// the SYN-ACKs it receives (nftables), so its connections stay half-open at the server, whose
+/// listener retransmits SYN-ACKs for them. Reported past the syn-recv threshold with the
+/// listener's owner, as many as the kernel lists; recovered once the SYN-ACKs pass again.
+#[test]
+fn half_open_connections_are_counted_and_reported_past_the_threshold() {
+    const CLIENTS: usize = 3;
+    let (server_ns, client_ns) = (Namespace::new(), Namespace::new());
+    server_ns.sh(&format!(
+        "ip link add veth0 type veth peer name veth1 netns {} && \
+         ip addr add 10.77.0.1/24 dev veth0 && ip link set veth0 up",
+        client_ns.holder_pid()
+    ));
+    client_ns.sh("ip addr add 10.77.0.2/24 dev veth1 && ip link set veth1 up");
+    client_ns.sh("nft add table inet half_open && \
+         nft add chain inet half_open input '{ type filter hook input priority 0; }' && \
+         nft add rule inet half_open input 'tcp flags & (syn | ack) == syn | ack' drop");
+    let tracer = Tracer::start(&["--stuck", "syn-recv=3s", "--summary-interval", "1s"]);
+    let listener = server_ns.enter(|| TcpListener::bind((Ipv4Addr::new(10, 77, 0, 1), 0)).unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let server: SocketAddr = (Ipv4Addr::new(10, 77, 0, 1), port).into();
+    let clients: Vec<Socket> = client_ns.enter(|| {
+        (0..CLIENTS)
+            .map(|_| {
+                let client = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                client.set_nonblocking(true).unwrap();
+                let pending = client.connect(&server.into()).unwrap_err();
+                assert_eq!(pending.raw_os_error(), Some(libc::EINPROGRESS));
+                client
+            })
+            .collect()
+    });
+    let mine = |e: &&Value| e["sport"] == port;
+    tracer.wait_for(Duration::from_secs(30), "the half-open report", |events| {
+        of_kind(events, "listener_half_open").iter().any(mine)
+    });
+    // The kernel's own list agrees while the SYN-ACKs are still dropped.
+    assert_eq!(syn_recv_count(&server_ns, port), CLIENTS);
+    let report = of_kind(&tracer.events(), "listener_half_open")
+        .into_iter()
+        .find(mine)
+        .cloned()
+        .unwrap();
+    assert_eq!(report["level"], "warn");
+    assert_eq!(report["half_open"], CLIENTS, "{report}");
+    assert_eq!(report["netns"], server_ns.inode(), "{report}");
+    assert_eq!(report["saddr"], "10.77.0.1", "{report}");
+    assert_eq!(report["threshold_ms"], 3000.0, "{report}");
+    assert!(report["oldest_ms"].as_f64() >= Some(3000.0), "{report}");
+    assert!(
+        report["synack_retransmits"].as_u64() >= Some(CLIENTS as u64),
+        "each handshake's SYN-ACK was sent again: {report}"
+    );
+    assert_eq!(report["pid"], std::process::id(), "the listener's owner");
+
+    // The SYN-ACKs pass again: the next one completes each handshake.
+    client_ns.sh("nft delete table inet half_open");
+    tracer.wait_for(Duration::from_secs(40), "the recovery", |events| {
+        of_kind(events, "listener_recovered")
+            .iter()
+            .any(|e| mine(e) && e["from"] == "half_open")
+    });
+    assert_eq!(syn_recv_count(&server_ns, port), 0);
+    for client in &clients {
+        assert!(client.peer_addr().is_ok(), "the handshake completed");
+    }
+    let done = tracer.stop();
+    let recovered = of_kind(&done.events, "listener_recovered")
+        .into_iter()
+        .find(|e| mine(e) && e["from"] == "half_open")
+        .unwrap();
+    assert_eq!(recovered["closed"], false, "{recovered}");
+    assert!(
+        recovered["duration_ms"].as_f64() >= report["oldest_ms"].as_f64(),
+        "{recovered}"
+    );
+    let summary = of_kind(&done.events, "summary").last().copied().unwrap();
+    let listeners = &summary["listeners"];
+    assert!(
+        listeners["half_open_reports"].as_u64() >= Some(1),
+        "{summary}"
+    );
+    let counted = listeners["synack_retransmits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["sport"] == port)
+        .unwrap_or_else(|| panic!("the listener's SYN-ACK retransmits: {summary}"));
+    assert!(counted["count"].as_u64() >= report["synack_retransmits"].as_u64());
+    drop(listener);
+}
+
+/// Half-open connections (request sockets) of a port, as the kernel lists them.
+fn syn_recv_count(ns: &Namespace, port: u16) -> usize {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path()))
+        .args(["ss", "-Htn", "state", "syn-recv"])
+        .arg(format!("( sport = :{port} )"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }

@@ -86,7 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test => {
             require_root("the test suite loads eBPF programs into the kernel", "test")?;
-            require_prometheus()?;
+            install_test_tools()?;
             setup::ensure_toolchain()?;
             cargo::test_all()?;
             package::test()?;
@@ -123,24 +123,34 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The alert rules, the dashboard and the metrics are tested with Debian's prometheus package
-/// (promtool and the server itself). Say so before building anything rather than fail after
-/// minutes; these tests never skip, in CI or elsewhere.
-fn require_prometheus() -> Result<()> {
-    let missing: Vec<&str> = ["promtool", "prometheus"]
-        .into_iter()
-        .filter(|tool| {
-            std::process::Command::new(tool)
-                .arg("--version")
-                .output()
-                .is_err()
-        })
+/// What the tests run beside the tracer, from Debian's packages, installed when missing: the
+/// alert rules, the dashboard and the metrics are tested with prometheus (promtool and the server
+/// itself; its service is stopped again so nothing else listens on the machine), and a client
+/// namespace drops SYN-ACKs with nftables. These tests never skip: without the tools, say so
+/// before building anything rather than fail after minutes.
+fn install_test_tools() -> Result<()> {
+    let wanted = [
+        ("/usr/bin/promtool", "prometheus"),
+        ("/usr/bin/prometheus", "prometheus"),
+        ("/usr/sbin/nft", "nftables"),
+    ];
+    let prometheus_was_there = std::path::Path::new(wanted[1].0).exists();
+    bench::tools::apt_install(&wanted);
+    if !prometheus_was_there && std::path::Path::new("/run/systemd/system").exists() {
+        let _ = std::process::Command::new("systemctl")
+            .args(["disable", "--now", "prometheus"])
+            .output();
+    }
+    let mut missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(path, _)| !std::path::Path::new(path).exists())
+        .map(|(_, package)| *package)
         .collect();
+    missing.dedup();
     if !missing.is_empty() {
         anyhow::bail!(
-            "the test suite runs {} from Debian's prometheus package: \
-             apt-get install --no-install-recommends prometheus",
-            missing.join(" and ")
+            "the test suite needs Debian's {} (apt-get install --no-install-recommends {0})",
+            missing.join(" ")
         );
     }
     Ok(())

@@ -1,16 +1,29 @@
-//! Listeners that stop accepting. A process that no longer calls accept() (hung, deadlocked,
-//! stopped) leaves connections in its listener's accept queue, where their clients' handshakes
-//! completed but nobody reads them; when the clients give up they sit in CLOSE_WAIT with no
-//! process at all. The kernel's socket list gives each listener's queue length and backlog; a
-//! listener whose queue was non-empty at every check for `--stuck listen=DURATION` is reported
-//! stalled (with its owner, looked up first), and recovered once its queue is seen empty, or it
-//! closed. A listener that keeps up drains its queue between checks.
+//! Listeners in trouble, from checks of the kernel's socket list every few seconds.
+//!
+//! - Stalled: a process that no longer calls accept() (hung, deadlocked, stopped) leaves
+//!   connections in its listener's accept queue, where their clients' handshakes completed but
+//!   nobody reads them; when the clients give up they sit in CLOSE_WAIT with no process at all. A
+//!   listener whose queue was non-empty at every check for `--stuck listen=DURATION` is reported
+//!   stalled, and recovered once its queue is seen empty. A listener that keeps up drains its
+//!   queue between checks.
+//! - Half-open: a handshake that never completes (a SYN flood, ACKs lost on the way back) lives
+//!   in a request socket the state tracepoint never reports; its listener retransmits SYN-ACKs
+//!   for it, which the kernel counts per listener. The checks list the request sockets of the
+//!   listeners whose count moved (or that had some at the last check); a listener with a
+//!   half-open connection listed for `--stuck syn-recv=DURATION` is reported, and recovered once
+//!   none is that old.
+//!
+//! Either report waits for the listener's owner to be looked up; it ends when the listener
+//! closes, too.
 use std::collections::HashMap;
 
 use tracer_common::TcpState;
 
 use super::{report::Sink, select::OwnerFilter, stuck::OwnerLookup};
 use crate::source::events::{Endpoints, Owner};
+
+/// The most listeners summaries list by SYN-ACK retransmits.
+const MAX_SYNACK_LISTENERS: usize = 10;
 
 /// A listener as one check of the kernel's list saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +33,28 @@ pub(crate) struct ListenerSeen {
     /// Connections waiting in its accept queue, and the most it holds.
     pub(crate) queue: u32,
     pub(crate) backlog: u32,
+    /// SYN-ACKs it retransmitted since the kernel programs were loaded.
+    pub(crate) synack_retransmits: u64,
+    /// Its half-open connections (request sockets, by cookie) when the check listed them.
+    pub(crate) half_open: Vec<u64>,
+}
+
+/// What a listener's report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trouble {
+    /// Its accept queue did not drain.
+    Stalled,
+    /// Its half-open connections persisted.
+    HalfOpen,
+}
+
+impl Trouble {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Trouble::Stalled => "stalled",
+            Trouble::HalfOpen => "half_open",
+        }
+    }
 }
 
 /// A listener whose accept queue has not drained for its threshold.
@@ -35,95 +70,136 @@ pub(crate) struct ListenerStalled {
     pub(crate) owner: Option<Owner>,
 }
 
-/// A stalled listener drained its queue (`closed` false) or was closed.
+/// A listener with a half-open connection older than its threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ListenerHalfOpen {
+    pub(crate) ts_ns: u64,
+    pub(crate) endpoints: Endpoints,
+    /// Its half-open connections now.
+    pub(crate) half_open: u32,
+    /// How long the oldest has been listed (a lower bound of its age: listing starts after a
+    /// SYN-ACK retransmit).
+    pub(crate) oldest_ns: u64,
+    pub(crate) threshold_ns: u64,
+    /// SYN-ACKs it retransmitted since the kernel programs were loaded.
+    pub(crate) synack_retransmits: u64,
+    pub(crate) owner: Option<Owner>,
+}
+
+/// A listener reported in trouble is out of it (`closed` false), or was closed.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ListenerRecovered {
     pub(crate) ts_ns: u64,
     pub(crate) endpoints: Endpoints,
+    pub(crate) trouble: Trouble,
     pub(crate) closed: bool,
-    /// How long its queue went undrained, as the checks saw it.
+    /// How long the trouble lasted, as the checks saw it.
     pub(crate) duration_ns: u64,
     pub(crate) owner: Option<Owner>,
 }
 
+/// Whether a check lists the listeners' half-open connections, given their SYN-ACK retransmit
+/// counts: only when some may exist, as listing them walks every connection of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HalfOpenListing {
+    Never,
+    Always,
+    /// Only if a listener's count is not the one given (a listener not given counts 0).
+    IfMoved(HashMap<u64, u64>),
+}
+
+impl HalfOpenListing {
+    pub(crate) fn wanted(&self, synacks: &HashMap<u64, u64>) -> bool {
+        match self {
+            Self::Never => false,
+            Self::Always => true,
+            Self::IfMoved(last) => synacks
+                .iter()
+                .any(|(cookie, n)| last.get(cookie).copied().unwrap_or(0) != *n),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
-struct Backlogged {
+struct Episode {
     since_ns: u64,
     seen: ListenerSeen,
-    /// Reported stalled (`Some` once its owner was looked up), and whether the owner filter
-    /// selected it.
+    /// Reported (`Some` once its owner was looked up), and whether the owner filter selected it.
     reported: Option<bool>,
     owner: Option<Owner>,
 }
 
-pub(crate) struct Listeners {
+/// The episodes of one kind of trouble, by listener cookie.
+struct Watch {
+    trouble: Trouble,
     threshold_ns: Option<u64>,
-    backlogged: HashMap<u64, Backlogged>,
-    /// Stall reports made since start-up.
-    stalls: u64,
+    episodes: HashMap<u64, Episode>,
+    /// Reports made since start-up.
+    reports: u64,
 }
 
-impl Listeners {
-    pub(crate) fn new(threshold_ns: Option<u64>) -> Self {
+impl Watch {
+    fn new(trouble: Trouble, threshold_ns: Option<u64>) -> Self {
         Self {
+            trouble,
             threshold_ns,
-            backlogged: HashMap::new(),
-            stalls: 0,
+            episodes: HashMap::new(),
+            reports: 0,
         }
     }
 
-    pub(crate) fn watched(&self) -> bool {
-        self.threshold_ns.is_some()
-    }
-
-    /// One check of every listener: queues that drained end their stall; those undrained past
-    /// the threshold are returned, for their owners to be looked up before they are reported.
-    pub(crate) fn check(
+    /// One check: `troubled` are the listeners in trouble now, each with since when (`None`:
+    /// since its episode began, or now). The episodes of the others end; those past the threshold
+    /// and not yet reported are returned, for their owners to be looked up.
+    fn check(
         &mut self,
-        listeners: &[ListenerSeen],
+        troubled: Vec<(&ListenerSeen, Option<u64>)>,
+        all: &[ListenerSeen],
         now_ns: u64,
         sink: &mut impl Sink,
     ) -> Vec<OwnerLookup> {
         let Some(threshold) = self.threshold_ns else {
             return Vec::new();
         };
-        let waiting: HashMap<u64, &ListenerSeen> = listeners
-            .iter()
-            .filter(|l| l.queue > 0)
-            .map(|l| (l.cookie, l))
-            .collect();
-        let drained: Vec<u64> = self
-            .backlogged
+        let ended: Vec<u64> = self
+            .episodes
             .keys()
-            .filter(|cookie| !waiting.contains_key(cookie))
+            .filter(|cookie| !troubled.iter().any(|(l, _)| l.cookie == **cookie))
             .copied()
             .collect();
-        for cookie in drained {
-            let Some(gone) = self.backlogged.remove(&cookie) else {
+        for cookie in ended {
+            let Some(gone) = self.episodes.remove(&cookie) else {
                 continue;
             };
             if gone.reported == Some(true) {
                 sink.listener_recovered(&ListenerRecovered {
                     ts_ns: now_ns,
                     endpoints: gone.seen.endpoints,
-                    closed: !listeners.iter().any(|l| l.cookie == cookie),
+                    trouble: self.trouble,
+                    closed: !all.iter().any(|l| l.cookie == cookie),
                     duration_ns: now_ns.saturating_sub(gone.since_ns),
                     owner: gone.owner,
                 });
             }
         }
         let mut lookups = Vec::new();
-        for (cookie, seen) in waiting {
-            let entry = self.backlogged.entry(cookie).or_insert_with(|| Backlogged {
-                since_ns: now_ns,
+        for (seen, since) in troubled {
+            let entry = self.episodes.entry(seen.cookie).or_insert_with(|| Episode {
+                since_ns: since.unwrap_or(now_ns),
                 seen: seen.clone(),
                 reported: None,
                 owner: None,
             });
             entry.seen = seen.clone();
-            if entry.reported.is_none() && now_ns.saturating_sub(entry.since_ns) >= threshold {
+            if entry.reported.is_some() {
+                continue;
+            }
+            if let Some(since) = since {
+                entry.since_ns = since;
+            }
+            if now_ns.saturating_sub(entry.since_ns) >= threshold {
                 lookups.push(OwnerLookup {
-                    cookie,
+                    cookie: seen.cookie,
                     state: TcpState::Listen,
                     endpoints: seen.endpoints,
                 });
@@ -132,8 +208,8 @@ impl Listeners {
         lookups
     }
 
-    /// Owners found for the listeners looked up: those still undrained are reported stalled.
-    pub(crate) fn owners_found(
+    /// Owners found for the listeners looked up: those still in trouble are reported.
+    fn owners_found(
         &mut self,
         looked_up: &[u64],
         found: &HashMap<u64, Owner>,
@@ -141,11 +217,11 @@ impl Listeners {
         selection: &OwnerFilter,
         sink: &mut impl Sink,
     ) {
-        let Some(threshold) = self.threshold_ns else {
+        let Some(threshold_ns) = self.threshold_ns else {
             return;
         };
         for cookie in looked_up {
-            let Some(entry) = self.backlogged.get_mut(cookie) else {
+            let Some(entry) = self.episodes.get_mut(cookie) else {
                 continue;
             };
             if entry.reported.is_some() {
@@ -154,31 +230,160 @@ impl Listeners {
             entry.owner = found.get(cookie).cloned();
             let selected = selection.matches(entry.owner.as_ref());
             entry.reported = Some(selected);
-            if selected {
-                self.stalls += 1;
-                sink.listener_stalled(&ListenerStalled {
+            if !selected {
+                continue;
+            }
+            self.reports += 1;
+            let (seen, owner) = (&entry.seen, entry.owner.clone());
+            let lasted_ns = now_ns.saturating_sub(entry.since_ns);
+            match self.trouble {
+                Trouble::Stalled => sink.listener_stalled(&ListenerStalled {
                     ts_ns: now_ns,
-                    endpoints: entry.seen.endpoints,
-                    queue: entry.seen.queue,
-                    backlog: entry.seen.backlog,
-                    stalled_ns: now_ns.saturating_sub(entry.since_ns),
-                    threshold_ns: threshold,
-                    owner: entry.owner.clone(),
-                });
+                    endpoints: seen.endpoints,
+                    queue: seen.queue,
+                    backlog: seen.backlog,
+                    stalled_ns: lasted_ns,
+                    threshold_ns,
+                    owner,
+                }),
+                Trouble::HalfOpen => sink.listener_half_open(&ListenerHalfOpen {
+                    ts_ns: now_ns,
+                    endpoints: seen.endpoints,
+                    half_open: u32::try_from(seen.half_open.len()).unwrap_or(u32::MAX),
+                    oldest_ns: lasted_ns,
+                    threshold_ns,
+                    synack_retransmits: seen.synack_retransmits,
+                    owner,
+                }),
             }
         }
     }
 
-    /// Listeners stalled now (those the owner filter selects).
-    pub(crate) fn stalled(&self) -> u64 {
-        self.backlogged
+    /// Listeners reported now (those the owner filter selects).
+    fn reported(&self) -> u64 {
+        self.episodes
             .values()
-            .filter(|b| b.reported == Some(true))
+            .filter(|e| e.reported == Some(true))
             .count() as u64
     }
+}
 
-    /// Stall reports made since start-up.
-    pub(crate) fn stalls(&self) -> u64 {
-        self.stalls
+pub(crate) struct Listeners {
+    stalls: Watch,
+    half_open: Watch,
+    /// When each half-open connection was first listed, by listener and request cookie.
+    requests: HashMap<u64, HashMap<u64, u64>>,
+    /// SYN-ACK retransmits of the listeners that have any, as the last check read them.
+    synacks: HashMap<u64, (Endpoints, u64)>,
+    checked: bool,
+}
+
+impl Listeners {
+    /// `listen_ns`: the accept-queue threshold; `half_open_ns`: the half-open one.
+    pub(crate) fn new(listen_ns: Option<u64>, half_open_ns: Option<u64>) -> Self {
+        Self {
+            stalls: Watch::new(Trouble::Stalled, listen_ns),
+            half_open: Watch::new(Trouble::HalfOpen, half_open_ns),
+            requests: HashMap::new(),
+            synacks: HashMap::new(),
+            checked: false,
+        }
+    }
+
+    pub(crate) fn watched(&self) -> bool {
+        self.stalls.threshold_ns.is_some() || self.half_open.threshold_ns.is_some()
+    }
+
+    /// Whether the next check lists half-open connections: at the first, after one that found
+    /// some, and when a listener retransmitted a SYN-ACK since.
+    pub(crate) fn half_open_listing(&self) -> HalfOpenListing {
+        if self.half_open.threshold_ns.is_none() {
+            HalfOpenListing::Never
+        } else if !self.checked || !self.requests.is_empty() {
+            HalfOpenListing::Always
+        } else {
+            HalfOpenListing::IfMoved(
+                self.synacks
+                    .iter()
+                    .map(|(cookie, (_, n))| (*cookie, *n))
+                    .collect(),
+            )
+        }
+    }
+
+    /// One check of every listener: troubles that ended are reported; listeners in trouble past
+    /// their threshold are returned, for their owners to be looked up before they are reported.
+    pub(crate) fn check(
+        &mut self,
+        listeners: &[ListenerSeen],
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) -> Vec<OwnerLookup> {
+        self.checked = true;
+        self.synacks = listeners
+            .iter()
+            .filter(|l| l.synack_retransmits > 0)
+            .map(|l| (l.cookie, (l.endpoints, l.synack_retransmits)))
+            .collect();
+        let mut requests = HashMap::new();
+        for l in listeners.iter().filter(|l| !l.half_open.is_empty()) {
+            let known = self.requests.remove(&l.cookie).unwrap_or_default();
+            let first_listed: HashMap<u64, u64> = l
+                .half_open
+                .iter()
+                .map(|r| (*r, known.get(r).copied().unwrap_or(now_ns)))
+                .collect();
+            requests.insert(l.cookie, first_listed);
+        }
+        self.requests = requests;
+
+        let backlogged = listeners
+            .iter()
+            .filter(|l| l.queue > 0)
+            .map(|l| (l, None))
+            .collect();
+        let mut lookups = self.stalls.check(backlogged, listeners, now_ns, sink);
+        let threshold = self.half_open.threshold_ns.unwrap_or(u64::MAX);
+        let half_open = listeners
+            .iter()
+            .filter_map(|l| {
+                let oldest = self.requests.get(&l.cookie)?.values().min().copied()?;
+                (now_ns.saturating_sub(oldest) >= threshold).then_some((l, Some(oldest)))
+            })
+            .collect();
+        lookups.extend(self.half_open.check(half_open, listeners, now_ns, sink));
+        lookups
+    }
+
+    /// Owners found for the listeners looked up: those still in trouble are reported.
+    pub(crate) fn owners_found(
+        &mut self,
+        looked_up: &[u64],
+        found: &HashMap<u64, Owner>,
+        now_ns: u64,
+        selection: &OwnerFilter,
+        sink: &mut impl Sink,
+    ) {
+        for watch in [&mut self.stalls, &mut self.half_open] {
+            watch.owners_found(looked_up, found, now_ns, selection, sink);
+        }
+    }
+
+    /// Listeners stalled now (those the owner filter selects), and stall reports since start-up.
+    pub(crate) fn stalled(&self) -> (u64, u64) {
+        (self.stalls.reported(), self.stalls.reports)
+    }
+
+    /// Listeners reported with half-open connections now, and such reports since start-up.
+    pub(crate) fn half_open(&self) -> (u64, u64) {
+        (self.half_open.reported(), self.half_open.reports)
+    }
+
+    /// The listeners that retransmitted the most SYN-ACKs, with their counts, most first.
+    pub(crate) fn synack_retransmits(&self) -> Vec<(Endpoints, u64)> {
+        let mut most: Vec<(Endpoints, u64)> = self.synacks.values().copied().collect();
+        most.sort_by_key(|(e, n)| (std::cmp::Reverse(*n), e.local_port));
+        most.truncate(MAX_SYNACK_LISTENERS);
+        most
     }
 }

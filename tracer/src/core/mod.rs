@@ -27,7 +27,7 @@ use tracer_common::{End, TcpState, Tuple, TwRecord, record_flags};
 
 use self::{
     closes::PendingCloses,
-    listeners::{ListenerSeen, Listeners},
+    listeners::{HalfOpenListing, ListenerSeen, Listeners},
     reconcile::{Outcome, Plan, Reconciliation},
     report::{Sink, Snapshot, StuckReport, TransitionInfo},
     select::OwnerFilter,
@@ -67,13 +67,18 @@ pub(crate) struct Tracker {
 impl Tracker {
     /// `pinned`: records an earlier daemon left in the kernel's pinned maps, by state.
     pub(crate) fn new(settings: Settings, pinned: [i64; TcpState::COUNT]) -> Self {
-        let listen = settings.thresholds.get(TcpState::Listen);
+        let listener_threshold =
+            |state: TcpState| settings.thresholds.get(state).map(crate::units::nanos);
+        let listeners = Listeners::new(
+            listener_threshold(TcpState::Listen),
+            listener_threshold(TcpState::SynRecv),
+        );
         Self {
             stuck: StuckSockets::new(settings.thresholds.clone(), settings.repeat_ns),
             thresholds: settings.thresholds,
             totals: Totals::new(pinned),
             reconciliation: Reconciliation::default(),
-            listeners: Listeners::new(listen.map(crate::units::nanos)),
+            listeners,
             selection: settings.owners,
             closes: PendingCloses::default(),
             listen_drops: ListenDrops::default(),
@@ -136,9 +141,14 @@ impl Tracker {
             .owners_found(looked_up, &found.owners, now_ns, &self.selection, sink);
     }
 
-    /// Whether listeners' accept queues are checked (`--stuck listen=…` is not off).
+    /// Whether listeners are checked (`--stuck listen=…` or `syn-recv=…` is not off).
     pub(crate) fn watches_listeners(&self) -> bool {
         self.listeners.watched()
+    }
+
+    /// Whether the next listener check lists half-open connections.
+    pub(crate) fn half_open_listing(&self) -> HalfOpenListing {
+        self.listeners.half_open_listing()
     }
 
     /// The kernel's count of connections listeners turned away, as last read.
@@ -146,8 +156,8 @@ impl Tracker {
         self.listen_drops = drops;
     }
 
-    /// One check of every listener's accept queue; returns the listeners whose owners are to be
-    /// looked up before they are reported stalled.
+    /// One check of every listener's accept queue and half-open connections; returns the
+    /// listeners whose owners are to be looked up before they are reported.
     pub(crate) fn check_listeners(
         &mut self,
         listeners: &[ListenerSeen],
@@ -225,13 +235,18 @@ impl Tracker {
     /// The counts of this moment, for summaries and metrics alike.
     pub(crate) fn snapshot(&self, kernel: &Aggregates) -> Snapshot {
         let sockets = self.totals.sockets(kernel);
+        let (stalled_listeners, listener_stalls) = self.listeners.stalled();
+        let (half_open_listeners, half_open_reports) = self.listeners.half_open();
         Snapshot {
             tracked: sockets.iter().sum(),
             sockets,
             stuck: self.stuck.by_state(),
             episodes: self.stuck.episodes(),
-            stalled_listeners: self.listeners.stalled(),
-            listener_stalls: self.listeners.stalls(),
+            stalled_listeners,
+            listener_stalls,
+            half_open_listeners,
+            half_open_reports,
+            synack_retransmits_by_listener: self.listeners.synack_retransmits(),
             listen_drops: self.listen_drops,
             reconciliation: self.reconciliation,
         }

@@ -3,7 +3,7 @@
 //! counts cannot disagree.
 use tracer_common::TcpState;
 
-pub(crate) use super::listeners::{ListenerRecovered, ListenerStalled};
+pub(crate) use super::listeners::{ListenerHalfOpen, ListenerRecovered, ListenerStalled};
 use super::reconcile::Reconciliation;
 use crate::{
     enrich::listen_drops::ListenDrops,
@@ -19,6 +19,7 @@ pub(crate) trait Sink {
     fn stuck(&mut self, report: &StuckReport);
     fn unstuck(&mut self, report: &UnstuckReport);
     fn listener_stalled(&mut self, report: &ListenerStalled);
+    fn listener_half_open(&mut self, report: &ListenerHalfOpen);
     fn listener_recovered(&mut self, report: &ListenerRecovered);
 }
 
@@ -76,6 +77,11 @@ pub(crate) struct Snapshot {
     /// Listeners stalled now, and stall reports made since start-up.
     pub(crate) stalled_listeners: u64,
     pub(crate) listener_stalls: u64,
+    /// Listeners reported with half-open connections now, and such reports since start-up.
+    pub(crate) half_open_listeners: u64,
+    pub(crate) half_open_reports: u64,
+    /// The listeners that retransmitted the most SYN-ACKs, most first.
+    pub(crate) synack_retransmits_by_listener: Vec<(Endpoints, u64)>,
     /// Connections listeners turned away, as the kernel counts them (since each namespace was
     /// made).
     pub(crate) listen_drops: ListenDrops,

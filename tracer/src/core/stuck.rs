@@ -18,6 +18,9 @@ use crate::{
     units::nanos,
 };
 
+/// The states whose thresholds are a listener's, not a socket's.
+const LISTENER_STATES: [TcpState; 2] = [TcpState::Listen, TcpState::SynRecv];
+
 /// Per-state thresholds; `None` means the state is not watched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Thresholds([Option<Duration>; TcpState::COUNT]);
@@ -28,10 +31,10 @@ impl Default for Thresholds {
         let mut thresholds = Self([None; TcpState::COUNT]);
         for (state, secs) in [
             (TcpState::SynSent, 10),
-            // Not SYN_RECV: a full socket passes it in microseconds (the half-open part of a
-            // handshake lives in a request socket the tracepoint never sees: SYN-ACK retransmits
-            // and listener checks cover it), and watching it costs every connection a tenth of
-            // the tracer's kernel time.
+            // Not a socket's stay: a listener with a half-open connection this old. A full
+            // socket passes SYN_RECV in microseconds; the half-open part of a handshake lives
+            // in a request socket the tracepoint never sees (`listeners`).
+            (TcpState::SynRecv, 10),
             (TcpState::CloseWait, 60),
             (TcpState::LastAck, 60),
             (TcpState::FinWait1, 60),
@@ -57,16 +60,21 @@ impl Thresholds {
         self.0[state as usize]
     }
 
-    /// Whether sockets in `state` are watched for a stuck stay (not LISTEN: see `as_nanos`).
+    /// Whether sockets in `state` are watched for a stuck stay (not LISTEN or SYN_RECV: see
+    /// `as_nanos`).
     pub(crate) fn watches(&self, state: TcpState) -> bool {
-        state != TcpState::Listen && self.get(state).is_some()
+        !LISTENER_STATES.contains(&state) && self.get(state).is_some()
     }
 
-    /// Nanoseconds per state, 0 for unwatched states: what the kernel programs are handed. A
-    /// listener is never stuck in LISTEN: its threshold is for its accept queue (`listeners`).
+    /// Nanoseconds per state, 0 for unwatched states: what the kernel programs are handed. The
+    /// thresholds of LISTEN and SYN_RECV are for listeners (`listeners`): an accept queue that
+    /// does not drain, half-open connections that persist. Watching full sockets in SYN_RECV
+    /// would cost every connection a tenth of the tracer's kernel time, to catch nothing.
     pub(crate) fn as_nanos(&self) -> [u64; TcpState::COUNT] {
         let mut nanos = self.0.map(|t| t.map_or(0, nanos));
-        nanos[TcpState::Listen as usize] = 0;
+        for state in LISTENER_STATES {
+            nanos[state as usize] = 0;
+        }
         nanos
     }
 
@@ -377,15 +385,18 @@ mod tests {
         let t = Thresholds::default();
         assert_eq!(t.get(TcpState::CloseWait), Some(Duration::from_secs(60)));
         assert_eq!(t.get(TcpState::SynSent), Some(Duration::from_secs(10)));
-        assert_eq!(t.get(TcpState::SynRecv), None);
         assert_eq!(t.get(TcpState::LastAck), Some(Duration::from_secs(60)));
         assert_eq!(t.get(TcpState::FinWait1), Some(Duration::from_secs(60)));
         assert_eq!(t.get(TcpState::Established), None);
-        // A listener's threshold is for its accept queue, not a stay the kernel watches.
+        // A listener's thresholds are for its accept queue and its half-open connections, not
+        // stays the kernel watches.
         assert_eq!(t.get(TcpState::Listen), Some(Duration::from_secs(30)));
-        assert!(!t.watches(TcpState::Listen));
+        assert_eq!(t.get(TcpState::SynRecv), Some(Duration::from_secs(10)));
         let ns = t.as_nanos();
-        assert_eq!(ns[TcpState::Listen as usize], 0);
+        for state in LISTENER_STATES {
+            assert!(!t.watches(state));
+            assert_eq!(ns[state as usize], 0);
+        }
         assert_eq!(ns[TcpState::CloseWait as usize], 60_000_000_000);
         assert_eq!(ns[TcpState::Established as usize], 0);
         assert_eq!(t.shortest(), Some(10_000_000_000));

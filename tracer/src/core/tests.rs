@@ -10,9 +10,10 @@ use proptest::prelude::*;
 use tracer_common::TcpState::{self, *};
 
 use super::{
-    listeners::ListenerSeen,
+    listeners::{HalfOpenListing, ListenerSeen, Trouble},
     report::{
-        ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo, UnstuckReport,
+        ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo,
+        UnstuckReport,
     },
     select::OwnerFilter,
     stuck::Thresholds,
@@ -39,6 +40,7 @@ struct Recorded {
     stuck: Vec<StuckReport>,
     unstuck: Vec<UnstuckReport>,
     stalled: Vec<ListenerStalled>,
+    half_open: Vec<ListenerHalfOpen>,
     recovered: Vec<ListenerRecovered>,
 }
 
@@ -54,6 +56,9 @@ impl Sink for Recorded {
     }
     fn listener_stalled(&mut self, r: &ListenerStalled) {
         self.stalled.push(r.clone());
+    }
+    fn listener_half_open(&mut self, r: &ListenerHalfOpen) {
+        self.half_open.push(r.clone());
     }
     fn listener_recovered(&mut self, r: &ListenerRecovered) {
         self.recovered.push(r.clone());
@@ -305,7 +310,127 @@ fn listener(cookie: u64, queue: u32) -> ListenerSeen {
         endpoints: ends(cookie),
         queue,
         backlog: 128,
+        synack_retransmits: 0,
+        half_open: Vec::new(),
     }
+}
+
+/// A listener with these half-open connections (request cookies), and SYN-ACK retransmits.
+fn half_open(cookie: u64, requests: &[u64], synacks: u64) -> ListenerSeen {
+    ListenerSeen {
+        synack_retransmits: synacks,
+        half_open: requests.to_vec(),
+        ..listener(cookie, 0)
+    }
+}
+
+/// Half-open connections are listed only when some may exist: at the first check, after one that
+/// found some, and when a listener's SYN-ACK retransmits moved.
+#[test]
+fn half_open_connections_are_listed_when_synacks_move() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    assert_eq!(t.half_open_listing(), HalfOpenListing::Always);
+    t.check_listeners(&[half_open(1, &[], 4), listener(2, 0)], 0, &mut r);
+    let listing = t.half_open_listing();
+    assert_eq!(listing, HalfOpenListing::IfMoved(HashMap::from([(1, 4)])));
+    assert!(!listing.wanted(&HashMap::from([(1, 4)])));
+    assert!(listing.wanted(&HashMap::from([(1, 5)])), "moved");
+    assert!(
+        listing.wanted(&HashMap::from([(1, 4), (2, 1)])),
+        "a new one"
+    );
+    t.check_listeners(&[half_open(1, &[7], 5)], 2 * S, &mut r);
+    assert_eq!(t.half_open_listing(), HalfOpenListing::Always);
+    let mut off = thresholds(SynRecv, 1);
+    off.set(SynRecv, None);
+    let off = Settings {
+        thresholds: off,
+        repeat_ns: S,
+        owners: OwnerFilter::default(),
+    };
+    assert_eq!(
+        Tracker::new(off, [0; TcpState::COUNT]).half_open_listing(),
+        HalfOpenListing::Never
+    );
+}
+
+/// The default syn-recv threshold is 10 s: a listener is reported once one of its half-open
+/// connections has been listed that long, with their count and its SYN-ACK retransmits, and
+/// recovers when none is that old. Handshakes that complete within it never count.
+#[test]
+fn listeners_with_old_half_open_connections_are_reported() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    // Listener 2's handshakes each complete within a few seconds: never reported.
+    for (at, one, two) in [
+        (0, vec![10, 11], vec![20]),
+        (5, vec![10, 11, 12], vec![21]),
+        (9, vec![10, 12], vec![21, 22]),
+    ] {
+        let seen = [half_open(1, &one, at), half_open(2, &two, 1)];
+        assert!(t.check_listeners(&seen, at * S, &mut r).is_empty());
+    }
+    let lookups = t.check_listeners(
+        &[half_open(1, &[10, 12], 9), half_open(2, &[23], 2)],
+        10 * S,
+        &mut r,
+    );
+    assert_eq!(
+        lookups
+            .iter()
+            .map(|l| (l.cookie, l.state))
+            .collect::<Vec<_>>(),
+        vec![(1, Listen)]
+    );
+    t.owners_found(
+        &[1],
+        &holders(HashMap::from([(1, server())])),
+        11 * S,
+        &mut r,
+    );
+    assert_eq!(r.half_open.len(), 1);
+    let report = &r.half_open[0];
+    assert_eq!((report.half_open, report.synack_retransmits), (2, 9));
+    assert_eq!((report.oldest_ns, report.threshold_ns), (11 * S, 10 * S));
+    assert_eq!(report.owner, Some(server()));
+    assert!(r.stalled.is_empty());
+    let snapshot = t.snapshot(&Default::default());
+    assert_eq!(
+        (snapshot.half_open_listeners, snapshot.half_open_reports),
+        (1, 1)
+    );
+    assert_eq!(
+        snapshot.synack_retransmits_by_listener,
+        vec![(ends(1), 9), (ends(2), 2)],
+        "most first"
+    );
+    // Still an old one (12, listed at 5 s): reported once, not again.
+    assert!(
+        t.check_listeners(&[half_open(1, &[12, 13], 12)], 16 * S, &mut r)
+            .is_empty()
+    );
+    assert_eq!(r.half_open.len(), 1);
+    assert!(r.recovered.is_empty());
+    // None that old now: recovered, the trouble counted from the oldest at the report.
+    t.check_listeners(&[half_open(1, &[13, 14], 12)], 20 * S, &mut r);
+    assert_eq!(r.recovered.len(), 1);
+    let recovered = &r.recovered[0];
+    assert_eq!(recovered.trouble, Trouble::HalfOpen);
+    assert_eq!((recovered.duration_ns, recovered.closed), (20 * S, false));
+    assert_eq!(t.snapshot(&Default::default()).half_open_listeners, 0);
+}
+
+#[test]
+fn a_half_open_listener_that_closes_recovers_as_closed() {
+    let (mut t, mut r) = (tracker(), Recorded::default());
+    t.check_listeners(&[half_open(1, &[5], 1)], 0, &mut r);
+    let lookups = t.check_listeners(&[half_open(1, &[5], 3)], 10 * S, &mut r);
+    assert_eq!(lookups.len(), 1);
+    // Its owner is not found: reported all the same; then it closes.
+    t.owners_found(&[1], &Holders::default(), 10 * S, &mut r);
+    assert_eq!((r.half_open.len(), r.half_open[0].owner.clone()), (1, None));
+    t.check_listeners(&[], 12 * S, &mut r);
+    assert!(r.recovered[0].closed);
+    assert_eq!(r.recovered[0].trouble, Trouble::HalfOpen);
 }
 
 /// The default listen threshold is 30 s: a queue undrained at every check that long is a stall,

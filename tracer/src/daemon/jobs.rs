@@ -4,7 +4,7 @@
 //! TIME-WAIT without a trace), listener checks (accept queues that do not drain), and owner
 //! lookups by inode for stuck reports and stalled listeners. At most one of each
 //! kind runs at a time; lookups asked for meanwhile wait for the next.
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tokio::task::JoinHandle;
@@ -13,7 +13,7 @@ use tracer_common::{SockRecord, TcpState, Tuple, TwRecord, Watch};
 use super::apply::{apply, write_if_unchanged};
 use crate::{
     core::{
-        listeners::ListenerSeen,
+        listeners::{HalfOpenListing, ListenerSeen},
         reconcile::{self, Outcome, Plan, Records},
         stuck::{OwnerLookup, Thresholds},
     },
@@ -125,31 +125,15 @@ impl Jobs {
         }));
     }
 
-    /// Lists the listeners with their accept queues, unless a check is under way.
-    pub(super) fn start_listener_check(&mut self) {
+    /// Lists the listeners with their accept queues (and their half-open connections, as
+    /// `half_open` says), unless a check is under way.
+    pub(super) fn start_listener_check(&mut self, half_open: HalfOpenListing) {
         if self.listeners.is_some() {
             return;
         }
-        let filter = self.filter.clone();
+        let (maps, filter) = (self.maps.clone(), self.filter.clone());
         self.listeners = Some(tokio::task::spawn_blocking(move || {
-            let listing = socket_list::take_listing(None, Some(TcpState::Listen), &filter)
-                .context("listing the kernel's listeners")?;
-            Ok(ListenersChecked {
-                drops: listen_drops::read(&listing.namespaces, filter.netns),
-                listeners: listing
-                    .sockets
-                    .iter()
-                    .filter(|s| s.state == TcpState::Listen)
-                    .map(|s| ListenerSeen {
-                        cookie: s.cookie,
-                        endpoints: s.endpoints,
-                        queue: s.queue,
-                        backlog: s.backlog,
-                    })
-                    .collect(),
-                at_ns: monotonic_ns(),
-                cpu: listing.cpu,
-            })
+            check_listeners(&maps, &filter, &half_open)
         }));
     }
 
@@ -210,6 +194,68 @@ fn reconcile_now(
         outcome,
         namespaces: listing.namespaces.len().max(1),
         cpu: thread_cpu_time().saturating_sub(started) + listing_elsewhere,
+    })
+}
+
+fn check_listeners(
+    maps: &RecordMaps,
+    filter: &SocketFilter,
+    half_open: &HalfOpenListing,
+) -> Result<ListenersChecked> {
+    let synacks = maps.listener_synacks()?;
+    let listing = socket_list::take_listing(None, Some(TcpState::Listen), filter)
+        .context("listing the kernel's listeners")?;
+    let mut cpu = listing.cpu;
+    let mut listeners: Vec<ListenerSeen> = listing
+        .sockets
+        .iter()
+        .filter(|s| s.state == TcpState::Listen)
+        .map(|s| ListenerSeen {
+            cookie: s.cookie,
+            endpoints: s.endpoints,
+            queue: s.queue,
+            backlog: s.backlog,
+            synack_retransmits: synacks.get(&s.cookie).copied().unwrap_or(0),
+            half_open: Vec::new(),
+        })
+        .collect();
+    if half_open.wanted(&synacks) {
+        let requests = socket_list::take_listing(
+            Some(listing.namespaces.clone()),
+            Some(TcpState::SynRecv),
+            filter,
+        )
+        .context("listing the kernel's half-open connections")?;
+        cpu += requests.cpu;
+        // A flood lists many requests: the listeners by namespace and port, to find theirs.
+        let mut by_port: HashMap<(u32, u16), Vec<usize>> = HashMap::new();
+        for (i, l) in listeners.iter().enumerate() {
+            by_port
+                .entry((l.endpoints.netns, l.endpoints.local_port))
+                .or_default()
+                .push(i);
+        }
+        for request in &requests.sockets {
+            let e = &request.endpoints;
+            let Some(candidates) = by_port.get(&(e.netns, e.local_port)) else {
+                continue;
+            };
+            let exact = candidates
+                .iter()
+                .find(|i| listeners[**i].endpoints.local == e.local);
+            let any = candidates
+                .iter()
+                .find(|i| listeners[**i].endpoints.local.is_unspecified());
+            if let Some(i) = exact.or(any) {
+                listeners[*i].half_open.push(request.cookie);
+            }
+        }
+    }
+    Ok(ListenersChecked {
+        drops: listen_drops::read(&listing.namespaces, filter.netns),
+        listeners,
+        at_ns: monotonic_ns(),
+        cpu,
     })
 }
 

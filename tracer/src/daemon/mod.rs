@@ -105,7 +105,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
             }
             _ = tokio::time::sleep_until(timers.next_listener_check),
                 if jobs.listeners.is_none() && pipeline.tracker.watches_listeners() => {
-                jobs.start_listener_check();
+                jobs.start_listener_check(pipeline.tracker.half_open_listing());
             }
             done = finished(&mut jobs.listeners) => {
                 let checked = done?;

@@ -14,7 +14,7 @@ use tracer_common::TcpState;
 
 use super::{
     containers,
-    socket_list::{ListedSocket, take_listing},
+    socket_list::{listener_of, take_listing},
 };
 use crate::source::{
     events::{Cgroup, Comm, Endpoints, Owner},
@@ -235,17 +235,6 @@ fn may_wait_to_be_accepted(state: TcpState) -> bool {
         state,
         TcpState::SynRecv | TcpState::Established | TcpState::CloseWait
     )
-}
-
-/// The listener a connection arrived on: same namespace and port, its address or any.
-fn listener_of<'a>(listeners: &'a [ListedSocket], e: &Endpoints) -> Option<&'a ListedSocket> {
-    listeners.iter().find(|l| {
-        let le = &l.endpoints;
-        l.state == TcpState::Listen
-            && le.netns == e.netns
-            && le.local_port == e.local_port
-            && (le.local == e.local || le.local.is_unspecified())
-    })
 }
 
 /// A process by pid, with its name (the enrich stage adds the rest).

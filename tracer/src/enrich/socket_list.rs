@@ -241,6 +241,20 @@ fn dump(
     }
 }
 
+/// The listener a connection arrived on: same namespace and port, its address or any.
+pub(crate) fn listener_of<'a>(
+    listeners: &'a [ListedSocket],
+    e: &Endpoints,
+) -> Option<&'a ListedSocket> {
+    listeners.iter().find(|l| {
+        let le = &l.endpoints;
+        l.state == TcpState::Listen
+            && le.netns == e.netns
+            && le.local_port == e.local_port
+            && (le.local == e.local || le.local.is_unspecified())
+    })
+}
+
 /// Builds a listed socket the way the kernel programs report sockets: IPv4-mapped IPv6 sockets as
 /// IPv4.
 fn listed_socket(netns: u32, h: &InetResponseHeader) -> Option<ListedSocket> {

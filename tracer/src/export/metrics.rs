@@ -63,6 +63,8 @@ struct Latest {
     fixes: Reconciliation,
     stalled_listeners: u64,
     listener_stalls: u64,
+    half_open_listeners: u64,
+    half_open_reports: u64,
     listen_drops: ListenDrops,
     health: KernelHealth,
     seen: Seen,
@@ -128,6 +130,8 @@ impl Metrics {
         latest.fixes = snapshot.reconciliation;
         latest.stalled_listeners = snapshot.stalled_listeners;
         latest.listener_stalls = snapshot.listener_stalls;
+        latest.half_open_listeners = snapshot.half_open_listeners;
+        latest.half_open_reports = snapshot.half_open_reports;
         latest.listen_drops = snapshot.listen_drops;
         latest.health = *health;
         latest.seen = *seen;
@@ -370,23 +374,21 @@ impl Collector for Exposition {
                 .iter()
                 .map(|(r, n)| (r.as_ref(), *n)),
         )?;
-        let mut metric = encoder.encode_descriptor(
-            "tcpstate_stalled_listeners",
-            "Listeners whose accept queue has not drained for their threshold (their process does not accept)",
-            None,
-            MetricType::Gauge,
-        )?;
-        metric.encode_gauge(&i64::try_from(latest.stalled_listeners).unwrap_or(i64::MAX))?;
-        let mut metric = encoder.encode_descriptor(
-            "tcpstate_listener_stalls",
-            "Times a listener's accept queue went undrained past its threshold",
-            None,
-            MetricType::Counter,
-        )?;
-        metric.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
-            &latest.listener_stalls,
-            None,
-        )?;
+        for (name, help, n) in [
+            (
+                "tcpstate_stalled_listeners",
+                "Listeners whose accept queue has not drained for their threshold (their process does not accept)",
+                latest.stalled_listeners,
+            ),
+            (
+                "tcpstate_half_open_listeners",
+                "Listeners with a half-open connection older than their threshold (a SYN flood, ACKs lost on the way back)",
+                latest.half_open_listeners,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            metric.encode_gauge(&i64::try_from(n).unwrap_or(i64::MAX))?;
+        }
         labelled_counters(
             &mut encoder,
             "tcpstate_stuck_episodes",
@@ -456,6 +458,16 @@ impl Collector for Exposition {
                 "SYN-ACKs listeners sent again: handshakes their clients did not complete in time",
                 latest.seen.synack_retransmits,
             ),
+            (
+                "tcpstate_listener_stalls",
+                "Times a listener's accept queue went undrained past its threshold",
+                latest.listener_stalls,
+            ),
+            (
+                "tcpstate_listener_half_open_reports",
+                "Times a listener had a half-open connection older than its threshold",
+                latest.half_open_reports,
+            ),
         ] {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             metric.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
@@ -516,6 +528,9 @@ mod tests {
             episodes: [0; STATES],
             stalled_listeners: 1,
             listener_stalls: 2,
+            half_open_listeners: 1,
+            half_open_reports: 3,
+            synack_retransmits_by_listener: Vec::new(),
             listen_drops: Default::default(),
             reconciliation: Reconciliation::default(),
         };
@@ -553,6 +568,11 @@ mod tests {
         assert!(text.contains("tcpstate_syn_retransmits_total 0"), "{text}");
         assert!(text.contains("tcpstate_stalled_listeners 1"), "{text}");
         assert!(text.contains("tcpstate_listener_stalls_total 2"), "{text}");
+        assert!(text.contains("tcpstate_half_open_listeners 1"), "{text}");
+        assert!(
+            text.contains("tcpstate_listener_half_open_reports_total 3"),
+            "{text}"
+        );
         assert!(
             text.contains("tcpstate_connect_duration_seconds_count{syn_retransmitted=\"true\"} 0"),
             "{text}"

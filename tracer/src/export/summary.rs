@@ -15,6 +15,7 @@ use crate::{
     },
     enrich::listen_drops::ListenDrops,
     source::{
+        events::Endpoints,
         health::{KernelHealth, Seen},
         kernel_maps::Aggregates,
     },
@@ -54,6 +55,9 @@ pub(crate) struct Summary {
     /// Listeners stalled now, and stall reports since start-up.
     pub(crate) stalled_listeners: u64,
     pub(crate) listener_stalls: u64,
+    pub(crate) half_open_listeners: u64,
+    pub(crate) half_open_reports: u64,
+    pub(crate) synack_retransmits_by_listener: Vec<(Endpoints, u64)>,
     /// Connections listeners turned away (the kernel's counts).
     pub(crate) listen_drops: ListenDrops,
     /// Stuck sockets due for a reminder (at most [`MAX_REMINDERS`]).
@@ -134,6 +138,9 @@ impl Summary {
             stuck_by_state: Snapshot::non_zero(&snapshot.stuck),
             stalled_listeners: snapshot.stalled_listeners,
             listener_stalls: snapshot.listener_stalls,
+            half_open_listeners: snapshot.half_open_listeners,
+            half_open_reports: snapshot.half_open_reports,
+            synack_retransmits_by_listener: snapshot.synack_retransmits_by_listener.clone(),
             listen_drops: snapshot.listen_drops,
             reminders,
             reminders_omitted,

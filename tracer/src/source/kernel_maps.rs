@@ -1,7 +1,10 @@
 //! The daemon's side of the kernel's maps: the per-CPU aggregates read once per interval, the
 //! records and indexes read and fixed by reconciliation, and the counters. Whole maps move in a
 //! few batch calls.
-use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{Pod, maps::PerCpuArray};
@@ -262,25 +265,8 @@ impl Probe {
         Ok(aggregates)
     }
 
-    /// Every entry of a per-CPU hash map, with its value on each CPU.
     fn per_cpu_hash<K: Pod, V: Pod>(&self, name: &str) -> Result<Vec<(K, Vec<V>)>> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
-        let stride = size_of::<V>().div_ceil(8) * 8;
-        let raw = batch::dump_raw::<K>(self.hash_map_fd(name)?, stride * cpus)
-            .with_context(|| format!("reading {name}"))?;
-        Ok(raw
-            .into_iter()
-            .map(|(key, bytes)| {
-                let values = (0..cpus)
-                    // SAFETY: `V` is plain data; each CPU's value starts at a multiple of the
-                    // stride, inside the buffer.
-                    .map(|cpu| unsafe {
-                        std::ptr::read_unaligned(bytes[cpu * stride..].as_ptr().cast::<V>())
-                    })
-                    .collect();
-                (key, values)
-            })
-            .collect())
+        per_cpu_entries(self.hash_map_fd(name)?).with_context(|| format!("reading {name}"))
     }
 
     /// The record maps, to read and fix from another thread.
@@ -295,18 +281,40 @@ impl Probe {
             timewait: owned(names::TIMEWAIT)?,
             watched: owned(names::WATCHED)?,
             lingering: owned(names::LINGERING)?,
+            listener_synacks: owned(names::LISTENER_SYNACKS)?,
         })
     }
 }
 
+/// Every entry of a per-CPU hash map, with its value on each CPU.
+fn per_cpu_entries<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> Result<Vec<(K, Vec<V>)>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
+    let stride = size_of::<V>().div_ceil(8) * 8;
+    let raw = batch::dump_raw::<K>(fd, stride * cpus)?;
+    Ok(raw
+        .into_iter()
+        .map(|(key, bytes)| {
+            let values = (0..cpus)
+                // SAFETY: `V` is plain data; each CPU's value starts at a multiple of the
+                // stride, inside the buffer.
+                .map(|cpu| unsafe {
+                    std::ptr::read_unaligned(bytes[cpu * stride..].as_ptr().cast::<V>())
+                })
+                .collect();
+            (key, values)
+        })
+        .collect())
+}
+
 /// The kernel's record maps and indexes: full sockets by cookie, timewait sockets by address, the
-/// index of sockets in watched states, the lingering timewait sockets. Read and fixed by the
-/// blocking jobs, off the event loop.
+/// index of sockets in watched states, the lingering timewait sockets; and the listeners' SYN-ACK
+/// retransmits. Read and fixed by the blocking jobs, off the event loop.
 pub(crate) struct RecordMaps {
     sockets: OwnedFd,
     timewait: OwnedFd,
     watched: OwnedFd,
     lingering: OwnedFd,
+    listener_synacks: OwnedFd,
 }
 
 /// The record maps, by what they hold.
@@ -339,6 +347,16 @@ impl RecordMaps {
         Ok(entries
             .iter()
             .filter_map(|(cookie, watch)| watched(*cookie, watch).ok())
+            .collect())
+    }
+
+    /// SYN-ACKs retransmitted by each listener (by cookie) since the programs were loaded.
+    pub(crate) fn listener_synacks(&self) -> Result<HashMap<u64, u64>> {
+        let entries: Vec<(u64, Vec<u64>)> = per_cpu_entries(self.listener_synacks.as_fd())
+            .context("reading the listeners' SYN-ACK retransmits")?;
+        Ok(entries
+            .into_iter()
+            .map(|(cookie, per_cpu)| (cookie, per_cpu.iter().sum()))
             .collect())
     }
 

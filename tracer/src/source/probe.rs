@@ -325,7 +325,9 @@ impl Probe {
     /// The file descriptor of a hash map (plain or per-CPU), for whole-map reads and writes.
     pub(super) fn hash_map_fd(&self, name: &str) -> Result<BorrowedFd<'_>> {
         match self.ebpf.map(name) {
-            Some(Map::HashMap(data) | Map::PerCpuHashMap(data)) => Ok(data.fd().as_fd()),
+            Some(Map::HashMap(data) | Map::PerCpuHashMap(data) | Map::PerCpuLruHashMap(data)) => {
+                Ok(data.fd().as_fd())
+            }
             Some(_) => bail!("map {name} is not a hash map"),
             None => bail!("map {name} missing"),
         }

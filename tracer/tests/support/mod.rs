@@ -352,6 +352,38 @@ impl Namespace {
     pub fn holder_pid(&self) -> u32 {
         self.holder.id()
     }
+
+    /// Runs a shell script inside; panics unless it succeeds.
+    pub fn sh(&self, script: &str) {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .args(["sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`{script}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `f` on a thread of this process that entered the namespace: the sockets it makes
+    /// belong to the namespace, and to this process.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd as _;
+        let file = std::fs::File::open(self.path()).unwrap();
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on this thread only, with an open namespace file.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .unwrap()
+        })
+    }
 }
 
 impl Drop for Namespace {

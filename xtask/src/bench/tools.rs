@@ -406,7 +406,8 @@ pub fn apt_install(wanted: &[(&str, &str)]) {
     let _ = Command::new("apt-get").args(["update", "-qq"]).status();
     let _ = Command::new("apt-get")
         // Another apt on the machine holds the lock for a while: wait for it rather than fail.
-        .args(["install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=300"])
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(["-o", "DPkg::Lock::Timeout=300"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status();

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use super::{EndFields, line::Line};
 use crate::{
     core::{
-        report::{ListenerRecovered, ListenerStalled, StuckReport, UnstuckReport},
+        report::{
+            ListenerHalfOpen, ListenerRecovered, ListenerStalled, StuckReport, UnstuckReport,
+        },
         totals::Percentiles,
     },
     export::{
@@ -303,11 +305,27 @@ struct StalledLine {
 }
 
 #[derive(Serialize)]
+struct HalfOpenLine {
+    #[serde(flatten)]
+    head: Head,
+    #[serde(flatten)]
+    listener: Listener,
+    half_open: u32,
+    oldest_ms: f64,
+    threshold_ms: f64,
+    synack_retransmits: u64,
+    #[serde(flatten)]
+    owner: OwnerFields,
+}
+
+#[derive(Serialize)]
 struct RecoveredLine {
     #[serde(flatten)]
     head: Head,
     #[serde(flatten)]
     listener: Listener,
+    /// What it recovered from: `stalled` or `half_open`.
+    from: &'static str,
     closed: bool,
     duration_ms: f64,
     #[serde(flatten)]
@@ -333,6 +351,25 @@ pub(super) fn listener_stalled(
     )
 }
 
+pub(super) fn listener_half_open(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &ListenerHalfOpen,
+) -> io::Result<()> {
+    line(
+        out,
+        &HalfOpenLine {
+            head: Head::new("listener_half_open", "warn", clock, r.ts_ns),
+            listener: Listener::new(&r.endpoints),
+            half_open: r.half_open,
+            oldest_ms: millis(r.oldest_ns),
+            threshold_ms: millis(r.threshold_ns),
+            synack_retransmits: r.synack_retransmits,
+            owner: OwnerFields::new(r.owner.as_ref()),
+        },
+    )
+}
+
 pub(super) fn listener_recovered(
     out: &mut impl Write,
     clock: &WallClock,
@@ -343,6 +380,7 @@ pub(super) fn listener_recovered(
         &RecoveredLine {
             head: Head::new("listener_recovered", "info", clock, r.ts_ns),
             listener: Listener::new(&r.endpoints),
+            from: r.trouble.name(),
             closed: r.closed,
             duration_ms: millis(r.duration_ns),
             owner: OwnerFields::new(r.owner.as_ref()),
@@ -412,6 +450,17 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         .iter()
         .map(|(port, n)| (port.to_string(), *n))
         .collect();
+    let synacks: Vec<Value> = s
+        .synack_retransmits_by_listener
+        .iter()
+        .map(|(e, n)| {
+            let mut value = serde_json::to_value(Listener::new(e)).unwrap_or(Value::Null);
+            if let Some(map) = value.as_object_mut() {
+                map.insert("count".to_owned(), json!(n));
+            }
+            value
+        })
+        .collect();
     let value = json!({
         "event": "summary",
         "level": "info",
@@ -429,6 +478,9 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         "listeners": {
             "stalled_now": s.stalled_listeners,
             "stalls": s.listener_stalls,
+            "half_open_now": s.half_open_listeners,
+            "half_open_reports": s.half_open_reports,
+            "synack_retransmits": synacks,
             "overflows": s.listen_drops.overflows,
             "drops": s.listen_drops.drops,
         },

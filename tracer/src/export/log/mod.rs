@@ -25,7 +25,8 @@ use crate::{
     core::{
         ends::error_name,
         report::{
-            ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo, UnstuckReport,
+            ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport,
+            TransitionInfo, UnstuckReport,
         },
     },
     source::events::Transition,
@@ -195,6 +196,20 @@ impl<W: Write> Sink for LogWriter<W> {
             LogFormat::Json => json::listener_stalled(&mut self.out, clock, report),
             LogFormat::Text => {
                 text::listener_stalled(&mut self.out, clock, report, self.settings.color)
+            }
+        };
+        self.keep(result);
+    }
+
+    fn listener_half_open(&mut self, report: &ListenerHalfOpen) {
+        if !self.settings.shown.stuck {
+            return;
+        }
+        let clock = &self.settings.clock;
+        let result = match self.settings.format {
+            LogFormat::Json => json::listener_half_open(&mut self.out, clock, report),
+            LogFormat::Text => {
+                text::listener_half_open(&mut self.out, clock, report, self.settings.color)
             }
         };
         self.keep(result);
@@ -372,6 +387,9 @@ pub(crate) mod tests {
             stuck_by_state: vec![(TcpState::CloseWait, 1)],
             stalled_listeners: 0,
             listener_stalls: 0,
+            half_open_listeners: 0,
+            half_open_reports: 0,
+            synack_retransmits_by_listener: Vec::new(),
             listen_drops: Default::default(),
             reminders: vec![stuck()],
             reminders_omitted: 0,

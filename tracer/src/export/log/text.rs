@@ -9,7 +9,10 @@ use std::{
 use super::{EndFields, line::Line};
 use crate::{
     core::{
-        report::{ListenerRecovered, ListenerStalled, StuckReport, UnstuckReport},
+        listeners::Trouble,
+        report::{
+            ListenerHalfOpen, ListenerRecovered, ListenerStalled, StuckReport, UnstuckReport,
+        },
         totals::Percentiles,
     },
     export::{summary::Summary, wall_clock::WallClock},
@@ -207,6 +210,27 @@ pub(super) fn listener_stalled(
     )
 }
 
+pub(super) fn listener_half_open(
+    out: &mut impl Write,
+    clock: &WallClock,
+    r: &ListenerHalfOpen,
+    color: bool,
+) -> io::Result<()> {
+    let level = if color { "\x1b[33mWARN\x1b[0m" } else { "WARN" };
+    writeln!(
+        out,
+        "{} {level}  listener half-open: {} {} handshakes unfinished, the oldest for {}{} (threshold {}), {} SYN-ACKs retransmitted  {}",
+        time(clock, r.ts_ns),
+        SocketAddr::new(r.endpoints.local, r.endpoints.local_port),
+        r.half_open,
+        at_least(false),
+        seconds(r.oldest_ns),
+        seconds(r.threshold_ns),
+        r.synack_retransmits,
+        describe(r.owner.as_ref()),
+    )
+}
+
 pub(super) fn listener_recovered(
     out: &mut impl Write,
     clock: &WallClock,
@@ -216,7 +240,11 @@ pub(super) fn listener_recovered(
         out,
         "{} INFO  listener {}: {} after {}  {}",
         time(clock, r.ts_ns),
-        if r.closed { "closed" } else { "drained" },
+        match (r.closed, r.trouble) {
+            (true, _) => "closed",
+            (false, Trouble::Stalled) => "drained",
+            (false, Trouble::HalfOpen) => "handshakes completing",
+        },
         SocketAddr::new(r.endpoints.local, r.endpoints.local_port),
         seconds(r.duration_ns),
         describe(r.owner.as_ref()),
@@ -335,11 +363,23 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
     );
     writeln!(
         out,
-        "    connections ended (since start): {}; failed connects: {}; connect ms: {connects}; SYN retransmits: {}, SYN-ACK retransmits: {}",
+        "    connections ended (since start): {}; failed connects: {}; connect ms: {connects}; SYN retransmits: {}, SYN-ACK retransmits: {}{}",
         with_total(ends(&s.interval_ends), ends(&s.ends)),
         with_total(failures, reasons(&s.connect_failures)),
         s.seen.syn_retransmits,
         s.seen.synack_retransmits,
+        if s.synack_retransmits_by_listener.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                s.synack_retransmits_by_listener
+                    .iter()
+                    .map(|(e, n)| format!("{}={n}", SocketAddr::new(e.local, e.local_port)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        },
     )?;
     let by_state = list(
         s.stuck_by_state
@@ -355,11 +395,12 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
     );
     writeln!(
         out,
-        "    stuck now: {} ({by_state}); stalled listeners: {} (accept queue overflows {}, listen drops {}); TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; reconciliation: {} runs, {} fixes",
+        "    stuck now: {} ({by_state}); stalled listeners: {} (accept queue overflows {}, listen drops {}); listeners with old half-open connections: {}; TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; reconciliation: {} runs, {} fixes",
         s.stuck,
         s.stalled_listeners,
         s.listen_drops.overflows,
         s.listen_drops.drops,
+        s.half_open_listeners,
         s.health.lost(),
         s.health.skipped_all,
         s.reconciliation.runs,
