@@ -19,7 +19,7 @@ use tracer_common::{
 
 use crate::{
     account,
-    maps::{CONFIG, LISTENER_SYNACKS, OFFSETS, RECENT_CLOSES, SOCKETS},
+    maps::{CONFIG, LISTENER_SYNACKS, OFFSETS, RECENT_CLOSES, SOCKETS, WATCHED},
     output::{Fields, count, emit, finish, passes_filter},
     read::{full_socket_tuple, member, netns_of, now},
 };
@@ -139,6 +139,20 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         count(counter::SYN_RETRANSMITS);
         // SAFETY: the map value lives while the program runs; serialized by the socket lock.
         unsafe { (*record).syn_retransmits = (*record).syn_retransmits.saturating_add(1) };
+    }
+    // A connect enters SYN_SENT before its local port is chosen: its index entry learns the port
+    // here, before the connect can be reported stuck (a second at the first retransmit).
+    if let Some(watch) = WATCHED.get_ptr_mut(cookie) {
+        // SAFETY: the map value lives while the program runs; serialized by the socket lock.
+        if unsafe { (*watch).tuple.sport } == 0 {
+            // SAFETY: the helper checks its argument.
+            let tcp = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
+            if tcp != 0 {
+                let port = u16::from_be(member(tcp, offsets.inet_sport));
+                // SAFETY: as above.
+                unsafe { (*watch).tuple.sport = port };
+            }
+        }
     }
     0
 }

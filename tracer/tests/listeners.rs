@@ -127,7 +127,14 @@ fn half_open_connections_are_counted_and_reported_past_the_threshold() {
     client_ns.sh("nft add table inet half_open && \
          nft add chain inet half_open input '{ type filter hook input priority 0; }' && \
          nft add rule inet half_open input 'tcp flags & (syn | ack) == syn | ack' drop");
-    let tracer = Tracer::start(&["--stuck", "syn-recv=3s", "--summary-interval", "1s"]);
+    let tracer = Tracer::start(&[
+        "--stuck",
+        "syn-recv=3s",
+        "--stuck",
+        "syn-sent=3s",
+        "--summary-interval",
+        "1s",
+    ]);
     let listener = server_ns.enter(|| TcpListener::bind((Ipv4Addr::new(10, 77, 0, 1), 0)).unwrap());
     let port = listener.local_addr().unwrap().port();
     let server: SocketAddr = (Ipv4Addr::new(10, 77, 0, 1), port).into();
@@ -143,9 +150,29 @@ fn half_open_connections_are_counted_and_reported_past_the_threshold() {
             .collect()
     });
     let mine = |e: &&Value| e["sport"] == port;
+    let connecting = |e: &&Value| e["dport"] == port && e["state"] == "SYN_SENT";
     tracer.wait_for(Duration::from_secs(30), "the half-open report", |events| {
         of_kind(events, "listener_half_open").iter().any(mine)
+            && of_kind(events, "stuck")
+                .into_iter()
+                .filter(connecting)
+                .count()
+                == CLIENTS
     });
+    // The clients' connects are stuck too, each named by its own port (chosen after the socket
+    // entered SYN_SENT).
+    let mut client_ports: Vec<u64> = clients
+        .iter()
+        .map(|c| u64::from(c.local_addr().unwrap().as_socket().unwrap().port()))
+        .collect();
+    let mut stuck_ports: Vec<u64> = of_kind(&tracer.events(), "stuck")
+        .into_iter()
+        .filter(connecting)
+        .map(|e| e["sport"].as_u64().unwrap())
+        .collect();
+    client_ports.sort_unstable();
+    stuck_ports.sort_unstable();
+    assert_eq!(stuck_ports, client_ports);
     // The kernel's own list agrees while the SYN-ACKs are still dropped.
     assert_eq!(syn_recv_count(&server_ns, port), CLIENTS);
     let report = of_kind(&tracer.events(), "listener_half_open")
