@@ -142,6 +142,9 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     }
     // A connect enters SYN_SENT before its local port is chosen: its index entry learns the port
     // here, before the connect can be reported stuck (a second at the first retransmit).
+    if !CONFIG.load().watches(SYN_SENT) {
+        return 0;
+    }
     if let Some(watch) = WATCHED.get_ptr_mut(cookie) {
         // SAFETY: the map value lives while the program runs; serialized by the socket lock.
         if unsafe { (*watch).tuple.sport } == 0 {

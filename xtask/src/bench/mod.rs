@@ -3,6 +3,7 @@
 //! number of transitions, timed by their wall time, and real servers (nginx, iperf3) run for a
 //! fixed time, measured by their throughput. Runs are interleaved (every tool once per round,
 //! rounds repeated) and reported as medians with their range, in target/bench/results.{md,json}.
+mod half_open;
 pub mod measure;
 mod report;
 mod servers;
@@ -53,6 +54,11 @@ pub struct Options {
     /// How long the leak is held.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub leak_hold: Duration,
+    /// Handshakes left half-open (their SYN-ACKs dropped), and for how long.
+    #[arg(long, default_value_t = 1000)]
+    pub half_open: usize,
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    pub half_open_hold: Duration,
     /// Seconds each run of the real servers lasts (nginx driven by wrk, iperf3); 0 leaves them
     /// out.
     #[arg(long, default_value_t = 5)]
@@ -73,6 +79,9 @@ impl Options {
             burst_per_client: 25,
             leak: 5,
             leak_hold: Duration::from_millis(500),
+            // Past the first SYN-ACK retransmit (1 s).
+            half_open: 20,
+            half_open_hold: Duration::from_secs(2),
             // The shortest run wrk and iperf3 take: enough to see the servers work end to end.
             load_seconds: 1,
             smoke: true,
@@ -85,6 +94,8 @@ enum Workload {
     Sequential(usize),
     Burst(usize, usize),
     Leak(usize, Duration),
+    /// Handshakes whose SYN-ACKs are dropped, held half-open this long.
+    HalfOpen(usize, Duration),
     /// A real server driven for this many seconds.
     Server(Load, u64),
 }
@@ -98,6 +109,9 @@ impl Workload {
                 "CLOSE_WAIT leak {n} for {}",
                 humantime::format_duration(hold)
             ),
+            Self::HalfOpen(n, hold) => {
+                format!("half-open {n} for {}", humantime::format_duration(hold))
+            }
             Self::Server(load, seconds) => format!("{}, {seconds} s", load.name()),
         }
     }
@@ -110,14 +124,18 @@ impl Workload {
     /// Connections the workload makes, when known in advance.
     fn connections(self) -> Option<u64> {
         match self {
-            Self::Sequential(n) | Self::Leak(n, _) => Some(n as u64),
+            Self::Sequential(n) | Self::Leak(n, _) | Self::HalfOpen(n, _) => Some(n as u64),
             Self::Burst(c, p) => Some((c * p) as u64),
             Self::Server(..) => None,
         }
     }
 
-    /// Transitions the kernel reports for the workload, when known in advance.
+    /// Transitions the kernel reports for the workload, when known in advance (not for
+    /// handshakes that never complete: their connects end when the clients close them).
     fn expected(self) -> Option<u64> {
+        if matches!(self, Self::HalfOpen(..)) {
+            return None;
+        }
         Some(self.connections()? * TRANSITIONS_PER_CONNECTION + TRANSITIONS_PER_LISTENER)
     }
 
@@ -143,6 +161,7 @@ impl Workload {
                 leak.release();
                 Ok((port, None))
             }
+            Self::HalfOpen(n, hold) => Ok((half_open::run(n, hold)?, None)),
             Self::Server(load, seconds) => {
                 let (port, throughput) = load.run(seconds)?;
                 Ok((port, Some(throughput)))
@@ -228,6 +247,13 @@ pub fn run(options: &Options) -> Result<()> {
         Workload::Burst(options.burst_clients, options.burst_per_client),
         Workload::Leak(options.leak, options.leak_hold),
     ];
+    if options.half_open > 0 {
+        tools::apt_install(&[("/usr/sbin/nft", "nftables")]);
+        workloads.push(Workload::HalfOpen(
+            options.half_open,
+            options.half_open_hold,
+        ));
+    }
     if options.load_seconds > 0 {
         servers::install()?;
         // The smoke run leaves out keep-alive, which differs from a connection per request by
@@ -289,6 +315,13 @@ pub fn run(options: &Options) -> Result<()> {
         "{idle}\n\n{}",
         report::wall_table(&results, &tools, &workloads)
     );
+    if options.half_open > 0 {
+        table.push_str(&format!(
+            "\nHandshakes left half-open (SYN-ACKs dropped by the clients' namespace): the SYN-ACK \
+             retransmits and, for the tracer, the listing of half-open connections.\n\n{}",
+            report::half_open_table(&results, &tools, &workloads)
+        ));
+    }
     if options.load_seconds > 0 {
         table.push_str(&format!(
             "\nReal servers on loopback, {} s a run; throughput is the figure (higher is better). \

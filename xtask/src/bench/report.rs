@@ -120,6 +120,37 @@ pub fn wall_table(results: &[RunResult], tools: &[Tool], workloads: &[Workload])
 /// transitions is whatever the tool counted (nothing else can tell it exactly). "transitions"
 /// is what the tool saw; the figures per request and per transition count those it lost or the
 /// kernel skipped as well, as they happened all the same.
+/// The workloads without a known number of transitions that are not servers (handshakes left
+/// half-open): what each tool spent on them, in CPU time and kernel time.
+pub fn half_open_table(results: &[RunResult], tools: &[Tool], workloads: &[Workload]) -> String {
+    let mut out = String::from(
+        "| workload | tool | tool CPU ms, median (min–max) | kernel ms (BPF statistics on) |\n\
+         |---|---|---|---|\n",
+    );
+    for workload in workloads
+        .iter()
+        .filter(|w| !w.is_server() && w.expected().is_none())
+    {
+        let name = workload.name();
+        for &tool in tools.iter().filter(|&&t| t != Tool::Baseline) {
+            let (runs, stats_runs) = runs_of(results, &name, tool);
+            let cpu = spread(runs.iter().filter_map(|r| r.tool_cpu_ms));
+            let kernel = spread(
+                stats_runs
+                    .iter()
+                    .filter_map(|r| Some(r.kernel_ns? as f64 / 1e6)),
+            );
+            out.push_str(&format!(
+                "| {name} | {} | {} | {} |\n",
+                tool.name(),
+                fmt(cpu, 1),
+                fmt(kernel, 2)
+            ));
+        }
+    }
+    out
+}
+
 pub fn server_table(results: &[RunResult], tools: &[Tool], workloads: &[Workload]) -> String {
     let mut out = String::from(
         "| workload | tool | throughput, median (min–max) | fraction of no tool's | transitions | per request | lost | skipped | kernel ns / transition | tool CPU ms / 1k transitions | RSS MiB | BPF maps MiB | footprint MiB |\n\
@@ -278,7 +309,12 @@ pub fn programs_table(results: &[RunResult], tools: &[Tool], workloads: &[Worklo
                     }))
                 };
                 let per_connection = per_run_of(&|r, p| per(p.runs as f64, r.connections()?));
-                let per_transition = per_run_of(&|r, p| per(p.run_time_ns as f64, r.transitions()));
+                // Not for handshakes left half-open: the tracer counts only the transitions of
+                // the benchmark's namespace, where the clients are not.
+                let per_transition = per_run_of(&|r, p| {
+                    (workload.is_server() || workload.expected().is_some())
+                        .then(|| per(p.run_time_ns as f64, r.transitions()))?
+                });
                 out.push_str(&format!(
                     "| {name} | {} | {program} | {runs:.0} | {} | {} | {} | {:.2} |\n",
                     tool.name(),
