@@ -98,8 +98,9 @@ pub(crate) struct ListenerRecovered {
     pub(crate) owner: Option<Owner>,
 }
 
-/// Whether a check lists the listeners' half-open connections, given their SYN-ACK retransmit
-/// counts: only when some may exist, as listing them walks every connection of the host.
+/// Whether a check lists the listeners' half-open connections, given the listeners it found with
+/// their SYN-ACK retransmits: only when some may exist, as listing them walks every connection of
+/// the host. (A closed listener keeps its count in the kernel's map until evicted: not a move.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HalfOpenListing {
     Never,
@@ -109,13 +110,13 @@ pub(crate) enum HalfOpenListing {
 }
 
 impl HalfOpenListing {
-    pub(crate) fn wanted(&self, synacks: &HashMap<u64, u64>) -> bool {
+    pub(crate) fn wanted(&self, listeners: &[ListenerSeen]) -> bool {
         match self {
             Self::Never => false,
             Self::Always => true,
-            Self::IfMoved(last) => synacks
+            Self::IfMoved(last) => listeners
                 .iter()
-                .any(|(cookie, n)| last.get(cookie).copied().unwrap_or(0) != *n),
+                .any(|l| last.get(&l.cookie).copied().unwrap_or(0) != l.synack_retransmits),
         }
     }
 }

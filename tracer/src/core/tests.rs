@@ -333,11 +333,15 @@ fn half_open_connections_are_listed_when_synacks_move() {
     t.check_listeners(&[half_open(1, &[], 4), listener(2, 0)], 0, &mut r);
     let listing = t.half_open_listing();
     assert_eq!(listing, HalfOpenListing::IfMoved(HashMap::from([(1, 4)])));
-    assert!(!listing.wanted(&HashMap::from([(1, 4)])));
-    assert!(listing.wanted(&HashMap::from([(1, 5)])), "moved");
+    assert!(!listing.wanted(&[half_open(1, &[], 4), listener(2, 0)]));
+    assert!(listing.wanted(&[half_open(1, &[], 5)]), "moved");
     assert!(
-        listing.wanted(&HashMap::from([(1, 4), (2, 1)])),
+        listing.wanted(&[half_open(1, &[], 4), half_open(2, &[], 1)]),
         "a new one"
+    );
+    assert!(
+        !listing.wanted(&[listener(2, 0)]),
+        "listener 1 closed: its count is not a move"
     );
     t.check_listeners(&[half_open(1, &[7], 5)], 2 * S, &mut r);
     assert_eq!(t.half_open_listing(), HalfOpenListing::Always);

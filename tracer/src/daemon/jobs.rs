@@ -219,7 +219,7 @@ fn check_listeners(
             half_open: Vec::new(),
         })
         .collect();
-    if half_open.wanted(&synacks) {
+    if half_open.wanted(&listeners) {
         let requests = socket_list::take_listing(
             Some(listing.namespaces.clone()),
             Some(TcpState::SynRecv),
