@@ -233,7 +233,7 @@ fn stale_pins_are_replaced() {
 
 /// Counts of sockets by state in one namespace, from the kernel's own list.
 fn kernel_counts(ns: &Namespace) -> BTreeMap<String, u64> {
-    let netns = ns.inode() as u32;
+    let netns = ns.inode().unwrap() as u32;
     let (listing, listed) =
         kernel_view::list_namespaces(&HashMap::from([(netns, ns.holder_pid())]), None).unwrap();
     assert!(listed.contains(&netns));
@@ -249,7 +249,7 @@ fn kernel_counts(ns: &Namespace) -> BTreeMap<String, u64> {
 /// counts them itself), and the table still holds what the kernel lists.
 #[test]
 fn an_overflow_is_counted_and_healed() {
-    let ns = Namespace::new();
+    let ns = Namespace::new().unwrap();
     let tracer = Tracer::start(&[
         "--netns",
         &ns.path(),
@@ -318,7 +318,7 @@ fn an_overflow_is_counted_and_healed() {
 /// bound, and the metrics endpoint keeps answering throughout.
 #[test]
 fn a_flood_stays_within_bounds() {
-    let ns = Namespace::new();
+    let ns = Namespace::new().unwrap();
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -117,16 +117,22 @@ fn a_listener_that_stops_accepting_is_reported_and_its_queue_named() {
 #[test]
 fn half_open_connections_are_counted_and_reported_past_the_threshold() {
     const CLIENTS: usize = 3;
-    let (server_ns, client_ns) = (Namespace::new(), Namespace::new());
-    server_ns.sh(&format!(
-        "ip link add veth0 type veth peer name veth1 netns {} && \
+    let (server_ns, client_ns) = (Namespace::new().unwrap(), Namespace::new().unwrap());
+    server_ns
+        .sh(&format!(
+            "ip link add veth0 type veth peer name veth1 netns {} && \
          ip addr add 10.77.0.1/24 dev veth0 && ip link set veth0 up",
-        client_ns.holder_pid()
-    ));
-    client_ns.sh("ip addr add 10.77.0.2/24 dev veth1 && ip link set veth1 up");
-    client_ns.sh("nft add table inet half_open && \
+            client_ns.holder_pid()
+        ))
+        .unwrap();
+    client_ns
+        .sh("ip addr add 10.77.0.2/24 dev veth1 && ip link set veth1 up")
+        .unwrap();
+    client_ns
+        .sh("nft add table inet half_open && \
          nft add chain inet half_open input '{ type filter hook input priority 0; }' && \
-         nft add rule inet half_open input 'tcp flags & (syn | ack) == syn | ack' drop");
+         nft add rule inet half_open input 'tcp flags & (syn | ack) == syn | ack' drop")
+        .unwrap();
     let tracer = Tracer::start(&[
         "--stuck",
         "syn-recv=3s",
@@ -135,20 +141,25 @@ fn half_open_connections_are_counted_and_reported_past_the_threshold() {
         "--summary-interval",
         "1s",
     ]);
-    let listener = server_ns.enter(|| TcpListener::bind((Ipv4Addr::new(10, 77, 0, 1), 0)).unwrap());
+    let listener = server_ns
+        .enter(|| TcpListener::bind((Ipv4Addr::new(10, 77, 0, 1), 0)))
+        .unwrap()
+        .unwrap();
     let port = listener.local_addr().unwrap().port();
     let server: SocketAddr = (Ipv4Addr::new(10, 77, 0, 1), port).into();
-    let clients: Vec<Socket> = client_ns.enter(|| {
-        (0..CLIENTS)
-            .map(|_| {
-                let client = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-                client.set_nonblocking(true).unwrap();
-                let pending = client.connect(&server.into()).unwrap_err();
-                assert_eq!(pending.raw_os_error(), Some(libc::EINPROGRESS));
-                client
-            })
-            .collect()
-    });
+    let clients: Vec<Socket> = client_ns
+        .enter(|| {
+            (0..CLIENTS)
+                .map(|_| {
+                    let client = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                    client.set_nonblocking(true).unwrap();
+                    let pending = client.connect(&server.into()).unwrap_err();
+                    assert_eq!(pending.raw_os_error(), Some(libc::EINPROGRESS));
+                    client
+                })
+                .collect()
+        })
+        .unwrap();
     let mine = |e: &&Value| e["sport"] == port;
     let connecting = |e: &&Value| e["dport"] == port && e["state"] == "SYN_SENT";
     tracer.wait_for(Duration::from_secs(30), "the half-open report", |events| {
@@ -182,7 +193,7 @@ fn half_open_connections_are_counted_and_reported_past_the_threshold() {
         .unwrap();
     assert_eq!(report["level"], "warn");
     assert_eq!(report["half_open"], CLIENTS, "{report}");
-    assert_eq!(report["netns"], server_ns.inode(), "{report}");
+    assert_eq!(report["netns"], server_ns.inode().unwrap(), "{report}");
     assert_eq!(report["saddr"], "10.77.0.1", "{report}");
     assert_eq!(report["threshold_ms"], 3000.0, "{report}");
     assert!(report["oldest_ms"].as_f64() >= Some(3000.0), "{report}");
@@ -193,7 +204,7 @@ fn half_open_connections_are_counted_and_reported_past_the_threshold() {
     assert_eq!(report["pid"], std::process::id(), "the listener's owner");
 
     // The SYN-ACKs pass again: the next one completes each handshake.
-    client_ns.sh("nft delete table inet half_open");
+    client_ns.sh("nft delete table inet half_open").unwrap();
     tracer.wait_for(Duration::from_secs(40), "the recovery", |events| {
         of_kind(events, "listener_recovered")
             .iter()

@@ -9,7 +9,7 @@ use support::{Namespace, Workload, promtool, samples, scrape_until, start_tracer
 
 #[test]
 fn metrics_count_the_workload() {
-    let ns = Namespace::new();
+    let ns = Namespace::new().unwrap();
     let (tracer, port) = start_tracer(&ns, &["--stuck", "close-wait=1s"]);
     let mut server = Workload::close_wait(
         "127.0.0.1",
@@ -129,7 +129,7 @@ fn promtool_check(text: &str) {
 /// connects to: the server's port for both ends of a connection.
 #[test]
 fn port_label_is_the_service_port() {
-    let ns = Namespace::new();
+    let ns = Namespace::new().unwrap();
     let (tracer, port) = start_tracer(&ns, &["--metrics-port-label"]);
     let mut server = Workload::close_wait(
         "127.0.0.1",

@@ -256,7 +256,7 @@ fn url_encode(text: &str) -> String {
 /// refreshes it at the latest.
 #[test]
 fn prometheus_fires_and_resolves_the_close_wait_alert() {
-    let ns = Namespace::new();
+    let ns = Namespace::new().unwrap();
     let (tracer, tracer_port) = start_tracer(&ns, &["--stuck", "close-wait=2s"]);
     let mut prometheus = Prometheus::start(tracer_port, &rules_with_for(5));
     let instance = format!("127.0.0.1:{tracer_port}");
@@ -469,7 +469,7 @@ fn dashboard_queries_parse_and_name_exported_metrics() {
     promtool_ok(&["check", "rules", "dashboard.yml"], &dir.0);
 
     // A scrape with every metric present: sockets leaked past a threshold, then closed.
-    let ns = Namespace::new();
+    let ns = Namespace::new().unwrap();
     let (tracer, port) = start_tracer(&ns, &["--stuck", "close-wait=1s"]);
     let mut server = Workload::close_wait("127.0.0.1", 2, Some(&ns.wrapper()));
     scrape_until(port, "2 stuck sockets", |s| {

@@ -14,6 +14,8 @@ use std::{
 
 use serde_json::Value;
 
+pub use xtask::netns::Namespace;
+
 pub const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 
 /// Fails loudly when not root: a privileged test must never pass without loading anything.
@@ -300,96 +302,6 @@ impl Drop for Workload {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
         let _ = self.child.wait();
-    }
-}
-
-/// A network namespace of the test's own, held by `unshare -n sleep`, with loopback up.
-pub struct Namespace {
-    holder: Child,
-}
-
-impl Namespace {
-    pub fn new() -> Namespace {
-        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
-        let holder = Command::new("unshare")
-            .args(["-n", "sleep", "600"])
-            .spawn()
-            .unwrap();
-        let ns = Namespace { holder };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::read_link(ns.path())
-            .map(|l| l == own)
-            .unwrap_or(true)
-        {
-            assert!(Instant::now() < deadline, "unshare did not start");
-            thread::sleep(Duration::from_millis(10));
-        }
-        let up = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
-            .args(["ip", "link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(up.success());
-        ns
-    }
-
-    /// The namespace's file, for `--netns` and `nsenter --net=`.
-    pub fn path(&self) -> String {
-        format!("/proc/{}/ns/net", self.holder.id())
-    }
-
-    /// A shell wrapper running a workload inside (see [`Workload::run`]).
-    pub fn wrapper(&self) -> String {
-        format!("nsenter --net={} {{}}", self.path())
-    }
-
-    /// Its inode number, as the tracer reports it.
-    pub fn inode(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt as _;
-        std::fs::metadata(self.path()).unwrap().ino()
-    }
-
-    pub fn holder_pid(&self) -> u32 {
-        self.holder.id()
-    }
-
-    /// Runs a shell script inside; panics unless it succeeds.
-    pub fn sh(&self, script: &str) {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.path()))
-            .args(["sh", "-c", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "`{script}` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Runs `f` on a thread of this process that entered the namespace: the sockets it makes
-    /// belong to the namespace, and to this process.
-    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        use std::os::fd::AsRawFd as _;
-        let file = std::fs::File::open(self.path()).unwrap();
-        thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: setns on this thread only, with an open namespace file.
-                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .unwrap()
-        })
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
     }
 }
 

@@ -5,88 +5,54 @@
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
+use xtask::netns::Namespace;
 
 use crate::cargo::checked;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 
-/// The clients' namespace, held by a process of its own; the veth pair goes with it.
-struct ClientNamespace {
-    holder: Child,
+/// The clients' namespace, joined to the benchmark's by a veth pair, dropping SYN-ACKs.
+struct Clients {
+    ns: Namespace,
 }
 
-impl ClientNamespace {
+impl Clients {
     fn start() -> Result<Self> {
-        let own = std::fs::read_link("/proc/thread-self/ns/net")?;
-        let holder = Command::new("unshare")
-            .args(["-n", "sleep", "3600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting unshare")?;
-        let ns = Self { holder };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::read_link(ns.path()).map_or(true, |l| l == own) {
-            if Instant::now() > deadline {
-                bail!("unshare did not make a namespace");
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let pid = ns.holder.id().to_string();
+        let ns = Namespace::new()?;
+        let pid = ns.holder_pid().to_string();
         checked(Command::new("ip").args([
             "link", "add", "hb0", "type", "veth", "peer", "name", "hb1", "netns", &pid,
         ]))?;
+        let clients = Self { ns };
         checked(Command::new("ip").args(["addr", "add", "10.78.0.1/24", "dev", "hb0"]))?;
         checked(Command::new("ip").args(["link", "set", "hb0", "up"]))?;
-        ns.sh("ip addr add 10.78.0.2/24 dev hb1 && ip link set hb1 up")?;
-        ns.sh("nft add table inet bench && \
+        clients
+            .ns
+            .sh("ip addr add 10.78.0.2/24 dev hb1 && ip link set hb1 up")?;
+        clients.ns.sh("nft add table inet bench && \
              nft add chain inet bench input '{ type filter hook input priority 0; }' && \
              nft add rule inet bench input 'tcp flags & (syn | ack) == syn | ack' drop")?;
-        Ok(ns)
-    }
-
-    fn path(&self) -> String {
-        format!("/proc/{}/ns/net", self.holder.id())
-    }
-
-    fn sh(&self, script: &str) -> Result<()> {
-        checked(
-            Command::new("nsenter")
-                .arg(format!("--net={}", self.path()))
-                .args(["sh", "-c", script]),
-        )
+        Ok(clients)
     }
 
     /// `n` connects to `to` from inside, left pending.
     fn connect(&self, to: SocketAddr, n: usize) -> Result<Vec<OwnedFd>> {
-        let namespace = std::fs::File::open(self.path())?;
-        thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: setns on this thread only, with an open namespace file.
-                    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        bail!("setns: {}", std::io::Error::last_os_error());
-                    }
-                    (0..n).map(|_| connect_pending(to)).collect()
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the connecting thread panicked"))?
-        })
+        self.ns
+            .enter(|| (0..n).map(|_| connect_pending(to)).collect())?
     }
 }
 
-impl Drop for ClientNamespace {
+impl Drop for Clients {
     fn drop(&mut self) {
         // Both ends at once, now: a namespace is torn down later, and the next run makes the
         // pair again under the same name.
         let _ = Command::new("ip").args(["link", "del", "hb0"]).status();
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
     }
 }
 
@@ -127,7 +93,7 @@ fn connect_pending(to: SocketAddr) -> Result<OwnedFd> {
 
 /// `n` handshakes left half-open for `hold`; returns the listener's port.
 pub fn run(n: usize, hold: Duration) -> Result<u16> {
-    let clients_ns = ClientNamespace::start()?;
+    let clients_ns = Clients::start()?;
     // Room for every request socket: the listen backlog bounds them, and so does the
     // namespace's SYN backlog (beyond it the kernel answers with SYN cookies and keeps none).
     std::fs::write(
