@@ -227,28 +227,18 @@ fn check_listeners(
         )
         .context("listing the kernel's half-open connections")?;
         cpu += requests.cpu;
-        // A flood lists many requests: the listeners by namespace and port, to find theirs.
-        let mut by_port: HashMap<(u32, u16), Vec<usize>> = HashMap::new();
-        for (i, l) in listeners.iter().enumerate() {
-            by_port
-                .entry((l.endpoints.netns, l.endpoints.local_port))
-                .or_default()
-                .push(i);
-        }
+        let index = socket_list::ListenerIndex::new(&listing.sockets);
+        let mut by_listener: HashMap<u64, Vec<u64>> = HashMap::new();
         for request in &requests.sockets {
-            let e = &request.endpoints;
-            let Some(candidates) = by_port.get(&(e.netns, e.local_port)) else {
-                continue;
-            };
-            let exact = candidates
-                .iter()
-                .find(|i| listeners[**i].endpoints.local == e.local);
-            let any = candidates
-                .iter()
-                .find(|i| listeners[**i].endpoints.local.is_unspecified());
-            if let Some(i) = exact.or(any) {
-                listeners[*i].half_open.push(request.cookie);
+            if let Some(listener) = index.listener_of(&request.endpoints) {
+                by_listener
+                    .entry(listener.cookie)
+                    .or_default()
+                    .push(request.cookie);
             }
+        }
+        for l in &mut listeners {
+            l.half_open = by_listener.remove(&l.cookie).unwrap_or_default();
         }
     }
     Ok(ListenersChecked {

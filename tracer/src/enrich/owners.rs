@@ -14,7 +14,7 @@ use tracer_common::TcpState;
 
 use super::{
     containers,
-    socket_list::{listener_of, take_listing},
+    socket_list::{ListenerIndex, take_listing},
 };
 use crate::source::{
     events::{Cgroup, Comm, Endpoints, Owner},
@@ -162,10 +162,11 @@ fn holders_by_iterator(
         return Ok(holders);
     }
     let listeners = take_listing(None, Some(TcpState::Listen), filter)?;
+    let index = ListenerIndex::new(&listeners.sockets);
     let mut by_listener: HashMap<u64, Vec<u64>> = HashMap::new();
     for (cookie, _, endpoints) in queued {
         holders.never_accepted.insert(*cookie);
-        if let Some(listener) = listener_of(&listeners.sockets, endpoints) {
+        if let Some(listener) = index.listener_of(endpoints) {
             by_listener
                 .entry(listener.cookie)
                 .or_default()
@@ -208,10 +209,12 @@ fn holders_by_inode(wanted: &[Wanted], filter: &SocketFilter) -> Result<Holders>
     let mut holders = Holders::default();
     if !unaccepted.is_empty() {
         let listeners = take_listing(namespaces, Some(TcpState::Listen), filter)?;
+        let index = ListenerIndex::new(&listeners.sockets);
         for socket in &unaccepted {
             holders.never_accepted.insert(socket.cookie);
-            if let Some(listener) =
-                listener_of(&listeners.sockets, &socket.endpoints).filter(|l| l.inode != 0)
+            if let Some(listener) = index
+                .listener_of(&socket.endpoints)
+                .filter(|l| l.inode != 0)
             {
                 by_inode
                     .entry(listener.inode)

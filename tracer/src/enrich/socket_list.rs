@@ -241,18 +241,32 @@ fn dump(
     }
 }
 
-/// The listener a connection arrived on: same namespace and port, its address or any.
-pub(crate) fn listener_of<'a>(
-    listeners: &'a [ListedSocket],
-    e: &Endpoints,
-) -> Option<&'a ListedSocket> {
-    listeners.iter().find(|l| {
-        let le = &l.endpoints;
-        l.state == TcpState::Listen
-            && le.netns == e.netns
-            && le.local_port == e.local_port
-            && (le.local == e.local || le.local.is_unspecified())
-    })
+/// The listeners of a listing by namespace and port, to find the one a connection arrived on: the
+/// listener bound to its address, or else one bound to any (as the kernel prefers). Indexed: a
+/// flood brings many connections to match.
+pub(crate) struct ListenerIndex<'a> {
+    by_port: HashMap<(u32, u16), Vec<&'a ListedSocket>>,
+}
+
+impl<'a> ListenerIndex<'a> {
+    pub(crate) fn new(sockets: &'a [ListedSocket]) -> Self {
+        let mut by_port: HashMap<(u32, u16), Vec<&ListedSocket>> = HashMap::new();
+        for l in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+            by_port
+                .entry((l.endpoints.netns, l.endpoints.local_port))
+                .or_default()
+                .push(l);
+        }
+        Self { by_port }
+    }
+
+    pub(crate) fn listener_of(&self, e: &Endpoints) -> Option<&'a ListedSocket> {
+        let candidates = self.by_port.get(&(e.netns, e.local_port))?;
+        let bound = |pick: &dyn Fn(&ListedSocket) -> bool| candidates.iter().find(|l| pick(l));
+        bound(&|l| l.endpoints.local == e.local)
+            .or_else(|| bound(&|l| l.endpoints.local.is_unspecified()))
+            .copied()
+    }
 }
 
 /// Builds a listed socket the way the kernel programs report sockets: IPv4-mapped IPv6 sockets as
@@ -312,6 +326,42 @@ mod tests {
             uid: 0,
             inode: 7,
         }
+    }
+
+    #[test]
+    fn connections_find_their_listener() {
+        let listening = |netns: u32, local: IpAddr, cookie: u8| {
+            let mut h = header(
+                if local.is_ipv4() { 2 } else { 10 },
+                10,
+                local,
+                local,
+                cookie,
+            );
+            h.socket_id.destination_port = 0;
+            listed_socket(netns, &h).unwrap()
+        };
+        let any4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let sockets = [
+            listening(1, any4, 1),
+            listening(1, IpAddr::V4(Ipv4Addr::LOCALHOST), 2),
+            listening(2, IpAddr::V6(Ipv6Addr::UNSPECIFIED), 3),
+        ];
+        let index = ListenerIndex::new(&sockets);
+        let to = |netns: u32, local: &str, port: u16| {
+            let mut e = sockets[0].endpoints;
+            (e.netns, e.local, e.local_port) = (netns, local.parse().unwrap(), port);
+            index.listener_of(&e).map(|l| l.cookie)
+        };
+        assert_eq!(to(1, "127.0.0.1", 80), Some(2), "its own address first");
+        assert_eq!(to(1, "10.0.0.1", 80), Some(1), "else any");
+        assert_eq!(to(1, "10.0.0.1", 81), None, "another port");
+        assert_eq!(
+            to(2, "10.0.0.1", 80),
+            Some(3),
+            "an IPv6 listener takes IPv4"
+        );
+        assert_eq!(to(3, "127.0.0.1", 80), None, "another namespace");
     }
 
     #[test]
