@@ -184,15 +184,15 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
 /// One more SYN-ACK retransmitted by the listener `cookie`, on this CPU.
 fn count_synack(cookie: u64) {
     const NOEXIST: u64 = 1;
-    if LISTENER_SYNACKS.get_ptr_mut(&cookie).is_none()
-        && LISTENER_SYNACKS.insert(&cookie, &1, NOEXIST).is_ok()
-    {
-        return;
-    }
-    // The listener's entry was there, or another CPU just made it.
-    match LISTENER_SYNACKS.get_ptr_mut(&cookie) {
+    if let Some(slot) = LISTENER_SYNACKS.get_ptr_mut(&cookie) {
         // SAFETY: this CPU's value; no other writer on this CPU while the program runs.
-        Some(slot) => unsafe { *slot += 1 },
-        None => count(counter::LOST_OTHER),
+        unsafe { *slot += 1 };
+    } else if LISTENER_SYNACKS.insert(&cookie, &1, NOEXIST).is_err() {
+        // Another CPU made the listener's entry meanwhile.
+        match LISTENER_SYNACKS.get_ptr_mut(&cookie) {
+            // SAFETY: as above.
+            Some(slot) => unsafe { *slot += 1 },
+            None => count(counter::LOST_OTHER),
+        }
     }
 }

@@ -135,18 +135,12 @@ fn install_test_tools() -> Result<()> {
         ("/usr/sbin/nft", "nftables"),
     ];
     let prometheus_was_there = std::path::Path::new(wanted[1].0).exists();
-    bench::tools::apt_install(&wanted);
+    let missing = bench::tools::apt_install(&wanted);
     if !prometheus_was_there && std::path::Path::new("/run/systemd/system").exists() {
         let _ = std::process::Command::new("systemctl")
             .args(["disable", "--now", "prometheus"])
             .output();
     }
-    let mut missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(path, _)| !std::path::Path::new(path).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    missing.dedup();
     if !missing.is_empty() {
         anyhow::bail!(
             "the test suite needs Debian's {} (apt-get install --no-install-recommends {0})",

@@ -240,7 +240,6 @@ fn may_wait_to_be_accepted(state: TcpState) -> bool {
     )
 }
 
-/// A process by pid, with its name (the enrich stage adds the rest).
 /// A process found by pid; its name and cgroup are read when the enrich stage describes it.
 fn process_owner(pid: u32) -> Owner {
     Owner {

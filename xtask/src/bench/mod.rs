@@ -248,7 +248,12 @@ pub fn run(options: &Options) -> Result<()> {
         Workload::Leak(options.leak, options.leak_hold),
     ];
     if options.half_open > 0 {
-        tools::apt_install(&[("/usr/sbin/nft", "nftables")]);
+        if !tools::apt_install(&[("/usr/sbin/nft", "nftables")]).is_empty() {
+            bail!(
+                "the half-open workload needs nftables (apt-get install nftables); \
+                 --half-open 0 leaves it out"
+            );
+        }
         workloads.push(Workload::HalfOpen(
             options.half_open,
             options.half_open_hold,

@@ -116,12 +116,7 @@ pub fn install() -> Result<()> {
         ("/usr/bin/iperf3", "iperf3"),
         ("/usr/sbin/bpftool", "bpftool"),
     ];
-    tools::apt_install(&wanted);
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(path, _)| !Path::new(path).exists())
-        .map(|(_, package)| *package)
-        .collect();
+    let missing = tools::apt_install(&wanted);
     if !missing.is_empty() {
         bail!(
             "the real-server workloads need {} (apt-get install {0}); --load-seconds 0 leaves them out",

@@ -373,7 +373,8 @@ fn wait_ready(running: &mut Running, spawned: Instant, timeout: Duration) -> Res
 
 /// Makes sure the peers are installed, from Debian's packages; returns those that are.
 pub fn install_peers() -> Vec<Tool> {
-    apt_install(&[
+    // Each peer is optional: those still missing are left out of the table.
+    let _ = apt_install(&[
         ("/usr/sbin/tcpstates", "libbpf-tools"),
         ("/usr/bin/bpftrace", "bpftrace"),
         ("/usr/sbin/bpftool", "bpftool"),
@@ -389,28 +390,35 @@ pub fn install_peers() -> Vec<Tool> {
 }
 
 /// Installs, quietly and from Debian's packages, those of `wanted` (a file and the package
-/// providing it) whose file is missing. Best effort: callers check for the files afterwards.
-pub fn apt_install(wanted: &[(&str, &str)]) {
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(path, _)| !Path::new(path).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return;
+/// providing it) whose file is missing. Best effort: returns the packages whose files are still
+/// missing after it, once each.
+pub fn apt_install<'a>(wanted: &[(&str, &'a str)]) -> Vec<&'a str> {
+    let missing = || {
+        let mut packages: Vec<&'a str> = wanted
+            .iter()
+            .filter(|(path, _)| !Path::new(path).exists())
+            .map(|(_, package)| *package)
+            .collect();
+        packages.dedup();
+        packages
+    };
+    let packages = missing();
+    if packages.is_empty() {
+        return packages;
     }
     eprintln!(
         "xtask: installing {} from Debian's packages",
-        missing.join(", ")
+        packages.join(", ")
     );
     let _ = Command::new("apt-get").args(["update", "-qq"]).status();
     let _ = Command::new("apt-get")
         // Another apt on the machine holds the lock for a while: wait for it rather than fail.
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(["-o", "DPkg::Lock::Timeout=300"])
-        .args(&missing)
+        .args(&packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status();
+    missing()
 }
 
 #[cfg(test)]

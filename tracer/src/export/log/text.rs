@@ -138,6 +138,11 @@ fn describe(owner: Option<&Owner>) -> String {
     text
 }
 
+/// The level of a warning, yellow on a terminal.
+fn warn(color: bool) -> &'static str {
+    if color { "\x1b[33mWARN\x1b[0m" } else { "WARN" }
+}
+
 fn at_least(known: bool) -> &'static str {
     if known { "" } else { ">=" }
 }
@@ -167,7 +172,7 @@ pub(super) fn stuck(
     color: bool,
 ) -> io::Result<()> {
     let details = stuck_details(r);
-    let level = if color { "\x1b[33mWARN\x1b[0m" } else { "WARN" };
+    let level = warn(color);
     writeln!(out, "{} {level}  stuck    {details}", time(clock, r.ts_ns))
 }
 
@@ -196,7 +201,7 @@ pub(super) fn listener_stalled(
     r: &ListenerStalled,
     color: bool,
 ) -> io::Result<()> {
-    let level = if color { "\x1b[33mWARN\x1b[0m" } else { "WARN" };
+    let level = warn(color);
     writeln!(
         out,
         "{} {level}  listener stalled: {} accept queue {}/{} not drained for {} (threshold {})  {}",
@@ -216,14 +221,13 @@ pub(super) fn listener_half_open(
     r: &ListenerHalfOpen,
     color: bool,
 ) -> io::Result<()> {
-    let level = if color { "\x1b[33mWARN\x1b[0m" } else { "WARN" };
+    let level = warn(color);
     writeln!(
         out,
-        "{} {level}  listener half-open: {} {} handshakes unfinished, the oldest for {}{} (threshold {}), {} SYN-ACKs retransmitted  {}",
+        "{} {level}  listener half-open: {} {} handshakes unfinished, the oldest for >={} (threshold {}), {} SYN-ACKs retransmitted  {}",
         time(clock, r.ts_ns),
         SocketAddr::new(r.endpoints.local, r.endpoints.local_port),
         r.half_open,
-        at_least(false),
         seconds(r.oldest_ns),
         seconds(r.threshold_ns),
         r.synack_retransmits,
