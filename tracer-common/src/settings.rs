@@ -13,13 +13,22 @@ pub struct Config {
     pub log_all: u8,
     /// Non-zero: count transitions and durations per service port too.
     pub port_labels: u8,
-    pub _pad: [u8; 4],
+    /// Non-zero: the kernel's `tcp_send_reset` tracepoint passes the reset's reason as its third
+    /// argument (Linux 6.10 and later); older ones have two arguments.
+    pub reset_reason_arg: u8,
+    pub _pad: [u8; 3],
 }
 
 impl Config {
     pub const fn watches(&self, state: u8) -> bool {
-        state < 16 && self.watched & (1 << state) != 0
+        watches(self.watched, state)
     }
+}
+
+/// Whether `state` has a bit in a [`Config::watched`] mask.
+#[inline(always)]
+pub const fn watches(watched: u16, state: u8) -> bool {
+    state < 16 && watched & (1 << state) != 0
 }
 
 /// Filters applied in the kernel before a socket is recorded, counted or reported.

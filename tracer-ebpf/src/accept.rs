@@ -11,7 +11,7 @@ use aya_ebpf::{
 use tracer_common::counter;
 
 use crate::{
-    maps::{OFFSETS, SOCKETS, WATCHED},
+    maps::{SOCKETS, WATCHED, global},
     output::{count, finish},
     read::{current_pid, field},
 };
@@ -29,23 +29,23 @@ fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
     if fd < 0 {
         return Ok(());
     }
-    let o = OFFSETS.load();
     // SAFETY: every pointer is read with bpf_probe_read_kernel.
     let cookie = unsafe {
         let read = |addr: u64| bpf_probe_read_kernel(addr as *const u64);
         let task = bpf_get_current_task();
-        let files = read(task + o.task_files as u64)?;
-        let fdt = read(files + o.files_fdt as u64)?;
-        let max_fds: u32 = bpf_probe_read_kernel((fdt + o.fdt_max_fds as u64) as *const u32)?;
+        let files = read(task + global!(OFFSETS.task_files) as u64)?;
+        let fdt = read(files + global!(OFFSETS.files_fdt) as u64)?;
+        let max_fds: u32 =
+            bpf_probe_read_kernel((fdt + global!(OFFSETS.fdt_max_fds) as u64) as *const u32)?;
         if fd as u64 >= max_fds as u64 {
             return Ok(());
         }
-        let fd_array = read(fdt + o.fdt_fd as u64)?;
+        let fd_array = read(fdt + global!(OFFSETS.fdt_fd) as u64)?;
         let file = read(fd_array + 8 * fd as u64)?;
-        let socket = read(file + o.file_private_data as u64)?;
-        let sk = read(socket + o.socket_sk as u64)?;
+        let socket = read(file + global!(OFFSETS.file_private_data) as u64)?;
+        let sk = read(socket + global!(OFFSETS.socket_sk) as u64)?;
         // The transition program asked for the cookie already, which made the kernel assign it.
-        read(sk + o.skc_cookie as u64)?
+        read(sk + global!(OFFSETS.skc_cookie) as u64)?
     };
     if cookie == 0 {
         return Ok(());

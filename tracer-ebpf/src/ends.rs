@@ -14,12 +14,13 @@ use aya_ebpf::{
     cty::c_void, helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use tracer_common::{
-    End, EventKind, Owner, RECENT_CLOSES as RECENT_CLOSES_LEN, TcpState, counter, record_flags,
+    End, EventKind, RECENT_CLOSES as RECENT_CLOSES_LEN, TcpState, counter, record_flags,
+    settings::watches,
 };
 
 use crate::{
     account,
-    maps::{CONFIG, LISTENER_SYNACKS, OFFSETS, RECENT_CLOSES, SOCKETS, WATCHED},
+    maps::{LISTENER_SYNACKS, RECENT_CLOSES, SOCKETS, WATCHED, global},
     output::{Fields, count, emit, finish, passes_filter},
     read::{full_socket_tuple, member, netns_of, now},
 };
@@ -46,11 +47,16 @@ fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if tcp == 0 {
         return Ok(());
     }
-    let reason = ctx.arg::<u32>(2).min(u8::MAX.into()) as u8;
-    let offsets = OFFSETS.load();
+    // The reason is an argument from Linux 6.10 on; never read where the kernel has no such
+    // argument (the verifier would refuse the program).
+    let reason = if global!(CONFIG.reset_reason_arg) != 0 {
+        ctx.arg::<u32>(2).min(u8::MAX.into()) as u8
+    } else {
+        0
+    };
     // SAFETY: a BTF-typed socket pointer, as the helper requires.
     let cookie = unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) };
-    let state: u8 = member(sk, offsets.skc_state);
+    let state: u8 = member(sk, global!(OFFSETS.skc_state));
     if state != CLOSE {
         // Before the close: the close counts it.
         if let Some(record) = SOCKETS.get_ptr_mut(cookie) {
@@ -76,10 +82,10 @@ fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
     let Some(slot) = found else {
         // Not among the sockets this CPU saw close last: the closing task moved between CPUs.
-        let Some(mut tuple) = full_socket_tuple(sk, tcp, &offsets) else {
+        let Some(mut tuple) = full_socket_tuple(sk, tcp) else {
             return Ok(());
         };
-        tuple.netns = netns_of(sk, &offsets);
+        tuple.netns = netns_of(sk);
         if passes_filter(&tuple) {
             count(counter::UNMATCHED_RESETS);
         }
@@ -100,7 +106,7 @@ fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let connecting = last_old == SYN_SENT;
     account::end(counted, connecting, 0, u64::MAX);
     account::end(End::ResetSent, connecting, 0, 1);
-    if CONFIG.load().log_all != 0 {
+    if global!(CONFIG.log_all) != 0 {
         // The line of the close went out already: the daemon amends it.
         emit(
             &Fields {
@@ -117,9 +123,11 @@ fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 error: 0,
                 reset_reason: reason,
                 syn_retransmits: 0,
+                pid: 0,
+                with_comm: false,
             },
             &Default::default(),
-            &Owner::default(),
+            counter::LOST_OTHER,
         );
     }
     Ok(())
@@ -128,9 +136,8 @@ fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    let offsets = OFFSETS.load();
     // Data retransmissions are the common case here: dropped at the first comparison.
-    if sk == 0 || member::<u8>(sk, offsets.skc_state) != SYN_SENT {
+    if sk == 0 || member::<u8>(sk, global!(OFFSETS.skc_state)) != SYN_SENT {
         return 0;
     }
     // SAFETY: a BTF-typed socket pointer, as the helper requires.
@@ -142,7 +149,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     }
     // A connect enters SYN_SENT before its local port is chosen: its index entry learns the port
     // here, before the connect can be reported stuck (a second at the first retransmit).
-    if !CONFIG.load().watches(SYN_SENT) {
+    if !watches(global!(CONFIG.watched), SYN_SENT) {
         return 0;
     }
     if let Some(watch) = WATCHED.get_ptr_mut(cookie) {
@@ -151,7 +158,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
             // SAFETY: the helper checks its argument.
             let tcp = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
             if tcp != 0 {
-                let port = u16::from_be(member(tcp, offsets.inet_sport));
+                let port = u16::from_be(member(tcp, global!(OFFSETS.inet_sport)));
                 // SAFETY: as above.
                 unsafe { (*watch).tuple.sport = port };
             }
@@ -168,9 +175,8 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
     if tcp == 0 {
         return 0;
     }
-    let offsets = OFFSETS.load();
-    if let Some(mut tuple) = full_socket_tuple(listener, tcp, &offsets) {
-        tuple.netns = netns_of(listener, &offsets);
+    if let Some(mut tuple) = full_socket_tuple(listener, tcp) {
+        tuple.netns = netns_of(listener);
         if passes_filter(&tuple) {
             count(counter::SYNACK_RETRANSMITS);
             // SAFETY: a BTF-typed socket pointer, as the helper requires.
@@ -192,7 +198,9 @@ fn count_synack(cookie: u64) {
         match LISTENER_SYNACKS.get_ptr_mut(&cookie) {
             // SAFETY: as above.
             Some(slot) => unsafe { *slot += 1 },
-            None => count(counter::LOST_OTHER),
+            None => {
+                count(counter::LOST_OTHER);
+            }
         }
     }
 }

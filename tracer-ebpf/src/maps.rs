@@ -1,7 +1,8 @@
 //! Maps and load-time globals. Their identifiers are the names the daemon opens them by
 //! (`tracer_common::names`); the daemon resizes the record maps (`--max-sockets`) before load.
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
-    Global,
     macros::map,
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -108,17 +109,61 @@ pub(crate) static THRESHOLDS: Array<u64> = Array::with_max_entries(TcpState::COU
 #[map]
 pub(crate) static TW_TIMER_HANDLER: Array<u64> = Array::with_max_entries(1, 0);
 
+/// A read-only global the daemon sets before load. Programs read it one field at a time with
+/// [`global!`]: the kernel freezes these globals, so the verifier knows each value and prunes the
+/// branches the settings rule out, and a program holds the one field it needs in a register
+/// instead of the whole struct spilled on its small stack. (`MaybeUninit` keeps the compiler from
+/// folding the placeholder value into the code.)
+#[repr(transparent)]
+pub(crate) struct Rodata<T>(MaybeUninit<T>);
+
+// SAFETY: read-only for the program's whole life.
+unsafe impl<T> Sync for Rodata<T> {}
+
+impl<T> Rodata<T> {
+    const fn new(value: T) -> Self {
+        Self(MaybeUninit::new(value))
+    }
+
+    #[inline(always)]
+    pub(crate) const fn as_ptr(&self) -> *const T {
+        self.0.as_ptr()
+    }
+}
+
+/// One field of a load-time global: `global!(OFFSETS.skc_daddr)`, or a whole scalar global:
+/// `global!(WAKEUP_BYTES)`.
+macro_rules! global {
+    ($global:ident . $field:ident) => {{
+        // (Also used inside unsafe blocks.)
+        #[allow(unused_unsafe)]
+        // SAFETY: a read of one field of an initialised static.
+        let value = unsafe {
+            core::ptr::read_volatile(&raw const (*$crate::maps::$global.as_ptr()).$field)
+        };
+        value
+    }};
+    ($global:ident) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: a read of an initialised static.
+        let value = unsafe { core::ptr::read_volatile($crate::maps::$global.as_ptr()) };
+        value
+    }};
+}
+pub(crate) use global;
+
 #[unsafe(no_mangle)]
-pub(crate) static CONFIG: Global<Config> = Global::new(Config {
+pub(crate) static CONFIG: Rodata<Config> = Rodata::new(Config {
     ns_per_jiffy: 0,
     watched: 0,
     log_all: 0,
     port_labels: 0,
-    _pad: [0; 4],
+    reset_reason_arg: 0,
+    _pad: [0; 3],
 });
 
 #[unsafe(no_mangle)]
-pub(crate) static FILTER: Global<KernelFilter> = Global::new(KernelFilter {
+pub(crate) static FILTER: Rodata<KernelFilter> = Rodata::new(KernelFilter {
     family: 0,
     local_ports: 0,
     remote_ports: 0,
@@ -126,7 +171,7 @@ pub(crate) static FILTER: Global<KernelFilter> = Global::new(KernelFilter {
 });
 
 #[unsafe(no_mangle)]
-pub(crate) static OFFSETS: Global<Offsets> = Global::new(Offsets {
+pub(crate) static OFFSETS: Rodata<Offsets> = Rodata::new(Offsets {
     skc_daddr: 0,
     skc_rcv_saddr: 0,
     skc_dport: 0,
@@ -161,9 +206,9 @@ pub(crate) static OFFSETS: Global<Offsets> = Global::new(Offsets {
 /// Offset of `function` in `struct timer_list`, apart from [`OFFSETS`] so that the filter run on
 /// every expiring kernel timer loads one word.
 #[unsafe(no_mangle)]
-pub(crate) static TIMER_FUNCTION: Global<u32> = Global::new(0);
+pub(crate) static TIMER_FUNCTION: Rodata<u32> = Rodata::new(0);
 
 /// Wake the reader only once this many bytes are waiting: one wake-up per batch, not per event.
 /// The daemon also polls on a short timer, which bounds the delivery delay.
 #[unsafe(no_mangle)]
-pub(crate) static WAKEUP_BYTES: Global<u64> = Global::new(0);
+pub(crate) static WAKEUP_BYTES: Rodata<u64> = Rodata::new(0);

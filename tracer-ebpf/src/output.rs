@@ -1,15 +1,41 @@
 //! What leaves a program: one event in the ring buffer, or a count in the per-CPU counters when
 //! it cannot (a full buffer, a failed read, a record not stored).
-use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use tracer_common::{Event, EventKind, Owner, Tuple, counter};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated,
+};
+use aya_log_ebpf::warn;
+use tracer_common::{Event, EventKind, Tuple, counter};
 
-use crate::maps::{COUNTERS, EVENTS, FILTER, LOCAL_PORTS, REMOTE_PORTS, WAKEUP_BYTES};
+use crate::maps::{COUNTERS, EVENTS, LOCAL_PORTS, REMOTE_PORTS, global};
 
+/// Counts one more of `index` on this CPU; returns this CPU's count.
 #[inline(always)]
-pub(crate) fn count(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+pub(crate) fn count(index: u32) -> u64 {
+    match COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *slot += 1 };
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
+    }
+}
+
+/// Counts a record the kernel could not store (a full map) and says so in the daemon's log,
+/// rate-limited: at this CPU's 1st, 2nd, 4th, 8th… failure, so that a flood of them writes a few
+/// dozen lines, not one per socket. The daemon's health figures carry the exact count.
+#[inline(always)]
+pub(crate) fn count_failure<C: EbpfContext>(ctx: &C, index: u32) {
+    let n = count(index);
+    if n.is_power_of_two() {
+        warn!(
+            ctx,
+            "tcpstate: a per-socket record or index entry was not stored (map full; counter {}, {} times on this CPU): raise --max-sockets",
+            index,
+            n
+        );
     }
 }
 
@@ -25,27 +51,25 @@ pub(crate) fn finish(result: Result<(), i64>) {
 /// counted nor reported.
 #[inline(always)]
 pub(crate) fn passes_filter(tuple: &Tuple) -> bool {
-    let filter = FILTER.load();
-    if filter.is_empty() {
-        return true;
-    }
-    if filter.family != 0 && filter.family != tuple.family {
+    let family = global!(FILTER.family);
+    if family != 0 && family != tuple.family {
         return false;
     }
-    if filter.netns != 0 && filter.netns != tuple.netns {
+    let netns = global!(FILTER.netns);
+    if netns != 0 && netns != tuple.netns {
         return false;
     }
     // SAFETY: lookups only test presence.
-    if filter.local_ports != 0 && unsafe { LOCAL_PORTS.get(tuple.sport) }.is_none() {
+    if global!(FILTER.local_ports) != 0 && unsafe { LOCAL_PORTS.get(tuple.sport) }.is_none() {
         return false;
     }
-    if filter.remote_ports != 0 && unsafe { REMOTE_PORTS.get(tuple.dport) }.is_none() {
+    if global!(FILTER.remote_ports) != 0 && unsafe { REMOTE_PORTS.get(tuple.dport) }.is_none() {
         return false;
     }
     true
 }
 
-/// What an event says, besides its addresses and owner.
+/// What an event says, besides its addresses.
 pub(crate) struct Fields {
     pub(crate) kind: EventKind,
     pub(crate) ts_ns: u64,
@@ -60,14 +84,19 @@ pub(crate) struct Fields {
     pub(crate) error: u8,
     pub(crate) reset_reason: u8,
     pub(crate) syn_retransmits: u8,
+    /// The owner's pid (0: unknown).
+    pub(crate) pid: u32,
+    /// The current task is the owner: its name is read too.
+    pub(crate) with_comm: bool,
 }
 
-/// Writes one event, built in place in the ring buffer (not on the program's small
-/// stack). The reader is woken only when enough data waits (see `WAKEUP_BYTES`).
+/// Writes one event, built in place in the ring buffer (not on the program's small stack), or
+/// counts it under `lost` when the buffer is full. The reader is woken only when enough data
+/// waits (see `WAKEUP_BYTES`).
 #[inline(always)]
-pub(crate) fn emit(fields: &Fields, tuple: &Tuple, owner: &Owner) {
+pub(crate) fn emit(fields: &Fields, tuple: &Tuple, lost: u32) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(counter::LOST_TRANSITIONS);
+        count(lost);
         return;
     };
     let event = entry.as_mut_ptr();
@@ -78,7 +107,15 @@ pub(crate) fn emit(fields: &Fields, tuple: &Tuple, owner: &Owner) {
         (*event).cookie = fields.cookie;
         (*event).prev_state_ns = fields.prev_state_ns;
         (*event).tuple = *tuple;
-        (*event).owner = *owner;
+        (*event).owner.pid = fields.pid;
+        (*event).owner._pad = 0;
+        (*event).owner.comm = [0; 16];
+        if fields.with_comm {
+            // Written straight into the (word-aligned) record; on failure it leaves zeroes: an
+            // empty name, which the daemon fills in from /proc.
+            let comm = &raw mut (*event).owner.comm;
+            generated::bpf_get_current_comm(comm.cast(), 16);
+        }
         (*event).kind = fields.kind as u8;
         (*event).old = fields.old;
         (*event).new = fields.new;
@@ -90,7 +127,7 @@ pub(crate) fn emit(fields: &Fields, tuple: &Tuple, owner: &Owner) {
         (*event).syn_retransmits = fields.syn_retransmits;
         (*event)._pad = [0; 6];
     }
-    let threshold = WAKEUP_BYTES.load();
+    let threshold = global!(WAKEUP_BYTES);
     let flags = if threshold == 0 {
         0
     } else if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold {

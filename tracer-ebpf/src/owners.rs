@@ -10,7 +10,7 @@ use aya_ebpf::{
 use tracer_common::OwnerHit;
 
 use crate::{
-    maps::{OFFSETS, WANTED_SOCKETS},
+    maps::{WANTED_SOCKETS, global},
     read::member,
 };
 
@@ -29,19 +29,19 @@ pub fn socket_owners(ctx: *mut c_void) -> i32 {
     if meta == 0 || task == 0 || file == 0 {
         return 0;
     }
-    let o = OFFSETS.load();
-    let inode: u64 = member(file, o.file_f_inode);
-    if inode == 0 || member::<u16>(inode, o.inode_i_mode) & S_IFMT != S_IFSOCK {
+    let inode: u64 = member(file, global!(OFFSETS.file_f_inode));
+    if inode == 0 || member::<u16>(inode, global!(OFFSETS.inode_i_mode)) & S_IFMT != S_IFSOCK {
         return 0;
     }
     // A socket's file: its `struct socket` (an untyped pointer, so read with the helper), then
     // the sock and its cookie (0 until someone asked for it).
-    let socket: u64 = member(file, o.file_private_data);
+    let socket: u64 = member(file, global!(OFFSETS.file_private_data));
     // SAFETY: probe reads check the addresses.
     let cookie = unsafe {
-        match bpf_probe_read_kernel((socket + o.socket_sk as u64) as *const u64) {
+        match bpf_probe_read_kernel((socket + global!(OFFSETS.socket_sk) as u64) as *const u64) {
             Ok(sk) if sk != 0 => {
-                bpf_probe_read_kernel((sk + o.skc_cookie as u64) as *const u64).unwrap_or(0)
+                bpf_probe_read_kernel((sk + global!(OFFSETS.skc_cookie) as u64) as *const u64)
+                    .unwrap_or(0)
             }
             _ => 0,
         }
@@ -52,7 +52,7 @@ pub fn socket_owners(ctx: *mut c_void) -> i32 {
     }
     let hit = OwnerHit {
         cookie,
-        pid: member::<i32>(task, o.task_tgid) as u32,
+        pid: member::<i32>(task, global!(OFFSETS.task_tgid)) as u32,
         fd: fd as u32,
     };
     // `meta->seq`, the seq_file the iterator's reader reads.

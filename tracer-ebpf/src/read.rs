@@ -2,13 +2,12 @@
 //! kernel's BTF (`OFFSETS`).
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{self, bpf_ktime_get_ns},
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_ktime_get_ns},
     programs::TracePointContext,
 };
-use tracer_common::{AF_INET, AF_INET6, Offsets, Owner, Tuple, normalize_family};
+use tracer_common::{AF_INET, AF_INET6, Tuple, normalize_family};
+
+use crate::maps::global;
 
 #[inline(always)]
 pub(crate) fn now() -> u64 {
@@ -18,22 +17,6 @@ pub(crate) fn now() -> u64 {
 
 pub(crate) fn current_pid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
-/// The current task as a socket owner: right only in the owner's own system call.
-#[inline(always)]
-pub(crate) fn current_owner() -> Owner {
-    let mut owner = Owner {
-        pid: current_pid(),
-        ..Owner::default()
-    };
-    // The helper writes the name straight into the (word-aligned) record, which the safe wrapper's
-    // byte array would copy again byte by byte. On failure it leaves zeroes: an empty name.
-    // SAFETY: the buffer is the 16 bytes of `comm`.
-    unsafe {
-        generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), owner.comm.len() as u32)
-    };
-    owner
 }
 
 /// A field of a BTF-typed kernel struct, loaded directly (no helper call): the offset is a
@@ -55,24 +38,28 @@ pub(crate) fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
 /// A full TCP socket's addresses (`sk` BTF-typed, `tcp` the same socket cast by the kernel to a
 /// `tcp_sock`), without its network namespace; `None` for a family other than IPv4/IPv6.
 #[inline(always)]
-pub(crate) fn full_socket_tuple(sk: u64, tcp: u64, o: &Offsets) -> Option<Tuple> {
+pub(crate) fn full_socket_tuple(sk: u64, tcp: u64) -> Option<Tuple> {
     let mut tuple = Tuple {
-        sport: u16::from_be(member(tcp, o.inet_sport)),
-        dport: u16::from_be(member(sk, o.skc_dport)),
-        family: member(sk, o.skc_family),
+        sport: u16::from_be(member(tcp, global!(OFFSETS.inet_sport))),
+        dport: u16::from_be(member(sk, global!(OFFSETS.skc_dport))),
+        family: member(sk, global!(OFFSETS.skc_family)),
         ..Tuple::default()
     };
     if tuple.family == AF_INET {
-        let s: u32 = member(tcp, o.inet_saddr);
-        let d: u32 = member(sk, o.skc_daddr);
+        let s: u32 = member(tcp, global!(OFFSETS.inet_saddr));
+        let d: u32 = member(sk, global!(OFFSETS.skc_daddr));
         tuple.saddr[..4].copy_from_slice(&s.to_ne_bytes());
         tuple.daddr[..4].copy_from_slice(&d.to_ne_bytes());
     } else if tuple.family == AF_INET6 {
+        let (saddr, daddr) = (
+            global!(OFFSETS.skc_v6_rcv_saddr),
+            global!(OFFSETS.skc_v6_daddr),
+        );
         let words: [u64; 4] = [
-            member(sk, o.skc_v6_rcv_saddr),
-            member(sk, o.skc_v6_rcv_saddr + 8),
-            member(sk, o.skc_v6_daddr),
-            member(sk, o.skc_v6_daddr + 8),
+            member(sk, saddr),
+            member(sk, saddr + 8),
+            member(sk, daddr),
+            member(sk, daddr + 8),
         ];
         tuple.saddr[..8].copy_from_slice(&words[0].to_ne_bytes());
         tuple.saddr[8..].copy_from_slice(&words[1].to_ne_bytes());
@@ -87,12 +74,13 @@ pub(crate) fn full_socket_tuple(sk: u64, tcp: u64, o: &Offsets) -> Option<Tuple>
 
 /// Inode number of the network namespace of a socket (full or timewait); 0 when unreadable.
 #[inline(always)]
-pub(crate) fn netns_of(sk: u64, offsets: &Offsets) -> u32 {
+pub(crate) fn netns_of(sk: u64) -> u32 {
     // SAFETY: bpf_probe_read_kernel checks the addresses.
     unsafe {
-        match bpf_probe_read_kernel((sk + offsets.skc_net as u64) as *const u64) {
+        match bpf_probe_read_kernel((sk + global!(OFFSETS.skc_net) as u64) as *const u64) {
             Ok(net) => {
-                bpf_probe_read_kernel((net + offsets.net_inum as u64) as *const u32).unwrap_or(0)
+                bpf_probe_read_kernel((net + global!(OFFSETS.net_inum) as u64) as *const u32)
+                    .unwrap_or(0)
             }
             Err(_) => 0,
         }
@@ -102,27 +90,27 @@ pub(crate) fn netns_of(sk: u64, offsets: &Offsets) -> u32 {
 /// Reads a `struct sock_common`'s addresses, ports and namespace through an untyped pointer (a
 /// timewait socket, or a socket found through a file).
 #[inline(always)]
-pub(crate) fn read_sock_common(sk: u64, offsets: &Offsets) -> Result<Tuple, i64> {
+pub(crate) fn read_sock_common(sk: u64) -> Result<Tuple, i64> {
     let at = |offset: u32| (sk + offset as u64) as *const u8;
     // SAFETY: bpf_probe_read_kernel checks the addresses.
     unsafe {
-        let family: u16 = bpf_probe_read_kernel(at(offsets.skc_family).cast())?;
-        let dport_be: u16 = bpf_probe_read_kernel(at(offsets.skc_dport).cast())?;
+        let family: u16 = bpf_probe_read_kernel(at(global!(OFFSETS.skc_family)).cast())?;
+        let dport_be: u16 = bpf_probe_read_kernel(at(global!(OFFSETS.skc_dport)).cast())?;
         let mut tuple = Tuple {
-            sport: bpf_probe_read_kernel(at(offsets.skc_num).cast())?,
+            sport: bpf_probe_read_kernel(at(global!(OFFSETS.skc_num)).cast())?,
             dport: u16::from_be(dport_be),
             family,
-            netns: netns_of(sk, offsets),
+            netns: netns_of(sk),
             ..Tuple::default()
         };
         if family == AF_INET {
-            let s: [u8; 4] = bpf_probe_read_kernel(at(offsets.skc_rcv_saddr).cast())?;
-            let d: [u8; 4] = bpf_probe_read_kernel(at(offsets.skc_daddr).cast())?;
+            let s: [u8; 4] = bpf_probe_read_kernel(at(global!(OFFSETS.skc_rcv_saddr)).cast())?;
+            let d: [u8; 4] = bpf_probe_read_kernel(at(global!(OFFSETS.skc_daddr)).cast())?;
             tuple.saddr[..4].copy_from_slice(&s);
             tuple.daddr[..4].copy_from_slice(&d);
         } else {
-            tuple.saddr = bpf_probe_read_kernel(at(offsets.skc_v6_rcv_saddr).cast())?;
-            tuple.daddr = bpf_probe_read_kernel(at(offsets.skc_v6_daddr).cast())?;
+            tuple.saddr = bpf_probe_read_kernel(at(global!(OFFSETS.skc_v6_rcv_saddr)).cast())?;
+            tuple.daddr = bpf_probe_read_kernel(at(global!(OFFSETS.skc_v6_daddr)).cast())?;
             normalize_family(&mut tuple);
         }
         Ok(tuple)

@@ -7,13 +7,13 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    Config, End, EventKind, Owner, TIMEWAIT_LEN_NS, TcpState, Tuple, TwRecord, UNKNOWN_DURATION,
-    counter, event_flags, record_flags,
+    End, EventKind, TIMEWAIT_LEN_NS, TcpState, Tuple, TwRecord, UNKNOWN_DURATION, counter,
+    event_flags, record_flags,
 };
 
 use crate::{
     account,
-    maps::{CONFIG, LINGERING, OFFSETS, TIMER_FUNCTION, TIMEWAIT, TW_TIMER_HANDLER},
+    maps::{LINGERING, TIMEWAIT, TW_TIMER_HANDLER, global},
     output::{Fields, count, emit, finish, passes_filter},
     read::{member, now, read_sock_common},
 };
@@ -32,32 +32,25 @@ fn on_expire(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let timer: u64 = ctx.arg(0);
     // Every expiring timer of the kernel comes here: one global, one load, one compare. The
     // argument is BTF-typed, so the field is loaded directly (no helper call).
-    let function: u64 = member(timer, TIMER_FUNCTION.load());
+    let function: u64 = member(timer, global!(TIMER_FUNCTION));
     if function == 0 || TW_TIMER_HANDLER.get(0) != Some(&function) {
         return Ok(());
     }
-    let offsets = OFFSETS.load();
-    let tw = timer - offsets.tw_timer as u64;
-    let tuple = read_sock_common(tw, &offsets)?;
+    let tw = timer - global!(OFFSETS.tw_timer) as u64;
+    let tuple = read_sock_common(tw)?;
     if !passes_filter(&tuple) {
         return Ok(());
     }
     // SAFETY: probe reads check the addresses.
     let (substate, expires): (u8, u64) = unsafe {
         (
-            bpf_probe_read_kernel((tw + offsets.tw_substate as u64) as *const u8)?,
-            bpf_probe_read_kernel((timer + offsets.timer_expires as u64) as *const u64)?,
+            bpf_probe_read_kernel((tw + global!(OFFSETS.tw_substate) as u64) as *const u8)?,
+            bpf_probe_read_kernel((timer + global!(OFFSETS.timer_expires) as u64) as *const u64)?,
         )
     };
-    let config = CONFIG.load();
     // SAFETY: helper without arguments.
-    let late_ns = unsafe { bpf_jiffies64() }.saturating_sub(expires) * config.ns_per_jiffy;
-    end_timewait(
-        &tuple,
-        now(),
-        late_ns.max(1) | substate_marker(substate),
-        &config,
-    );
+    let late_ns = unsafe { bpf_jiffies64() }.saturating_sub(expires) * global!(CONFIG.ns_per_jiffy);
+    end_timewait(&tuple, now(), late_ns.max(1) | substate_marker(substate));
     Ok(())
 }
 
@@ -77,7 +70,7 @@ fn substate_marker(substate: u8) -> u64 {
 /// (`expired` 0), or expired (`expired` non-zero: how late the timer ran, in ns, with the
 /// substate it expired in in bit 63). Unknown times are `UNKNOWN_DURATION` (the verifier follows
 /// plain scalars better than options).
-pub(crate) fn end_timewait(tuple: &Tuple, at: u64, expired: u64, config: &Config) {
+pub(crate) fn end_timewait(tuple: &Tuple, at: u64, expired: u64) {
     let Some(record) = TIMEWAIT.get_ptr(tuple) else {
         return;
     };
@@ -89,8 +82,8 @@ pub(crate) fn end_timewait(tuple: &Tuple, at: u64, expired: u64, config: &Config
         let _ = LINGERING.remove(tuple);
     }
     account::moved(Some(record.substate), None);
-    let port_labels = config.port_labels != 0;
-    let log = config.log_all != 0;
+    let port_labels = global!(CONFIG.port_labels) != 0;
+    let log = global!(CONFIG.log_all) != 0;
     let late_ns = expired & !EXPIRED_IN_TIME_WAIT;
     let mut from = record.substate;
     let mut since = if record.flags & record_flags::AGE_KNOWN != 0 {
@@ -154,10 +147,6 @@ fn leave(
 }
 
 fn emit_timewait(tuple: &Tuple, record: &TwRecord, ts_ns: u64, spent: u64, old: u8, new: u8) {
-    let owner = Owner {
-        pid: record.pid,
-        ..Owner::default()
-    };
     // A lingering FIN-WAIT-2 that reaches TIME-WAIT ended in order; its entry into TIME-WAIT
     // is the line that says so. The end of TIME-WAIT itself ends no connection.
     let end = if old == FIN_WAIT2 && new == TIME_WAIT {
@@ -180,8 +169,10 @@ fn emit_timewait(tuple: &Tuple, record: &TwRecord, ts_ns: u64, spent: u64, old: 
             error: 0,
             reset_reason: 0,
             syn_retransmits: 0,
+            pid: record.pid,
+            with_comm: false,
         },
         tuple,
-        &owner,
+        counter::LOST_TRANSITIONS,
     );
 }

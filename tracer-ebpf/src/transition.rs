@@ -1,29 +1,36 @@
-//! `inet_sock_set_state`: every TCP state transition. The program keeps the socket's record (since
-//! when it is in its state, its owner, the port it serves), counts the transition and the time
-//! spent in the old state, keeps the index of sockets in watched states, follows an active close
-//! to the timewait socket that takes the connection over, and writes an event only when the
-//! daemon logs every transition or a socket leaves a watched state after its threshold.
+//! `inet_sock_set_state`: every TCP state transition, in the steps a reader expects:
 //!
-//! The record is read into plain locals: the verifier follows scalars better than copies of
-//! structs held in options.
+//! 1. [`Change::read`]: the socket's record (since when it is in its state, its owner, the port
+//!    it serves) tells how long it spent in the old state; an active close hands the connection
+//!    over to a timewait socket.
+//! 2. [`Change::count`]: the transition and the time spent are counted in the aggregates, and
+//!    how the connection ended when it did.
+//! 3. [`Change::report`]: an event goes to the ring buffer only when the daemon logs every
+//!    transition or a socket leaves a watched state after its threshold.
+//! 4. [`Change::keep`]: the record follows the socket (or moves to a timewait record), and the
+//!    index of sockets in watched states follows the record.
+//! 5. A connection that takes over the address of a timewait socket ends that timewait phase.
+//!
+//! The steps share one [`Change`] on the stack and read each setting alone (`global!`): the
+//! program's whole chain of frames stays far below the 512 bytes of kernels without a private
+//! stack.
 use aya_ebpf::{
     cty::c_void, helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use aya_log_ebpf::warn;
 use tracer_common::{
-    End, EventKind, LastClose, Owner, RECENT_CLOSES as RECENT_CLOSES_LEN, SockRecord, TcpState,
-    Tuple, TwRecord, UNKNOWN_DURATION, counter, event_flags, record_flags, runs_in_owner_context,
-    tuple::service_port,
+    End, EventKind, LastClose, RECENT_CLOSES as RECENT_CLOSES_LEN, SockRecord, TcpState, Tuple,
+    TwRecord, UNKNOWN_DURATION, counter, event_flags, record_flags, runs_in_owner_context,
+    settings::watches, tuple::service_port,
 };
 
 use crate::{
     account,
     maps::{
-        CONFIG, LINGERING, OFFSETS, RECENT_CLOSES, SCRATCH_WATCH, SOCKETS, THRESHOLDS, TIMEWAIT,
-        TW_TIMER_HANDLER, WATCHED,
+        LINGERING, RECENT_CLOSES, SCRATCH_WATCH, SOCKETS, THRESHOLDS, TIMEWAIT, TW_TIMER_HANDLER,
+        WATCHED, global,
     },
-    output::{Fields, count, emit, finish, passes_filter},
-    read::{current_owner, current_pid, full_socket_tuple, member, netns_of, now},
+    output::{Fields, count, count_failure, emit, passes_filter},
+    read::{current_pid, full_socket_tuple, member, netns_of, now},
     timewait::end_timewait,
 };
 
@@ -40,321 +47,415 @@ const NONE: u8 = 0;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    finish(on_set_state(&ctx));
-    0
-}
-
-fn on_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // tp_btf rather than the classic tracepoint: no record is formatted for it, and the kernel
     // skips it only while it interrupts itself, not while any tracing program runs on the CPU.
     let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<i32>(1) as u8;
+    let new = ctx.arg::<i32>(2) as u8;
+    if old as usize >= TcpState::COUNT || new as usize >= TcpState::COUNT {
+        return 0;
+    }
     // The kernel's own cast: null unless a full TCP socket, and typed as `struct tcp_sock`, so
     // the `inet_sock` fields past `struct sock` may be loaded.
     // SAFETY: the helper checks its argument.
     let tcp = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut _) } as u64;
     if tcp == 0 {
-        return Ok(());
+        return 0;
     }
-    let old = ctx.arg::<i32>(1) as u8;
-    let new = ctx.arg::<i32>(2) as u8;
-    if old as usize >= TcpState::COUNT || new as usize >= TcpState::COUNT {
-        return Ok(());
-    }
-    let offsets = OFFSETS.load();
-    let Some(mut tuple) = full_socket_tuple(sk, tcp, &offsets) else {
-        return Ok(());
+    let Some(mut tuple) = full_socket_tuple(sk, tcp) else {
+        return 0;
     };
-    tuple.netns = netns_of(sk, &offsets);
+    tuple.netns = netns_of(sk);
     if !passes_filter(&tuple) {
-        return Ok(());
+        return 0;
     }
     count(counter::TRANSITIONS);
-    let config = CONFIG.load();
-    let port_labels = config.port_labels != 0;
-    let ts = now();
-    // SAFETY: a BTF-typed socket pointer, as the helper requires.
-    let cookie = unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) };
-
-    // What the kernel knew of this socket, in locals; it speaks for the old state only if it
-    // shows it.
+    let cookie = socket_cookie(sk);
     let record = SOCKETS.get_ptr_mut(cookie);
-    let (had, since, had_state, had_flags, had_pid, had_port, reset_reason, syn_retransmits) =
-        match record {
+    let mut change = Change::read(sk, cookie, old, new, record, &tuple);
+    change.count();
+    change.report(&tuple);
+    let kept = change.keep(&ctx, record, &tuple);
+    change.index(&ctx, kept, &tuple);
+    // A connection reusing the address of a timewait socket ends it (TIME-WAIT reuse on connect,
+    // or a SYN accepted on a TIME-WAIT address).
+    if (old == SYN_SENT && new == ESTABLISHED) || (old == LISTEN && new == SYN_RECV) {
+        let at = if old == SYN_SENT && change.known {
+            change.since
+        } else {
+            change.ts
+        };
+        end_timewait(&tuple, at, 0);
+    }
+    0
+}
+
+#[inline(always)]
+fn socket_cookie(sk: u64) -> u64 {
+    // SAFETY: a BTF-typed socket pointer, as the helper requires.
+    unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) }
+}
+
+/// One transition, as the steps see it. Plain scalars: the verifier follows them better than
+/// options or copies of records.
+struct Change {
+    sk: u64,
+    cookie: u64,
+    ts: u64,
+    /// Since when the record says the socket is in its state.
+    since: u64,
+    /// Time spent in the old state, or `UNKNOWN_DURATION`.
+    spent: u64,
+    /// The owner's pid, 0 when unknown.
+    pid: u32,
+    service_port: u16,
+    old: u8,
+    new: u8,
+    /// The state of the connection afterwards: `new`, or at an active close the timewait
+    /// socket's (TIME_WAIT, or FIN_WAIT2 lingering on).
+    next: u8,
+    /// The record's state before (NONE: there was no record).
+    had_state: u8,
+    had_flags: u8,
+    reset_reason: u8,
+    syn_retransmits: u8,
+    /// The record shows the old state: it speaks for it.
+    known: bool,
+    /// ... and knows since when (not only since the tracer first saw it).
+    age_known: bool,
+    /// The kernel handed the connection over to a timewait socket.
+    handover: bool,
+    /// How the connection ended (an [`End`], 0 when it did not) and the socket's error.
+    end: u8,
+    error: u8,
+}
+
+impl Change {
+    /// What the record knew, and where the connection goes.
+    #[inline(always)]
+    fn read(
+        sk: u64,
+        cookie: u64,
+        old: u8,
+        new: u8,
+        record: Option<*mut SockRecord>,
+        tuple: &Tuple,
+    ) -> Self {
+        let ts = now();
+        let mut change = Self {
+            sk,
+            cookie,
+            ts,
+            since: 0,
+            spent: UNKNOWN_DURATION,
+            pid: 0,
+            service_port: service_port(old, tuple),
+            old,
+            new,
+            next: new,
+            had_state: NONE,
+            had_flags: 0,
+            reset_reason: 0,
+            syn_retransmits: 0,
+            known: false,
+            age_known: false,
+            handover: false,
+            end: 0,
+            error: 0,
+        };
+        if let Some(r) = record {
             // SAFETY: the map value lives while the program runs (RCU); a socket's transitions
             // are serialized by its lock.
-            Some(r) => unsafe {
-                (
-                    true,
-                    (*r).since_ns,
-                    (*r).state,
-                    (*r).flags,
-                    (*r).pid,
-                    (*r).service_port,
-                    (*r).reset_reason,
-                    (*r).syn_retransmits,
-                )
-            },
-            None => (false, 0, NONE, 0, 0, 0, 0, 0),
-        };
-    let known = had && had_state == old;
-    let age_known = known && had_flags & record_flags::AGE_KNOWN != 0;
-    let spent = if age_known {
-        ts.saturating_sub(since)
-    } else {
-        UNKNOWN_DURATION
-    };
-    let in_owner_context = runs_in_owner_context(old, new);
-    let pid = if in_owner_context {
-        current_pid()
-    } else {
-        had_pid
-    };
-    let port = if had {
-        had_port
-    } else {
-        service_port(old, &tuple)
-    };
+            unsafe {
+                change.since = (*r).since_ns;
+                change.had_state = (*r).state;
+                change.had_flags = (*r).flags;
+                change.pid = (*r).pid;
+                change.service_port = (*r).service_port;
+                change.reset_reason = (*r).reset_reason;
+                change.syn_retransmits = (*r).syn_retransmits;
+            }
+            change.known = change.had_state == old;
+            change.age_known = change.known && change.had_flags & record_flags::AGE_KNOWN != 0;
+            if change.age_known {
+                change.spent = ts.saturating_sub(change.since);
+            }
+        }
+        if runs_in_owner_context(old, new) {
+            change.pid = current_pid();
+        }
+        // At an active close the kernel hands the connection to a timewait socket, which took
+        // the full socket's place in the connection table: TIME_WAIT, or FIN_WAIT2 lingering on
+        // (a closed socket whose FIN was acknowledged but whose peer has not closed).
+        change.handover = new == CLOSE
+            && (old == FIN_WAIT2 || old == CLOSING)
+            && TW_TIMER_HANDLER.get(0).is_some_and(|h| *h != 0)
+            && member::<u64>(sk, global!(OFFSETS.skc_nulls_pprev)) == 0;
+        if change.handover {
+            change.next = if old == CLOSING || fin_received(sk) {
+                TIME_WAIT
+            } else {
+                FIN_WAIT2
+            };
+        }
+        change
+    }
 
-    // At an active close the kernel hands the connection to a timewait socket, which took the
-    // full socket's place in the connection table: TIME_WAIT, or FIN_WAIT2 lingering on (a
-    // closed socket whose FIN was acknowledged but whose peer has not closed; no transition).
-    let handover = new == CLOSE
-        && (old == FIN_WAIT2 || old == CLOSING)
-        && TW_TIMER_HANDLER.get(0).is_some_and(|h| *h != 0)
-        && member::<u64>(sk, offsets.skc_nulls_pprev) == 0;
-    let next = if !handover {
-        new
-    } else if old == CLOSING || fin_received(sk, offsets.skc_flags, offsets.sock_done_bit) {
-        TIME_WAIT
-    } else {
-        FIN_WAIT2
-    };
-    let lingers = handover && next == FIN_WAIT2;
+    /// A lingering FIN-WAIT-2: the connection stays in FIN_WAIT2, held by a timewait socket.
+    #[inline(always)]
+    fn lingers(&self) -> bool {
+        self.handover && self.next == FIN_WAIT2
+    }
 
-    if !lingers {
-        account::transition(old, next, port, port_labels);
-        if age_known && old != next {
-            account::duration(old, spent, port, port_labels);
+    /// Counts the transition, the time spent in the old state, a connect's time, and how the
+    /// connection ended.
+    #[inline(never)]
+    fn count(&mut self) {
+        let port_labels = global!(CONFIG.port_labels) != 0;
+        if !self.lingers() {
+            account::transition(self.old, self.next, self.service_port, port_labels);
+            if self.age_known && self.old != self.next {
+                account::duration(self.old, self.spent, self.service_port, port_labels);
+            }
+        }
+        if self.old == SYN_SENT && self.new == ESTABLISHED && self.age_known {
+            account::connect_duration(self.spent, self.syn_retransmits != 0);
+        }
+        if self.new == CLOSE {
+            self.count_end();
         }
     }
-    let connected = old == SYN_SENT && new == ESTABLISHED;
-    if connected && age_known {
-        account::connect_duration(spent, syn_retransmits != 0);
-    }
 
-    // How the connection ended, when it did: the kernel set the socket's error before closing
-    // it, and a reset of its own was recorded. A reset sent right after the close amends it.
-    let (end, error) = if new == CLOSE {
-        let err: i32 = member(sk, offsets.sk_err);
-        let err = if (0..=255).contains(&err) {
+    /// How the connection ended: the kernel set the socket's error before closing it, and a
+    /// reset of its own was recorded. A reset sent right after the close amends it (`ends`).
+    #[inline(always)]
+    fn count_end(&mut self) {
+        let err: i32 = member(self.sk, global!(OFFSETS.sk_err));
+        self.error = if (0..=255).contains(&err) {
             err as u8
         } else {
             255
         };
-        let reset_sent = had && had_flags & record_flags::RESET_SENT != 0;
-        match End::classify(old, handover, err, reset_sent) {
-            Some(end) => {
-                account::end(end, old == SYN_SENT, err, 1);
-                if let Some(recent) = RECENT_CLOSES.get_ptr_mut(0) {
-                    // SAFETY: this CPU's slots, no one else's while the program runs (a nested
-                    // run writes a slot of its own); the index is masked into bounds.
-                    unsafe {
-                        let slot = ((*recent).next as usize) & (RECENT_CLOSES_LEN - 1);
-                        (*recent).entries[slot] = LastClose {
-                            cookie,
-                            end: end as u8,
-                            old,
-                            _pad: [0; 6],
-                        };
-                        (*recent).next += 1;
-                    }
-                }
-                (end as u8, err)
-            }
-            None => (0, err),
-        }
-    } else {
-        (0, 0)
-    };
-
-    // The event goes before the index changes: the daemon reads the index, then the ring buffer,
-    // so a socket gone from the index always has its event there already.
-    let long_stay = known
-        && !lingers
-        && old != next
-        && config.watches(old)
-        && THRESHOLDS
-            .get(old as u32)
-            .is_some_and(|threshold| ts.saturating_sub(since) >= *threshold);
-    if (config.log_all != 0 || long_stay) && !lingers {
-        let owner = if in_owner_context {
-            current_owner()
-        } else {
-            Owner {
-                pid,
-                ..Owner::default()
-            }
+        let reset_sent = self.had_flags & record_flags::RESET_SENT != 0;
+        let Some(end) = End::classify(self.old, self.handover, self.error, reset_sent) else {
+            return;
         };
+        self.end = end as u8;
+        account::end(end, self.old == SYN_SENT, self.error, 1);
+        if let Some(recent) = RECENT_CLOSES.get_ptr_mut(0) {
+            // SAFETY: this CPU's slots, no one else's while the program runs (a nested run
+            // writes a slot of its own); the index is masked into bounds.
+            unsafe {
+                let slot = ((*recent).next as usize) & (RECENT_CLOSES_LEN - 1);
+                (*recent).entries[slot] = LastClose {
+                    cookie: self.cookie,
+                    end: self.end,
+                    old: self.old,
+                    _pad: [0; 6],
+                };
+                (*recent).next += 1;
+            }
+        }
+    }
+
+    /// Writes the event when the daemon wants it. It goes before the index changes: the daemon
+    /// reads the index, then the ring buffer, so a socket gone from the index always has its
+    /// event there already.
+    #[inline(never)]
+    fn report(&self, tuple: &Tuple) {
+        if self.lingers() {
+            return;
+        }
+        let long_stay = self.known
+            && self.old != self.next
+            && watches(global!(CONFIG.watched), self.old)
+            && THRESHOLDS
+                .get(self.old as u32)
+                .is_some_and(|threshold| self.ts.saturating_sub(self.since) >= *threshold);
+        if global!(CONFIG.log_all) == 0 && !long_stay {
+            return;
+        }
         let mut flags = 0;
         if long_stay {
             flags |= event_flags::LONG_STAY;
         }
-        if handover {
+        if self.handover {
             flags |= event_flags::TIMEWAIT;
         }
+        let connected = self.old == SYN_SENT && self.new == ESTABLISHED;
         emit(
             &Fields {
                 kind: EventKind::Transition,
-                ts_ns: ts,
-                sock: sk,
-                cookie,
-                prev_state_ns: spent,
-                old,
-                new: next,
+                ts_ns: self.ts,
+                sock: self.sk,
+                cookie: self.cookie,
+                prev_state_ns: self.spent,
+                old: self.old,
+                new: self.next,
                 flags,
-                service_port: port,
-                end,
-                error,
-                reset_reason: if end == End::ResetSent as u8 {
-                    reset_reason
+                service_port: self.service_port,
+                end: self.end,
+                error: self.error,
+                reset_reason: if self.end == End::ResetSent as u8 {
+                    self.reset_reason
                 } else {
                     0
                 },
-                syn_retransmits: if connected { syn_retransmits } else { 0 },
+                syn_retransmits: if connected { self.syn_retransmits } else { 0 },
+                pid: self.pid,
+                // Only the owner's own system call runs as the owner.
+                with_comm: runs_in_owner_context(self.old, self.new),
             },
-            &tuple,
-            &owner,
+            tuple,
+            counter::LOST_TRANSITIONS,
         );
     }
 
-    // The record. `kept`: the state the record holds afterwards (NONE: no record).
-    let kept = if handover {
-        let tw = TwRecord {
-            since_ns: if lingers && known { since } else { ts },
-            sock: sk,
-            pid,
-            service_port: port,
-            substate: next,
-            flags: if !lingers || age_known {
-                record_flags::AGE_KNOWN
-            } else {
-                0
-            },
-        };
-        let stored = TIMEWAIT.insert(&tuple, &tw, 0).is_ok();
-        if !stored {
-            count(counter::RECORD_FAILED);
-        } else if lingers {
-            let _ = LINGERING.insert(&tuple, &0, 0);
-        }
-        if had {
-            let _ = SOCKETS.remove(cookie);
-        }
-        account::moved(had.then_some(had_state), stored.then_some(next));
-        NONE
-    } else if new == CLOSE {
-        if had {
-            let _ = SOCKETS.remove(cookie);
-        }
-        account::moved(had.then_some(had_state), None);
-        NONE
-    } else if let Some(r) = record {
-        if old == new && known {
-            // A state set again (close() after shutdown() in LAST_ACK) keeps its clock.
-            // SAFETY: as above.
-            unsafe { (*r).pid = pid };
-        } else {
-            // SAFETY: as above.
-            unsafe {
-                (*r).since_ns = ts;
-                (*r).pid = pid;
-                (*r).netns = tuple.netns;
-                (*r).service_port = port;
-                (*r).state = new;
-                (*r).flags = record_flags::AGE_KNOWN;
-                (*r).reset_reason = 0;
-                (*r).syn_retransmits = 0;
+    /// The record follows the socket; returns the state it holds afterwards (NONE: no record).
+    #[inline(never)]
+    fn keep(
+        &self,
+        ctx: &BtfTracePointContext,
+        record: Option<*mut SockRecord>,
+        tuple: &Tuple,
+    ) -> u8 {
+        let had = self.had_state != NONE;
+        if self.handover {
+            self.hand_over(ctx, tuple);
+            if had {
+                let _ = SOCKETS.remove(self.cookie);
             }
-            account::moved(Some(had_state), Some(new));
+            return NONE;
         }
-        new
-    } else {
+        if self.new == CLOSE {
+            if had {
+                let _ = SOCKETS.remove(self.cookie);
+            }
+            account::moved(had.then_some(self.had_state), None);
+            return NONE;
+        }
+        if let Some(r) = record {
+            if self.old == self.new && self.known {
+                // A state set again (close() after shutdown() in LAST_ACK) keeps its clock.
+                // SAFETY: as in `read`.
+                unsafe { (*r).pid = self.pid };
+            } else {
+                // SAFETY: as in `read`.
+                unsafe {
+                    (*r).since_ns = self.ts;
+                    (*r).pid = self.pid;
+                    (*r).netns = tuple.netns;
+                    (*r).service_port = self.service_port;
+                    (*r).state = self.new;
+                    (*r).flags = record_flags::AGE_KNOWN;
+                    (*r).reset_reason = 0;
+                    (*r).syn_retransmits = 0;
+                }
+                account::moved(Some(self.had_state), Some(self.new));
+            }
+            return self.new;
+        }
         let fresh = SockRecord {
-            since_ns: ts,
-            pid,
+            since_ns: self.ts,
+            pid: self.pid,
             netns: tuple.netns,
-            service_port: port,
-            state: new,
+            service_port: self.service_port,
+            state: self.new,
             flags: record_flags::AGE_KNOWN,
             reset_reason: 0,
             syn_retransmits: 0,
             _pad: 0,
         };
-        if SOCKETS.insert(cookie, &fresh, 0).is_ok() {
-            account::moved(None, Some(new));
-            new
+        if SOCKETS.insert(self.cookie, &fresh, 0).is_ok() {
+            account::moved(None, Some(self.new));
+            self.new
         } else {
-            count(counter::RECORD_FAILED);
-            warn!(ctx, "tcpstate: per-socket record not stored");
+            count_failure(ctx, counter::RECORD_FAILED);
             NONE
         }
-    };
+    }
 
-    // The index of full sockets in watched states follows the record.
-    let was_watched = had && config.watches(had_state);
-    if kept != NONE && config.watches(kept) {
-        if let Some(e) = WATCHED.get_ptr_mut(cookie).filter(|_| was_watched) {
-            if kept != had_state || !(old == new && known) {
+    /// The connection moves to a timewait record, by address.
+    #[inline(always)]
+    fn hand_over(&self, ctx: &BtfTracePointContext, tuple: &Tuple) {
+        let lingers = self.lingers();
+        let tw = TwRecord {
+            since_ns: if lingers && self.known {
+                self.since
+            } else {
+                self.ts
+            },
+            sock: self.sk,
+            pid: self.pid,
+            service_port: self.service_port,
+            substate: self.next,
+            flags: if !lingers || self.age_known {
+                record_flags::AGE_KNOWN
+            } else {
+                0
+            },
+        };
+        let stored = TIMEWAIT.insert(tuple, &tw, 0).is_ok();
+        if !stored {
+            count_failure(ctx, counter::RECORD_FAILED);
+        } else if lingers && LINGERING.insert(tuple, &0, 0).is_err() {
+            // Its silent move to TIME-WAIT will not be looked for: the kernel's list tells at
+            // the next reconciliation.
+            count_failure(ctx, counter::RECORD_FAILED);
+        }
+        let had = self.had_state != NONE;
+        account::moved(had.then_some(self.had_state), stored.then_some(self.next));
+    }
+
+    /// The index of full sockets in watched states follows the record (`kept`: its state now).
+    #[inline(never)]
+    fn index(&self, ctx: &BtfTracePointContext, kept: u8, tuple: &Tuple) {
+        let watched = global!(CONFIG.watched);
+        let was_watched = self.had_state != NONE && watches(watched, self.had_state);
+        if kept == NONE || !watches(watched, kept) {
+            if was_watched {
+                let _ = WATCHED.remove(self.cookie);
+            }
+            return;
+        }
+        if was_watched && let Some(e) = WATCHED.get_ptr_mut(self.cookie) {
+            if kept != self.had_state || !(self.old == self.new && self.known) {
                 // SAFETY: the map value lives while the program runs; serialized per socket.
                 unsafe {
-                    (*e).since_ns = ts;
-                    (*e).sock = sk;
-                    (*e).pid = pid;
+                    (*e).since_ns = self.ts;
+                    (*e).sock = self.sk;
+                    (*e).pid = self.pid;
                     (*e).state = kept;
                     (*e).flags = record_flags::AGE_KNOWN;
                 }
             }
-        } else {
-            index_watched(cookie, sk, &tuple, ts, pid, port, kept);
+            return;
         }
-    } else if was_watched {
-        let _ = WATCHED.remove(cookie);
-    }
-
-    // A connection reusing the address of a timewait socket ends it (TIME-WAIT reuse on connect,
-    // or a SYN accepted on a TIME-WAIT address).
-    if (old == SYN_SENT && new == ESTABLISHED) || (old == LISTEN && new == SYN_RECV) {
-        let at = if old == SYN_SENT && known { since } else { ts };
-        end_timewait(&tuple, at, 0, &config);
-    }
-    Ok(())
-}
-
-/// Adds a socket to the index of watched sockets, built in per-CPU scratch space.
-#[inline(always)]
-fn index_watched(cookie: u64, sk: u64, tuple: &Tuple, ts: u64, pid: u32, port: u16, state: u8) {
-    let Some(entry) = SCRATCH_WATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's scratch slot, no one else's while the program runs.
-    let entry = unsafe {
-        (*entry).since_ns = ts;
-        (*entry).sock = sk;
-        (*entry).tuple = *tuple;
-        (*entry).pid = pid;
-        (*entry).service_port = port;
-        (*entry).state = state;
-        (*entry).flags = record_flags::AGE_KNOWN;
-        &*entry
-    };
-    if WATCHED.insert(cookie, entry, 0).is_err() {
-        count(counter::WATCH_FAILED);
+        // A new entry is built in per-CPU scratch space, not on the stack.
+        let Some(entry) = SCRATCH_WATCH.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: this CPU's scratch slot, no one else's while the program runs.
+        let entry = unsafe {
+            (*entry).since_ns = self.ts;
+            (*entry).sock = self.sk;
+            (*entry).tuple = *tuple;
+            (*entry).pid = self.pid;
+            (*entry).service_port = self.service_port;
+            (*entry).state = kept;
+            (*entry).flags = record_flags::AGE_KNOWN;
+            &*entry
+        };
+        if WATCHED.insert(self.cookie, entry, 0).is_err() {
+            count_failure(ctx, counter::WATCH_FAILED);
+        }
     }
 }
 
 /// Whether the socket received its peer's FIN (`SOCK_DONE` in `sk_flags`).
 #[inline(always)]
-fn fin_received(sk: u64, flags_offset: u32, done_bit: u32) -> bool {
-    let flags: u64 = member(sk, flags_offset);
+fn fin_received(sk: u64) -> bool {
+    let flags: u64 = member(sk, global!(OFFSETS.skc_flags));
+    let done_bit = global!(OFFSETS.sock_done_bit);
     done_bit < 64 && (flags >> done_bit) & 1 != 0
 }

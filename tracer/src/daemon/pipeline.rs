@@ -51,7 +51,18 @@ impl<W: Write> Pipeline<W> {
         for (what, part) in [
             ("TIME-WAIT tracking", &probe.timewait),
             ("owners of accepted sockets", &probe.accept_owners),
-            ("connection ends and handshake retransmissions", &probe.ends),
+            (
+                "resets sent as connections end (they count as other ends)",
+                &probe.resets,
+            ),
+            (
+                "SYN retransmissions (connect retries; a stuck connect's local port)",
+                &probe.syn_retransmits,
+            ),
+            (
+                "SYN-ACK retransmissions (half-open connections per listener)",
+                &probe.synack_retransmits,
+            ),
             (
                 "finding socket owners in the kernel (they are read from /proc instead)",
                 &probe.owner_iterator,
@@ -60,6 +71,11 @@ impl<W: Write> Pipeline<W> {
             if let Part::Off(reason) = part {
                 warn!("{what} is off: {reason}");
             }
+        }
+        if probe.resets == Part::Attached && !probe.reset_reason_arg {
+            info!(
+                "reset reasons are not reported: the kernel's tcp_send_reset tracepoint passes them from Linux 6.10 on"
+            );
         }
         if probe.restarted {
             info!(

@@ -9,6 +9,14 @@ use tracer_common::Offsets;
 
 pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// The running kernel's BTF, read once: the daemon looks up offsets in it here and aya checks
+/// the programs against it at load. Read, not memory-mapped: kernels before 6.x refuse `mmap`
+/// of `/sys/kernel/btf/vmlinux` (ENODEV).
+pub(crate) fn read_kernel_btf(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .with_context(|| format!("cannot read the kernel's BTF at {}", path.display()))
+}
+
 /// Every struct offset the programs use, from the kernel's BTF.
 pub(crate) struct KernelOffsets {
     pub(crate) offsets: Offsets,
@@ -17,12 +25,13 @@ pub(crate) struct KernelOffsets {
     /// Names of the kernel's reasons for a reset (`enum sk_rst_reason`), by number, lower case
     /// without their prefix (`tcp_abort_on_close`); empty on a kernel without them.
     pub(crate) reset_reasons: Vec<String>,
+    /// The `tcp_send_reset` tracepoint passes the reset's reason (Linux 6.10 and later).
+    pub(crate) reset_reason_arg: bool,
 }
 
-/// Reads every struct offset the programs use from the kernel's BTF.
-pub(crate) fn read_offsets(btf_path: &Path) -> Result<KernelOffsets> {
-    let btf = Btf::from_file_with_backend(btf_path, btf_rs::Backend::Mmap)
-        .with_context(|| format!("cannot parse the kernel's BTF at {}", btf_path.display()))?;
+/// Reads every struct offset the programs use from the kernel's BTF (`read_kernel_btf`).
+pub(crate) fn read_offsets(btf: &[u8]) -> Result<KernelOffsets> {
+    let btf = Btf::from_bytes(btf).context("cannot parse the kernel's BTF")?;
     let btf = KernelBtf(btf);
     // The programs read `struct sock_common` at the start of full and timewait sockets.
     for (outer, member) in [
@@ -70,6 +79,8 @@ pub(crate) fn read_offsets(btf_path: &Path) -> Result<KernelOffsets> {
         offsets,
         timer_function: btf.offset("timer_list", "function")?,
         reset_reasons: btf.enum_names("sk_rst_reason", "SK_RST_REASON_"),
+        // `__data`, the socket, the packet, then the reason.
+        reset_reason_arg: btf.tracepoint_arguments("tcp_send_reset") >= 4,
     })
 }
 
@@ -142,6 +153,32 @@ impl KernelBtf {
         names
     }
 
+    /// How many arguments a tracepoint's BTF-typed programs get, counting the leading `__data`
+    /// (from the `btf_trace_<name>` typedef the kernel declares for each); 0 when it has none.
+    fn tracepoint_arguments(&self, tracepoint: &str) -> usize {
+        let Ok(types) = self
+            .0
+            .resolve_types_by_name(&format!("btf_trace_{tracepoint}"))
+        else {
+            return 0;
+        };
+        types
+            .iter()
+            .find_map(|ty| {
+                let Type::Typedef(typedef) = ty else {
+                    return None;
+                };
+                let Type::Ptr(ptr) = self.0.resolve_chained_type(typedef).ok()? else {
+                    return None;
+                };
+                match self.0.resolve_chained_type(&ptr).ok()? {
+                    Type::FuncProto(proto) => Some(proto.parameters.len()),
+                    _ => None,
+                }
+            })
+            .unwrap_or(0)
+    }
+
     /// Bit offset of `member` inside `st`.
     fn find_member(&self, st: &btf_rs::Struct, member: &str) -> Option<u32> {
         st.members.iter().find_map(|m| {
@@ -197,10 +234,12 @@ mod tests {
     /// (../shared/BUILDING-EBPF.md). This reads the real /sys/kernel/btf/vmlinux.
     #[test]
     fn reads_offsets_from_the_running_kernel() {
-        let kernel = read_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        let kernel = read_offsets(&read_kernel_btf(Path::new(VMLINUX_BTF)).unwrap()).unwrap();
         assert!(kernel.timer_function > 0);
-        // This kernel names its reset reasons (6.10 and later).
+        // This kernel names its reset reasons and passes them to the tracepoint (6.10 and
+        // later).
         assert_eq!(kernel.reset_reasons[11], "tcp_abort_on_close");
+        assert!(kernel.reset_reason_arg);
         assert_eq!(kernel.reset_reasons[0], "not_specified");
         let offsets = kernel.offsets;
         assert_eq!(offsets.skc_daddr, 0);
@@ -220,8 +259,10 @@ mod tests {
     /// A kernel without a type or field the programs read is refused with one line naming it.
     #[test]
     fn names_what_the_kernel_lacks() {
-        let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap).unwrap();
-        let btf = KernelBtf(btf);
+        let btf = read_kernel_btf(Path::new(VMLINUX_BTF)).unwrap();
+        let btf = KernelBtf(Btf::from_bytes(&btf).unwrap());
+        assert_eq!(btf.tracepoint_arguments("inet_sock_set_state"), 4);
+        assert_eq!(btf.tracepoint_arguments("no_such_tracepoint"), 0);
         let err = btf.offset("sock", "no_such_field").unwrap_err().to_string();
         assert_eq!(err, "kernel BTF: struct sock has no member `no_such_field`");
         let err = format!("{:#}", btf.offset("no_such_struct", "x").unwrap_err());

@@ -85,9 +85,14 @@ pub(crate) struct Probe {
     pub(crate) timewait: Part,
     /// Owners of accepted sockets at accept() (only while logging every transition).
     pub(crate) accept_owners: Part,
-    /// How connections end (resets sent) and handshakes retried (SYN and SYN-ACK
-    /// retransmissions).
-    pub(crate) ends: Part,
+    /// Resets a socket sends as it ends (`reset_sent` ends).
+    pub(crate) resets: Part,
+    /// SYNs a connect sent again (a connect's retries; a stuck connect's local port).
+    pub(crate) syn_retransmits: Part,
+    /// SYN-ACKs a listener sent again (its half-open connections).
+    pub(crate) synack_retransmits: Part,
+    /// The kernel's tracepoint passes a reset's reason (Linux 6.10 and later).
+    pub(crate) reset_reason_arg: bool,
     /// The kernel's names of its reset reasons (`enum sk_rst_reason`), by number.
     pub(crate) reset_reasons: Vec<String>,
     /// Finding the processes that hold sockets with a task_file iterator (else from /proc).
@@ -117,9 +122,12 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
         kernel_layout::kernel_symbol(&kallsyms, "tw_timer_handler")
     });
-    let kernel = kernel_layout::read_offsets(Path::new(VMLINUX_BTF))?;
+    let kernel_btf = kernel_layout::read_kernel_btf(Path::new(VMLINUX_BTF))?;
+    let kernel = kernel_layout::read_offsets(&kernel_btf)?;
     let pins = open_pins(settings)?;
-    let btf = aya::Btf::from_sys_fs().context("cannot parse the kernel's BTF")?;
+    let btf = aya::Btf::parse(&kernel_btf, aya::Endianness::default())
+        .context("cannot parse the kernel's BTF")?;
+    drop(kernel_btf);
     let config = Config {
         ns_per_jiffy: jiffies::ns_per_jiffy().unwrap_or(0),
         watched: (0..TcpState::COUNT)
@@ -127,7 +135,8 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
             .fold(0, |mask, state| mask | (1 << state)),
         log_all: u8::from(settings.log_all),
         port_labels: u8::from(settings.port_labels),
-        _pad: [0; 4],
+        reset_reason_arg: u8::from(kernel.reset_reason_arg),
+        _pad: [0; 3],
     };
     let filter = settings.filter.kernel_filter();
     // Wake the reader once a quarter of the buffer is used; the poll timer covers the rest.
@@ -171,7 +180,10 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         ebpf,
         timewait: Part::Unused,
         accept_owners: Part::Unused,
-        ends: Part::Unused,
+        resets: Part::Unused,
+        syn_retransmits: Part::Unused,
+        synack_retransmits: Part::Unused,
+        reset_reason_arg: kernel.reset_reason_arg,
         reset_reasons: kernel.reset_reasons,
         owner_iterator: Part::Unused,
         pinned_by_state: [0; TcpState::COUNT],
@@ -196,15 +208,22 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         None => Part::Off("tw_timer_handler is not readable in /proc/kallsyms".to_owned()),
     };
     attach_btf_tracepoint(&mut probe.ebpf, &btf, names::TRANSITION_PROGRAM)?;
-    probe.ends = Part::of(
-        [
-            names::RESET_PROGRAM,
-            names::RETRANSMIT_PROGRAM,
-            names::SYNACK_PROGRAM,
-        ]
-        .into_iter()
-        .try_for_each(|name| attach_btf_tracepoint(&mut probe.ebpf, &btf, name)),
-    );
+    // Each optional hook on its own: one the kernel refuses takes nothing else down with it.
+    probe.resets = Part::of(attach_btf_tracepoint(
+        &mut probe.ebpf,
+        &btf,
+        names::RESET_PROGRAM,
+    ));
+    probe.syn_retransmits = Part::of(attach_btf_tracepoint(
+        &mut probe.ebpf,
+        &btf,
+        names::RETRANSMIT_PROGRAM,
+    ));
+    probe.synack_retransmits = Part::of(attach_btf_tracepoint(
+        &mut probe.ebpf,
+        &btf,
+        names::SYNACK_PROGRAM,
+    ));
     if settings.log_all {
         probe.accept_owners = Part::of(attach_accept(&mut probe.ebpf));
     }
@@ -385,5 +404,27 @@ mod tests {
                 "global {global}"
             );
         }
+    }
+
+    /// Every program's deepest chain of BPF-to-BPF calls fits 384 bytes of stack, counted as a
+    /// verifier without private stacks does (5.10, or no JIT: frames rounded to 32 bytes). Such a
+    /// verifier refuses a chain over 512 bytes at load time; the rest is headroom for the
+    /// compiler's next layout. `--nocapture` prints every chain.
+    #[test]
+    fn every_program_stack_chain_fits_the_budget() {
+        const BUDGET: u32 = 384;
+        let chains = xtask::bpf_stack::analyze(PROGRAMS).unwrap();
+        print!("{}", xtask::bpf_stack::report(&chains));
+        assert!(!chains.is_empty(), "no programs found in the object");
+        let over: Vec<String> = chains
+            .iter()
+            .filter(|chain| chain.total > BUDGET)
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            over.is_empty(),
+            "stack over the {BUDGET}-byte budget (the verifier refuses 512):\n{}",
+            over.join("\n")
+        );
     }
 }
