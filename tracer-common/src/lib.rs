@@ -61,7 +61,10 @@ pub mod counter {
     /// Resets a socket sent as it closed that could not be matched to its close (the closing
     /// task moved to another CPU in between): that end stays counted as it was.
     pub const UNMATCHED_RESETS: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// Transitions or durations counted in total but under no port label: the port-labelled
+    /// maps were full, even for their shared `other` entry.
+    pub const UNLABELLED: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Transitions that only a system call of the socket's own process makes (connect, listen, close,

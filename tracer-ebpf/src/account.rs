@@ -2,14 +2,17 @@
 //! (old, new), time in each state, live records by state, and the same per service port when the
 //! daemon asks for port labels. All per CPU: no lock, no atomic.
 use tracer_common::{
-    End, TcpState,
+    End, TcpState, counter,
     aggregate::{DURATION_BUCKETS, Durations, OCTAVES, PortKey, duration_bucket, octave},
     ends::ERRNO_SLOTS,
 };
 
-use crate::maps::{
-    CONNECT_DURATIONS, COUNTS, DURATIONS, ENDS, GAUGES, PORT_COUNTS, PORT_DURATIONS,
-    ZERO_PORT_DURATIONS,
+use crate::{
+    maps::{
+        CONNECT_DURATIONS, COUNTS, DURATIONS, ENDS, GAUGES, PORT_COUNTS, PORT_DURATIONS,
+        ZERO_PORT_DURATIONS,
+    },
+    output::count,
 };
 
 const STATES: usize = TcpState::COUNT;
@@ -158,6 +161,7 @@ fn port_transition(port: u16, old: u8, new: u8) {
         }
         // The map is full: count it under port 0.
     }
+    count(counter::UNLABELLED);
 }
 
 #[inline(always)]
@@ -183,4 +187,5 @@ fn port_duration(port: u16, state: u8, ns: u64) {
             return;
         }
     }
+    count(counter::UNLABELLED);
 }

@@ -1,4 +1,6 @@
-//! Shared by the xtask binary and the tracer's integration tests: the loopback workload generator,
-//! and network namespaces of one's own.
+//! Shared by the xtask binary and the tracer's tests: the loopback workload generator, network
+//! namespaces of one's own, the static check of the BPF programs' stack, and the runner of
+//! commands in VMs booting other kernels.
+pub mod bpf_stack;
 pub mod netns;
 pub mod workload;

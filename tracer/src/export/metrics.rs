@@ -439,6 +439,11 @@ impl Collector for Exposition {
                 h.unwatched_sockets,
             ),
             (
+                "tcpstate_unlabelled_counts",
+                "Transitions and durations counted without a port label (the port-labelled maps were full, even for `other`)",
+                h.unlabelled,
+            ),
+            (
                 "tcpstate_listen_overflows",
                 "Connections a full accept queue turned away (the kernel's ListenOverflows, summed over namespaces)",
                 latest.listen_drops.overflows,

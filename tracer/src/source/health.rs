@@ -24,6 +24,9 @@ pub(crate) struct KernelHealth {
     /// Resets sent as a socket closed that could not be matched to its close: that connection
     /// counts as ended in order.
     pub(crate) unmatched_resets: u64,
+    /// Transitions or durations the port-labelled maps had no room for, not even under `other`
+    /// (counted in the totals all the same).
+    pub(crate) unlabelled: u64,
 }
 
 impl KernelHealth {

@@ -181,6 +181,7 @@ impl Probe {
             unrecorded_sockets: self.counter(counter::RECORD_FAILED)?,
             unwatched_sockets: self.counter(counter::WATCH_FAILED)?,
             unmatched_resets: self.counter(counter::UNMATCHED_RESETS)?,
+            unlabelled: self.counter(counter::UNLABELLED)?,
         })
     }
 

@@ -517,6 +517,7 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         "unrecorded_sockets": s.health.unrecorded_sockets,
         "unwatched_sockets": s.health.unwatched_sockets,
         "unmatched_resets": s.health.unmatched_resets,
+        "unlabelled_counts": s.health.unlabelled,
         // Kept for the schema: the table no longer evicts (sockets it cannot hold are counted in
         // unrecorded_sockets).
         "evictions": 0,

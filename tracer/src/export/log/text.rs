@@ -411,11 +411,17 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         s.reconciliation.fixes()
     )?;
     let h = &s.health;
-    if h.failed_reads + h.unrecorded_sockets + h.unwatched_sockets + h.unmatched_resets > 0 {
+    if h.failed_reads + h.unrecorded_sockets + h.unwatched_sockets + h.unmatched_resets + h.unlabelled
+        > 0
+    {
         writeln!(
             out,
-            "    kernel: failed reads: {}; sockets without a record: {}; watched sockets not indexed: {}; resets not matched to their close: {}",
-            h.failed_reads, h.unrecorded_sockets, h.unwatched_sockets, h.unmatched_resets
+            "    kernel: failed reads: {}; sockets without a record: {}; watched sockets not indexed: {}; resets not matched to their close: {}; counts without a port label: {}",
+            h.failed_reads,
+            h.unrecorded_sockets,
+            h.unwatched_sockets,
+            h.unmatched_resets,
+            h.unlabelled
         )?;
     }
     for r in &s.reminders {
