@@ -64,7 +64,10 @@ pub mod counter {
     /// Transitions or durations counted in total but under no port label: the port-labelled
     /// maps were full, even for their shared `other` entry.
     pub const UNLABELLED: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Transitions the kernel reported while the transition program ran twice nested on the
+    /// same CPU already (an interrupt within an interrupt): not traced.
+    pub const SKIPPED_NESTED: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Transitions that only a system call of the socket's own process makes (connect, listen, close,

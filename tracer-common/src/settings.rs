@@ -16,7 +16,10 @@ pub struct Config {
     /// Non-zero: the kernel's `tcp_send_reset` tracepoint passes the reset's reason as its third
     /// argument (Linux 6.10 and later); older ones have two arguments.
     pub reset_reason_arg: u8,
-    pub _pad: [u8; 3],
+    /// Non-zero: tracing programs may ask for a socket's cookie (Linux 5.12 and later). Without
+    /// it, a full socket's id in the records and events is its kernel address.
+    pub socket_cookies: u8,
+    pub _pad: [u8; 2],
 }
 
 impl Config {

@@ -44,8 +44,14 @@ fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
         let file = read(fd_array + 8 * fd as u64)?;
         let socket = read(file + global!(OFFSETS.file_private_data) as u64)?;
         let sk = read(socket + global!(OFFSETS.socket_sk) as u64)?;
-        // The transition program asked for the cookie already, which made the kernel assign it.
-        read(sk + global!(OFFSETS.skc_cookie) as u64)?
+        if global!(CONFIG.socket_cookies) == 0 {
+            // Its id where the programs cannot ask for cookies (`read::socket_id`).
+            sk
+        } else {
+            // The transition program asked for the cookie already, which made the kernel
+            // assign it.
+            read(sk + global!(OFFSETS.skc_cookie) as u64)?
+        }
     };
     if cookie == 0 {
         return Ok(());

@@ -2,8 +2,9 @@
 //! (old, new), time in each state, live records by state, and the same per service port when the
 //! daemon asks for port labels. All per CPU: no lock, no atomic.
 use tracer_common::{
-    End, TcpState, counter,
+    End, TcpState,
     aggregate::{DURATION_BUCKETS, Durations, OCTAVES, PortKey, duration_bucket, octave},
+    counter,
     ends::ERRNO_SLOTS,
 };
 

@@ -10,11 +10,9 @@
 //! - `tcp_retransmit_synack`: a listener's SYN-ACK sent again: a handshake its client did not
 //!   complete in time (lost ACKs, a SYN flood). Counted per listener: the daemon lists the
 //!   half-open connections of the listeners whose count moved.
-use aya_ebpf::{
-    cty::c_void, helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
-    End, EventKind, RECENT_CLOSES as RECENT_CLOSES_LEN, TcpState, counter, record_flags,
+    End, EventKind, RECENT_CLOSES as RECENT_CLOSES_LEN, TcpState, Tuple, counter, record_flags,
     settings::watches,
 };
 
@@ -22,7 +20,7 @@ use crate::{
     account,
     maps::{LISTENER_SYNACKS, RECENT_CLOSES, SOCKETS, WATCHED, global},
     output::{Fields, count, emit, finish, passes_filter},
-    read::{full_socket_tuple, member, netns_of, now},
+    read::{full_socket_tuple, listener_id, member, netns_of, now, socket_id},
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -54,8 +52,7 @@ fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
     } else {
         0
     };
-    // SAFETY: a BTF-typed socket pointer, as the helper requires.
-    let cookie = unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) };
+    let cookie = socket_id(sk);
     let state: u8 = member(sk, global!(OFFSETS.skc_state));
     if state != CLOSE {
         // Before the close: the close counts it.
@@ -82,9 +79,10 @@ fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
     let Some(slot) = found else {
         // Not among the sockets this CPU saw close last: the closing task moved between CPUs.
-        let Some(mut tuple) = full_socket_tuple(sk, tcp) else {
+        let mut tuple = Tuple::default();
+        if !full_socket_tuple(sk, tcp, &mut tuple) {
             return Ok(());
-        };
+        }
         tuple.netns = netns_of(sk);
         if passes_filter(&tuple) {
             count(counter::UNMATCHED_RESETS);
@@ -140,8 +138,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     if sk == 0 || member::<u8>(sk, global!(OFFSETS.skc_state)) != SYN_SENT {
         return 0;
     }
-    // SAFETY: a BTF-typed socket pointer, as the helper requires.
-    let cookie = unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) };
+    let cookie = socket_id(sk);
     if let Some(record) = SOCKETS.get_ptr_mut(cookie) {
         count(counter::SYN_RETRANSMITS);
         // SAFETY: the map value lives while the program runs; serialized by the socket lock.
@@ -175,13 +172,12 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
     if tcp == 0 {
         return 0;
     }
-    if let Some(mut tuple) = full_socket_tuple(listener, tcp) {
+    let mut tuple = Tuple::default();
+    if full_socket_tuple(listener, tcp, &mut tuple) {
         tuple.netns = netns_of(listener);
         if passes_filter(&tuple) {
             count(counter::SYNACK_RETRANSMITS);
-            // SAFETY: a BTF-typed socket pointer, as the helper requires.
-            let cookie = unsafe { generated::bpf_get_socket_cookie(listener as *mut c_void) };
-            count_synack(cookie);
+            count_synack(listener_id(listener));
         }
     }
     0

@@ -2,6 +2,7 @@
 //! (`tracer_common::names`); the daemon resizes the record maps (`--max-sockets`) before load.
 use core::mem::MaybeUninit;
 
+use crate::transition::Change;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -82,6 +83,14 @@ pub(crate) static PORT_DURATIONS: PerCpuHashMap<PortKey, PortDurations> =
 pub(crate) static LISTENER_SYNACKS: LruPerCpuHashMap<u64, u64> =
     LruPerCpuHashMap::with_max_entries(1024, 0);
 
+/// Per-CPU room for the transition program's change (`transition::Change`), one slot per level
+/// of nesting, and the level this CPU is at.
+#[map]
+pub(crate) static CHANGES: PerCpuArray<Change> = PerCpuArray::with_max_entries(2, 0);
+
+#[map]
+pub(crate) static NESTING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU room to build an index entry in (the program's stack is small).
 #[map]
 pub(crate) static SCRATCH_WATCH: PerCpuArray<Watch> = PerCpuArray::with_max_entries(1, 0);
@@ -159,7 +168,8 @@ pub(crate) static CONFIG: Rodata<Config> = Rodata::new(Config {
     log_all: 0,
     port_labels: 0,
     reset_reason_arg: 0,
-    _pad: [0; 3],
+    socket_cookies: 0,
+    _pad: [0; 2],
 });
 
 #[unsafe(no_mangle)]

@@ -4,6 +4,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated,
+    maps::ring_buf::RingBufEntry,
 };
 use aya_log_ebpf::warn;
 use tracer_common::{Event, EventKind, Tuple, counter};
@@ -90,13 +91,48 @@ pub(crate) struct Fields {
     pub(crate) with_comm: bool,
 }
 
-/// Writes one event, built in place in the ring buffer (not on the program's small stack), or
-/// counts it under `lost` when the buffer is full. The reader is woken only when enough data
-/// waits (see `WAKEUP_BYTES`).
+/// Room for one event in the ring buffer, where it is built in place (not on the program's small
+/// stack); `None`, counted under `lost`, when the buffer is full.
+#[inline(always)]
+pub(crate) fn reserve(lost: u32) -> Option<RingBufEntry<Event>> {
+    let entry = EVENTS.reserve::<Event>(0);
+    if entry.is_none() {
+        count(lost);
+    }
+    entry
+}
+
+/// Hands a built event to the daemon. The reader is woken only when enough data waits (see
+/// `WAKEUP_BYTES`).
+#[inline(always)]
+pub(crate) fn submit(entry: RingBufEntry<Event>) {
+    let threshold = global!(WAKEUP_BYTES);
+    let flags = if threshold == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    };
+    entry.submit(flags);
+}
+
+/// The owner's name, when the current task is the owner, written straight into the event's
+/// (word-aligned) field; on failure the helper leaves zeroes: an empty name, which the daemon
+/// fills in from /proc.
+#[inline(always)]
+pub(crate) fn write_current_comm(event: *mut Event) {
+    // SAFETY: the event's 16-byte `comm`.
+    unsafe {
+        let comm = &raw mut (*event).owner.comm;
+        generated::bpf_get_current_comm(comm.cast(), 16);
+    }
+}
+
+/// Writes one event from its fields, or counts it under `lost` when the buffer is full.
 #[inline(always)]
 pub(crate) fn emit(fields: &Fields, tuple: &Tuple, lost: u32) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(lost);
+    let Some(mut entry) = reserve(lost) else {
         return;
     };
     let event = entry.as_mut_ptr();
@@ -111,10 +147,7 @@ pub(crate) fn emit(fields: &Fields, tuple: &Tuple, lost: u32) {
         (*event).owner._pad = 0;
         (*event).owner.comm = [0; 16];
         if fields.with_comm {
-            // Written straight into the (word-aligned) record; on failure it leaves zeroes: an
-            // empty name, which the daemon fills in from /proc.
-            let comm = &raw mut (*event).owner.comm;
-            generated::bpf_get_current_comm(comm.cast(), 16);
+            write_current_comm(event);
         }
         (*event).kind = fields.kind as u8;
         (*event).old = fields.old;
@@ -127,13 +160,5 @@ pub(crate) fn emit(fields: &Fields, tuple: &Tuple, lost: u32) {
         (*event).syn_retransmits = fields.syn_retransmits;
         (*event)._pad = [0; 6];
     }
-    let threshold = global!(WAKEUP_BYTES);
-    let flags = if threshold == 0 {
-        0
-    } else if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold {
-        BPF_RB_FORCE_WAKEUP.into()
-    } else {
-        BPF_RB_NO_WAKEUP.into()
-    };
-    entry.submit(flags);
+    submit(entry);
 }

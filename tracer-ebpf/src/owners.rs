@@ -37,19 +37,29 @@ pub fn socket_owners(ctx: *mut c_void) -> i32 {
     // the sock and its cookie (0 until someone asked for it).
     let socket: u64 = member(file, global!(OFFSETS.file_private_data));
     // SAFETY: probe reads check the addresses.
-    let cookie = unsafe {
-        match bpf_probe_read_kernel((socket + global!(OFFSETS.socket_sk) as u64) as *const u64) {
-            Ok(sk) if sk != 0 => {
-                bpf_probe_read_kernel((sk + global!(OFFSETS.skc_cookie) as u64) as *const u64)
-                    .unwrap_or(0)
-            }
-            _ => 0,
-        }
+    let sk = unsafe {
+        bpf_probe_read_kernel((socket + global!(OFFSETS.socket_sk) as u64) as *const u64)
+            .unwrap_or(0)
     };
-    // SAFETY: a lookup only tests presence.
-    if cookie == 0 || unsafe { WANTED_SOCKETS.get(&cookie) }.is_none() {
+    if sk == 0 {
         return 0;
     }
+    // SAFETY: as above.
+    let cookie = unsafe {
+        bpf_probe_read_kernel((sk + global!(OFFSETS.skc_cookie) as u64) as *const u64).unwrap_or(0)
+    };
+    // SAFETY: lookups only test presence.
+    let wanted = |id: u64| id != 0 && unsafe { WANTED_SOCKETS.get(&id) }.is_some();
+    // Sockets are wanted by cookie; where the programs cannot ask for cookies, by the address
+    // that is their id there (`read::socket_id`), listeners still by the cookie the socket list
+    // gave them.
+    let cookie = if wanted(cookie) {
+        cookie
+    } else if global!(CONFIG.socket_cookies) == 0 && wanted(sk) {
+        sk
+    } else {
+        return 0;
+    };
     let hit = OwnerHit {
         cookie,
         pid: member::<i32>(task, global!(OFFSETS.task_tgid)) as u32,

@@ -2,7 +2,11 @@
 //! kernel's BTF (`OFFSETS`).
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_ktime_get_ns},
+    cty::c_void,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        generated::{self, bpf_ktime_get_ns},
+    },
     programs::TracePointContext,
 };
 use tracer_common::{AF_INET, AF_INET6, Tuple, normalize_family};
@@ -17,6 +21,35 @@ pub(crate) fn now() -> u64 {
 
 pub(crate) fn current_pid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// A full socket's id in the records and events (`sk` BTF-typed): its cookie (stable for its
+/// life, never reused, what the kernel's socket list reports), or where tracing programs cannot
+/// ask for one (before Linux 5.12) its address, told apart from the sockets freed before by the
+/// records' removal at CLOSE.
+#[inline(always)]
+pub(crate) fn socket_id(sk: u64) -> u64 {
+    if global!(CONFIG.socket_cookies) != 0 {
+        // SAFETY: a BTF-typed socket pointer, as the helper requires. With the setting off the
+        // verifier never reaches this call, so older kernels accept the program.
+        unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) }
+    } else {
+        sk
+    }
+}
+
+/// A listener's id as the kernel's socket list names it: its cookie. Without the helper, the
+/// cookie the socket list gave it (the daemon lists listeners every few seconds), or its address
+/// until then.
+#[inline(always)]
+pub(crate) fn listener_id(sk: u64) -> u64 {
+    if global!(CONFIG.socket_cookies) != 0 {
+        return socket_id(sk);
+    }
+    match member::<u64>(sk, global!(OFFSETS.skc_cookie)) {
+        0 => sk,
+        cookie => cookie,
+    }
 }
 
 /// A field of a BTF-typed kernel struct, loaded directly (no helper call): the offset is a
@@ -36,10 +69,11 @@ pub(crate) fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
 }
 
 /// A full TCP socket's addresses (`sk` BTF-typed, `tcp` the same socket cast by the kernel to a
-/// `tcp_sock`), without its network namespace; `None` for a family other than IPv4/IPv6.
+/// `tcp_sock`), without its network namespace, written into `tuple`; false for a family other
+/// than IPv4/IPv6.
 #[inline(always)]
-pub(crate) fn full_socket_tuple(sk: u64, tcp: u64) -> Option<Tuple> {
-    let mut tuple = Tuple {
+pub(crate) fn full_socket_tuple(sk: u64, tcp: u64, tuple: &mut Tuple) -> bool {
+    *tuple = Tuple {
         sport: u16::from_be(member(tcp, global!(OFFSETS.inet_sport))),
         dport: u16::from_be(member(sk, global!(OFFSETS.skc_dport))),
         family: member(sk, global!(OFFSETS.skc_family)),
@@ -65,11 +99,11 @@ pub(crate) fn full_socket_tuple(sk: u64, tcp: u64) -> Option<Tuple> {
         tuple.saddr[8..].copy_from_slice(&words[1].to_ne_bytes());
         tuple.daddr[..8].copy_from_slice(&words[2].to_ne_bytes());
         tuple.daddr[8..].copy_from_slice(&words[3].to_ne_bytes());
-        normalize_family(&mut tuple);
+        normalize_family(tuple);
     } else {
-        return None;
+        return false;
     }
-    Some(tuple)
+    true
 }
 
 /// Inode number of the network namespace of a socket (full or timewait); 0 when unreadable.
@@ -88,31 +122,27 @@ pub(crate) fn netns_of(sk: u64) -> u32 {
 }
 
 /// Reads a `struct sock_common`'s addresses, ports and namespace through an untyped pointer (a
-/// timewait socket, or a socket found through a file).
+/// timewait socket, or a socket found through a file) into `tuple`, straight into its fields.
 #[inline(always)]
-pub(crate) fn read_sock_common(sk: u64) -> Result<Tuple, i64> {
+pub(crate) fn read_sock_common(sk: u64, tuple: &mut Tuple) -> Result<(), i64> {
     let at = |offset: u32| (sk + offset as u64) as *const u8;
+    *tuple = Tuple::default();
     // SAFETY: bpf_probe_read_kernel checks the addresses.
     unsafe {
-        let family: u16 = bpf_probe_read_kernel(at(global!(OFFSETS.skc_family)).cast())?;
-        let dport_be: u16 = bpf_probe_read_kernel(at(global!(OFFSETS.skc_dport)).cast())?;
-        let mut tuple = Tuple {
-            sport: bpf_probe_read_kernel(at(global!(OFFSETS.skc_num)).cast())?,
-            dport: u16::from_be(dport_be),
-            family,
-            netns: netns_of(sk),
-            ..Tuple::default()
-        };
-        if family == AF_INET {
-            let s: [u8; 4] = bpf_probe_read_kernel(at(global!(OFFSETS.skc_rcv_saddr)).cast())?;
-            let d: [u8; 4] = bpf_probe_read_kernel(at(global!(OFFSETS.skc_daddr)).cast())?;
-            tuple.saddr[..4].copy_from_slice(&s);
-            tuple.daddr[..4].copy_from_slice(&d);
+        tuple.family = bpf_probe_read_kernel(at(global!(OFFSETS.skc_family)).cast())?;
+        tuple.dport = u16::from_be(bpf_probe_read_kernel(
+            at(global!(OFFSETS.skc_dport)).cast(),
+        )?);
+        tuple.sport = bpf_probe_read_kernel(at(global!(OFFSETS.skc_num)).cast())?;
+        if tuple.family == AF_INET {
+            bpf_probe_read_kernel_buf(at(global!(OFFSETS.skc_rcv_saddr)), &mut tuple.saddr[..4])?;
+            bpf_probe_read_kernel_buf(at(global!(OFFSETS.skc_daddr)), &mut tuple.daddr[..4])?;
         } else {
-            tuple.saddr = bpf_probe_read_kernel(at(global!(OFFSETS.skc_v6_rcv_saddr)).cast())?;
-            tuple.daddr = bpf_probe_read_kernel(at(global!(OFFSETS.skc_v6_daddr)).cast())?;
-            normalize_family(&mut tuple);
+            bpf_probe_read_kernel_buf(at(global!(OFFSETS.skc_v6_rcv_saddr)), &mut tuple.saddr)?;
+            bpf_probe_read_kernel_buf(at(global!(OFFSETS.skc_v6_daddr)), &mut tuple.daddr)?;
+            normalize_family(tuple);
         }
-        Ok(tuple)
     }
+    tuple.netns = netns_of(sk);
+    Ok(())
 }

@@ -37,7 +37,8 @@ fn on_expire(ctx: &BtfTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let tw = timer - global!(OFFSETS.tw_timer) as u64;
-    let tuple = read_sock_common(tw)?;
+    let mut tuple = Tuple::default();
+    read_sock_common(tw, &mut tuple)?;
     if !passes_filter(&tuple) {
         return Ok(());
     }

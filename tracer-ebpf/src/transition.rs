@@ -14,9 +14,7 @@
 //! The steps share one [`Change`] on the stack and read each setting alone (`global!`): the
 //! program's whole chain of frames stays far below the 512 bytes of kernels without a private
 //! stack.
-use aya_ebpf::{
-    cty::c_void, helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     End, EventKind, LastClose, RECENT_CLOSES as RECENT_CLOSES_LEN, SockRecord, TcpState, Tuple,
     TwRecord, UNKNOWN_DURATION, counter, event_flags, record_flags, runs_in_owner_context,
@@ -26,11 +24,11 @@ use tracer_common::{
 use crate::{
     account,
     maps::{
-        LINGERING, RECENT_CLOSES, SCRATCH_WATCH, SOCKETS, THRESHOLDS, TIMEWAIT, TW_TIMER_HANDLER,
-        WATCHED, global,
+        CHANGES, LINGERING, NESTING, RECENT_CLOSES, SCRATCH_WATCH, SOCKETS, THRESHOLDS, TIMEWAIT,
+        TW_TIMER_HANDLER, WATCHED, global,
     },
-    output::{Fields, count, count_failure, emit, passes_filter},
-    read::{current_pid, full_socket_tuple, member, netns_of, now},
+    output::{count, count_failure, passes_filter, reserve, submit, write_current_comm},
+    read::{current_pid, full_socket_tuple, member, netns_of, now, socket_id},
     timewait::end_timewait,
 };
 
@@ -62,44 +60,53 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if tcp == 0 {
         return 0;
     }
-    let Some(mut tuple) = full_socket_tuple(sk, tcp) else {
+    // The change is built in this CPU's scratch space, not on the program's small stack: one
+    // slot per level of nesting (kernels before 6.x let a softirq run the program again on top
+    // of a run it interrupted).
+    let Some(depth) = NESTING.get_ptr_mut(0) else {
         return 0;
     };
-    tuple.netns = netns_of(sk);
-    if !passes_filter(&tuple) {
+    // SAFETY: this CPU's counter; a nested run restores it before the outer run resumes.
+    let level = unsafe { *depth };
+    let Some(change) = CHANGES.get_ptr_mut(level) else {
+        count(counter::SKIPPED_NESTED);
         return 0;
+    };
+    // SAFETY: as above.
+    unsafe { *depth = level + 1 };
+    // SAFETY: this level's slot, no one else's while the program runs.
+    let change = unsafe { &mut *change };
+    if change.fill(sk, tcp, old, new) {
+        let record = SOCKETS.get_ptr_mut(change.cookie);
+        change.read(sk, record);
+        change.count(sk);
+        change.report();
+        let kept = change.keep(&ctx, record);
+        change.index(&ctx, kept);
+        // A connection reusing the address of a timewait socket ends it (TIME-WAIT reuse on
+        // connect, or a SYN accepted on a TIME-WAIT address).
+        if (old == SYN_SENT && new == ESTABLISHED) || (old == LISTEN && new == SYN_RECV) {
+            let at = if old == SYN_SENT && change.known {
+                change.since
+            } else {
+                change.ts
+            };
+            end_timewait(&change.tuple, at, 0);
+        }
     }
-    count(counter::TRANSITIONS);
-    let cookie = socket_cookie(sk);
-    let record = SOCKETS.get_ptr_mut(cookie);
-    let mut change = Change::read(sk, cookie, old, new, record, &tuple);
-    change.count();
-    change.report(&tuple);
-    let kept = change.keep(&ctx, record, &tuple);
-    change.index(&ctx, kept, &tuple);
-    // A connection reusing the address of a timewait socket ends it (TIME-WAIT reuse on connect,
-    // or a SYN accepted on a TIME-WAIT address).
-    if (old == SYN_SENT && new == ESTABLISHED) || (old == LISTEN && new == SYN_RECV) {
-        let at = if old == SYN_SENT && change.known {
-            change.since
-        } else {
-            change.ts
-        };
-        end_timewait(&tuple, at, 0);
-    }
+    // SAFETY: as above.
+    unsafe { *depth = level };
     0
 }
 
-#[inline(always)]
-fn socket_cookie(sk: u64) -> u64 {
-    // SAFETY: a BTF-typed socket pointer, as the helper requires.
-    unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) }
-}
-
-/// One transition, as the steps see it. Plain scalars: the verifier follows them better than
-/// options or copies of records.
-struct Change {
+/// One transition, as the steps see it: plain scalars (the verifier follows them better than
+/// options or copies of records), in per-CPU scratch space ([`CHANGES`]).
+pub(crate) struct Change {
+    tuple: Tuple,
+    /// The socket's address, as a number (the kernel's typed pointer cannot be kept in a map:
+    /// the steps that read the socket take it as an argument).
     sk: u64,
+    /// The socket's id (`socket_id`): its cookie, or its address on older kernels.
     cookie: u64,
     ts: u64,
     /// Since when the record says the socket is in its state.
@@ -131,38 +138,45 @@ struct Change {
 }
 
 impl Change {
+    /// The socket and the transition; false when the socket is not traced (another family, or
+    /// left out by the user's filters).
+    #[inline(always)]
+    fn fill(&mut self, sk: u64, tcp: u64, old: u8, new: u8) -> bool {
+        if !full_socket_tuple(sk, tcp, &mut self.tuple) {
+            return false;
+        }
+        self.tuple.netns = netns_of(sk);
+        if !passes_filter(&self.tuple) {
+            return false;
+        }
+        count(counter::TRANSITIONS);
+        self.sk = sk;
+        self.cookie = socket_id(sk);
+        self.ts = now();
+        self.since = 0;
+        self.spent = UNKNOWN_DURATION;
+        self.pid = 0;
+        self.service_port = service_port(old, &self.tuple);
+        self.old = old;
+        self.new = new;
+        self.next = new;
+        self.had_state = NONE;
+        self.had_flags = 0;
+        self.reset_reason = 0;
+        self.syn_retransmits = 0;
+        self.known = false;
+        self.age_known = false;
+        self.handover = false;
+        self.end = 0;
+        self.error = 0;
+        true
+    }
+
     /// What the record knew, and where the connection goes.
     #[inline(always)]
-    fn read(
-        sk: u64,
-        cookie: u64,
-        old: u8,
-        new: u8,
-        record: Option<*mut SockRecord>,
-        tuple: &Tuple,
-    ) -> Self {
-        let ts = now();
-        let mut change = Self {
-            sk,
-            cookie,
-            ts,
-            since: 0,
-            spent: UNKNOWN_DURATION,
-            pid: 0,
-            service_port: service_port(old, tuple),
-            old,
-            new,
-            next: new,
-            had_state: NONE,
-            had_flags: 0,
-            reset_reason: 0,
-            syn_retransmits: 0,
-            known: false,
-            age_known: false,
-            handover: false,
-            end: 0,
-            error: 0,
-        };
+    fn read(&mut self, sk: u64, record: Option<*mut SockRecord>) {
+        let (old, new, ts) = (self.old, self.new, self.ts);
+        let change = self;
         if let Some(r) = record {
             // SAFETY: the map value lives while the program runs (RCU); a socket's transitions
             // are serialized by its lock.
@@ -198,7 +212,6 @@ impl Change {
                 FIN_WAIT2
             };
         }
-        change
     }
 
     /// A lingering FIN-WAIT-2: the connection stays in FIN_WAIT2, held by a timewait socket.
@@ -209,8 +222,8 @@ impl Change {
 
     /// Counts the transition, the time spent in the old state, a connect's time, and how the
     /// connection ended.
-    #[inline(never)]
-    fn count(&mut self) {
+    #[inline(always)]
+    fn count(&mut self, sk: u64) {
         let port_labels = global!(CONFIG.port_labels) != 0;
         if !self.lingers() {
             account::transition(self.old, self.next, self.service_port, port_labels);
@@ -222,15 +235,15 @@ impl Change {
             account::connect_duration(self.spent, self.syn_retransmits != 0);
         }
         if self.new == CLOSE {
-            self.count_end();
+            self.count_end(sk);
         }
     }
 
     /// How the connection ended: the kernel set the socket's error before closing it, and a
     /// reset of its own was recorded. A reset sent right after the close amends it (`ends`).
     #[inline(always)]
-    fn count_end(&mut self) {
-        let err: i32 = member(self.sk, global!(OFFSETS.sk_err));
+    fn count_end(&mut self, sk: u64) {
+        let err: i32 = member(sk, global!(OFFSETS.sk_err));
         self.error = if (0..=255).contains(&err) {
             err as u8
         } else {
@@ -261,8 +274,8 @@ impl Change {
     /// Writes the event when the daemon wants it. It goes before the index changes: the daemon
     /// reads the index, then the ring buffer, so a socket gone from the index always has its
     /// event there already.
-    #[inline(never)]
-    fn report(&self, tuple: &Tuple) {
+    #[inline(always)]
+    fn report(&self) {
         if self.lingers() {
             return;
         }
@@ -282,46 +295,52 @@ impl Change {
         if self.handover {
             flags |= event_flags::TIMEWAIT;
         }
+        let Some(mut entry) = reserve(counter::LOST_TRANSITIONS) else {
+            return;
+        };
+        let event = entry.as_mut_ptr();
         let connected = self.old == SYN_SENT && self.new == ESTABLISHED;
-        emit(
-            &Fields {
-                kind: EventKind::Transition,
-                ts_ns: self.ts,
-                sock: self.sk,
-                cookie: self.cookie,
-                prev_state_ns: self.spent,
-                old: self.old,
-                new: self.next,
-                flags,
-                service_port: self.service_port,
-                end: self.end,
-                error: self.error,
-                reset_reason: if self.end == End::ResetSent as u8 {
-                    self.reset_reason
-                } else {
-                    0
-                },
-                syn_retransmits: if connected { self.syn_retransmits } else { 0 },
-                pid: self.pid,
-                // Only the owner's own system call runs as the owner.
-                with_comm: runs_in_owner_context(self.old, self.new),
-            },
-            tuple,
-            counter::LOST_TRANSITIONS,
-        );
+        // Written field by field from the change, after the reservation: nothing waits on the
+        // stack across the call.
+        // SAFETY: the reservation holds one `Event`; every field is written before it is
+        // submitted.
+        unsafe {
+            (*event).ts_ns = self.ts;
+            (*event).sock = self.sk;
+            (*event).cookie = self.cookie;
+            (*event).prev_state_ns = self.spent;
+            (*event).tuple = self.tuple;
+            (*event).owner.pid = self.pid;
+            (*event).owner._pad = 0;
+            (*event).owner.comm = [0; 16];
+            // Only the owner's own system call runs as the owner.
+            if runs_in_owner_context(self.old, self.new) {
+                write_current_comm(event);
+            }
+            (*event).kind = EventKind::Transition as u8;
+            (*event).old = self.old;
+            (*event).new = self.next;
+            (*event).flags = flags;
+            (*event).service_port = self.service_port;
+            (*event).end = self.end;
+            (*event).error = self.error;
+            (*event).reset_reason = if self.end == End::ResetSent as u8 {
+                self.reset_reason
+            } else {
+                0
+            };
+            (*event).syn_retransmits = if connected { self.syn_retransmits } else { 0 };
+            (*event)._pad = [0; 6];
+        }
+        submit(entry);
     }
 
     /// The record follows the socket; returns the state it holds afterwards (NONE: no record).
-    #[inline(never)]
-    fn keep(
-        &self,
-        ctx: &BtfTracePointContext,
-        record: Option<*mut SockRecord>,
-        tuple: &Tuple,
-    ) -> u8 {
+    #[inline(always)]
+    fn keep(&self, ctx: &BtfTracePointContext, record: Option<*mut SockRecord>) -> u8 {
         let had = self.had_state != NONE;
         if self.handover {
-            self.hand_over(ctx, tuple);
+            self.hand_over(ctx);
             if had {
                 let _ = SOCKETS.remove(self.cookie);
             }
@@ -344,7 +363,7 @@ impl Change {
                 unsafe {
                     (*r).since_ns = self.ts;
                     (*r).pid = self.pid;
-                    (*r).netns = tuple.netns;
+                    (*r).netns = self.tuple.netns;
                     (*r).service_port = self.service_port;
                     (*r).state = self.new;
                     (*r).flags = record_flags::AGE_KNOWN;
@@ -358,7 +377,7 @@ impl Change {
         let fresh = SockRecord {
             since_ns: self.ts,
             pid: self.pid,
-            netns: tuple.netns,
+            netns: self.tuple.netns,
             service_port: self.service_port,
             state: self.new,
             flags: record_flags::AGE_KNOWN,
@@ -377,7 +396,7 @@ impl Change {
 
     /// The connection moves to a timewait record, by address.
     #[inline(always)]
-    fn hand_over(&self, ctx: &BtfTracePointContext, tuple: &Tuple) {
+    fn hand_over(&self, ctx: &BtfTracePointContext) {
         let lingers = self.lingers();
         let tw = TwRecord {
             since_ns: if lingers && self.known {
@@ -395,10 +414,10 @@ impl Change {
                 0
             },
         };
-        let stored = TIMEWAIT.insert(tuple, &tw, 0).is_ok();
+        let stored = TIMEWAIT.insert(&self.tuple, &tw, 0).is_ok();
         if !stored {
             count_failure(ctx, counter::RECORD_FAILED);
-        } else if lingers && LINGERING.insert(tuple, &0, 0).is_err() {
+        } else if lingers && LINGERING.insert(&self.tuple, &0, 0).is_err() {
             // Its silent move to TIME-WAIT will not be looked for: the kernel's list tells at
             // the next reconciliation.
             count_failure(ctx, counter::RECORD_FAILED);
@@ -408,8 +427,8 @@ impl Change {
     }
 
     /// The index of full sockets in watched states follows the record (`kept`: its state now).
-    #[inline(never)]
-    fn index(&self, ctx: &BtfTracePointContext, kept: u8, tuple: &Tuple) {
+    #[inline(always)]
+    fn index(&self, ctx: &BtfTracePointContext, kept: u8) {
         let watched = global!(CONFIG.watched);
         let was_watched = self.had_state != NONE && watches(watched, self.had_state);
         if kept == NONE || !watches(watched, kept) {
@@ -439,7 +458,7 @@ impl Change {
         let entry = unsafe {
             (*entry).since_ns = self.ts;
             (*entry).sock = self.sk;
-            (*entry).tuple = *tuple;
+            (*entry).tuple = self.tuple;
             (*entry).pid = self.pid;
             (*entry).service_port = self.service_port;
             (*entry).state = kept;

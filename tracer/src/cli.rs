@@ -147,6 +147,12 @@ pub struct Config {
     /// Longest time an event may wait in the ring buffer before the daemon reads it.
     #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) poll_interval: Duration,
+
+    /// Load and attach the kernel programs as the other flags set them up, say which parts work
+    /// on this kernel (and why a part does not), with the instructions the verifier processed for
+    /// each program, then exit: 0 when the tracer can run here.
+    #[arg(long)]
+    pub(crate) check: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +164,8 @@ pub(crate) enum When {
 
 /// Every stage's settings, from the flags.
 pub(crate) struct Settings {
+    /// `--check`: load, report, exit.
+    pub(crate) check: bool,
     pub(crate) load: LoadSettings,
     pub(crate) core: core::Settings,
     pub(crate) log: LogSettings,
@@ -193,6 +201,7 @@ impl Config {
         let transitions = self.logs_transitions(stdout_is_terminal)
             && tracing::enabled!(target: "tcpstate::transition", tracing::Level::INFO);
         Settings {
+            check: self.check,
             load: LoadSettings {
                 ring_buffer_size: self.ring_buffer_size,
                 filter: self.socket_filter(),

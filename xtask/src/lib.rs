@@ -3,4 +3,5 @@
 //! commands in VMs booting other kernels.
 pub mod bpf_stack;
 pub mod netns;
+pub mod vm;
 pub mod workload;

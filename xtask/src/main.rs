@@ -46,6 +46,9 @@ enum Task {
     Soak(soak::Options),
     /// Hold up to a million sockets and measure what the tracer spends on them, as root.
     Scale(scale::Options),
+    /// Run a command as root inside VMs booting other kernels (Debian 5.10, 6.1, 6.12) under
+    /// QEMU, with this machine's root filesystem shared in.
+    Vm(xtask::vm::Options),
     /// A worker process of `scale`, holding connections (started by the harness).
     #[command(hide = true)]
     ScaleWorker(scale::worker::Args),
@@ -118,6 +121,17 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 options
             })
+        }
+        Task::Vm(options) => {
+            require_root(
+                "the VM runner installs packages and shares this machine's root filesystem",
+                "vm",
+            )?;
+            let status = xtask::vm::run(&options)?;
+            if status != 0 {
+                std::process::exit(status);
+            }
+            Ok(())
         }
         Task::ScaleWorker(args) => scale::worker::run(&args),
     }

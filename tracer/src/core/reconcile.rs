@@ -67,6 +67,9 @@ impl Reconciliation {
 
 /// The kernel's records as the daemon read them, before the listing was taken.
 pub(crate) struct Records<'a> {
+    /// The records of full sockets are named by cookie, as the listing's are; else (kernels whose
+    /// programs cannot ask for cookies) only timewait records are reconciled.
+    pub(crate) full_sockets: bool,
     pub(crate) sockets: &'a [(u64, SockRecord)],
     pub(crate) timewaits: &'a [(Tuple, TwRecord)],
     pub(crate) watched: &'a [(u64, Watch)],
@@ -147,6 +150,9 @@ pub(crate) fn plan(
             }
             continue;
         }
+        if !records.full_sockets {
+            continue;
+        }
         listed_full.insert(socket.cookie);
         let record = match sockets.get(&socket.cookie) {
             None => {
@@ -199,7 +205,7 @@ pub(crate) fn plan(
             plan.watch_gone.push((socket.cookie, Some(record)));
         }
     }
-    for (cookie, record) in records.sockets {
+    for (cookie, record) in records.sockets.iter().filter(|_| records.full_sockets) {
         if listing.listed.contains(&record.netns) && !listed_full.contains(cookie) {
             plan.sockets_gone.push((*cookie, *record));
         }
@@ -213,7 +219,7 @@ pub(crate) fn plan(
         }
     }
     // Index entries of sockets whose record is gone or not in a watched state.
-    for (cookie, entry) in records.watched {
+    for (cookie, entry) in records.watched.iter().filter(|_| records.full_sockets) {
         let record = sockets.get(cookie);
         let stale = record.is_none_or(|r| !watched(r.state))
             || (listing.listed.contains(&entry.tuple.netns) && !listed_full.contains(cookie));
@@ -385,6 +391,7 @@ mod tests {
 
     fn no_records() -> Records<'static> {
         Records {
+            full_sockets: true,
             sockets: &[],
             timewaits: &[],
             watched: &[],
@@ -458,9 +465,8 @@ mod tests {
         let watched = [(9, Watch::default())];
         let records = Records {
             sockets: &sockets,
-            timewaits: &[],
             watched: &watched,
-            lingering: &[],
+            ..no_records()
         };
         let listing = listing(vec![
             listed(2, TcpState::CloseWait, 80, 6000),
@@ -510,6 +516,30 @@ mod tests {
             (fixes.runs, fixes.added, fixes.removed, fixes.corrected),
             (1, 1, 1, 1)
         );
+    }
+
+    /// Where the programs name full sockets by address, the listing's cookies cannot be matched
+    /// with them: only timewait sockets (named by address and ports) are reconciled.
+    #[test]
+    fn records_named_by_address_are_left_alone() {
+        let sockets = [(0xffff_8881_0000_0000, record(TcpState::Established, 10))];
+        let watched = [(0xffff_8881_0000_0000, Watch::default())];
+        let records = Records {
+            full_sockets: false,
+            sockets: &sockets,
+            watched: &watched,
+            ..no_records()
+        };
+        let mut time_wait = listed(3, TcpState::TimeWait, 40000, 80);
+        time_wait.timewait = true;
+        let listing = listing(vec![listed(2, TcpState::CloseWait, 80, 5000), time_wait]);
+        for seed in [true, false] {
+            let plan = plan(&records, &listing, &thresholds(), 50, seed);
+            assert!(plan.sockets_new.is_empty() && plan.sockets_gone.is_empty());
+            assert!(plan.sockets_fixed.is_empty());
+            assert!(plan.watch_set.is_empty() && plan.watch_gone.is_empty());
+            assert_eq!(plan.timewaits_new.len(), 1);
+        }
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub(super) struct Jobs {
     owners: Option<Arc<SocketOwners>>,
     filter: SocketFilter,
     thresholds: Thresholds,
+    /// The records of full sockets are named by cookie and can be reconciled.
+    socket_cookies: bool,
     pub(super) reconciliation: Option<JoinHandle<Result<Reconciled>>>,
     pub(super) lingering: Option<JoinHandle<Result<Moved>>>,
     pub(super) listeners: Option<JoinHandle<Result<ListenersChecked>>>,
@@ -83,12 +85,14 @@ impl Jobs {
         owners: Option<SocketOwners>,
         filter: SocketFilter,
         thresholds: Thresholds,
+        socket_cookies: bool,
     ) -> Self {
         Self {
             maps,
             owners: owners.map(Arc::new),
             filter,
             thresholds,
+            socket_cookies,
             reconciliation: None,
             lingering: None,
             listeners: None,
@@ -104,13 +108,14 @@ impl Jobs {
         if self.reconciliation.is_some() {
             return;
         }
-        let (maps, filter, thresholds) = (
+        let (maps, filter, thresholds, full_sockets) = (
             self.maps.clone(),
             self.filter.clone(),
             self.thresholds.clone(),
+            self.socket_cookies,
         );
         self.reconciliation = Some(tokio::task::spawn_blocking(move || {
-            reconcile_now(&maps, &filter, &thresholds, seed)
+            reconcile_now(&maps, &filter, &thresholds, seed, full_sockets)
         }));
     }
 
@@ -167,11 +172,21 @@ fn reconcile_now(
     filter: &SocketFilter,
     thresholds: &Thresholds,
     seed: bool,
+    full_sockets: bool,
 ) -> Result<Reconciled> {
     let started = thread_cpu_time();
-    let sockets: Vec<(u64, SockRecord)> = maps.all(RecordMap::Sockets)?;
+    // Records named by address cannot be matched with the listing's cookies: left alone.
+    let sockets: Vec<(u64, SockRecord)> = if full_sockets {
+        maps.all(RecordMap::Sockets)?
+    } else {
+        Vec::new()
+    };
+    let watched: Vec<(u64, Watch)> = if full_sockets {
+        maps.all(RecordMap::Watched)?
+    } else {
+        Vec::new()
+    };
     let timewaits: Vec<(Tuple, TwRecord)> = maps.all(RecordMap::Timewait)?;
-    let watched: Vec<(u64, Watch)> = maps.all(RecordMap::Watched)?;
     let lingering: Vec<(Tuple, u8)> = maps.all(RecordMap::Lingering)?;
     let lingering: Vec<Tuple> = lingering.into_iter().map(|(key, _)| key).collect();
     let before_listing = thread_cpu_time();
@@ -182,6 +197,7 @@ fn reconcile_now(
         .cpu
         .saturating_sub(thread_cpu_time().saturating_sub(before_listing));
     let records = Records {
+        full_sockets,
         sockets: &sockets,
         timewaits: &timewaits,
         watched: &watched,

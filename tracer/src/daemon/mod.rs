@@ -3,6 +3,7 @@
 //! reconciliations, lingering checks, metric refreshes) and the blocking jobs beside it
 //! ([`jobs`], [`apply`]), and stops cleanly.
 mod apply;
+mod check;
 mod jobs;
 mod pipeline;
 
@@ -40,6 +41,9 @@ const METRICS_REFRESH: Duration = Duration::from_secs(1);
 
 pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -> Result<()> {
     let settings = config.settings(stdout_is_terminal);
+    if settings.check {
+        return check::run(&settings, stdout);
+    }
     // From the start, so a stop requested during start-up is a clean stop too.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -60,6 +64,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         pipeline.socket_owners()?,
         settings.load.filter.clone(),
         pipeline.tracker.thresholds().clone(),
+        pipeline.socket_cookies(),
     );
     // The start-up snapshot: the programs are attached already, so a socket changing meanwhile
     // is recorded by them, and their records win.

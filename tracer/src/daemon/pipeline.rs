@@ -48,29 +48,15 @@ impl<W: Write> Pipeline<W> {
     /// Loads and attaches the kernel programs, and sets up every stage after them.
     pub(super) fn build(settings: &Settings, stdout: W) -> Result<Self> {
         let mut probe = probe::load(&settings.load)?;
-        for (what, part) in [
-            ("TIME-WAIT tracking", &probe.timewait),
-            ("owners of accepted sockets", &probe.accept_owners),
-            (
-                "resets sent as connections end (they count as other ends)",
-                &probe.resets,
-            ),
-            (
-                "SYN retransmissions (connect retries; a stuck connect's local port)",
-                &probe.syn_retransmits,
-            ),
-            (
-                "SYN-ACK retransmissions (half-open connections per listener)",
-                &probe.synack_retransmits,
-            ),
-            (
-                "finding socket owners in the kernel (they are read from /proc instead)",
-                &probe.owner_iterator,
-            ),
-        ] {
-            if let Part::Off(reason) = part {
-                warn!("{what} is off: {reason}");
+        for part in probe.parts() {
+            if let Part::Off(reason) = part.state {
+                warn!("{} is off: {reason}", part.what);
             }
+        }
+        if !probe.socket_cookies {
+            warn!(
+                "this kernel's tracing programs cannot ask for socket cookies (Linux 5.12): sockets are told apart by address, so sockets open before the tracer started are not tracked, the records are not checked against the kernel's socket list, and socket ages do not survive a restart"
+            );
         }
         if probe.resets == Part::Attached && !probe.reset_reason_arg {
             info!(
@@ -135,6 +121,11 @@ impl<W: Write> Pipeline<W> {
         self.tracker.listen_drops(checked.drops);
         self.tracker
             .check_listeners(&checked.listeners, checked.at_ns, &mut self.log)
+    }
+
+    /// The programs name full sockets by cookie, as the kernel's socket list does.
+    pub(super) fn socket_cookies(&self) -> bool {
+        self.probe.socket_cookies
     }
 
     /// The kernel's owner iterator for the blocking jobs, when it loaded.

@@ -27,6 +27,9 @@ pub(crate) struct KernelOffsets {
     pub(crate) reset_reasons: Vec<String>,
     /// The `tcp_send_reset` tracepoint passes the reset's reason (Linux 6.10 and later).
     pub(crate) reset_reason_arg: bool,
+    /// Tracing programs may ask for a socket's cookie (Linux 5.12 and later): the kernel declares
+    /// the helper's function type, `btf_bpf_get_socket_ptr_cookie`, in its BTF.
+    pub(crate) socket_cookies: bool,
 }
 
 /// Reads every struct offset the programs use from the kernel's BTF (`read_kernel_btf`).
@@ -81,6 +84,7 @@ pub(crate) fn read_offsets(btf: &[u8]) -> Result<KernelOffsets> {
         reset_reasons: btf.enum_names("sk_rst_reason", "SK_RST_REASON_"),
         // `__data`, the socket, the packet, then the reason.
         reset_reason_arg: btf.tracepoint_arguments("tcp_send_reset") >= 4,
+        socket_cookies: btf.has_type("btf_bpf_get_socket_ptr_cookie"),
     })
 }
 
@@ -151,6 +155,13 @@ impl KernelBtf {
             }
         }
         names
+    }
+
+    /// Whether the kernel's BTF has a type of this name.
+    fn has_type(&self, name: &str) -> bool {
+        self.0
+            .resolve_types_by_name(name)
+            .is_ok_and(|types| !types.is_empty())
     }
 
     /// How many arguments a tracepoint's BTF-typed programs get, counting the leading `__data`
@@ -240,6 +251,7 @@ mod tests {
         // later).
         assert_eq!(kernel.reset_reasons[11], "tcp_abort_on_close");
         assert!(kernel.reset_reason_arg);
+        assert!(kernel.socket_cookies, "Linux 5.12 and later");
         assert_eq!(kernel.reset_reasons[0], "not_specified");
         let offsets = kernel.offsets;
         assert_eq!(offsets.skc_daddr, 0);

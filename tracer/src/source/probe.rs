@@ -93,6 +93,9 @@ pub(crate) struct Probe {
     pub(crate) synack_retransmits: Part,
     /// The kernel's tracepoint passes a reset's reason (Linux 6.10 and later).
     pub(crate) reset_reason_arg: bool,
+    /// The programs name full sockets by cookie, as the kernel's socket list does (Linux 5.12
+    /// and later); else by address, and the records cannot be checked against that list.
+    pub(crate) socket_cookies: bool,
     /// The kernel's names of its reset reasons (`enum sk_rst_reason`), by number.
     pub(crate) reset_reasons: Vec<String>,
     /// Finding the processes that hold sockets with a task_file iterator (else from /proc).
@@ -124,7 +127,12 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
     });
     let kernel_btf = kernel_layout::read_kernel_btf(Path::new(VMLINUX_BTF))?;
     let kernel = kernel_layout::read_offsets(&kernel_btf)?;
-    let pins = open_pins(settings)?;
+    // Records named by address cannot be told from a reused address after a restart.
+    let pins = if kernel.socket_cookies {
+        open_pins(settings)?
+    } else {
+        None
+    };
     let btf = aya::Btf::parse(&kernel_btf, aya::Endianness::default())
         .context("cannot parse the kernel's BTF")?;
     drop(kernel_btf);
@@ -136,7 +144,8 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         log_all: u8::from(settings.log_all),
         port_labels: u8::from(settings.port_labels),
         reset_reason_arg: u8::from(kernel.reset_reason_arg),
-        _pad: [0; 3],
+        socket_cookies: u8::from(kernel.socket_cookies),
+        _pad: [0; 2],
     };
     let filter = settings.filter.kernel_filter();
     // Wake the reader once a quarter of the buffer is used; the poll timer covers the rest.
@@ -184,6 +193,7 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         syn_retransmits: Part::Unused,
         synack_retransmits: Part::Unused,
         reset_reason_arg: kernel.reset_reason_arg,
+        socket_cookies: kernel.socket_cookies,
         reset_reasons: kernel.reset_reasons,
         owner_iterator: Part::Unused,
         pinned_by_state: [0; TcpState::COUNT],
@@ -331,7 +341,70 @@ fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str) -> Result<
     Ok(())
 }
 
+/// One part of the tracer as loaded: what it does, its program, whether it works here.
+pub(crate) struct PartReport {
+    /// What the part does, for people.
+    pub(crate) what: &'static str,
+    pub(crate) program: &'static str,
+    pub(crate) state: Part,
+    /// Instructions the verifier processed to load the program (Linux 5.16 and later say).
+    pub(crate) verified_instructions: Option<u32>,
+}
+
 impl Probe {
+    /// Every part of the tracer, the transition program first.
+    pub(crate) fn parts(&self) -> Vec<PartReport> {
+        [
+            (
+                "TCP state transitions",
+                names::TRANSITION_PROGRAM,
+                &Part::Attached,
+            ),
+            (
+                "TIME-WAIT tracking",
+                names::TIMER_EXPIRE_PROGRAM,
+                &self.timewait,
+            ),
+            (
+                "owners of accepted sockets",
+                names::ACCEPT_PROGRAM,
+                &self.accept_owners,
+            ),
+            (
+                "resets sent as connections end (they count as other ends)",
+                names::RESET_PROGRAM,
+                &self.resets,
+            ),
+            (
+                "SYN retransmissions (connect retries; a stuck connect's local port)",
+                names::RETRANSMIT_PROGRAM,
+                &self.syn_retransmits,
+            ),
+            (
+                "SYN-ACK retransmissions (half-open connections per listener)",
+                names::SYNACK_PROGRAM,
+                &self.synack_retransmits,
+            ),
+            (
+                "finding socket owners in the kernel (else read from /proc)",
+                names::OWNER_ITER_PROGRAM,
+                &self.owner_iterator,
+            ),
+        ]
+        .into_iter()
+        .map(|(what, program, state)| PartReport {
+            what,
+            program,
+            state: state.clone(),
+            verified_instructions: self
+                .ebpf
+                .program(program)
+                .and_then(|p| p.info().ok())
+                .and_then(|info| info.verified_instruction_count()),
+        })
+        .collect()
+    }
+
     /// Takes the ring buffer of events out of the loaded object.
     pub(crate) fn events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self

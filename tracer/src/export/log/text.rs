@@ -411,7 +411,11 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         s.reconciliation.fixes()
     )?;
     let h = &s.health;
-    if h.failed_reads + h.unrecorded_sockets + h.unwatched_sockets + h.unmatched_resets + h.unlabelled
+    if h.failed_reads
+        + h.unrecorded_sockets
+        + h.unwatched_sockets
+        + h.unmatched_resets
+        + h.unlabelled
         > 0
     {
         writeln!(
