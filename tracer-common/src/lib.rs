@@ -23,6 +23,9 @@ pub use settings::{ACCEPT_RET_OFFSET, Config, KernelFilter, Offsets};
 pub use state::TcpState;
 pub use tuple::{AF_INET, AF_INET6, Owner, Tuple, normalize_family};
 
+/// A reset's `reset_reason` where the kernel does not say why it sent it (before Linux 6.10).
+pub const NO_RESET_REASON: u8 = u8::MAX;
+
 /// `prev_state_ns` when the kernel did not see the socket enter its old state.
 pub const UNKNOWN_DURATION: u64 = u64::MAX;
 

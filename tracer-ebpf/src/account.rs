@@ -19,7 +19,9 @@ use crate::{
 const STATES: usize = TcpState::COUNT;
 
 /// An array index the verifier can see is in bounds: read back through the stack, so that the
-/// compiler cannot fold the check into arithmetic the verifier does not follow.
+/// compiler cannot fold the check into arithmetic the verifier does not follow. Checked right
+/// before the access, after every helper call: verifiers before 6.x do not carry a bound over to
+/// a copy spilled across a call.
 #[inline(always)]
 fn bounded(index: usize, len: usize) -> Option<usize> {
     // SAFETY: a read of a local.
@@ -69,6 +71,7 @@ fn add_duration(d: *mut Durations, ns: u64) {
     let Some(bucket) = bounded(duration_bucket(ns), DURATION_BUCKETS) else {
         return;
     };
+    // (No helper call between the check and the access.)
     // SAFETY: a per-CPU value; the bucket is bounded above.
     unsafe {
         (*d).buckets[bucket] += 1;
@@ -94,7 +97,6 @@ pub(crate) fn end(end: End, connecting: bool, err: u8, change: u64) {
     let Some(slot) = bounded(end as usize, End::COUNT) else {
         return;
     };
-    let errno = bounded((err as usize).min(ERRNO_SLOTS - 1), ERRNO_SLOTS);
     // SAFETY: a per-CPU value; the indexes are bounded above.
     unsafe {
         (*counts).ends[slot] = (*counts).ends[slot].wrapping_add(change);
@@ -103,7 +105,7 @@ pub(crate) fn end(end: End, connecting: bool, err: u8, change: u64) {
                 (*counts).connect_failures[slot].wrapping_add(change);
         }
         if end == End::Error
-            && let Some(errno) = errno
+            && let Some(errno) = bounded((err as usize).min(ERRNO_SLOTS - 1), ERRNO_SLOTS)
         {
             (*counts).errors[errno] = (*counts).errors[errno].wrapping_add(change);
             if connecting {
@@ -117,10 +119,9 @@ pub(crate) fn end(end: End, connecting: bool, err: u8, change: u64) {
 /// A record entered (`+1`) or left (`-1`) `state`.
 #[inline(always)]
 pub(crate) fn gauge(state: u8, change: i64) {
-    let Some(s) = bounded(state as usize, STATES) else {
-        return;
-    };
-    if let Some(g) = GAUGES.get_ptr_mut(0) {
+    if let Some(g) = GAUGES.get_ptr_mut(0)
+        && let Some(s) = bounded(state as usize, STATES)
+    {
         // SAFETY: per-CPU value; the index is bounded above.
         unsafe { (*g).by_state[s] += change };
     }
@@ -167,9 +168,6 @@ fn port_transition(port: u16, old: u8, new: u8) {
 
 #[inline(always)]
 fn port_duration(port: u16, state: u8, ns: u64) {
-    let Some(slot) = bounded(octave(ns), OCTAVES) else {
-        return;
-    };
     for key in [port_key(port, state, 0), port_key(0, state, 0)] {
         let mut value = PORT_DURATIONS.get_ptr_mut(&key);
         if value.is_none()
@@ -178,7 +176,9 @@ fn port_duration(port: u16, state: u8, ns: u64) {
         {
             value = PORT_DURATIONS.get_ptr_mut(&key);
         }
-        if let Some(d) = value {
+        if let Some(d) = value
+            && let Some(slot) = bounded(octave(ns), OCTAVES)
+        {
             // SAFETY: per-CPU value; the slot is bounded above.
             unsafe {
                 (*d).buckets[slot] += 1;

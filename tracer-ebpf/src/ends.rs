@@ -12,8 +12,8 @@
 //!   half-open connections of the listeners whose count moved.
 use aya_ebpf::{helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
-    End, EventKind, RECENT_CLOSES as RECENT_CLOSES_LEN, TcpState, Tuple, counter, record_flags,
-    settings::watches,
+    End, EventKind, NO_RESET_REASON, RECENT_CLOSES as RECENT_CLOSES_LEN, TcpState, Tuple, counter,
+    record_flags, settings::watches,
 };
 
 use crate::{
@@ -48,9 +48,9 @@ fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // The reason is an argument from Linux 6.10 on; never read where the kernel has no such
     // argument (the verifier would refuse the program).
     let reason = if global!(CONFIG.reset_reason_arg) != 0 {
-        ctx.arg::<u32>(2).min(u8::MAX.into()) as u8
+        ctx.arg::<u32>(2).min((NO_RESET_REASON - 1).into()) as u8
     } else {
-        0
+        NO_RESET_REASON
     };
     let cookie = socket_id(sk);
     let state: u8 = member(sk, global!(OFFSETS.skc_state));

@@ -42,6 +42,10 @@ const CLOSING: u8 = TcpState::Closing as u8;
 const TIME_WAIT: u8 = TcpState::TimeWait as u8;
 /// A state number no socket has: no record.
 const NONE: u8 = 0;
+/// `BPF_NOEXIST`: insert only where no entry is.
+const BPF_NOEXIST: u64 = 1;
+/// What a map insert returns when the entry exists already (-EEXIST).
+const EEXIST: i32 = -17;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
@@ -77,7 +81,14 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: this level's slot, no one else's while the program runs.
     let change = unsafe { &mut *change };
     if change.fill(sk, tcp, old, new) {
-        let record = SOCKETS.get_ptr_mut(change.cookie);
+        // A socket accepted from a listener begins at LISTEN -> SYN_RECV, as a copy of its
+        // listener: it has no record of its own yet, and before 6.x it still carries the
+        // listener's cookie there, so the listener's record must not be taken for its own.
+        let record = if change.is_child() {
+            None
+        } else {
+            SOCKETS.get_ptr_mut(change.cookie)
+        };
         change.read(sk, record);
         change.count(sk);
         change.report();
@@ -212,6 +223,12 @@ impl Change {
                 FIN_WAIT2
             };
         }
+    }
+
+    /// A socket just accepted from a listener (a copy of it): its first transition.
+    #[inline(always)]
+    fn is_child(&self) -> bool {
+        self.old == LISTEN && self.new == SYN_RECV
     }
 
     /// A lingering FIN-WAIT-2: the connection stays in FIN_WAIT2, held by a timewait socket.
@@ -385,12 +402,19 @@ impl Change {
             syn_retransmits: 0,
             _pad: 0,
         };
-        if SOCKETS.insert(self.cookie, &fresh, 0).is_ok() {
-            account::moved(None, Some(self.new));
-            self.new
-        } else {
-            count_failure(ctx, counter::RECORD_FAILED);
-            NONE
+        // A child never replaces a record: under its listener's cookie (before 6.x) that is the
+        // listener's. It gets its own at its next transition, under its own cookie.
+        let flags = if self.is_child() { BPF_NOEXIST } else { 0 };
+        match SOCKETS.insert(self.cookie, &fresh, flags) {
+            Ok(()) => {
+                account::moved(None, Some(self.new));
+                self.new
+            }
+            Err(EEXIST) => NONE,
+            Err(_) => {
+                count_failure(ctx, counter::RECORD_FAILED);
+                NONE
+            }
         }
     }
 

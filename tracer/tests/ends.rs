@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
-use support::{Tracer, of_kind};
+use support::{Tracer, kernel_features, of_kind};
 
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
@@ -140,7 +140,12 @@ fn closing_with_unread_data_resets() {
         .find(|e| e["dport"] != 0)
         .unwrap();
     assert_eq!(server_end["end"], "reset_sent", "{server_end}");
-    assert_eq!(server_end["reset_reason"], "tcp_abort_on_close");
+    // Kernels before 6.10 do not say why they reset: no reason rather than a made-up one.
+    if kernel_features().reset_reasons {
+        assert_eq!(server_end["reset_reason"], "tcp_abort_on_close");
+    } else {
+        assert!(server_end.get("reset_reason").is_none(), "{server_end}");
+    }
     let client_end = &ends_of(&done.events, None, Some(port))[0];
     assert_eq!(client_end["end"], "reset_received", "{client_end}");
     assert_eq!(client_end["error"], "ECONNRESET");
@@ -168,7 +173,11 @@ fn a_zero_linger_resets() {
     let done = tracer.stop();
     let client_end = &ends_of(&done.events, None, Some(port))[0];
     assert_eq!(client_end["end"], "reset_sent", "{client_end}");
-    assert!(client_end["reset_reason"].is_string(), "{client_end}");
+    assert_eq!(
+        client_end["reset_reason"].is_string(),
+        kernel_features().reset_reasons,
+        "{client_end}"
+    );
     let server_end = ends_of(&done.events, Some(port), None)
         .into_iter()
         .find(|e| e["dport"] != 0)

@@ -5,7 +5,7 @@ mod support;
 use std::{net::TcpStream, time::Duration};
 
 use serde_json::Value;
-use support::{Tracer, Workload, of_kind, stuck_on_port};
+use support::{Tracer, Workload, kernel_features, of_kind, patience, stuck_on_port};
 
 /// Sockets a server put into CLOSE_WAIT before the tracer started are found by the start-up
 /// snapshot, owned by that server (found by socket inode), flagged as of unknown age.
@@ -14,6 +14,20 @@ fn close_wait_sockets_older_than_the_tracer_are_reported() {
     let server = Workload::close_wait("127.0.0.1", 5, None);
     let tracer = Tracer::start(&["--stuck", "close-wait=1s"]);
     let mine = |events: &[Value]| stuck_on_port(events, server.listen_port);
+    if !kernel_features().socket_cookies {
+        // Named by address (before Linux 5.12), sockets cannot be matched with the kernel's
+        // list: those older than the tracer are not tracked, and the tracer says so.
+        std::thread::sleep(patience(Duration::from_secs(3)));
+        let done = tracer.stop();
+        assert!(mine(&done.events).is_empty(), "{:?}", done.events);
+        assert!(
+            done.stderr
+                .contains("sockets open before the tracer started are not tracked"),
+            "{}",
+            done.stderr
+        );
+        return;
+    }
     tracer.wait_for(Duration::from_secs(10), "5 stuck reports", |events| {
         mine(events).len() >= 5
     });
@@ -129,15 +143,15 @@ fn cgroup2_mount() -> String {
 fn stuck_reports_in_a_cgroup(name: &str, filter: &[&str]) -> Vec<Value> {
     let dir = format!("{}/{name}", cgroup2_mount());
     std::fs::create_dir(&dir).unwrap();
+    let mut args = vec!["--stuck", "close-wait=1s"];
+    args.extend_from_slice(filter);
+    let tracer = Tracer::start(&args);
     let inside = Workload::close_wait(
         "127.0.0.1",
         2,
         Some(&format!("echo $$ > {dir}/cgroup.procs && exec {{}}")),
     );
     let outside = Workload::close_wait("127.0.0.1", 2, None);
-    let mut args = vec!["--stuck", "close-wait=1s"];
-    args.extend_from_slice(filter);
-    let tracer = Tracer::start(&args);
     tracer.wait_for(Duration::from_secs(10), "2 stuck reports", |events| {
         of_kind(events, "stuck")
             .iter()

@@ -138,7 +138,26 @@ pub fn test_all() -> Result<()> {
             .args(["--", "-D", "warnings"])
             .env("RUSTC_BOOTSTRAP", "1"),
     )?;
+    print_stack_chains()?;
     checked(cargo().args(["test", "--release", "--no-fail-fast"]))
+}
+
+/// Each program's deepest chain of stack frames in the built object, as the verifier sums them
+/// (a unit test fails past the budget; this shows the figures in every run's log).
+fn print_stack_chains() -> Result<()> {
+    let build = workspace_root().join("target/release/build");
+    let object = std::fs::read_dir(&build)
+        .with_context(|| format!("reading {}", build.display()))?
+        .flatten()
+        .map(|entry| entry.path().join("out/tracer"))
+        .filter(|path| path.is_file())
+        .max_by_key(|path| path.metadata().and_then(|m| m.modified()).ok())
+        .context("no built eBPF object under target/release/build")?;
+    let bytes = std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    let chains = xtask::bpf_stack::analyze(&bytes)?;
+    eprintln!("xtask: the programs' deepest stack chains (rounded to 32 bytes, budget 384):");
+    eprint!("{}", xtask::bpf_stack::report(&chains));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cargo;
+mod matrix;
 mod package;
 mod scale;
 mod setup;
@@ -36,10 +37,25 @@ enum Task {
         #[arg(long)]
         test: bool,
     },
-    /// Run the whole test suite: formatting, lints, unit, property and real-kernel tests (with a
-    /// real Prometheus), the package installed and removed, and smoke runs of the benchmark and
-    /// of the scale measurement.
-    Test,
+    /// Run the whole test suite: formatting, lints, the programs' stack budget, unit, property
+    /// and real-kernel tests (with a real Prometheus), the package installed and removed, smoke
+    /// runs of the benchmark and of the scale measurement, then the real-kernel tests again in
+    /// VMs booting the kernel matrix (Debian's 5.10, 6.1, 6.12).
+    Test {
+        /// Only these kernels of the matrix (repeatable); all of them when absent.
+        #[arg(long = "kernel", value_name = "NAME")]
+        kernels: Vec<String>,
+        /// Leave the kernel matrix out (a quicker local run; CI always runs it).
+        #[arg(long, conflicts_with = "kernels")]
+        no_vm: bool,
+    },
+    /// Run the real-kernel tests in VMs booting the kernel matrix (Debian's 5.10, 6.1, 6.12), as
+    /// `test` does last; as root.
+    Matrix {
+        /// Only these kernels (repeatable); all of them when absent.
+        #[arg(long = "kernel", value_name = "NAME")]
+        kernels: Vec<String>,
+    },
     /// Measure the tracer against no tracer and its peers (libbpf-tools, bpftrace), as root.
     Bench(bench::Options),
     /// Run the tracer under steady churn for minutes, sampling its memory and table (as root).
@@ -87,14 +103,26 @@ fn run(cli: Cli) -> Result<()> {
                 package::build().map(drop)
             }
         }
-        Task::Test => {
+        Task::Test { kernels, no_vm } => {
             require_root("the test suite loads eBPF programs into the kernel", "test")?;
             install_test_tools()?;
             setup::ensure_toolchain()?;
             cargo::test_all()?;
             package::test()?;
             bench::run(&bench::Options::smoke())?;
-            scale::run(&scale::Options::smoke())
+            scale::run(&scale::Options::smoke())?;
+            if no_vm {
+                eprintln!("xtask: the kernel matrix is left out (--no-vm)");
+                return Ok(());
+            }
+            matrix::run(&kernels)
+        }
+        Task::Matrix { kernels } => {
+            require_root("the VMs run the real-kernel tests", "matrix")?;
+            install_test_tools()?;
+            setup::ensure_toolchain()?;
+            cargo::build_release()?;
+            matrix::run(&kernels)
         }
         Task::Bench(options) => {
             require_root("the benchmark loads eBPF programs into the kernel", "bench")?;

@@ -1,8 +1,14 @@
-//! Lines of sockets that just closed, held for a moment: when an application closes a socket with
-//! unread data or a zero linger, the kernel closes it first and sends the reset right after, so
-//! the line of the close is written before its end is known. Each such line waits until the
-//! ring buffer has been read past it by a margin (the reset follows within microseconds, in the
-//! same system call), and a reset that arrives meanwhile amends it.
+//! Lines held for a moment because the kernel tells the rest right after:
+//!
+//! - a close: when an application closes a socket with unread data or a zero linger, the kernel
+//!   closes it first and sends the reset right after, so the line of the close is written before
+//!   its end is known; a reset that arrives meanwhile amends it.
+//! - a socket accepted from a listener, at its first transition (LISTEN -> SYN_RECV): kernels
+//!   before 6.x make it before copying the peer's address and port into the new socket; the
+//!   socket's next line (SYN_RECV -> ESTABLISHED, microseconds later) gives them.
+//!
+//! Each line waits until the ring buffer has been read past it by a margin, or until what it
+//! waits for arrives.
 use std::collections::VecDeque;
 
 use tracer_common::{End, TcpState};
@@ -17,6 +23,13 @@ pub(crate) const MARGIN_NS: u64 = 1_000_000;
 /// A held line: the socket's cookie, the transition, what the core knows of it.
 type Held = (u64, Transition, TransitionInfo);
 
+/// A line that waits for its socket's next one, for the peer's address.
+fn waits_for_peer(transition: &Transition) -> bool {
+    transition.old == TcpState::Listen
+        && transition.new == TcpState::SynRecv
+        && transition.endpoints.remote_port == 0
+}
+
 #[derive(Default)]
 pub(crate) struct PendingCloses {
     held: VecDeque<Held>,
@@ -26,11 +39,29 @@ impl PendingCloses {
     /// Whether a transition's line must wait: a full socket reaching CLOSE with an end a reset of
     /// its own could still change.
     pub(crate) fn must_wait(cookie: u64, transition: &Transition) -> bool {
-        cookie != 0
+        let close = cookie != 0
             && transition.new == TcpState::Close
             && transition
                 .end
-                .is_some_and(|e| matches!(e.end, End::Fin | End::Abandoned))
+                .is_some_and(|e| matches!(e.end, End::Fin | End::Abandoned));
+        close || waits_for_peer(transition)
+    }
+
+    /// The held line of a socket accepted from a listener that waits for its peer, completed by
+    /// the same socket's next line (the same kernel socket; before 6.x the first line carries
+    /// its listener's cookie, so the address tells them apart).
+    pub(crate) fn complete_peer(
+        &mut self,
+        next: &Transition,
+    ) -> Option<(Transition, TransitionInfo)> {
+        let at = self
+            .held
+            .iter()
+            .position(|(_, t, _)| waits_for_peer(t) && t.sock == next.sock)?;
+        let (_, mut transition, info) = self.held.remove(at)?;
+        transition.endpoints.remote = next.endpoints.remote;
+        transition.endpoints.remote_port = next.endpoints.remote_port;
+        Some((transition, info))
     }
 
     pub(crate) fn hold(&mut self, cookie: u64, transition: Transition, info: TransitionInfo) {
@@ -39,14 +70,14 @@ impl PendingCloses {
 
     /// The socket of `cookie` sent a reset as it closed: its held line says so. False when no
     /// line of it is held (not logged, or released already).
-    pub(crate) fn reset_sent(&mut self, cookie: u64, reset_reason: u8) -> bool {
+    pub(crate) fn reset_sent(&mut self, cookie: u64, reset_reason: Option<u8>) -> bool {
         let Some((_, transition, _)) = self.held.iter_mut().find(|(c, ..)| *c == cookie) else {
             return false;
         };
         transition.end = Some(ConnectionEnd {
             end: End::ResetSent,
             error: transition.end.and_then(|e| e.error),
-            reset_reason: Some(reset_reason),
+            reset_reason,
         });
         true
     }
@@ -107,12 +138,36 @@ mod tests {
     }
 
     #[test]
+    fn an_accepted_socket_waits_for_its_peer() {
+        let mut first = sample(Family::Ipv4);
+        (first.old, first.new, first.sock) = (TcpState::Listen, TcpState::SynRecv, 7);
+        first.endpoints.remote_port = 0;
+        first.endpoints.remote = "0.0.0.0".parse().unwrap();
+        assert!(PendingCloses::must_wait(1, &first));
+        let mut pending = PendingCloses::default();
+        pending.hold(1, first.clone(), INFO);
+        let mut next = sample(Family::Ipv4);
+        (next.old, next.new, next.sock) = (TcpState::SynRecv, TcpState::Established, 8);
+        assert!(pending.complete_peer(&next).is_none(), "another socket");
+        next.sock = 7;
+        let (done, _) = pending.complete_peer(&next).expect("completed");
+        assert_eq!(done.endpoints.remote, next.endpoints.remote);
+        assert_eq!(done.endpoints.remote_port, next.endpoints.remote_port);
+        assert_eq!((done.old, done.new), (TcpState::Listen, TcpState::SynRecv));
+        assert_eq!(pending.release(u64::MAX).count(), 0, "no longer held");
+        // A socket whose peer the kernel set first is not held.
+        let mut complete = first;
+        complete.endpoints.remote_port = 5000;
+        assert!(!PendingCloses::must_wait(1, &complete));
+    }
+
+    #[test]
     fn a_reset_amends_the_held_line_and_lines_leave_in_order() {
         let mut pending = PendingCloses::default();
         pending.hold(1, close(10_000_000, End::Fin), INFO);
         pending.hold(2, close(10_500_000, End::Fin), INFO);
-        assert!(pending.reset_sent(2, 11));
-        assert!(!pending.reset_sent(3, 11), "not held");
+        assert!(pending.reset_sent(2, Some(11)));
+        assert!(!pending.reset_sent(3, Some(11)), "not held");
         assert_eq!(pending.release(10_900_000).count(), 0, "too recent");
         let first: Vec<_> = pending.release(11_000_000).collect();
         assert_eq!(first.len(), 1);

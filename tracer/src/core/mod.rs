@@ -96,6 +96,9 @@ impl Tracker {
         if event.long_stay {
             self.stuck.left(&event, &self.selection, sink);
         }
+        if let Some((first, first_info)) = self.closes.complete_peer(&event.transition) {
+            sink.transition(&first, first_info);
+        }
         if PendingCloses::must_wait(event.cookie, &event.transition) {
             self.closes.hold(event.cookie, event.transition, info);
         } else {
@@ -104,7 +107,7 @@ impl Tracker {
     }
 
     /// The socket of `cookie` sent a reset as it closed: the line of its close says so.
-    pub(crate) fn reset_after_close(&mut self, cookie: u64, reset_reason: u8) {
+    pub(crate) fn reset_after_close(&mut self, cookie: u64, reset_reason: Option<u8>) {
         self.closes.reset_sent(cookie, reset_reason);
     }
 

@@ -7,8 +7,8 @@ use std::{
 };
 
 use tracer_common::{
-    AF_INET, AF_INET6, End, Event, EventKind, TcpState, Tuple, UNKNOWN_DURATION, Watch,
-    event_flags, record_flags,
+    AF_INET, AF_INET6, End, Event, EventKind, NO_RESET_REASON, TcpState, Tuple, UNKNOWN_DURATION,
+    Watch, event_flags, record_flags,
 };
 
 use super::events::{
@@ -68,7 +68,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             }),
             EventKind::End => KernelEvent::ResetAfterClose {
                 cookie: raw.cookie,
-                reset_reason: raw.reset_reason,
+                reset_reason: (raw.reset_reason != NO_RESET_REASON).then_some(raw.reset_reason),
             },
         },
     )
@@ -87,7 +87,8 @@ fn connection_end(
     Ok(Some(ConnectionEnd {
         end,
         error: (error != 0).then_some(error),
-        reset_reason: (end == End::ResetSent).then_some(reset_reason),
+        reset_reason: (end == End::ResetSent && reset_reason != NO_RESET_REASON)
+            .then_some(reset_reason),
     }))
 }
 
@@ -323,9 +324,13 @@ pub(crate) mod tests {
             decode(&encode(&amended)),
             Ok(KernelEvent::ResetAfterClose {
                 cookie: 99,
-                reset_reason: 12
+                reset_reason: Some(12)
             })
         );
+        // Kernels before 6.10 do not say why they reset.
+        reset.reset_reason = NO_RESET_REASON;
+        let end = transition(&reset).transition.end.unwrap();
+        assert_eq!((end.end, end.reset_reason), (End::ResetSent, None));
     }
 
     #[test]

@@ -143,7 +143,8 @@ pub(crate) enum KernelEvent {
     /// it closed (close() with unread data, linger 0): its end is a reset sent.
     ResetAfterClose {
         cookie: u64,
-        reset_reason: u8,
+        /// `None` where the kernel does not say (before 6.10).
+        reset_reason: Option<u8>,
     },
 }
 

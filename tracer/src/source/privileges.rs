@@ -35,6 +35,28 @@ pub(crate) fn degraded(effective: u64) -> Vec<&'static str> {
     limits
 }
 
+/// Lifts the locked-memory limit as far as this process may: kernels before 5.11 charge BPF maps
+/// to it (a few MiB for the ring buffer and the record maps, more than many defaults), later ones
+/// to the memory cgroup instead. As libbpf does: unlimited with CAP_SYS_RESOURCE, else up to the
+/// hard limit.
+pub(crate) fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
+            return;
+        }
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
+        }
+    }
+}
+
 /// Fails with the names of the missing capabilities, given the `CapEff:` mask of
 /// /proc/self/status.
 pub(crate) fn check(effective: u64) -> Result<()> {

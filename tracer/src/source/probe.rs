@@ -115,6 +115,7 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
     for limit in privileges::degraded(capabilities) {
         tracing::warn!("{limit}");
     }
+    privileges::raise_memlock_limit();
     if !Path::new(VMLINUX_BTF).exists() {
         bail!(
             "the kernel exposes no BTF ({VMLINUX_BTF} is missing): a kernel built with CONFIG_DEBUG_INFO_BTF=y is required"

@@ -18,6 +18,50 @@ pub use xtask::netns::Namespace;
 
 pub const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 
+/// A deadline stretched for slower machines: `TCPSTATE_TIME_SCALE` (the kernel matrix sets it in
+/// its emulated VMs, several times slower than the host) multiplies every wait of these tests.
+/// Only how long a test waits changes, never what it asserts.
+pub fn patience(wait: Duration) -> Duration {
+    let scale = std::env::var("TCPSTATE_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s >= 1.0)
+        .unwrap_or(1.0);
+    wait.mul_f64(scale)
+}
+
+/// What the running kernel lets the tracer do, as `tracer --check` says: tests whose
+/// expectations differ by kernel assert the behaviour of each (never skip one).
+#[derive(Debug, Clone, Copy)]
+pub struct KernelFeatures {
+    /// Sockets named by cookie (Linux 5.12): records checked against the kernel's socket list,
+    /// sockets older than the tracer tracked, ages kept over restarts.
+    pub socket_cookies: bool,
+    /// The reason of a reset sent (Linux 6.10).
+    pub reset_reasons: bool,
+}
+
+pub fn kernel_features() -> KernelFeatures {
+    static FEATURES: std::sync::OnceLock<KernelFeatures> = std::sync::OnceLock::new();
+    *FEATURES.get_or_init(|| {
+        require_root();
+        let out = Command::new(TRACER)
+            .args(["--check", "--log-format", "json", "--no-pin"])
+            .output()
+            .expect("cannot start the tracer binary");
+        assert!(
+            out.status.success(),
+            "tracer --check failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let check: Value = serde_json::from_slice(&out.stdout).expect("--check prints JSON");
+        KernelFeatures {
+            socket_cookies: check["socket_cookies"].as_bool().expect("socket_cookies"),
+            reset_reasons: check["reset_reasons"].as_bool().expect("reset_reasons"),
+        }
+    })
+}
+
 /// Fails loudly when not root: a privileged test must never pass without loading anything.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -86,7 +130,7 @@ impl Tracer {
             events,
             stderr,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + patience(Duration::from_secs(30));
         while !tracer.stderr().contains("attached;") {
             if let Ok(Some(status)) = tracer.child.try_wait() {
                 panic!(
@@ -114,6 +158,7 @@ impl Tracer {
 
     /// Waits until `done` holds for the events seen so far; panics after `timeout`.
     pub fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let timeout = patience(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             if done(&self.events.lock().unwrap()) {
@@ -382,7 +427,7 @@ pub fn scrape_until(
     what: &str,
     done: impl Fn(&HashMap<(String, String), f64>) -> bool,
 ) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + patience(Duration::from_secs(60));
     loop {
         let text = scrape(port);
         if done(&samples(&text)) {
