@@ -61,10 +61,15 @@ pub fn normalize_family(tuple: &mut Tuple) {
     }
 }
 
-/// The port a socket serves or uses, fixed at its first transition: its local port when it
-/// listens or was accepted from a listener, else its remote port (a client's destination).
+/// The port a socket serves or uses, fixed at the first transition the tracer sees: its local
+/// port when it listens or was accepted from a listener (first seen leaving LISTEN, or leaving
+/// SYN_RECV where the kernel made its first transition under its listener's cookie), else its
+/// remote port (a client's destination).
 pub const fn service_port(first_old: u8, tuple: &Tuple) -> u16 {
-    if first_old == TcpState::Listen as u8 || tuple.dport == 0 {
+    if first_old == TcpState::Listen as u8
+        || first_old == TcpState::SynRecv as u8
+        || tuple.dport == 0
+    {
         tuple.sport
     } else {
         tuple.dport
@@ -133,6 +138,11 @@ mod tests {
         };
         assert_eq!(service_port(TcpState::Close as u8, &t), 80, "a client");
         assert_eq!(service_port(TcpState::Listen as u8, &t), 40000, "accepted");
+        assert_eq!(
+            service_port(TcpState::SynRecv as u8, &t),
+            40000,
+            "accepted, first seen completing its handshake"
+        );
         let listener = Tuple {
             sport: 8080,
             ..Tuple::default()

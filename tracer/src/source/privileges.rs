@@ -57,6 +57,16 @@ pub(crate) fn raise_memlock_limit() {
     }
 }
 
+/// The locked-memory limit in bytes; `None` when unlimited or unreadable.
+pub(crate) fn memlock_limit() -> Option<u64> {
+    // SAFETY: a plain system call on a local struct.
+    let limit = unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        (libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0).then_some(limit)
+    }?;
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
 /// Fails with the names of the missing capabilities, given the `CapEff:` mask of
 /// /proc/self/status.
 pub(crate) fn check(effective: u64) -> Result<()> {

@@ -25,6 +25,10 @@ use super::{
     tracefs,
 };
 
+/// Locked memory the maps need where the kernel charges them to `RLIMIT_MEMLOCK` (before 5.11):
+/// the ring buffer and the record maps' tables, with room.
+const MEMLOCK_NEEDED: u64 = 64 << 20;
+
 /// The eBPF object built by build.rs, embedded so the daemon is a single file.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
@@ -169,9 +173,14 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         .override_global(names::TIMER_FUNCTION, &kernel.timer_function, true)
         .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
         .load(PROGRAMS)
-        .context(
-            "loading the eBPF programs failed (is BPF allowed here? check lockdown and seccomp)",
-        )?;
+        .with_context(|| match privileges::memlock_limit() {
+            Some(limit) if limit < MEMLOCK_NEEDED => format!(
+                "loading the eBPF programs failed: the locked-memory limit is {} KiB, which kernels before 5.11 charge BPF maps to (raise it: LimitMEMLOCK=infinity in the unit, ulimit -l unlimited, or CAP_SYS_RESOURCE)",
+                limit / 1024
+            ),
+            _ => "loading the eBPF programs failed (is BPF allowed here? check lockdown and seccomp)"
+                .to_owned(),
+        })?;
 
     fill_port_map(&mut ebpf, names::LOCAL_PORTS, &settings.filter.local_ports)?;
     fill_port_map(

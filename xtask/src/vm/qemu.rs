@@ -94,7 +94,10 @@ pub(crate) fn boot(spec: &Boot, accel: Accel) -> Result<Console> {
     }
     let mut qemu = Command::new(QEMU);
     match accel {
-        Accel::Tcg => qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        // One host thread runs both vCPUs: with a thread each (MTTCG), a vCPU can run kernel text
+        // another vCPU just patched (every tracepoint a tracer attaches flips a static key) from
+        // a stale translation, and 6.12 died of it ("Oops: int3" in patched code).
+        Accel::Tcg => qemu.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
         Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
     };
     qemu.args(["-smp", "2", "-m", "2G"])
