@@ -15,7 +15,7 @@ use crate::cargo::{cargo, workspace_root};
 
 /// Emulation runs the guest several times slower than the host (KERNELS.md): every wait of the
 /// tests is this many times longer there.
-const TIME_SCALE: u32 = 5;
+const TIME_SCALE: u32 = 10;
 
 /// A guest that has not powered off after this long is killed (its tests take 10 to 15 minutes).
 const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);

@@ -22,12 +22,17 @@ pub const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 /// its emulated VMs, several times slower than the host) multiplies every wait of these tests.
 /// Only how long a test waits changes, never what it asserts.
 pub fn patience(wait: Duration) -> Duration {
-    let scale = std::env::var("TCPSTATE_TIME_SCALE")
+    wait.mul_f64(time_scale())
+}
+
+/// How many times slower than the host this machine runs the tests (`TCPSTATE_TIME_SCALE`, 1 by
+/// default).
+pub fn time_scale() -> f64 {
+    std::env::var("TCPSTATE_TIME_SCALE")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
         .filter(|s| *s >= 1.0)
-        .unwrap_or(1.0);
-    wait.mul_f64(scale)
+        .unwrap_or(1.0)
 }
 
 /// What the running kernel lets the tracer do, as `tracer --check` says: tests whose
@@ -166,12 +171,13 @@ impl Tracer {
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}; events seen:\n{}",
+                "timed out after {timeout:?} waiting for {what}; events seen:\n{}\nthe tracer's stderr:\n{}",
                 self.events()
                     .iter()
                     .map(Value::to_string)
                     .collect::<Vec<_>>()
-                    .join("\n")
+                    .join("\n"),
+                self.stderr()
             );
             thread::sleep(Duration::from_millis(50));
         }
