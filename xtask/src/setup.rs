@@ -2,7 +2,6 @@
 //! `core` is built from source) and `bpf-linker`, linked against the LLVM library that ships with
 //! the Rust toolchain itself. Idempotent: when both are present this takes well under a second.
 use std::{
-    env,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -39,7 +38,7 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<()> {
     }
     let (library, major) = rust_llvm_library(sysroot)?;
     // bpf-linker records this folder as its rpath, so it has to outlive the install.
-    let prefix = cargo_home()?.join("tcpstate-llvm");
+    let prefix = xtask::cargo_home()?.join("tcpstate-llvm");
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
     let file_name = library
@@ -101,12 +100,4 @@ fn rust_llvm_library(sysroot: &Path) -> Result<(PathBuf, u32)> {
         "no libLLVM.so.<version> in {}: cannot build bpf-linker",
         dir.display()
     )
-}
-
-fn cargo_home() -> Result<PathBuf> {
-    if let Some(home) = env::var_os("CARGO_HOME") {
-        return Ok(PathBuf::from(home));
-    }
-    let home = env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cargo"))
 }

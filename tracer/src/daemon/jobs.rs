@@ -4,7 +4,11 @@
 //! TIME-WAIT without a trace), listener checks (accept queues that do not drain), and owner
 //! lookups by inode for stuck reports and stalled listeners. At most one of each
 //! kind runs at a time; lookups asked for meanwhile wait for the next.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use tokio::task::JoinHandle;
@@ -273,6 +277,11 @@ fn check_lingering(maps: &RecordMaps, filter: &SocketFilter) -> Result<Moved> {
             records.push((*key, record));
         }
     }
+    tracing::debug!(
+        "lingering check: {} lingering entries, {} with a record",
+        lingering.len(),
+        records.len()
+    );
     if records.is_empty() {
         return Ok(Moved {
             moves: Vec::new(),
@@ -281,7 +290,10 @@ fn check_lingering(maps: &RecordMaps, filter: &SocketFilter) -> Result<Moved> {
             cpu: Duration::ZERO,
         });
     }
-    let listing = socket_list::take_listing(None, Some(TcpState::FinWait2), filter)
+    // Only the namespaces of the lingering sockets: usually the daemon's own alone.
+    let wanted: HashSet<u32> = records.iter().map(|(key, _)| key.netns).collect();
+    let namespaces = socket_list::namespaces_among(&wanted);
+    let listing = socket_list::take_listing(Some(namespaces), Some(TcpState::FinWait2), filter)
         .context("listing the kernel's FIN_WAIT2 sockets")?;
     let at_ns = monotonic_ns();
     let moves = reconcile::silent_moves(&records, &listing, at_ns);

@@ -121,6 +121,11 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
             }
             done = finished(&mut jobs.lingering) => {
                 let moved = done?;
+                tracing::debug!(
+                    "lingering check: {} moved to TIME_WAIT, {:?} of CPU",
+                    moved.moves.len(),
+                    moved.cpu
+                );
                 pipeline.moved(&moved);
                 timers.next_lingering_check = Instant::now()
                     + LINGERING_CHECK.max(moved.cpu * BACKGROUND_CPU_SHARE);

@@ -84,6 +84,19 @@ fn netns_of(path: &str) -> Result<u32> {
     Ok(meta.ino() as u32)
 }
 
+/// The network namespaces among `wanted`, each with a process in it to enter it by: none to look
+/// for when only the daemon's own is wanted (a listing always covers it), else found in /proc.
+/// A check that concerns a few namespaces spares the walk through every process.
+pub(crate) fn namespaces_among(wanted: &HashSet<u32>) -> HashMap<u32, u32> {
+    let own = own_netns().ok();
+    if wanted.iter().all(|netns| Some(*netns) == own) {
+        return HashMap::new();
+    }
+    let mut found = namespaces();
+    found.retain(|netns, _| wanted.contains(netns));
+    found
+}
+
 /// The network namespaces in use on the host (containers have their own), each with a process
 /// in it through which it can be entered.
 fn namespaces() -> HashMap<u32, u32> {

@@ -173,10 +173,14 @@ impl Probe {
         Ok(KernelHealth {
             lost_transitions: self.counter(counter::LOST_TRANSITIONS)?,
             lost_other: self.counter(counter::LOST_OTHER)?,
+            // The kernel's own skips (a program interrupted by itself, 5.15 and later count
+            // them), and the transition program's runs nested too deep to have room.
             skipped_transitions: self
                 .program_stats(|name| name == names::TRANSITION_PROGRAM)?
-                .recursion_misses,
-            skipped_all: self.program_stats(|_| true)?.recursion_misses,
+                .recursion_misses
+                + self.counter(counter::SKIPPED_NESTED)?,
+            skipped_all: self.program_stats(|_| true)?.recursion_misses
+                + self.counter(counter::SKIPPED_NESTED)?,
             failed_reads: self.counter(counter::READ_FAILED)?,
             unrecorded_sockets: self.counter(counter::RECORD_FAILED)?,
             unwatched_sockets: self.counter(counter::WATCH_FAILED)?,

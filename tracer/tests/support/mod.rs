@@ -81,6 +81,8 @@ pub struct Tracer {
     child: Child,
     events: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr: they end at the pipes' end of file.
+    readers: Vec<thread::JoinHandle<()>>,
 }
 
 /// What a stopped tracer left behind.
@@ -112,7 +114,7 @@ impl Tracer {
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().expect("stdout");
         let sink = events.clone();
-        thread::spawn(move || {
+        let out_reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let value: Value = serde_json::from_str(&line)
@@ -122,7 +124,7 @@ impl Tracer {
         });
         let err_pipe = child.stderr.take().expect("stderr");
         let err_sink = stderr.clone();
-        thread::spawn(move || {
+        let err_reader = thread::spawn(move || {
             for line in BufReader::new(err_pipe).lines() {
                 let Ok(line) = line else { break };
                 let mut text = err_sink.lock().unwrap();
@@ -134,6 +136,7 @@ impl Tracer {
             child,
             events,
             stderr,
+            readers: vec![out_reader, err_reader],
         };
         let deadline = Instant::now() + patience(Duration::from_secs(30));
         while !tracer.stderr().contains("attached;") {
@@ -192,8 +195,12 @@ impl Tracer {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().expect("waiting for the tracer");
-        // Let the reader threads drain the pipes.
-        thread::sleep(Duration::from_millis(100));
+        // Everything it wrote, to the last line (a slow machine parses the tail for a while).
+        for reader in self.readers.drain(..) {
+            reader
+                .join()
+                .expect("a reader of the tracer's output panicked");
+        }
         Finished {
             events: self.events(),
             stderr: self.stderr(),

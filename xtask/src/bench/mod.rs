@@ -13,6 +13,7 @@ pub(crate) use report::spread;
 
 use std::{
     net::TcpListener,
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
@@ -24,7 +25,7 @@ use serde_json::Value;
 use self::{
     measure::{BpfStats, Map, Program},
     servers::{Load, Throughput},
-    tools::{Running, Tool},
+    tools::{OtherBuild, Running, Tool},
 };
 use crate::cargo::workspace_root;
 use xtask::workload::{self, CloseWaitLeak, TRANSITIONS_PER_CONNECTION, TRANSITIONS_PER_LISTENER};
@@ -63,6 +64,11 @@ pub struct Options {
     /// out.
     #[arg(long, default_value_t = 5)]
     pub load_seconds: u64,
+    /// Another build of the tracer (an older commit's, say) run as one more tool, "tracer at
+    /// PATH (quiet)": with the same flags as the quiet tracer, in every round beside it, so that
+    /// the two builds are compared within one run (this VM's speed moves between runs).
+    #[arg(long, value_name = "PATH")]
+    pub against: Option<PathBuf>,
     /// Tiny counts, real servers for 1 s, this tracer only, one round, and a check that its
     /// accounting adds up (expected = seen + skipped). Part of `cargo xtask test`.
     #[arg(long)]
@@ -84,6 +90,7 @@ impl Options {
             half_open_hold: Duration::from_secs(2),
             // The shortest run wrk and iperf3 take: enough to see the servers work end to end.
             load_seconds: 1,
+            against: None,
             smoke: true,
         }
     }
@@ -235,8 +242,17 @@ struct ProgramDelta {
 }
 
 pub fn run(options: &Options) -> Result<()> {
-    let netns = measure::enter_own_network_namespace()?;
-    let mut tools = vec![Tool::Baseline, Tool::TracerQuiet, Tool::TracerLog];
+    // What is missing is installed first: the benchmark's own network namespace, entered once
+    // the tools and workloads are known, has no route to the package mirrors.
+    let mut tools = vec![Tool::Baseline, Tool::TracerQuiet];
+    let against = options
+        .against
+        .as_deref()
+        .map(OtherBuild::checked)
+        .transpose()?
+        .map(Tool::TracerAt);
+    tools.extend(against);
+    tools.push(Tool::TracerLog);
     if options.smoke {
         tools.retain(|t| t.is_ours());
     } else {
@@ -274,6 +290,7 @@ pub fn run(options: &Options) -> Result<()> {
                 .map(|&load| Workload::Server(load, options.load_seconds)),
         );
     }
+    let netns = measure::enter_own_network_namespace()?;
     // Idle: the quiet tracer in the new, empty namespace, before any workload.
     let idle = {
         let running = tools::start(Tool::TracerQuiet, netns)?;
@@ -320,6 +337,10 @@ pub fn run(options: &Options) -> Result<()> {
         "{idle}\n\n{}",
         report::wall_table(&results, &tools, &workloads)
     );
+    if let Some(line) = against.and_then(|other| report::against_line(&results, other, &workloads))
+    {
+        table.push_str(&format!("\n{line}\n"));
+    }
     if options.half_open > 0 {
         table.push_str(&format!(
             "\nHandshakes left half-open (SYN-ACKs dropped by the clients' namespace): the SYN-ACK \
@@ -401,7 +422,9 @@ fn run_one(
     let finished = running.stop()?;
     let (seen, lost, skipped) = match tool {
         Tool::Baseline => (0, 0, 0),
-        Tool::TracerQuiet | Tool::TracerLog => tracer_accounting(&finished.stdout)?,
+        Tool::TracerQuiet | Tool::TracerLog | Tool::TracerAt(_) => {
+            tracer_accounting(&finished.stdout)?
+        }
         Tool::Libbpf | Tool::Bpftrace => {
             let skipped = programs.iter().flatten().map(|p| p.recursion_misses).sum();
             (seen_lines, lost_in(&finished.stderr), skipped)

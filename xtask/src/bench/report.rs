@@ -52,6 +52,16 @@ fn runs_of<'a>(
         .partition(|r| !r.bpf_stats)
 }
 
+/// Kernel ns per transition over runs with BPF statistics on: the workload's transitions when
+/// known, else all the tool accounted for.
+fn kernel_per_transition(stats_runs: &[&RunResult]) -> Option<(f64, f64, f64)> {
+    spread(
+        stats_runs
+            .iter()
+            .filter_map(|r| per(r.kernel_ns? as f64, r.transitions())),
+    )
+}
+
 /// The workloads with a known number of transitions, timed by their wall time.
 pub fn wall_table(results: &[RunResult], tools: &[Tool], workloads: &[Workload]) -> String {
     let mut out = String::from(
@@ -80,11 +90,7 @@ pub fn wall_table(results: &[RunResult], tools: &[Tool], workloads: &[Workload])
             let count = |f: fn(&RunResult) -> u64| {
                 spread(runs.iter().map(|r| f(r) as f64)).map_or(0.0, |s| s.0)
             };
-            let per_event = spread(
-                stats_runs
-                    .iter()
-                    .filter_map(|r| per(r.kernel_ns? as f64, r.expected?)),
-            );
+            let per_event = kernel_per_transition(&stats_runs);
             let cpu = spread(
                 runs.iter()
                     .filter_map(|r| per(r.tool_cpu_ms? * 1000.0, r.expected?)),
@@ -191,11 +197,7 @@ pub fn server_table(results: &[RunResult], tools: &[Tool], workloads: &[Workload
                     .filter(|_| ours)
                     .filter_map(|r| per(r.transitions() as f64, r.throughput?.requests?)),
             );
-            let kernel = spread(
-                stats_runs
-                    .iter()
-                    .filter_map(|r| per(r.kernel_ns? as f64, r.transitions())),
-            );
+            let kernel = kernel_per_transition(&stats_runs);
             let cpu = spread(
                 runs.iter()
                     .filter_map(|r| per(r.tool_cpu_ms? * 1000.0, r.transitions())),
@@ -237,6 +239,38 @@ pub fn server_table(results: &[RunResult], tools: &[Tool], workloads: &[Workload
         ));
     }
     out
+}
+
+/// The workspace's quiet tracer against another build of it (`--against`), in one line: kernel
+/// ns per transition (medians of the rounds with BPF statistics on) workload by workload, and
+/// their ratio, ours over theirs (below 1: ours spends less). Not for handshakes left half-open,
+/// whose transitions are not all counted; none without rounds with statistics.
+pub fn against_line(results: &[RunResult], other: Tool, workloads: &[Workload]) -> Option<String> {
+    let median = |name: &str, tool: Tool| {
+        kernel_per_transition(&runs_of(results, name, tool).1).map(|s| s.0)
+    };
+    let each: Vec<String> = workloads
+        .iter()
+        .filter(|w| w.is_server() || w.expected().is_some())
+        .filter_map(|w| {
+            let name = w.name();
+            let ours = median(&name, Tool::TracerQuiet)?;
+            let theirs = median(&name, other)?;
+            Some(format!(
+                "{name} {ours:.0} against {theirs:.0} ({})",
+                fmt_one(ratio(ours, theirs), 2)
+            ))
+        })
+        .collect();
+    (!each.is_empty()).then(|| {
+        format!(
+            "Kernel ns per transition, {} against {} (BPF statistics on, medians; ours / theirs \
+             in parentheses): {}.",
+            Tool::TracerQuiet.name(),
+            other.name(),
+            each.join("; ")
+        )
+    })
 }
 
 /// Kernel memory of a tool's BPF maps.
@@ -368,6 +402,48 @@ mod tests {
         // 2 ms of CPU over 4,000 transitions: 0.5 ms per 1,000.
         assert_eq!(per(2.0 * 1000.0, 4_000), Some(0.5));
         assert_eq!(per(1_000.0, 0), None);
+    }
+
+    #[test]
+    fn compares_two_builds_kernel_time() {
+        use super::super::tools::OtherBuild;
+        let other = Tool::TracerAt(OtherBuild::at(std::path::Path::new("/old/tracer")));
+        let sequential = Workload::Sequential(50);
+        let half_open = Workload::HalfOpen(20, std::time::Duration::from_secs(2));
+        let run = |tool: Tool, workload: Workload, bpf_stats: bool, kernel_ns: u64| RunResult {
+            tool: tool.name(),
+            workload: workload.name(),
+            bpf_stats,
+            expected: workload.expected(),
+            kernel_ns: bpf_stats.then_some(kernel_ns),
+            // Half-open: what the tracer counted, for want of a known number.
+            seen: 100,
+            ..RunResult::default()
+        };
+        // 502 transitions: 1,000 and 1,250 ns each in the median round with statistics on.
+        let mut results = vec![
+            run(Tool::TracerQuiet, sequential, true, 502_000),
+            run(Tool::TracerQuiet, sequential, true, 400_000),
+            run(Tool::TracerQuiet, sequential, true, 600_000),
+            run(other, sequential, true, 627_500),
+            // Timed rounds carry no kernel time; half-open is left out.
+            run(other, sequential, false, 0),
+            run(Tool::TracerQuiet, half_open, true, 1_000),
+            run(other, half_open, true, 2_000),
+        ];
+        let line = against_line(&results, other, &[sequential, half_open]).unwrap();
+        assert_eq!(
+            line,
+            "Kernel ns per transition, tracer (quiet) against tracer at /old/tracer (quiet) (BPF \
+             statistics on, medians; ours / theirs in parentheses): sequential 50 1000 against \
+             1250 (0.80)."
+        );
+        // Without rounds with statistics, nothing to compare.
+        results.retain(|r| !r.bpf_stats);
+        assert_eq!(
+            against_line(&results, other, &[sequential, half_open]),
+            None
+        );
     }
 
     #[test]

@@ -1,10 +1,10 @@
-//! The tools compared: none (the baseline), this tracer in its two modes, and the peers present
-//! on the machine. Each is started, waited for until it reports, stopped the way it expects, and
-//! its output counted for the workload's own port.
+//! The tools compared: none (the baseline), this tracer in its two modes, another build of it
+//! (`--against`), and the peers present on the machine. Each is started, waited for until it
+//! reports, stopped the way it expects, and its output counted for the workload's own port.
 use std::{
     io::{BufRead as _, BufReader, Read},
     net::{TcpListener, TcpStream},
-    os::unix::process::CommandExt as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -24,6 +24,9 @@ pub enum Tool {
     TracerQuiet,
     /// This tracer logging every transition as JSON.
     TracerLog,
+    /// Another build of this tracer (`--against`, an older commit's, say), quiet: started,
+    /// waited for, stopped and accounted like `TracerQuiet`, with its own binary.
+    TracerAt(&'static OtherBuild),
     /// libbpf-tools `tcpstates` (Debian package libbpf-tools).
     Libbpf,
     /// bpftrace with xtask/bench/tcpstates.bt.
@@ -36,13 +39,48 @@ impl Tool {
             Self::Baseline => "no tracer",
             Self::TracerQuiet => "tracer (quiet)",
             Self::TracerLog => "tracer (--log-transitions)",
+            Self::TracerAt(build) => &build.name,
             Self::Libbpf => "libbpf-tools tcpstates",
             Self::Bpftrace => "bpftrace tcpstates.bt",
         }
     }
 
+    /// A build of this tracer (the workspace's or another): it says when it is ready, counts
+    /// every transition itself, and must stop when told to.
     pub fn is_ours(self) -> bool {
-        matches!(self, Self::TracerQuiet | Self::TracerLog)
+        matches!(
+            self,
+            Self::TracerQuiet | Self::TracerLog | Self::TracerAt(_)
+        )
+    }
+}
+
+/// Another build of this tracer, run beside the workspace's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OtherBuild {
+    binary: PathBuf,
+    /// "tracer at PATH (quiet)": its rows in the tables and the results.
+    name: String,
+}
+
+impl OtherBuild {
+    /// The build at `binary`, which must be an executable file.
+    pub fn checked(binary: &Path) -> Result<&'static Self> {
+        let metadata =
+            std::fs::metadata(binary).with_context(|| format!("--against {}", binary.display()))?;
+        if !metadata.is_file() || metadata.permissions().mode() & 0o111 == 0 {
+            bail!("--against {}: not an executable file", binary.display());
+        }
+        Ok(Self::at(binary))
+    }
+
+    /// The build at `binary`, kept for the rest of the process: tools are copied into every
+    /// run and named by `&'static str` in the results, and the benchmark runs once.
+    pub fn at(binary: &Path) -> &'static Self {
+        Box::leak(Box::new(Self {
+            binary: binary.to_owned(),
+            name: format!("tracer at {} (quiet)", binary.display()),
+        }))
     }
 }
 
@@ -175,7 +213,7 @@ fn mentions_port(tool: Tool, line: &str, port: u16) -> bool {
             fields.len() >= 8
                 && (fields[fields.len() - 5] == port || fields[fields.len() - 4] == port)
         }
-        Tool::TracerLog | Tool::TracerQuiet => {
+        Tool::TracerLog | Tool::TracerQuiet | Tool::TracerAt(_) => {
             line.contains(&format!("\"sport\":{port},"))
                 || line.contains(&format!("\"dport\":{port},"))
         }
@@ -218,8 +256,11 @@ fn spawn(tool: Tool, netns: u32, extra: &[String], timeout: Duration) -> Result<
                 snapshot: Duration::ZERO,
             });
         }
-        Tool::TracerQuiet | Tool::TracerLog => {
-            let mut c = Command::new(tracer_binary());
+        Tool::TracerQuiet | Tool::TracerLog | Tool::TracerAt(_) => {
+            let mut c = Command::new(match tool {
+                Tool::TracerAt(build) => build.binary.clone(),
+                _ => tracer_binary(),
+            });
             c.args([
                 "--log-format",
                 "json",
@@ -439,5 +480,30 @@ mod tests {
         let ours = r#"{"event":"transition","sport":46886,"dport":9099,"old":"SYN_SENT"}"#;
         assert!(mentions_port(Tool::TracerLog, ours, 9099));
         assert!(!mentions_port(Tool::TracerLog, ours, 909));
+        let other = Tool::TracerAt(OtherBuild::at(Path::new("/old")));
+        assert!(mentions_port(other, ours, 46886));
+        assert!(!mentions_port(other, ours, 909));
+    }
+
+    #[test]
+    fn another_build_is_a_quiet_tracer_of_its_own() {
+        let other = Tool::TracerAt(OtherBuild::at(Path::new("/work/old/tracer")));
+        assert_eq!(other.name(), "tracer at /work/old/tracer (quiet)");
+        // Started, stopped and accounted like the workspace's tracer...
+        assert!(other.is_ours());
+        // ...and its rows told apart from it.
+        assert_ne!(other, Tool::TracerQuiet);
+        assert_ne!(other.name(), Tool::TracerQuiet.name());
+    }
+
+    #[test]
+    fn another_build_must_be_an_executable_file() {
+        let root = workspace_root();
+        assert!(OtherBuild::checked(&root.join("no such tracer")).is_err());
+        // A directory, and a file that is not executable.
+        assert!(OtherBuild::checked(&root).is_err());
+        assert!(OtherBuild::checked(&root.join("Cargo.toml")).is_err());
+        let sh = OtherBuild::checked(Path::new("/bin/sh")).unwrap();
+        assert_eq!(Tool::TracerAt(sh).name(), "tracer at /bin/sh (quiet)");
     }
 }

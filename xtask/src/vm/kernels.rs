@@ -1,6 +1,6 @@
 //! Fetches a Debian cloud kernel: finds the newest `linux-image-<series>.*-cloud-amd64` in the
 //! kernel's suites with the host's own apt tools pointed at a private index
-//! (`target/vm/<kernel>/apt`), downloads it with `apt-get download`, unpacks it with `dpkg-deb -x`
+//! (`$CARGO_HOME/tcpstate-kernels/<kernel>/apt`), downloads it with `apt-get download`, unpacks it with `dpkg-deb -x`
 //! and indexes its modules with `depmod -b`. What is unpacked is reused on later runs without
 //! touching the network; `refresh` looks the newest version up again.
 use std::{
@@ -31,7 +31,7 @@ const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Written last, after a tree was unpacked and indexed: "<package> <version> <release>".
 const STAMP: &str = "kernel.txt";
 
-/// The kernel unpacked under `dir` (`target/vm/<kernel>`), fetching it first when there is none
+/// The kernel unpacked under `dir` (`$CARGO_HOME/tcpstate-kernels/<kernel>`), fetching it first when there is none
 /// or when `refresh` asks for the newest one again.
 pub(crate) fn prepare(kernel: &Kernel, dir: &Path, refresh: bool) -> Result<Unpacked> {
     if !refresh && let Some(unpacked) = cached(dir)? {
@@ -44,7 +44,17 @@ pub(crate) fn prepare(kernel: &Kernel, dir: &Path, refresh: bool) -> Result<Unpa
         kernel.series,
         suite_names(kernel)
     );
-    apt.update()?;
+    if let Err(err) = apt.update() {
+        // Asked to refresh without a mirror: the kernel already here still proves something.
+        if let Some(unpacked) = cached(dir)? {
+            eprintln!(
+                "xtask: vm {}: {err:#}; booting the kernel fetched before, {} {}",
+                kernel.name, unpacked.package, unpacked.version
+            );
+            return Ok(unpacked);
+        }
+        return Err(err);
+    }
     let (package, version) = apt.newest_image(kernel.series)?;
     if let Some(unpacked) = cached(dir)?
         && unpacked.package == package
@@ -181,7 +191,7 @@ fn why_failed(stderr: &str) -> String {
     }
 }
 
-/// apt-get with its own sources, index and download cache under `target/vm/<kernel>/apt`: the
+/// apt-get with its own sources, index and download cache under `<cache>/<kernel>/apt`: the
 /// host's apt configuration (proxies…) still applies, its package lists are left alone.
 struct Apt {
     dir: PathBuf,
@@ -241,9 +251,20 @@ impl Apt {
     }
 
     fn update(&self) -> Result<()> {
-        run_quiet(&mut self.command(&["update"]), "apt-get update")
-            .map(drop)
-            .context("cannot read the kernel's Debian package index")
+        let out = self
+            .command(&["update"])
+            .output()
+            .context("cannot start apt-get update")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // apt-get update exits 0 when a mirror cannot be reached, with only a warning.
+        let unreachable = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("W: Failed to fetch "));
+        if !out.status.success() || unreachable.is_some() {
+            let why = unreachable.map_or_else(|| why_failed(&stderr), str::to_owned);
+            bail!("cannot read the kernel's Debian package index: {why}");
+        }
+        Ok(())
     }
 
     /// The newest cloud image package of `series` in the index (name, version).

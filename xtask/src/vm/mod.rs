@@ -4,7 +4,9 @@
 //! binaries, bpftool, ip, nft…) at the same paths. The command's console output streams to our
 //! standard output; its exit status comes back through a read-write share of
 //! `target/vm/<kernel>/out`, mounted at `/vmout` in the guest, where the command can leave files.
-//! Everything fetched or built is cached under `target/vm/<kernel>/`.
+//! The kernels fetched are kept in `$CARGO_HOME/tcpstate-kernels/<kernel>/`, shared by every
+//! checkout (a clean clone boots them without the network); what is built per run (initramfs,
+//! logs, results) lives under `target/vm/<kernel>/`.
 //!
 //! From other xtask code: `for kernel in kernels() { run_in_vm(kernel, &command, timeout)? }`.
 mod initramfs;
@@ -172,7 +174,12 @@ fn run_with(
     let dir = vm_dir().join(kernel.name);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _lock = lock(&dir, kernel.name)?;
-    let unpacked = kernels::prepare(kernel, &dir, refresh)
+    let cache = crate::cargo_home()?
+        .join("tcpstate-kernels")
+        .join(kernel.name);
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let _cache_lock = lock(&cache, kernel.name)?;
+    let unpacked = kernels::prepare(kernel, &cache, refresh)
         .with_context(|| format!("vm {}: cannot get the kernel", kernel.name))?;
     let initramfs = dir.join("initramfs.cpio");
     initramfs::build(&unpacked, &LAYOUT, &initramfs)
