@@ -325,8 +325,15 @@ fn an_overflow_is_counted_and_healed() {
     let read = events["transitions"].as_u64().unwrap();
     let lost = events["transitions_lost"].as_u64().unwrap();
     let skipped = events["transitions_skipped"].as_u64().unwrap();
+    // A handshake completed twice at once (the client's ACK and a retransmitted one on two
+    // CPUs, seen under emulation) makes a second child that the kernel drops: LISTEN ->
+    // SYN_RECV -> CLOSE, two real transitions more.
+    let dropped_children = summary["transitions"]["total"]["SYN_RECV->CLOSE"]
+        .as_u64()
+        .unwrap_or(0);
     let expected = connections as u64 * xtask::workload::TRANSITIONS_PER_CONNECTION
-        + xtask::workload::TRANSITIONS_PER_LISTENER;
+        + xtask::workload::TRANSITIONS_PER_LISTENER
+        + 2 * dropped_children;
     assert!(
         lost > 0,
         "a 4 KiB buffer with a paused reader overflows: {summary}"

@@ -128,8 +128,18 @@ pub(crate) fn plan(
                 substate: state,
                 flags: 0,
             };
+            let lingered = lingering.contains(&key);
             match timewaits.get(&key) {
                 None => plan.timewaits_new.push((key, fresh)),
+                // The peer's FIN moved a lingering FIN-WAIT-2 on without a trace: a transition
+                // the lingering check reports (with its index entry), not a record to correct.
+                Some(r)
+                    if lingered
+                        && r.substate == TcpState::FinWait2 as u8
+                        && socket.state == TcpState::TimeWait =>
+                {
+                    continue;
+                }
                 Some(r) if r.substate != state => {
                     plan.timewaits_fixed.push((
                         key,
@@ -143,9 +153,9 @@ pub(crate) fn plan(
                 Some(_) => {}
             }
             let lingers = socket.state == TcpState::FinWait2;
-            if lingers && !lingering.contains(&key) {
+            if lingers && !lingered {
                 plan.lingering_set.push(key);
-            } else if !lingers && lingering.contains(&key) {
+            } else if !lingers && lingered {
                 plan.lingering_gone.push(key);
             }
             continue;
@@ -397,6 +407,36 @@ mod tests {
             watched: &[],
             lingering: &[],
         }
+    }
+
+    /// Records read, then the peer's FIN, then the listing: the kernel's silent move is left to
+    /// the lingering check, which reports it as a transition (a correction would hide it).
+    #[test]
+    fn a_lingering_socket_found_in_time_wait_is_left_to_the_lingering_check() {
+        let key = tuple(&ends(40001, 80));
+        let was = TwRecord {
+            since_ns: 50,
+            sock: 4,
+            pid: 7,
+            service_port: 80,
+            substate: TcpState::FinWait2 as u8,
+            flags: record_flags::AGE_KNOWN,
+        };
+        let records = Records {
+            timewaits: &[(key, was)],
+            lingering: &[key],
+            ..no_records()
+        };
+        let mut moved = listed(4, TcpState::TimeWait, 40001, 80);
+        moved.timewait = true;
+        let plan = plan(&records, &listing(vec![moved]), &thresholds(), 100, false);
+        assert!(plan.timewaits_fixed.is_empty(), "{plan:?}");
+        assert!(plan.timewaits_gone.is_empty(), "{plan:?}");
+        assert!(plan.lingering_gone.is_empty(), "{plan:?}");
+        // Gone from the list altogether (it ended): the record and its index entry go.
+        let plan = super::plan(&records, &listing(Vec::new()), &thresholds(), 100, false);
+        assert_eq!(plan.timewaits_gone, vec![(key, was)]);
+        assert_eq!(plan.lingering_gone, vec![key]);
     }
 
     #[test]
