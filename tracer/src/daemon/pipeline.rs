@@ -95,6 +95,7 @@ impl<W: Write> Pipeline<W> {
 
     /// Moves every event written so far through the stages.
     pub(super) fn advance(&mut self) {
+        self.log.follow_wall_clock();
         let read_ns = monotonic_ns();
         let (owners, tracker, log) = (&mut self.owners, &mut self.tracker, &mut self.log);
         self.reader.drain(|event| match event {

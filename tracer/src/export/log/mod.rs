@@ -18,6 +18,7 @@ use std::{
     borrow::Cow,
     io::{self, Write},
     sync::Arc,
+    time::Duration,
 };
 
 use super::{summary::Summary, wall_clock::WallClock};
@@ -99,6 +100,17 @@ pub(crate) struct LogWriter<W: Write> {
 }
 
 impl<W: Write> LogWriter<W> {
+    /// Timestamps follow a step of the wall clock from the next line on; the step is said once.
+    pub(crate) fn follow_wall_clock(&mut self) {
+        if let Some(step_ns) = self.settings.clock.follow() {
+            let by = humantime::format_duration(Duration::from_millis(
+                step_ns.unsigned_abs() / 1_000_000,
+            ));
+            let way = if step_ns < 0 { "back" } else { "forward" };
+            tracing::info!("the wall clock was set {way} by {by}: timestamps follow it");
+        }
+    }
+
     pub(crate) fn new(settings: Settings, out: W) -> Self {
         Self {
             settings,
