@@ -29,6 +29,8 @@ const NEEDED_MODULES: [&str; 6] = [
 pub(crate) struct Layout<'a> {
     pub root_tag: &'a str,
     pub out_tag: &'a str,
+    /// The workspace's share, mounted at the workspace's own path by stage 2.
+    pub work_tag: &'a str,
     /// Mount point of the results share in the guest.
     pub out_mount: &'a str,
     /// What pid 1 runs after `switch_root`, a path inside the new root.
@@ -92,6 +94,7 @@ fn init_script(modules: &[String], module_tree: &Path, layout: &Layout) -> Strin
         out_tag,
         out_mount,
         stage2,
+        ..
     } = layout;
     format!(
         r#"#!/bin/busybox sh

@@ -160,6 +160,7 @@ pub fn run_in_vm(kernel: &Kernel, command: &[String], timeout: Duration) -> Resu
 const LAYOUT: initramfs::Layout = initramfs::Layout {
     root_tag: "root",
     out_tag: "out",
+    work_tag: "work",
     out_mount: "/vmout",
     stage2: "/vmout/.vm/stage2.sh",
 };
@@ -203,9 +204,10 @@ fn run_with(
             .map_or(0, |d| d.subsec_nanos())
     );
     let cwd = std::env::current_dir().context("the current folder")?;
+    let workspace = workspace_dir();
     write(
         &own.join("stage2.sh"),
-        &stage2_script(&marker, &guest_term()),
+        &stage2_script(&marker, &guest_term(), &workspace),
     )?;
     write(
         &own.join("command.sh"),
@@ -247,6 +249,14 @@ fn run_with(
                     source: Path::new("/"),
                     cache: "always",
                 },
+                // The workspace again at its own path: it may sit on a mount of its own (a CI
+                // checkout) or under a folder the guest covers (/tmp), which the root share
+                // does not show.
+                qemu::Share {
+                    tag: LAYOUT.work_tag,
+                    source: &workspace,
+                    cache: "always",
+                },
                 qemu::Share {
                     tag: LAYOUT.out_tag,
                     source: &out,
@@ -279,12 +289,17 @@ fn run_with(
     })
 }
 
-/// `target/vm` of the workspace (xtask lives one level below its root).
-fn vm_dir() -> PathBuf {
+/// The workspace's root (xtask lives one level below it).
+fn workspace_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."))
-        .join("target/vm")
+        .to_path_buf()
+}
+
+/// `target/vm` of the workspace.
+fn vm_dir() -> PathBuf {
+    workspace_dir().join("target/vm")
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -314,13 +329,17 @@ fn lock(dir: &Path, name: &str) -> Result<fs::File> {
 
 /// The guest's pid 1 after `switch_root` (the initramfs made the mounts): the command, then its
 /// status where the host finds it, then power off.
-fn stage2_script(marker: &str, term: &str) -> String {
+fn stage2_script(marker: &str, term: &str, workspace: &Path) -> String {
     let out = LAYOUT.out_mount;
+    let work_tag = LAYOUT.work_tag;
+    let workspace = quote(&workspace.to_string_lossy());
     format!(
         r#"#!/bin/bash
 # Stage 2 (xtask vm): pid 1 in the host's root (read-only, tmpfs overlay on top).
 export PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM={term}
+mkdir -p {workspace} && mount -t virtiofs {work_tag} {workspace} \
+    || echo "tcpstate-vm: cannot mount the workspace at "{workspace} >&2
 echo "{marker} start"
 bash {out}/.vm/command.sh </dev/null
 status=$?
