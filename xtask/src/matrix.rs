@@ -105,11 +105,19 @@ fn guest_script(binaries: &[String]) -> String {
         package.display(),
         tracer.display()
     );
+    // A binary that fails with its tests side by side runs again one test at a time: under
+    // emulation a connection made while its tracer takes the start-up snapshot can lose its
+    // FIN_WAIT2 -> TIME_WAIT line (an open bug, seen on 5.10 and 6.1). It is said as FLAKY, never
+    // hidden; failing again is a failure.
     for binary in binaries {
         let name = binary.rsplit('/').next().unwrap_or(binary);
+        let run = format!("CI=true TCPSTATE_TIME_SCALE={TIME_SCALE} '{binary}'");
         script.push_str(&format!(
-            "s=$(date +%s); CI=true TCPSTATE_TIME_SCALE={TIME_SCALE} '{binary}' --test-threads=2 \
-             || {{ failed=1; echo \"FAILED: {name}\"; }}; echo \"{name}: $(( $(date +%s) - s )) s\"; "
+            "s=$(date +%s); if ! {run} --test-threads=2; then \
+             echo \"FLAKY?: {name} failed with its tests side by side; again, one at a time\"; \
+             if {run} --test-threads=1; then echo \"FLAKY: {name} passed one test at a time\"; \
+             else failed=1; echo \"FAILED: {name}\"; fi; fi; \
+             echo \"{name}: $(( $(date +%s) - s )) s\"; "
         ));
     }
     script.push_str("exit $failed");
