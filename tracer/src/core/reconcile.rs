@@ -152,11 +152,10 @@ pub(crate) fn plan(
                 }
                 Some(_) => {}
             }
-            let lingers = socket.state == TcpState::FinWait2;
-            if lingers && !lingered {
+            // A lingering entry listed in TIME_WAIT is the kernel's silent move, which the
+            // lingering check reports (and then drops the entry): left to it.
+            if socket.state == TcpState::FinWait2 && !lingered {
                 plan.lingering_set.push(key);
-            } else if !lingers && lingered {
-                plan.lingering_gone.push(key);
             }
             continue;
         }
@@ -432,6 +431,16 @@ mod tests {
         let plan = plan(&records, &listing(vec![moved]), &thresholds(), 100, false);
         assert!(plan.timewaits_fixed.is_empty(), "{plan:?}");
         assert!(plan.timewaits_gone.is_empty(), "{plan:?}");
+        assert!(plan.lingering_gone.is_empty(), "{plan:?}");
+        // The same when its record was not read yet (the move to the timewait socket came
+        // between reading the records and reading the lingering index).
+        let no_record = Records {
+            lingering: &[key],
+            ..no_records()
+        };
+        let mut moved = listed(4, TcpState::TimeWait, 40001, 80);
+        moved.timewait = true;
+        let plan = super::plan(&no_record, &listing(vec![moved]), &thresholds(), 100, false);
         assert!(plan.lingering_gone.is_empty(), "{plan:?}");
         // Gone from the list altogether (it ended): the record and its index entry go.
         let plan = super::plan(&records, &listing(Vec::new()), &thresholds(), 100, false);

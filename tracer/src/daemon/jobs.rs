@@ -190,9 +190,11 @@ fn reconcile_now(
     } else {
         Vec::new()
     };
-    let timewaits: Vec<(Tuple, TwRecord)> = maps.all(RecordMap::Timewait)?;
+    // The lingering index before the timewait records: the programs write a record before its
+    // index entry, so every entry read has its record read too (unless it ended meanwhile).
     let lingering: Vec<(Tuple, u8)> = maps.all(RecordMap::Lingering)?;
     let lingering: Vec<Tuple> = lingering.into_iter().map(|(key, _)| key).collect();
+    let timewaits: Vec<(Tuple, TwRecord)> = maps.all(RecordMap::Timewait)?;
     let before_listing = thread_cpu_time();
     let listing = socket_list::take_listing(None, None, filter)
         .context("listing the kernel's TCP sockets")?;
