@@ -106,9 +106,9 @@ fn guest_script(binaries: &[String]) -> String {
         tracer.display()
     );
     // A binary that fails with its tests side by side runs again one test at a time: under
-    // emulation a connection made while its tracer takes the start-up snapshot can lose its
-    // FIN_WAIT2 -> TIME_WAIT line (an open bug, seen on 5.10 and 6.1). It is said as FLAKY, never
-    // hidden; failing again is a failure.
+    // emulation, races that the host's speed hides show up (a connection closing during the
+    // start-up snapshot lost its FIN_WAIT2 -> TIME_WAIT line until 9f96faf). It is said as FLAKY,
+    // never hidden; failing again is a failure.
     for binary in binaries {
         let name = binary.rsplit('/').next().unwrap_or(binary);
         let run = format!("CI=true TCPSTATE_TIME_SCALE={TIME_SCALE} '{binary}'");

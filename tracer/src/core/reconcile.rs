@@ -392,6 +392,18 @@ mod tests {
         }
     }
 
+    /// A lingering FIN-WAIT-2's timewait record, entered at `since_ns`.
+    fn lingering_record(since_ns: u64) -> TwRecord {
+        TwRecord {
+            since_ns,
+            sock: 0xabc,
+            pid: 7,
+            service_port: 80,
+            substate: TcpState::FinWait2 as u8,
+            flags: record_flags::AGE_KNOWN,
+        }
+    }
+
     fn thresholds() -> Thresholds {
         let mut t = Thresholds::default();
         t.set(TcpState::CloseWait, Some(Duration::from_secs(2)));
@@ -413,14 +425,7 @@ mod tests {
     #[test]
     fn a_lingering_socket_found_in_time_wait_is_left_to_the_lingering_check() {
         let key = tuple(&ends(40001, 80));
-        let was = TwRecord {
-            since_ns: 50,
-            sock: 4,
-            pid: 7,
-            service_port: 80,
-            substate: TcpState::FinWait2 as u8,
-            flags: record_flags::AGE_KNOWN,
-        };
+        let was = lingering_record(50);
         let records = Records {
             timewaits: &[(key, was)],
             lingering: &[key],
@@ -428,7 +433,13 @@ mod tests {
         };
         let mut moved = listed(4, TcpState::TimeWait, 40001, 80);
         moved.timewait = true;
-        let plan = plan(&records, &listing(vec![moved]), &thresholds(), 100, false);
+        let plan = plan(
+            &records,
+            &listing(vec![moved.clone()]),
+            &thresholds(),
+            100,
+            false,
+        );
         assert!(plan.timewaits_fixed.is_empty(), "{plan:?}");
         assert!(plan.timewaits_gone.is_empty(), "{plan:?}");
         assert!(plan.lingering_gone.is_empty(), "{plan:?}");
@@ -438,8 +449,6 @@ mod tests {
             lingering: &[key],
             ..no_records()
         };
-        let mut moved = listed(4, TcpState::TimeWait, 40001, 80);
-        moved.timewait = true;
         let plan = super::plan(&no_record, &listing(vec![moved]), &thresholds(), 100, false);
         assert!(plan.lingering_gone.is_empty(), "{plan:?}");
         // Gone from the list altogether (it ended): the record and its index entry go.
@@ -608,14 +617,7 @@ mod tests {
     fn lingering_sockets_gone_from_fin_wait2_moved() {
         let key = tuple(&ends(40001, 80));
         let other = tuple(&ends(40002, 80));
-        let lingering = TwRecord {
-            since_ns: 10,
-            sock: 0xabc,
-            pid: 7,
-            service_port: 80,
-            substate: TcpState::FinWait2 as u8,
-            flags: record_flags::AGE_KNOWN,
-        };
+        let lingering = lingering_record(10);
         let mut still = listed(5, TcpState::FinWait2, 40002, 80);
         still.timewait = true;
         let moves = silent_moves(
