@@ -20,7 +20,7 @@ use crate::{
     account,
     maps::{LISTENER_SYNACKS, RECENT_CLOSES, SOCKETS, WATCHED, global},
     output::{Fields, count, emit, finish, passes_filter},
-    read::{full_socket_tuple, listener_id, member, netns_of, now, socket_id},
+    read::{full_socket_tuple, listener_id, member, now, socket_id},
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -80,11 +80,7 @@ fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let Some(slot) = found else {
         // Not among the sockets this CPU saw close last: the closing task moved between CPUs.
         let mut tuple = Tuple::default();
-        if !full_socket_tuple(sk, tcp, &mut tuple) {
-            return Ok(());
-        }
-        tuple.netns = netns_of(sk);
-        if passes_filter(&tuple) {
+        if full_socket_tuple(sk, tcp, &mut tuple) && passes_filter(&tuple) {
             count(counter::UNMATCHED_RESETS);
         }
         return Ok(());
@@ -173,12 +169,9 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let mut tuple = Tuple::default();
-    if full_socket_tuple(listener, tcp, &mut tuple) {
-        tuple.netns = netns_of(listener);
-        if passes_filter(&tuple) {
-            count(counter::SYNACK_RETRANSMITS);
-            count_synack(listener_id(listener));
-        }
+    if full_socket_tuple(listener, tcp, &mut tuple) && passes_filter(&tuple) {
+        count(counter::SYNACK_RETRANSMITS);
+        count_synack(listener_id(listener));
     }
     0
 }

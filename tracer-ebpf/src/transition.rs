@@ -28,7 +28,7 @@ use crate::{
         TW_TIMER_HANDLER, WATCHED, global,
     },
     output::{count, count_failure, passes_filter, reserve, submit, write_current_comm},
-    read::{current_pid, full_socket_tuple, member, netns_of, now, socket_id},
+    read::{current_pid, full_socket_tuple, member, now, socket_id},
     timewait::end_timewait,
 };
 
@@ -156,7 +156,6 @@ impl Change {
         if !full_socket_tuple(sk, tcp, &mut self.tuple) {
             return false;
         }
-        self.tuple.netns = netns_of(sk);
         if !passes_filter(&self.tuple) {
             return false;
         }
