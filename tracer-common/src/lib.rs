@@ -31,7 +31,7 @@ pub const UNKNOWN_DURATION: u64 = u64::MAX;
 
 /// Version of the pinned records' layout, part of the pinned maps' names: a daemon never reads
 /// records written by an incompatible one.
-pub const RECORD_VERSION: u32 = 4;
+pub const RECORD_VERSION: u32 = 5;
 
 /// TIME-WAIT lasts this long (the kernel's fixed `TCP_TIMEWAIT_LEN`).
 pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;

@@ -30,8 +30,8 @@ pub struct SockRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TwRecord {
     pub since_ns: u64,
-    /// The full socket's address: the connection keeps its id in the timewait phase.
-    pub sock: u64,
+    /// The full socket's id: the connection keeps it in its timewait phase.
+    pub cookie: u64,
     pub pid: u32,
     pub service_port: u16,
     /// TIME_WAIT or FIN_WAIT2.
@@ -44,7 +44,6 @@ pub struct TwRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Watch {
     pub since_ns: u64,
-    pub sock: u64,
     pub tuple: Tuple,
     pub pid: u32,
     pub service_port: u16,
@@ -132,9 +131,12 @@ pub mod event_flags {
 pub struct Event {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
     pub ts_ns: u64,
-    /// Kernel address of the (full) socket.
+    /// The kernel socket, disguised (`read::disguised` in the programs: a keyed bijection of its
+    /// address, never the address): tells apart sockets accepted from one listener, whose first
+    /// line carries the listener's cookie before Linux 6.x. 0 for a timewait socket.
     pub sock: u64,
-    /// The socket cookie: never reused.
+    /// The socket's id: its cookie (never reused), or before Linux 5.12 its disguised address.
+    /// A connection keeps it in its timewait phase.
     pub cookie: u64,
     /// Time spent in `old`, or [`crate::UNKNOWN_DURATION`].
     pub prev_state_ns: u64,
@@ -170,7 +172,7 @@ const _: () = {
     assert!(size_of::<OwnerHit>() == 16);
     assert!(size_of::<RecentCloses>() == RECENT_CLOSES * size_of::<LastClose>() + 8);
     assert!(size_of::<TwRecord>() == 8 + 8 + 4 + 2 + 1 + 1);
-    assert!(size_of::<Watch>() == 8 + 8 + size_of::<Tuple>() + 4 + 2 + 1 + 1);
+    assert!(size_of::<Watch>() == 8 + size_of::<Tuple>() + 4 + 2 + 1 + 1);
     assert!(size_of::<Event>() == 8 * 4 + size_of::<Tuple>() + size_of::<Owner>() + 16);
 };
 
@@ -184,7 +186,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Tuple>(), 48);
         assert_eq!(core::mem::size_of::<SockRecord>(), 24);
         assert_eq!(core::mem::size_of::<TwRecord>(), 24);
-        assert_eq!(core::mem::size_of::<Watch>(), 72);
+        assert_eq!(core::mem::size_of::<Watch>(), 64);
         assert_eq!(core::mem::size_of::<Event>(), 120);
     }
 }

@@ -17,9 +17,21 @@ pub struct Config {
     /// argument (Linux 6.10 and later); older ones have two arguments.
     pub reset_reason_arg: u8,
     /// Non-zero: tracing programs may ask for a socket's cookie (Linux 5.12 and later). Without
-    /// it, a full socket's id in the records and events is its kernel address.
+    /// it, a full socket's id in the records and events is its disguised address.
     pub socket_cookies: u8,
     pub _pad: [u8; 2],
+    /// The keys of the disguise of kernel addresses (random per daemon run; `disguise_factor`
+    /// odd): no record or event carries an address, which would undo the kernel's address
+    /// randomization for whoever reads the daemon's lines.
+    pub disguise_key: u64,
+    pub disguise_factor: u64,
+}
+
+/// A kernel address disguised by a keyed bijection (up to its lowest bit, which aligned addresses
+/// do not use), its top bit clear so that it never reads as a kernel address: what the programs
+/// put in place of addresses (the daemon's tests check it against this).
+pub const fn disguise(address: u64, key: u64, factor: u64) -> u64 {
+    (address ^ key).wrapping_mul(factor) >> 1
 }
 
 impl Config {
@@ -106,3 +118,28 @@ pub struct Offsets {
 /// `sys_exit_accept` (the accepted socket's descriptor); the daemon checks it against the format
 /// file before loading.
 pub const ACCEPT_RET_OFFSET: usize = 16;
+
+#[cfg(test)]
+mod disguise_tests {
+    use super::disguise;
+
+    #[test]
+    fn disguised_addresses_stay_apart_and_never_read_as_addresses() {
+        let (key, factor) = (0x9e37_79b9_7f4a_7c15, 0xbf58_476d_1ce4_e5b9);
+        // Socket addresses, 64-byte aligned, close together as a slab hands them out.
+        let base = 0xffff_8881_0a3c_0000u64;
+        let mut seen = [0u64; 4096];
+        for (i, slot) in seen.iter_mut().enumerate() {
+            let id = disguise(base + 64 * i as u64, key, factor);
+            assert!(id >> 63 == 0, "{id:x}");
+            *slot = id;
+        }
+        seen.sort_unstable();
+        assert!(
+            seen.windows(2).all(|w| w[0] != w[1]),
+            "two sockets share an id"
+        );
+        // Another key, another id: the ids say nothing across runs.
+        assert_ne!(disguise(base, key ^ 1, factor), disguise(base, key, factor));
+    }
+}

@@ -13,7 +13,7 @@ use tracer_common::counter;
 use crate::{
     maps::{SOCKETS, WATCHED, global},
     output::{count, finish},
-    read::{current_pid, field},
+    read::{current_pid, disguised, field},
 };
 
 #[tracepoint]
@@ -46,7 +46,7 @@ fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
         let sk = read(socket + global!(OFFSETS.socket_sk) as u64)?;
         if global!(CONFIG.socket_cookies) == 0 {
             // Its id where the programs cannot ask for cookies (`read::socket_id`).
-            sk
+            disguised(sk)
         } else {
             // The transition program asked for the cookie already, which made the kernel
             // assign it.

@@ -170,6 +170,8 @@ pub(crate) static CONFIG: Rodata<Config> = Rodata::new(Config {
     reset_reason_arg: 0,
     socket_cookies: 0,
     _pad: [0; 2],
+    disguise_key: 0,
+    disguise_factor: 0,
 });
 
 #[unsafe(no_mangle)]

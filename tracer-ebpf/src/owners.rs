@@ -11,7 +11,7 @@ use tracer_common::OwnerHit;
 
 use crate::{
     maps::{WANTED_SOCKETS, global},
-    read::member,
+    read::{disguised, member},
 };
 
 /// `S_IFMT` and `S_IFSOCK` of an inode's mode.
@@ -50,13 +50,13 @@ pub fn socket_owners(ctx: *mut c_void) -> i32 {
     };
     // SAFETY: lookups only test presence.
     let wanted = |id: u64| id != 0 && unsafe { WANTED_SOCKETS.get(&id) }.is_some();
-    // Sockets are wanted by cookie; where the programs cannot ask for cookies, by the address
-    // that is their id there (`read::socket_id`), listeners still by the cookie the socket list
-    // gave them.
+    // Sockets are wanted by cookie; where the programs cannot ask for cookies, by the disguised
+    // address that is their id there (`read::socket_id`), listeners still by the cookie the
+    // socket list gave them.
     let cookie = if wanted(cookie) {
         cookie
-    } else if global!(CONFIG.socket_cookies) == 0 && wanted(sk) {
-        sk
+    } else if global!(CONFIG.socket_cookies) == 0 && wanted(disguised(sk)) {
+        disguised(sk)
     } else {
         return 0;
     };

@@ -9,7 +9,7 @@ use aya_ebpf::{
     },
     programs::TracePointContext,
 };
-use tracer_common::{AF_INET, AF_INET6, Tuple, normalize_family};
+use tracer_common::{AF_INET, AF_INET6, Tuple, normalize_family, settings::disguise};
 
 use crate::maps::global;
 
@@ -25,8 +25,8 @@ pub(crate) fn current_pid() -> u32 {
 
 /// A full socket's id in the records and events (`sk` BTF-typed): its cookie (stable for its
 /// life, never reused, what the kernel's socket list reports), or where tracing programs cannot
-/// ask for one (before Linux 5.12) its address, told apart from the sockets freed before by the
-/// records' removal at CLOSE.
+/// ask for one (before Linux 5.12) its disguised address, told apart from the sockets freed
+/// before by the records' removal at CLOSE.
 #[inline(always)]
 pub(crate) fn socket_id(sk: u64) -> u64 {
     if global!(CONFIG.socket_cookies) != 0 {
@@ -34,20 +34,31 @@ pub(crate) fn socket_id(sk: u64) -> u64 {
         // verifier never reaches this call, so older kernels accept the program.
         unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) }
     } else {
-        sk
+        disguised(sk)
     }
 }
 
+/// A kernel address as records and events may carry it ([`tracer_common::settings::disguise`],
+/// keyed by the daemon at load): never the address itself.
+#[inline(always)]
+pub(crate) fn disguised(address: u64) -> u64 {
+    disguise(
+        address,
+        global!(CONFIG.disguise_key),
+        global!(CONFIG.disguise_factor),
+    )
+}
+
 /// A listener's id as the kernel's socket list names it: its cookie. Without the helper, the
-/// cookie the socket list gave it (the daemon lists listeners every few seconds), or its address
-/// until then.
+/// cookie the socket list gave it (the daemon lists listeners every few seconds), or its
+/// disguised address until then.
 #[inline(always)]
 pub(crate) fn listener_id(sk: u64) -> u64 {
     if global!(CONFIG.socket_cookies) != 0 {
         return socket_id(sk);
     }
     match member::<u64>(sk, global!(OFFSETS.skc_cookie)) {
-        0 => sk,
+        0 => disguised(sk),
         cookie => cookie,
     }
 }

@@ -159,8 +159,8 @@ fn emit_timewait(tuple: &Tuple, record: &TwRecord, ts_ns: u64, spent: u64, old: 
         &Fields {
             kind: EventKind::Transition,
             ts_ns,
-            sock: record.sock,
-            cookie: 0,
+            sock: 0,
+            cookie: record.cookie,
             prev_state_ns: spent,
             old,
             new,

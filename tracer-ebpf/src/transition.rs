@@ -28,7 +28,7 @@ use crate::{
         TW_TIMER_HANDLER, WATCHED, global,
     },
     output::{count, count_failure, passes_filter, reserve, submit, write_current_comm},
-    read::{current_pid, full_socket_tuple, member, now, socket_id},
+    read::{current_pid, disguised, full_socket_tuple, member, now, socket_id},
     timewait::end_timewait,
 };
 
@@ -322,7 +322,7 @@ impl Change {
         // submitted.
         unsafe {
             (*event).ts_ns = self.ts;
-            (*event).sock = self.sk;
+            (*event).sock = disguised(self.sk);
             (*event).cookie = self.cookie;
             (*event).prev_state_ns = self.spent;
             (*event).tuple = self.tuple;
@@ -427,7 +427,7 @@ impl Change {
             } else {
                 self.ts
             },
-            sock: self.sk,
+            cookie: self.cookie,
             pid: self.pid,
             service_port: self.service_port,
             substate: self.next,
@@ -465,7 +465,6 @@ impl Change {
                 // SAFETY: the map value lives while the program runs; serialized per socket.
                 unsafe {
                     (*e).since_ns = self.ts;
-                    (*e).sock = self.sk;
                     (*e).pid = self.pid;
                     (*e).state = kept;
                     (*e).flags = record_flags::AGE_KNOWN;
@@ -480,7 +479,6 @@ impl Change {
         // SAFETY: this CPU's scratch slot, no one else's while the program runs.
         let entry = unsafe {
             (*entry).since_ns = self.ts;
-            (*entry).sock = self.sk;
             (*entry).tuple = self.tuple;
             (*entry).pid = self.pid;
             (*entry).service_port = self.service_port;

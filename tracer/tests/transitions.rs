@@ -3,7 +3,11 @@
 mod support;
 
 use std::{
+    io::{BufRead as _, BufReader, Read},
     net::IpAddr,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -56,10 +60,10 @@ fn full_sequences(ip: IpAddr, family: &str) {
         .copied()
         .filter(|e| e["sport"] == port && e["dport"] == client)
         .collect();
-    let client_sock = transitions
+    let client_id = transitions
         .iter()
         .find(|e| e["sport"] == client && e["dport"] == port)
-        .expect("no event of the client socket")["sock"]
+        .expect("no event of the client socket")["cookie"]
         .clone();
     // The client's first transition (connect) happens before the kernel picks its port; its
     // TIME-WAIT phase is held by a timewait socket with an id of its own.
@@ -67,7 +71,7 @@ fn full_sequences(ip: IpAddr, family: &str) {
         .iter()
         .copied()
         .filter(|e| e["dport"] == port)
-        .filter(|e| e["sport"] == client || (e["sport"] == 0 && e["sock"] == client_sock))
+        .filter(|e| e["sport"] == client || (e["sport"] == 0 && e["cookie"] == client_id))
         .collect();
 
     assert_eq!(
@@ -111,7 +115,7 @@ fn full_sequences(ip: IpAddr, family: &str) {
     // Each socket has one id for its whole life, its TIME-WAIT phase included.
     for socket in [&listener, &accepted, &connecting] {
         assert!(
-            socket.iter().all(|e| e["sock"] == socket[0]["sock"]),
+            socket.iter().all(|e| e["cookie"] == socket[0]["cookie"]),
             "{socket:?}"
         );
     }
@@ -254,4 +258,112 @@ fn port_and_family_filters() {
             .count(),
         5
     );
+}
+
+/// The kernel-address check the harness runs on every line of every real-kernel test.
+#[test]
+fn kernel_addresses_are_recognised() {
+    for leak in [
+        "sock=ffff88810a3c1200",
+        r#""sock":"ffff000012345678""#,
+        "at 18446612682260070912 bytes",
+    ] {
+        assert!(support::kernel_address_in(leak).is_some(), "{leak}");
+    }
+    for clean in [
+        "cookie=1a3f7 ts=2026-12-07T08:00:00.000000Z",
+        r#""cookie":"3a5c0e117f204c80","netns":4026531840"#,
+        "ts_ns 1765094400123456789, cgroup /kubepods/b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f",
+    ] {
+        assert_eq!(support::kernel_address_in(clean), None, "{clean}");
+    }
+}
+
+/// Text lines for people: a socket is named by its cookie, the same in the COOKIE column of its
+/// transition lines and in its stuck report, and no line carries a kernel address.
+#[test]
+fn text_lines_name_a_socket_by_its_cookie() {
+    support::require_root();
+    let mut child = Command::new(support::TRACER)
+        .args([
+            "--log-format",
+            "text",
+            "--log-transitions",
+            "always",
+            "--no-pin",
+        ])
+        .args(["--stuck", "close-wait=1s", "--summary-interval", "1h"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the tracer binary");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ]
+    .into_iter()
+    .map(|pipe| {
+        let lines = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    })
+    .collect();
+    let seen = |text: &str| lines.lock().unwrap().iter().any(|l| l.contains(text));
+    let deadline = Instant::now() + patience(Duration::from_secs(30));
+    while !seen("start-up snapshot") {
+        assert!(Instant::now() < deadline, "{:?}", lines.lock().unwrap());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let server = support::Workload::close_wait("127.0.0.1", 2, None);
+    let local = format!("127.0.0.1:{} <->", server.listen_port);
+    let deadline = Instant::now() + patience(Duration::from_secs(20));
+    while stuck_lines_of(&lines.lock().unwrap(), &local).len() < 2 {
+        assert!(Instant::now() < deadline, "{:?}", lines.lock().unwrap());
+        thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().expect("waiting for the tracer");
+    for reader in readers {
+        reader.join().expect("a reader of the tracer's output");
+    }
+    let lines = lines.lock().unwrap();
+    for line in lines.iter() {
+        assert_eq!(support::kernel_address_in(line), None, "{line}");
+    }
+    for stuck in stuck_lines_of(&lines, &local) {
+        let cookie = stuck.rsplit("cookie=").next().unwrap().trim();
+        let peer = stuck.split(" <-> ").nth(1).unwrap();
+        let client_port = peer
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap();
+        // TIME COOKIE PID COMM LADDR LPORT RADDR RPORT OLD -> NEW MS
+        let ids: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() >= 11 && f[9] == "->")
+            .filter(|f| f[5] == server.listen_port.to_string() && f[7] == client_port)
+            .map(|f| f[1])
+            .collect();
+        assert!(
+            ids.len() >= 3,
+            "accept, establish, close-wait: {ids:?}\n{lines:#?}"
+        );
+        assert!(ids.iter().all(|id| *id == cookie), "{cookie} vs {ids:?}");
+    }
+}
+
+fn stuck_lines_of<'a>(lines: &'a [String], local: &str) -> Vec<&'a String> {
+    lines
+        .iter()
+        .filter(|l| l.contains(" stuck ") && l.contains(local))
+        .collect()
 }

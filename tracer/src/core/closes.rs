@@ -4,8 +4,9 @@
 //!   closes it first and sends the reset right after, so the line of the close is written before
 //!   its end is known; a reset that arrives meanwhile amends it.
 //! - a socket accepted from a listener, at its first transition (LISTEN -> SYN_RECV): kernels
-//!   before 6.x make it before copying the peer's address and port into the new socket; the
-//!   socket's next line (SYN_RECV -> ESTABLISHED, microseconds later) gives them.
+//!   before 6.x make it before copying the peer's address and port into the new socket, and
+//!   under the listener's cookie; the socket's next line (SYN_RECV -> ESTABLISHED, microseconds
+//!   later) gives them.
 //!
 //! Each line waits until the ring buffer has been read past it by a margin, or until what it
 //! waits for arrives.
@@ -20,8 +21,8 @@ use crate::source::events::{ConnectionEnd, Transition};
 /// the two in the kernel, far less than the poll interval.
 pub(crate) const MARGIN_NS: u64 = 1_000_000;
 
-/// A held line: the socket's cookie, the transition, what the core knows of it.
-type Held = (u64, Transition, TransitionInfo);
+/// A held line: the transition, what the core knows of it.
+type Held = (Transition, TransitionInfo);
 
 /// A line that waits for its socket's next one, for the peer's address.
 fn waits_for_peer(transition: &Transition) -> bool {
@@ -38,8 +39,8 @@ pub(crate) struct PendingCloses {
 impl PendingCloses {
     /// Whether a transition's line must wait: a full socket reaching CLOSE with an end a reset of
     /// its own could still change.
-    pub(crate) fn must_wait(cookie: u64, transition: &Transition) -> bool {
-        let close = cookie != 0
+    pub(crate) fn must_wait(transition: &Transition) -> bool {
+        let close = transition.object != 0
             && transition.new == TcpState::Close
             && transition
                 .end
@@ -49,7 +50,8 @@ impl PendingCloses {
 
     /// The held line of a socket accepted from a listener that waits for its peer, completed by
     /// the same socket's next line (the same kernel socket; before 6.x the first line carries
-    /// its listener's cookie, so the address tells them apart).
+    /// its listener's cookie, so its disguised address tells them apart); it takes the
+    /// socket's own cookie.
     pub(crate) fn complete_peer(
         &mut self,
         next: &Transition,
@@ -57,21 +59,22 @@ impl PendingCloses {
         let at = self
             .held
             .iter()
-            .position(|(_, t, _)| waits_for_peer(t) && t.sock == next.sock)?;
-        let (_, mut transition, info) = self.held.remove(at)?;
+            .position(|(t, _)| waits_for_peer(t) && t.object == next.object)?;
+        let (mut transition, info) = self.held.remove(at)?;
+        transition.cookie = next.cookie;
         transition.endpoints.remote = next.endpoints.remote;
         transition.endpoints.remote_port = next.endpoints.remote_port;
         Some((transition, info))
     }
 
-    pub(crate) fn hold(&mut self, cookie: u64, transition: Transition, info: TransitionInfo) {
-        self.held.push_back((cookie, transition, info));
+    pub(crate) fn hold(&mut self, transition: Transition, info: TransitionInfo) {
+        self.held.push_back((transition, info));
     }
 
     /// The socket of `cookie` sent a reset as it closed: its held line says so. False when no
     /// line of it is held (not logged, or released already).
     pub(crate) fn reset_sent(&mut self, cookie: u64, reset_reason: Option<u8>) -> bool {
-        let Some((_, transition, _)) = self.held.iter_mut().find(|(c, ..)| *c == cookie) else {
+        let Some((transition, _)) = self.held.iter_mut().find(|(t, _)| t.cookie == cookie) else {
             return false;
         };
         transition.end = Some(ConnectionEnd {
@@ -91,9 +94,9 @@ impl PendingCloses {
         let due = self
             .held
             .iter()
-            .take_while(|(_, t, _)| t.ts_ns.saturating_add(MARGIN_NS) <= read_ns)
+            .take_while(|(t, _)| t.ts_ns.saturating_add(MARGIN_NS) <= read_ns)
             .count();
-        self.held.drain(..due).map(|(_, t, info)| (t, info))
+        self.held.drain(..due)
     }
 }
 
@@ -124,15 +127,14 @@ mod tests {
 
     #[test]
     fn only_closes_a_reset_could_amend_wait() {
-        assert!(PendingCloses::must_wait(1, &close(0, End::Fin)));
-        assert!(PendingCloses::must_wait(1, &close(0, End::Abandoned)));
-        assert!(!PendingCloses::must_wait(1, &close(0, End::ResetReceived)));
+        assert!(PendingCloses::must_wait(&close(0, End::Fin)));
+        assert!(PendingCloses::must_wait(&close(0, End::Abandoned)));
+        assert!(!PendingCloses::must_wait(&close(0, End::ResetReceived)));
+        let mut timewait = close(0, End::Fin);
+        timewait.object = 0;
+        assert!(!PendingCloses::must_wait(&timewait), "timewait phase");
         assert!(
-            !PendingCloses::must_wait(0, &close(0, End::Fin)),
-            "timewait phase"
-        );
-        assert!(
-            !PendingCloses::must_wait(1, &sample(Family::Ipv4)),
+            !PendingCloses::must_wait(&sample(Family::Ipv4)),
             "not a close"
         );
     }
@@ -140,17 +142,19 @@ mod tests {
     #[test]
     fn an_accepted_socket_waits_for_its_peer() {
         let mut first = sample(Family::Ipv4);
-        (first.old, first.new, first.sock) = (TcpState::Listen, TcpState::SynRecv, 7);
+        (first.old, first.new, first.object) = (TcpState::Listen, TcpState::SynRecv, 7);
         first.endpoints.remote_port = 0;
         first.endpoints.remote = "0.0.0.0".parse().unwrap();
-        assert!(PendingCloses::must_wait(1, &first));
+        assert!(PendingCloses::must_wait(&first));
         let mut pending = PendingCloses::default();
-        pending.hold(1, first.clone(), INFO);
+        pending.hold(first.clone(), INFO);
         let mut next = sample(Family::Ipv4);
-        (next.old, next.new, next.sock) = (TcpState::SynRecv, TcpState::Established, 8);
+        (next.old, next.new, next.object) = (TcpState::SynRecv, TcpState::Established, 8);
         assert!(pending.complete_peer(&next).is_none(), "another socket");
-        next.sock = 7;
+        next.object = 7;
+        next.cookie = first.cookie + 1;
         let (done, _) = pending.complete_peer(&next).expect("completed");
+        assert_eq!(done.cookie, next.cookie, "its own id, not its listener's");
         assert_eq!(done.endpoints.remote, next.endpoints.remote);
         assert_eq!(done.endpoints.remote_port, next.endpoints.remote_port);
         assert_eq!((done.old, done.new), (TcpState::Listen, TcpState::SynRecv));
@@ -158,14 +162,18 @@ mod tests {
         // A socket whose peer the kernel set first is not held.
         let mut complete = first;
         complete.endpoints.remote_port = 5000;
-        assert!(!PendingCloses::must_wait(1, &complete));
+        assert!(!PendingCloses::must_wait(&complete));
     }
 
     #[test]
     fn a_reset_amends_the_held_line_and_lines_leave_in_order() {
         let mut pending = PendingCloses::default();
-        pending.hold(1, close(10_000_000, End::Fin), INFO);
-        pending.hold(2, close(10_500_000, End::Fin), INFO);
+        let with_cookie = |cookie, transition: Transition| Transition {
+            cookie,
+            ..transition
+        };
+        pending.hold(with_cookie(1, close(10_000_000, End::Fin)), INFO);
+        pending.hold(with_cookie(2, close(10_500_000, End::Fin)), INFO);
         assert!(pending.reset_sent(2, Some(11)));
         assert!(!pending.reset_sent(3, Some(11)), "not held");
         assert_eq!(pending.release(10_900_000).count(), 0, "too recent");

@@ -99,8 +99,8 @@ impl Tracker {
         if let Some((first, first_info)) = self.closes.complete_peer(&event.transition) {
             sink.transition(&first, first_info);
         }
-        if PendingCloses::must_wait(event.cookie, &event.transition) {
-            self.closes.hold(event.cookie, event.transition, info);
+        if PendingCloses::must_wait(&event.transition) {
+            self.closes.hold(event.transition, info);
         } else {
             sink.transition(&event.transition, info);
         }
@@ -214,7 +214,8 @@ impl Tracker {
             });
             let transition = Transition {
                 ts_ns: now_ns,
-                sock: was.sock,
+                cookie: was.cookie,
+                object: 0,
                 endpoints,
                 old: TcpState::FinWait2,
                 new: TcpState::TimeWait,

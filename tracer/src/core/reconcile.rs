@@ -122,7 +122,7 @@ pub(crate) fn plan(
             listed_timewait.insert(key);
             let fresh = TwRecord {
                 since_ns: now_ns,
-                sock: socket.cookie,
+                cookie: socket.cookie,
                 pid: 0,
                 service_port: port,
                 substate: state,
@@ -192,8 +192,7 @@ pub(crate) fn plan(
             Some(r) => *r,
         };
         // The index holds every full socket in a watched state (a restarted daemon's records
-        // have none yet; a socket older than the tracer is named by its cookie until an event
-        // names its address).
+        // have none yet).
         let in_index = indexed.get(&socket.cookie);
         if watched(record.state) {
             if in_index.is_none_or(|w| w.state != record.state || w.since_ns != record.since_ns) {
@@ -201,7 +200,6 @@ pub(crate) fn plan(
                     socket.cookie,
                     Watch {
                         since_ns: record.since_ns,
-                        sock: in_index.map_or(socket.cookie, |w| w.sock),
                         tuple: tuple(&socket.endpoints),
                         pid: record.pid,
                         service_port: record.service_port,
@@ -396,7 +394,7 @@ mod tests {
     fn lingering_record(since_ns: u64) -> TwRecord {
         TwRecord {
             since_ns,
-            sock: 0xabc,
+            cookie: 0xabc,
             pid: 7,
             service_port: 80,
             substate: TcpState::FinWait2 as u8,
@@ -492,7 +490,6 @@ mod tests {
         assert_eq!(plan.timewaits_new.len(), 2);
         assert_eq!(plan.lingering_set, vec![tuple(&ends(40001, 80))]);
         assert_eq!(plan.watch_set.len(), 1, "CLOSE_WAIT is watched");
-        assert_eq!(plan.watch_set[0].1.sock, 2, "named by its cookie");
         let outcome = Outcome {
             sockets_new: vec![true, false],
             timewaits_new: vec![true, true],
@@ -576,12 +573,12 @@ mod tests {
         );
     }
 
-    /// Where the programs name full sockets by address, the listing's cookies cannot be matched
-    /// with them: only timewait sockets (named by address and ports) are reconciled.
+    /// Where the programs name full sockets by (disguised) address, the listing's cookies cannot
+    /// be matched with them: only timewait sockets (named by address and ports) are reconciled.
     #[test]
     fn records_named_by_address_are_left_alone() {
-        let sockets = [(0xffff_8881_0000_0000, record(TcpState::Established, 10))];
-        let watched = [(0xffff_8881_0000_0000, Watch::default())];
+        let sockets = [(0x3a5c_0e11_7f20_4c80, record(TcpState::Established, 10))];
+        let watched = [(0x3a5c_0e11_7f20_4c80, Watch::default())];
         let records = Records {
             full_sockets: false,
             sockets: &sockets,
@@ -629,7 +626,7 @@ mod tests {
         let (moved_key, moved, was) = moves[0];
         assert_eq!(moved_key, key);
         assert_eq!(
-            (moved.substate, moved.since_ns, moved.sock),
+            (moved.substate, moved.since_ns, moved.cookie),
             (TcpState::TimeWait as u8, 99, 0xabc)
         );
         assert_eq!(was, lingering);

@@ -36,7 +36,8 @@ pub(crate) struct TransitionInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StuckReport {
     pub(crate) ts_ns: u64,
-    pub(crate) sock: u64,
+    /// The socket's id, as transition lines show it.
+    pub(crate) cookie: u64,
     pub(crate) endpoints: Endpoints,
     pub(crate) state: TcpState,
     /// Time in `state` so far; a lower bound when `age_known` is false.
@@ -54,7 +55,7 @@ pub(crate) struct StuckReport {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct UnstuckReport {
     pub(crate) ts_ns: u64,
-    pub(crate) sock: u64,
+    pub(crate) cookie: u64,
     pub(crate) endpoints: Endpoints,
     pub(crate) state: TcpState,
     pub(crate) new: Option<TcpState>,

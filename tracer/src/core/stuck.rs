@@ -88,7 +88,7 @@ impl StuckReport {
     fn of(socket: &Candidate, threshold: Duration, now_ns: u64) -> Self {
         Self {
             ts_ns: now_ns,
-            sock: socket.sock,
+            cookie: socket.cookie,
             endpoints: socket.endpoints,
             state: socket.state,
             age_ns: now_ns.saturating_sub(socket.since_ns),
@@ -107,7 +107,7 @@ impl UnstuckReport {
         let socket = &stuck.socket;
         Self {
             ts_ns,
-            sock: socket.sock,
+            cookie: socket.cookie,
             endpoints: socket.endpoints,
             state: socket.state,
             new,
@@ -121,7 +121,7 @@ impl UnstuckReport {
 /// A socket in a watched state, as the detector knows it.
 #[derive(Debug, Clone, PartialEq)]
 struct Candidate {
-    sock: u64,
+    cookie: u64,
     endpoints: Endpoints,
     state: TcpState,
     since_ns: u64,
@@ -134,7 +134,7 @@ struct Candidate {
 impl From<&Watched> for Candidate {
     fn from(w: &Watched) -> Self {
         Self {
-            sock: w.sock,
+            cookie: w.cookie,
             endpoints: w.endpoints,
             state: w.state,
             since_ns: w.since_ns,
@@ -313,19 +313,19 @@ impl StuckSockets {
     ) {
         let t = &event.transition;
         let spent = t.prev_state_ns;
-        let stuck = match self.stuck.remove(&event.cookie) {
+        let stuck = match self.stuck.remove(&event.transition.cookie) {
             Some(stuck) if stuck.socket.state == t.old => stuck,
             Some(_) | None => {
                 let Some(threshold) = self.thresholds.get(t.old) else {
                     return;
                 };
-                let awaited = self.awaiting.remove(&event.cookie);
+                let awaited = self.awaiting.remove(&event.transition.cookie);
                 let since_ns = spent.map_or_else(
                     || awaited.as_ref().map_or(t.ts_ns, |a| a.since_ns),
                     |spent| t.ts_ns.saturating_sub(spent),
                 );
                 let socket = Candidate {
-                    sock: t.sock,
+                    cookie: t.cookie,
                     endpoints: t.endpoints,
                     state: t.old,
                     since_ns,
@@ -334,8 +334,8 @@ impl StuckSockets {
                     never_accepted: false,
                 };
                 let crossed = since_ns.saturating_add(nanos(threshold)).min(t.ts_ns);
-                self.report(event.cookie, socket, crossed, selection, sink);
-                match self.stuck.remove(&event.cookie) {
+                self.report(event.transition.cookie, socket, crossed, selection, sink);
+                match self.stuck.remove(&event.transition.cookie) {
                     Some(stuck) => stuck,
                     None => return,
                 }

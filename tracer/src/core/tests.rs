@@ -87,7 +87,6 @@ fn server() -> Owner {
 fn watched(cookie: u64, state: TcpState, since_ns: u64, owner: Option<Owner>) -> Watched {
     Watched {
         cookie,
-        sock: 0x1000 + cookie,
         endpoints: ends(cookie),
         state,
         since_ns,
@@ -100,7 +99,8 @@ fn left(cookie: u64, old: TcpState, new: TcpState, ts_ns: u64, spent: u64) -> Ke
     KernelTransition {
         transition: Transition {
             ts_ns,
-            sock: 0x1000 + cookie,
+            cookie,
+            object: 0x1000 + cookie,
             endpoints: ends(cookie),
             old,
             new,
@@ -109,7 +109,6 @@ fn left(cookie: u64, old: TcpState, new: TcpState, ts_ns: u64, spent: u64) -> Ke
             end: None,
             syn_retransmits: None,
         },
-        cookie,
         service_port: 80,
         long_stay: true,
     }
@@ -270,8 +269,8 @@ fn the_owner_filter_selects_reports_and_stuck_counts() {
     ];
     t.poll_watched(&index, 3 * S, &mut r);
     assert_eq!(
-        r.stuck.iter().map(|s| s.sock).collect::<Vec<_>>(),
-        vec![0x1001]
+        r.stuck.iter().map(|s| s.cookie).collect::<Vec<_>>(),
+        vec![1]
     );
     let snapshot = t.snapshot(&Aggregates::default());
     assert_eq!(snapshot.stuck[CloseWait as usize], 1, "the owner's only");
@@ -586,9 +585,9 @@ proptest! {
             now += S / 2;
         }
         for (i, life) in lives.iter().enumerate() {
-            let sock = 0x1000 + i as u64;
+            let cookie = i as u64;
             let stayed = life.leaves.unwrap_or(u64::MAX).saturating_sub(life.since);
-            let stuck: Vec<&StuckReport> = r.stuck.iter().filter(|s| s.sock == sock).collect();
+            let stuck: Vec<&StuckReport> = r.stuck.iter().filter(|s| s.cookie == cookie).collect();
             let reached = life.since + 2 * S <= end;
             if stayed >= 2 * S && (reached || life.leaves.is_some_and(|at| at <= end)) {
                 prop_assert_eq!(stuck.len(), 1, "{:?}", life);
@@ -596,7 +595,7 @@ proptest! {
             } else {
                 prop_assert!(stuck.is_empty(), "{:?} {:?}", life, stuck);
             }
-            let unstuck: Vec<&UnstuckReport> = r.unstuck.iter().filter(|u| u.sock == sock).collect();
+            let unstuck: Vec<&UnstuckReport> = r.unstuck.iter().filter(|u| u.cookie == cookie).collect();
             match life.leaves {
                 Some(at) if at <= end && stayed >= 2 * S => {
                     prop_assert_eq!(unstuck.len(), 1);

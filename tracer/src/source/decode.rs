@@ -50,7 +50,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             EventKind::Transition => KernelEvent::Transition(KernelTransition {
                 transition: Transition {
                     ts_ns: raw.ts_ns,
-                    sock: raw.sock,
+                    cookie: raw.cookie,
+                    object: raw.sock,
                     endpoints: endpoints(&raw.tuple)?,
                     old: state(raw.old)?,
                     new: state(raw.new)?,
@@ -62,7 +63,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                         && raw.new == TcpState::Established as u8)
                         .then_some(raw.syn_retransmits),
                 },
-                cookie: raw.cookie,
                 service_port: raw.service_port,
                 long_stay: raw.flags & event_flags::LONG_STAY != 0,
             }),
@@ -109,7 +109,6 @@ fn owner(pid: u32, comm: [u8; 16]) -> Option<Owner> {
 pub(crate) fn watched(cookie: u64, watch: &Watch) -> Result<Watched, DecodeError> {
     Ok(Watched {
         cookie,
-        sock: watch.sock,
         endpoints: endpoints(&watch.tuple)?,
         state: state(watch.state)?,
         since_ns: watch.since_ns,
@@ -201,7 +200,7 @@ pub(crate) mod tests {
         comm[..4].copy_from_slice(b"curl");
         Event {
             ts_ns: 1_000,
-            sock: 0xffff_8881_0000_1000,
+            sock: 0x3a5c_0e11_7f20_4c80,
             cookie: 99,
             prev_state_ns: 52_000,
             tuple: tuple_v4(),
@@ -241,7 +240,7 @@ pub(crate) mod tests {
         assert_eq!(t.old, TcpState::SynSent);
         assert_eq!(t.new, TcpState::Established);
         assert_eq!(t.prev_state_ns, Some(52_000));
-        assert_eq!(t.sock, 0xffff_8881_0000_1000);
+        assert_eq!((t.cookie, t.object), (99, 0x3a5c_0e11_7f20_4c80));
         assert_eq!(t.endpoints.family, Family::Ipv4);
         assert_eq!(t.endpoints.local, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(t.endpoints.remote, "127.0.0.2".parse::<IpAddr>().unwrap());
@@ -252,10 +251,7 @@ pub(crate) mod tests {
         let owner = t.owner.as_ref().unwrap();
         assert_eq!((owner.pid, owner.comm.as_str().as_ref()), (4242, "curl"));
         assert_eq!(owner.cgroup, None, "the enrich stage adds it");
-        assert_eq!(
-            (event.cookie, event.service_port, event.long_stay),
-            (99, 8080, true)
-        );
+        assert_eq!((event.service_port, event.long_stay), (8080, true));
     }
 
     #[test]
@@ -348,7 +344,6 @@ pub(crate) mod tests {
     fn watched_sockets() {
         let watch = Watch {
             since_ns: 5,
-            sock: 0xabc,
             tuple: tuple_v4(),
             pid: 0,
             service_port: 8080,
@@ -356,10 +351,7 @@ pub(crate) mod tests {
             flags: record_flags::AGE_KNOWN,
         };
         let w = watched(3, &watch).unwrap();
-        assert_eq!(
-            (w.cookie, w.sock, w.state, w.since_ns),
-            (3, 0xabc, TcpState::CloseWait, 5)
-        );
+        assert_eq!((w.cookie, w.state, w.since_ns), (3, TcpState::CloseWait, 5));
         assert!(w.age_known);
         assert_eq!(w.owner, None, "pid 0: no owner known");
     }

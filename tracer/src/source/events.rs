@@ -111,7 +111,13 @@ impl Cgroup {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Transition {
     pub(crate) ts_ns: u64,
-    pub(crate) sock: u64,
+    /// The socket's id, as lines show it: its cookie (as `ss -e` shows it, `sk:`), or before
+    /// Linux 5.12 its disguised address. A connection keeps it in its timewait phase.
+    pub(crate) cookie: u64,
+    /// The kernel socket, disguised (never shown): before Linux 6.x a socket accepted from a
+    /// listener makes its first line under the listener's cookie, and this tells it apart from
+    /// the others accepted meanwhile. 0 for a timewait socket.
+    pub(crate) object: u64,
     pub(crate) endpoints: Endpoints,
     pub(crate) old: TcpState,
     pub(crate) new: TcpState,
@@ -153,8 +159,6 @@ pub(crate) enum KernelEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct KernelTransition {
     pub(crate) transition: Transition,
-    /// The socket cookie (0 for a connection in its timewait phase).
-    pub(crate) cookie: u64,
     /// The port the socket serves or uses.
     pub(crate) service_port: u16,
     /// It left a watched state after that state's threshold.
@@ -165,8 +169,6 @@ pub(crate) struct KernelTransition {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Watched {
     pub(crate) cookie: u64,
-    /// The socket's kernel address; its cookie while only the kernel's list named it.
-    pub(crate) sock: u64,
     pub(crate) endpoints: Endpoints,
     pub(crate) state: TcpState,
     pub(crate) since_ns: u64,

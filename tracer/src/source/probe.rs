@@ -3,6 +3,7 @@
 //! and attaches. Dropping the returned [`Probe`] detaches everything (and the kernel does the same
 //! if the process dies).
 use std::{
+    hash::{BuildHasher as _, RandomState},
     os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
@@ -151,6 +152,9 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         reset_reason_arg: u8::from(kernel.reset_reason_arg),
         socket_cookies: u8::from(kernel.socket_cookies),
         _pad: [0; 2],
+        // Random for each run, from the keys the standard library draws from the kernel.
+        disguise_key: RandomState::new().hash_one(0u64),
+        disguise_factor: RandomState::new().hash_one(1u64) | 1,
     };
     let filter = settings.filter.kernel_filter();
     // Wake the reader once a quarter of the buffer is used; the poll timer covers the rest.

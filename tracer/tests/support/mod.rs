@@ -81,6 +81,8 @@ pub struct Tracer {
     child: Child,
     events: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
+    /// Lines of its output (stdout or stderr) that carry a kernel address: none may.
+    leaks: Arc<Mutex<Vec<String>>>,
     /// The threads reading stdout and stderr: they end at the pipes' end of file.
     readers: Vec<thread::JoinHandle<()>>,
 }
@@ -112,11 +114,16 @@ impl Tracer {
             .expect("cannot start the tracer binary");
         let events = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
+        let leaks = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout");
         let sink = events.clone();
+        let out_leaks = leaks.clone();
         let out_reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if kernel_address_in(&line).is_some() {
+                    out_leaks.lock().unwrap().push(line.clone());
+                }
                 let value: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|err| panic!("stdout line is not JSON ({err}): {line}"));
                 sink.lock().unwrap().push(value);
@@ -124,9 +131,13 @@ impl Tracer {
         });
         let err_pipe = child.stderr.take().expect("stderr");
         let err_sink = stderr.clone();
+        let err_leaks = leaks.clone();
         let err_reader = thread::spawn(move || {
             for line in BufReader::new(err_pipe).lines() {
                 let Ok(line) = line else { break };
+                if kernel_address_in(&line).is_some() {
+                    err_leaks.lock().unwrap().push(line.clone());
+                }
                 let mut text = err_sink.lock().unwrap();
                 text.push_str(&line);
                 text.push('\n');
@@ -136,6 +147,7 @@ impl Tracer {
             child,
             events,
             stderr,
+            leaks,
             readers: vec![out_reader, err_reader],
         };
         let deadline = Instant::now() + patience(Duration::from_secs(30));
@@ -160,8 +172,19 @@ impl Tracer {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The lines seen so far (and none carries a kernel address).
     pub fn events(&self) -> Vec<Value> {
+        self.assert_no_kernel_address();
         self.events.lock().unwrap().clone()
+    }
+
+    fn assert_no_kernel_address(&self) {
+        let leaks = self.leaks.lock().unwrap();
+        assert!(
+            leaks.is_empty(),
+            "the tracer wrote kernel addresses:\n{}",
+            leaks.join("\n")
+        );
     }
 
     /// Waits until `done` holds for the events seen so far; panics after `timeout`.
@@ -201,6 +224,7 @@ impl Tracer {
                 .join()
                 .expect("a reader of the tracer's output panicked");
         }
+        self.assert_no_kernel_address();
         Finished {
             events: self.events(),
             stderr: self.stderr(),
@@ -218,6 +242,27 @@ impl Drop for Tracer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A kernel address in a line of output, if any: 16 hex digits from `ffff` up (the kernel's half
+/// of the address space, on x86-64 and arm64 alike), or the same value in decimal (20 digits from
+/// 18446462598732840960). Cookies and disguised ids stay far below (a disguised id's top bit is
+/// clear).
+pub fn kernel_address_in(line: &str) -> Option<&str> {
+    const KERNEL_HALF: u64 = 0xffff_0000_0000_0000;
+    let runs = |pred: fn(char) -> bool| {
+        line.split(move |c: char| !pred(c))
+            .filter(|run| !run.is_empty())
+            .collect::<Vec<_>>()
+    };
+    let hex = runs(|c| c.is_ascii_hexdigit()).into_iter().find(|run| {
+        run.len() == 16 && u64::from_str_radix(run, 16).is_ok_and(|v| v >= KERNEL_HALF)
+    });
+    hex.or_else(|| {
+        runs(|c| c.is_ascii_digit())
+            .into_iter()
+            .find(|run| run.len() == 20 && run.parse::<u64>().is_ok_and(|v| v >= KERNEL_HALF))
+    })
 }
 
 /// Events of one kind.

@@ -48,7 +48,8 @@ fn workload() -> Vec<Transition> {
             };
             Transition {
                 ts_ns: 1_800_000_000_000_000_000 + i as u64 * 4_321,
-                sock: 0xffff_8881_0800_0000 + u64::from(conn) * 0x1c0,
+                cookie: 0x1_0000 + u64::from(conn),
+                object: 0x3a5c_0e11_7f20_4c80 + u64::from(conn) * 0x1c0,
                 endpoints: Endpoints {
                     netns: 4026531840,
                     family,

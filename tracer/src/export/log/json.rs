@@ -49,7 +49,7 @@ impl Head {
 #[derive(Serialize)]
 struct Socket {
     #[serde(serialize_with = "as_hex")]
-    sock: u64,
+    cookie: u64,
     netns: u32,
     family: &'static str,
     saddr: IpAddr,
@@ -59,9 +59,9 @@ struct Socket {
 }
 
 impl Socket {
-    fn new(sock: u64, e: &Endpoints) -> Self {
+    fn new(cookie: u64, e: &Endpoints) -> Self {
         Self {
-            sock,
+            cookie,
             netns: e.netns,
             family: e.family.name(),
             saddr: e.local,
@@ -163,8 +163,8 @@ pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, rea
     // names are plain ASCII words: nothing to escape.
     line.raw(br#"{"event":"transition","level":"info","ts":""#);
     line.time(clock.wall(t.ts_ns));
-    line.raw(br#"","sock":""#);
-    line.hex(t.sock, 1);
+    line.raw(br#"","cookie":""#);
+    line.hex(t.cookie, 1);
     line.raw(br#"","netns":"#);
     line.int(e.netns);
     line.raw(br#","family":""#);
@@ -237,7 +237,7 @@ pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, rea
 fn stuck_line(clock: &WallClock, r: &StuckReport) -> StuckLine {
     StuckLine {
         head: Head::new("stuck", "warn", clock, r.ts_ns),
-        socket: Socket::new(r.sock, &r.endpoints),
+        socket: Socket::new(r.cookie, &r.endpoints),
         state: r.state.name(),
         age_ms: millis(r.age_ns),
         age_known: r.age_known,
@@ -260,7 +260,7 @@ pub(super) fn unstuck(
         out,
         &UnstuckLine {
             head: Head::new("unstuck", "info", clock, r.ts_ns),
-            socket: Socket::new(r.sock, &r.endpoints),
+            socket: Socket::new(r.cookie, &r.endpoints),
             state: r.state.name(),
             new: r.new.map(|s| s.name()),
             duration_ms: millis(r.duration_ns),
@@ -570,7 +570,7 @@ pub(super) mod reference {
             out,
             &TransitionLine {
                 head: Head::new("transition", "info", clock, t.ts_ns),
-                socket: Socket::new(t.sock, &t.endpoints),
+                socket: Socket::new(t.cookie, &t.endpoints),
                 old: t.old.name(),
                 new: t.new.name(),
                 prev_state_ms: t.prev_state_ns.map(millis),
@@ -615,7 +615,7 @@ mod tests {
                 "event": "transition",
                 "level": "info",
                 "ts": "2027-01-15T08:00:01.500000Z",
-                "sock": "ffff88810a3c1200",
+                "cookie": "1a3f7",
                 "netns": 4026531840u32,
                 "family": "ipv4",
                 "saddr": "127.0.0.1",
@@ -715,7 +715,7 @@ mod tests {
             value,
             json!({
                 "event": "stuck", "level": "warn", "ts": "2027-01-15T08:00:02.000000Z",
-                "sock": "ffff88810a3c1200", "netns": 4026531840u32, "family": "ipv4",
+                "cookie": "1a3f7", "netns": 4026531840u32, "family": "ipv4",
                 "saddr": "127.0.0.1", "sport": 43210, "daddr": "10.0.0.2", "dport": 8080,
                 "state": "CLOSE_WAIT", "age_ms": 62500.0, "age_known": true, "threshold_ms": 60000.0,
                 "pid": 4242, "comm": "curl", "cgroup": "/system.slice/curl.service",

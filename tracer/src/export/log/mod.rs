@@ -325,7 +325,8 @@ pub(crate) mod tests {
     pub(crate) fn sample(family: Family) -> Transition {
         Transition {
             ts_ns: 1_500_000_000,
-            sock: 0xffff_8881_0a3c_1200,
+            cookie: 0x1a3f7,
+            object: 0x3a5c_0e11_7f20_4c80,
             endpoints: endpoints(family),
             old: TcpState::SynSent,
             new: TcpState::Established,
@@ -339,7 +340,7 @@ pub(crate) mod tests {
     pub(crate) fn stuck() -> StuckReport {
         StuckReport {
             ts_ns: 2_000_000_000,
-            sock: 0xffff_8881_0a3c_1200,
+            cookie: 0x1a3f7,
             endpoints: endpoints(Family::Ipv4),
             state: TcpState::CloseWait,
             age_ns: 62_500_000_000,
@@ -353,7 +354,7 @@ pub(crate) mod tests {
     pub(crate) fn unstuck() -> UnstuckReport {
         UnstuckReport {
             ts_ns: 3_000_000_000,
-            sock: 0xffff_8881_0a3c_1200,
+            cookie: 0x1a3f7,
             endpoints: endpoints(Family::Ipv4),
             state: TcpState::CloseWait,
             new: Some(TcpState::LastAck),

@@ -159,10 +159,10 @@ pub(super) fn transition() -> impl Strategy<Value = Transition> {
                 remote_port,
             },
         );
-    let sock = prop_oneof![any::<u64>(), 0u64..0x1_0000, 0xffff_8880_0000_0000u64..];
+    let cookie = prop_oneof![any::<u64>(), 0u64..0x1_0000, 1u64 << 62..];
     (
         instant(),
-        sock,
+        cookie,
         endpoints,
         state(),
         state(),
@@ -172,10 +172,12 @@ pub(super) fn transition() -> impl Strategy<Value = Transition> {
         proptest::option::weighted(0.2, any::<u8>()),
     )
         .prop_map(
-            |(ts_ns, sock, endpoints, old, new, prev_state_ns, owner, end, syn_retransmits)| {
+            |(ts_ns, cookie, endpoints, old, new, prev_state_ns, owner, end, syn_retransmits)| {
                 Transition {
                     ts_ns,
-                    sock,
+                    cookie,
+                    // Never shown.
+                    object: cookie,
                     endpoints,
                     old,
                     new,

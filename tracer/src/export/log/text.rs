@@ -24,7 +24,7 @@ pub(super) fn transition_header(out: &mut impl Write) -> io::Result<()> {
         out,
         "{:<27} {:<16} {:<7} {:<15} {:<25} {:<5} {:<25} {:<5} {:<11}    {:<11} {:>10}",
         "TIME(UTC)",
-        "SKADDR",
+        "COOKIE",
         "PID",
         "COMM",
         "LADDR",
@@ -47,7 +47,7 @@ pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, rea
     let e = &t.endpoints;
     line.left(27, |l| l.time(clock.wall(t.ts_ns)));
     line.raw(b" ");
-    line.hex(t.sock, 16);
+    line.left(16, |l| l.hex(t.cookie, 1));
     line.raw(b" ");
     match &t.owner {
         Some(owner) => {
@@ -149,7 +149,7 @@ fn at_least(known: bool) -> &'static str {
 
 fn stuck_details(r: &StuckReport) -> String {
     format!(
-        "{:<11} for {}{} (threshold {})  {}  {}{}  sock={:x}",
+        "{:<11} for {}{} (threshold {})  {}  {}{}  cookie={:x}",
         r.state.name(),
         at_least(r.age_known),
         seconds(r.age_ns),
@@ -161,7 +161,7 @@ fn stuck_details(r: &StuckReport) -> String {
             ""
         },
         describe(r.owner.as_ref()),
-        r.sock
+        r.cookie
     )
 }
 
@@ -184,14 +184,14 @@ pub(super) fn unstuck(
     let new = r.new.map_or("gone", |s| s.name());
     writeln!(
         out,
-        "{} INFO  unstuck  {:<11} -> {new} after {}{}  {}  {}  sock={:x}",
+        "{} INFO  unstuck  {:<11} -> {new} after {}{}  {}  {}  cookie={:x}",
         time(clock, r.ts_ns),
         r.state.name(),
         at_least(r.age_known),
         seconds(r.duration_ns),
         socket(&r.endpoints),
         describe(r.owner.as_ref()),
-        r.sock
+        r.cookie
     )
 }
 
@@ -474,9 +474,9 @@ pub(super) mod reference {
         }
         writeln!(
             out,
-            "{:<27} {:016x} {pid:<7} {comm:<15} {:<25} {:<5} {:<25} {:<5} {:<11} -> {:<11} {ms:>10}{tail}",
+            "{:<27} {:<16x} {pid:<7} {comm:<15} {:<25} {:<5} {:<25} {:<5} {:<11} -> {:<11} {ms:>10}{tail}",
             time(clock, t.ts_ns),
-            t.sock,
+            t.cookie,
             e.local.to_string(),
             e.local_port,
             e.remote.to_string(),
@@ -508,7 +508,7 @@ mod tests {
             fields,
             [
                 "2027-01-15T08:00:01.500000Z",
-                "ffff88810a3c1200",
+                "1a3f7",
                 "4242",
                 "curl",
                 "127.0.0.1",
@@ -570,7 +570,7 @@ mod tests {
             text,
             "2027-01-15T08:00:02.000000Z WARN  stuck    CLOSE_WAIT  for 62.500s (threshold 60.000s)  \
              127.0.0.1:43210 <-> 10.0.0.2:8080  pid=4242 comm=curl cgroup=/system.slice/curl.service \
-             unit=curl.service  sock=ffff88810a3c1200\n"
+             unit=curl.service  cookie=1a3f7\n"
         );
         // A container's short id (as `docker ps` shows it) and its pod, where the cgroup names them.
         let id = "b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f";
@@ -581,7 +581,7 @@ mod tests {
         assert!(
             render(LogFormat::Text, |o| o.stuck(&in_pod)).contains(
                 "comm=curl cgroup=/kubepods/besteffort/pod60e5cfb5-11a2-40d0-9f86-8c4075cd5d0a/b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f \
-                 container=b9ec786121db pod=60e5cfb5-11a2-40d0-9f86-8c4075cd5d0a  sock="
+                 container=b9ec786121db pod=60e5cfb5-11a2-40d0-9f86-8c4075cd5d0a  cookie="
             )
         );
         let mut unknown_age = stuck();
