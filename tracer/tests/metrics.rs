@@ -18,9 +18,20 @@ fn metrics_count_the_workload() {
     );
 
     // Three leaked sockets: counted by state, stuck, with their transitions.
-    let text = scrape_until(port, "3 stuck CLOSE_WAIT sockets", |s| {
-        value(s, "tcpstate_stuck_sockets", "state=CLOSE_WAIT") == 3.0
-    });
+    // The clients' FIN_WAIT1 -> FIN_WAIT2 waits for the server's ACK of their FIN, which the
+    // kernel may delay (a second and more in an emulated VM under load): waited for too.
+    let text = scrape_until(
+        port,
+        "3 stuck CLOSE_WAIT sockets, 3 clients in FIN_WAIT2",
+        |s| {
+            value(s, "tcpstate_stuck_sockets", "state=CLOSE_WAIT") == 3.0
+                && value(
+                    s,
+                    "tcpstate_transitions_total",
+                    "new=FIN_WAIT2,old=FIN_WAIT1",
+                ) == 3.0
+        },
+    );
     let s = samples(&text);
     assert_eq!(
         value(&s, "tcpstate_sockets", "state=CLOSE_WAIT"),
