@@ -210,7 +210,7 @@ fn active_close_enters_time_wait_and_its_reuse_ends_it() {
         .unwrap();
     assert!(end_at > tw_at, "{states:?}");
     let ended = mine[end_at];
-    assert_eq!(ended["cookie"], mine[tw_at]["cookie"]);
+    assert_eq!(ended["sock"], mine[tw_at]["sock"]);
     let ms = ended["prev_state_ms"].as_f64().unwrap();
     // Entry into TIME_WAIT is dated within a second when the kernel re-arms its timer silently.
     assert!(
@@ -218,7 +218,7 @@ fn active_close_enters_time_wait_and_its_reuse_ends_it() {
         "TIME_WAIT for {ms} ms, at most {spent:?}"
     );
     assert_eq!(
-        ended["cookie"], mine[1]["cookie"],
+        ended["sock"], mine[1]["sock"],
         "the connection keeps its socket's id in TIME-WAIT"
     );
     drop(again);

@@ -63,7 +63,7 @@ fn full_sequences(ip: IpAddr, family: &str) {
     let client_id = transitions
         .iter()
         .find(|e| e["sport"] == client && e["dport"] == port)
-        .expect("no event of the client socket")["cookie"]
+        .expect("no event of the client socket")["sock"]
         .clone();
     // The client's first transition (connect) happens before the kernel picks its port; its
     // TIME-WAIT phase is held by a timewait socket with an id of its own.
@@ -71,7 +71,7 @@ fn full_sequences(ip: IpAddr, family: &str) {
         .iter()
         .copied()
         .filter(|e| e["dport"] == port)
-        .filter(|e| e["sport"] == client || (e["sport"] == 0 && e["cookie"] == client_id))
+        .filter(|e| e["sport"] == client || (e["sport"] == 0 && e["sock"] == client_id))
         .collect();
 
     assert_eq!(
@@ -115,7 +115,7 @@ fn full_sequences(ip: IpAddr, family: &str) {
     // Each socket has one id for its whole life, its TIME-WAIT phase included.
     for socket in [&listener, &accepted, &connecting] {
         assert!(
-            socket.iter().all(|e| e["cookie"] == socket[0]["cookie"]),
+            socket.iter().all(|e| e["sock"] == socket[0]["sock"]),
             "{socket:?}"
         );
     }
@@ -272,7 +272,7 @@ fn kernel_addresses_are_recognised() {
     }
     for clean in [
         "cookie=1a3f7 ts=2026-12-07T08:00:00.000000Z",
-        r#""cookie":"3a5c0e117f204c80","netns":4026531840"#,
+        r#""sock":"3a5c0e117f204c80","netns":4026531840"#,
         "ts_ns 1765094400123456789, cgroup /kubepods/b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f",
     ] {
         assert_eq!(support::kernel_address_in(clean), None, "{clean}");

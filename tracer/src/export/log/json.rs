@@ -48,8 +48,9 @@ impl Head {
 /// A socket's identity: id, family, addresses and ports.
 #[derive(Serialize)]
 struct Socket {
+    /// The socket's cookie (the field's name predates it: it once held the kernel address).
     #[serde(serialize_with = "as_hex")]
-    cookie: u64,
+    sock: u64,
     netns: u32,
     family: &'static str,
     saddr: IpAddr,
@@ -61,7 +62,7 @@ struct Socket {
 impl Socket {
     fn new(cookie: u64, e: &Endpoints) -> Self {
         Self {
-            cookie,
+            sock: cookie,
             netns: e.netns,
             family: e.family.name(),
             saddr: e.local,
@@ -163,7 +164,7 @@ pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, rea
     // names are plain ASCII words: nothing to escape.
     line.raw(br#"{"event":"transition","level":"info","ts":""#);
     line.time(clock.wall(t.ts_ns));
-    line.raw(br#"","cookie":""#);
+    line.raw(br#"","sock":""#);
     line.hex(t.cookie, 1);
     line.raw(br#"","netns":"#);
     line.int(e.netns);
@@ -615,7 +616,7 @@ mod tests {
                 "event": "transition",
                 "level": "info",
                 "ts": "2027-01-15T08:00:01.500000Z",
-                "cookie": "1a3f7",
+                "sock": "1a3f7",
                 "netns": 4026531840u32,
                 "family": "ipv4",
                 "saddr": "127.0.0.1",
@@ -715,7 +716,7 @@ mod tests {
             value,
             json!({
                 "event": "stuck", "level": "warn", "ts": "2027-01-15T08:00:02.000000Z",
-                "cookie": "1a3f7", "netns": 4026531840u32, "family": "ipv4",
+                "sock": "1a3f7", "netns": 4026531840u32, "family": "ipv4",
                 "saddr": "127.0.0.1", "sport": 43210, "daddr": "10.0.0.2", "dport": 8080,
                 "state": "CLOSE_WAIT", "age_ms": 62500.0, "age_known": true, "threshold_ms": 60000.0,
                 "pid": 4242, "comm": "curl", "cgroup": "/system.slice/curl.service",
