@@ -34,12 +34,13 @@ pub(crate) fn socket_id(sk: u64) -> u64 {
         // verifier never reaches this call, so older kernels accept the program.
         unsafe { generated::bpf_get_socket_cookie(sk as *mut c_void) }
     } else {
-        disguised(sk)
+        disguised_pointer(sk)
     }
 }
 
 /// A kernel address as records and events may carry it ([`tracer_common::settings::disguise`],
-/// keyed by the daemon at load): never the address itself.
+/// keyed by the daemon at load): never the address itself. `address` is plain data (read from a
+/// map or with a helper); for a typed pointer, [`disguised_pointer`].
 #[inline(always)]
 pub(crate) fn disguised(address: u64) -> u64 {
     disguise(
@@ -47,6 +48,17 @@ pub(crate) fn disguised(address: u64) -> u64 {
         global!(CONFIG.disguise_key),
         global!(CONFIG.disguise_factor),
     )
+}
+
+/// The disguised address of a BTF-typed pointer. The verifier refuses arithmetic on a pointer
+/// (5.10 says "math between ptr_ pointer and ... is not allowed"), so its value is first read
+/// back as plain data, with a helper; only kernels without cookies (before 5.12) run this.
+#[inline(always)]
+fn disguised_pointer(pointer: u64) -> u64 {
+    let slot = pointer;
+    // SAFETY: reads the local just written, on the program's stack.
+    let address = unsafe { bpf_probe_read_kernel(&raw const slot) }.unwrap_or(0);
+    disguised(address)
 }
 
 /// A listener's id as the kernel's socket list names it: its cookie. Without the helper, the
@@ -58,7 +70,7 @@ pub(crate) fn listener_id(sk: u64) -> u64 {
         return socket_id(sk);
     }
     match member::<u64>(sk, global!(OFFSETS.skc_cookie)) {
-        0 => disguised(sk),
+        0 => disguised_pointer(sk),
         cookie => cookie,
     }
 }

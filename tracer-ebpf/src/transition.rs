@@ -322,7 +322,9 @@ impl Change {
         // submitted.
         unsafe {
             (*event).ts_ns = self.ts;
-            (*event).sock = disguised(self.sk);
+            // Read back from the map: plain data, never the typed pointer the verifier would
+            // refuse arithmetic on.
+            (*event).sock = disguised(core::ptr::read_volatile(&self.sk));
             (*event).cookie = self.cookie;
             (*event).prev_state_ns = self.spent;
             (*event).tuple = self.tuple;
