@@ -146,7 +146,7 @@ fn metrics_address_in_use() {
     assert_one_line_error(&out, "in use");
 }
 
-/// The least privilege: the capability set the README and the systemd unit give is enough for
+/// The least privilege: the capability set docs/operations.md and the systemd unit give is enough for
 /// every feature (no warning), and dropping one says what is lost.
 #[test]
 fn minimal_capabilities() {

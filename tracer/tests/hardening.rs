@@ -446,7 +446,7 @@ fn a_flood_stays_within_bounds() {
         last["events"]["transitions_lost"], 0,
         "default sizes lose nothing: {last}"
     );
-    // The bound documented in the README.
+    // The bound documented in docs/operations.md.
     assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
     eprintln!("flood: peak RSS {peak_kib} KiB");
 }

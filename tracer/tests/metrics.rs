@@ -169,7 +169,7 @@ fn port_label_is_the_service_port() {
     drop(tracer);
 }
 
-/// The manifests parse and say what the README says they do.
+/// The manifests parse and say what docs/operations.md says they do.
 #[test]
 fn kubernetes_manifest_is_valid_yaml() {
     let text = std::fs::read_to_string(concat!(

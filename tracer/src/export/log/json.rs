@@ -1,5 +1,5 @@
 //! JSON lines. The field names and types are a contract with users' log pipelines (documented in
-//! the README): fields may be added, never renamed or retyped.
+//! docs/output.md): fields may be added, never renamed or retyped.
 use std::{
     borrow::Cow,
     collections::BTreeMap,
