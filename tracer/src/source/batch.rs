@@ -2,49 +2,16 @@
 //! offer): the daemon reads and fixes maps of up to millions of records, where one call per
 //! record would cost seconds. Writes go one by one: they must not replace a record the programs
 //! wrote meanwhile, and the batch call cannot say so.
-use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, BorrowedFd};
 
 use anyhow::{Result, bail};
 use aya::Pod;
-use aya_obj::generated::{bpf_attr, bpf_cmd};
+use aya_obj::generated::bpf_cmd;
+
+use super::bpf_syscall::{bpf, zeroed_attr};
 
 /// Records moved per call.
 const CHUNK: usize = 8192;
-
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<()> {
-    call(cmd, attr).map(drop)
-}
-
-/// A command that returns a new file descriptor (a link, an iterator).
-pub(super) fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
-    let fd = call(cmd, attr)?;
-    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn call(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid, fully initialised bpf_attr that outlives the call; the buffers
-    // it points at are sized for `count` elements by the callers.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut bpf_attr,
-            size_of::<bpf_attr>(),
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-pub(super) fn zeroed_attr() -> bpf_attr {
-    // SAFETY: bpf_attr is a plain C union for which all-zero is the required initial state.
-    unsafe { std::mem::zeroed() }
-}
 
 /// Every (key, value) of a hash map. `value_len` is the size of one value as the kernel copies
 /// it: `size_of::<V>()` for a plain map, that times the possible CPUs (8-byte aligned) for a

@@ -5,6 +5,7 @@
 //! kernel's maps ([`kernel_maps`], [`batch`]): the aggregates, the records, and the health
 //! figures ([`health`], [`prog_stats`]); and runs the owner iterator ([`socket_owners`]). Its output is plain data for the later stages.
 pub(crate) mod batch;
+mod bpf_syscall;
 pub(crate) mod clock;
 pub(crate) mod decode;
 pub(crate) mod events;

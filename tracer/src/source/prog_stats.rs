@@ -3,8 +3,10 @@
 //! which no counter of the program itself can see.
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
-use anyhow::{Result, bail};
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+use anyhow::{Context as _, Result};
+use aya_obj::generated::{bpf_cmd, bpf_prog_info};
+
+use super::bpf_syscall::{bpf, zeroed_attr};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProgramStats {
@@ -23,28 +25,14 @@ impl std::ops::Add for ProgramStats {
 
 /// Reads `bpf_prog_info` of a loaded program (aya 0.14 does not expose `recursion_misses`).
 pub(crate) fn read(fd: BorrowedFd<'_>) -> Result<ProgramStats> {
-    // SAFETY: both are plain C structs for which all-zero is the required initial state.
+    // SAFETY: a plain C struct for which all-zero is the required initial state.
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
     // The `info` member of the union is the one this command reads.
     attr.info.bpf_fd = fd.as_fd().as_raw_fd() as u32;
     attr.info.info_len = size_of::<bpf_prog_info>() as u32;
     attr.info.info = (&mut info as *mut bpf_prog_info) as u64;
-    // SAFETY: the attribute points at `info`, which lives through the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-            &mut attr as *mut bpf_attr,
-            size_of::<bpf_attr>(),
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "BPF_OBJ_GET_INFO_BY_FD: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
     Ok(ProgramStats {
         recursion_misses: info.recursion_misses,
     })

@@ -13,7 +13,10 @@ use anyhow::{Context as _, Result};
 use aya_obj::generated::{bpf_attach_type, bpf_cmd};
 use tracer_common::OwnerHit;
 
-use super::batch::{self, Write, bpf_fd, zeroed_attr};
+use super::{
+    batch::{self, Write},
+    bpf_syscall::{bpf_fd, zeroed_attr},
+};
 
 /// Sockets looked for at once: the size of the kernel's `WANTED_SOCKETS` map.
 const WANTED_AT_ONCE: usize = 1 << 16;
