@@ -55,8 +55,12 @@ pub fn socket_owners(ctx: *mut c_void) -> i32 {
     // socket list gave them.
     let cookie = if wanted(cookie) {
         cookie
-    } else if global!(CONFIG.socket_cookies) == 0 && wanted(disguised(sk)) {
-        disguised(sk)
+    } else if global!(CONFIG.socket_cookies) == 0 {
+        let id = disguised(sk);
+        if !wanted(id) {
+            return 0;
+        }
+        id
     } else {
         return 0;
     };

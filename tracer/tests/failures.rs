@@ -146,8 +146,8 @@ fn metrics_address_in_use() {
     assert_one_line_error(&out, "in use");
 }
 
-/// The least privilege: the capability set docs/operations.md and the systemd unit give is enough for
-/// every feature (no warning), and dropping one says what is lost.
+/// The least privilege: the capability set docs/operations.md and the systemd unit give is enough
+/// for every feature (no warning), and dropping one says what is lost.
 #[test]
 fn minimal_capabilities() {
     require_root();
