@@ -120,6 +120,21 @@ pub struct Config {
     #[arg(long, requires = "metrics_addr")]
     pub(crate) metrics_port_label: bool,
 
+    /// Protect the metrics endpoint with TLS, client certificates and basic auth: a web config
+    /// file in the format of node_exporter and Prometheus' exporter-toolkit (tls_server_config,
+    /// basic_auth_users, http_server_config.headers), re-read when it or its certificates change.
+    #[arg(
+        long = "web.config.file",
+        requires = "metrics_addr",
+        value_name = "FILE"
+    )]
+    pub(crate) web_config_file: Option<PathBuf>,
+
+    /// Most connections the metrics endpoint keeps open; one more closes the least recently
+    /// active, so idle clients cannot keep a scrape out.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
+    pub(crate) metrics_max_connections: u16,
+
     /// Lowest level logged: error, warn (stuck reports only), info, debug, trace. RUST_LOG adds
     /// per-target levels (targets tcpstate::transition, ::stuck, ::unstuck, ::summary).
     #[arg(long, default_value = "info", value_parser = parse_level, value_name = "LEVEL")]
@@ -185,6 +200,8 @@ pub(crate) struct LogSettings {
 pub(crate) struct MetricsSettings {
     pub(crate) addr: SocketAddr,
     pub(crate) port_label: bool,
+    pub(crate) web_config: Option<PathBuf>,
+    pub(crate) max_connections: usize,
 }
 
 /// When the daemon does what.
@@ -224,6 +241,8 @@ impl Config {
             metrics: self.metrics_addr.map(|addr| MetricsSettings {
                 addr,
                 port_label: self.metrics_port_label,
+                web_config: self.web_config_file.clone(),
+                max_connections: usize::from(self.metrics_max_connections),
             }),
             schedule: Schedule {
                 duration: self.duration,

@@ -15,7 +15,7 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    Namespace, Workload, free_port, http_get, promtool, scrape_until, start_tracer, value,
+    Namespace, TempDir, Workload, free_port, http_get, promtool, scrape_until, start_tracer, value,
 };
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
@@ -44,27 +44,6 @@ fn alert_rules_pass_their_unit_tests() {
     let dir = Path::new(DEPLOY).join("prometheus");
     promtool_ok(&["check", "rules", "alerts.yml"], &dir);
     promtool_ok(&["test", "rules", "alerts_test.yml"], &dir);
-}
-
-/// A folder of the test's own under the system's temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "tcpstate-{what}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The `for:` of the shipped rules is minutes; the same rules with `for` seconds let a test see

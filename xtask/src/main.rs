@@ -168,13 +168,16 @@ fn run(cli: Cli) -> Result<()> {
 /// What the tests run beside the tracer, from Debian's packages, installed when missing: the
 /// alert rules, the dashboard and the metrics are tested with prometheus (promtool and the server
 /// itself; its service is stopped again so nothing else listens on the machine), and a client
-/// namespace drops SYN-ACKs with nftables. These tests never skip: without the tools, say so
+/// namespace drops SYN-ACKs with nftables; curl scrapes the endpoint over TLS with client
+/// certificates and basic auth; systemd-analyze checks the unit's hardening. These tests never skip: without the tools, say so
 /// before building anything rather than fail after minutes.
 fn install_test_tools() -> Result<()> {
     let wanted = [
         ("/usr/bin/promtool", "prometheus"),
         ("/usr/bin/prometheus", "prometheus"),
         ("/usr/sbin/nft", "nftables"),
+        ("/usr/bin/curl", "curl"),
+        ("/usr/bin/systemd-analyze", "systemd"),
     ];
     let prometheus_was_there = std::path::Path::new(wanted[1].0).exists();
     let missing = bench::tools::apt_install(&wanted);

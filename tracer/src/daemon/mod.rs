@@ -47,14 +47,19 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     // From the start, so a stop requested during start-up is a clean stop too.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    // Bind first: a taken address is a configuration error, reported before anything loads.
+    // Bind first: a taken address or an unusable web config is a configuration error, reported
+    // before anything loads.
     let endpoint = match &settings.metrics {
-        Some(metrics) => Some(endpoint::bind(metrics.addr).await?),
+        Some(metrics) => {
+            let web = endpoint::WebConfig::open(metrics.web_config.as_deref())?;
+            let listener = endpoint::bind(metrics.addr).await?;
+            Some((listener, web, metrics.max_connections))
+        }
         None => None,
     };
     let mut pipeline = Pipeline::build(&settings, stdout)?;
-    if let (Some(listener), Some(registry)) = (endpoint, pipeline.metrics_registry()) {
-        tokio::spawn(endpoint::serve(listener, registry));
+    if let (Some((listener, web, max)), Some(registry)) = (endpoint, pipeline.metrics_registry()) {
+        tokio::spawn(endpoint::serve(listener, registry, web, max));
     }
     info!("attached; tracing TCP state transitions");
 
