@@ -14,7 +14,12 @@ use tracing_subscriber::filter::LevelFilter;
 use crate::{
     core::{self, select::OwnerFilter, stuck::Thresholds},
     export::log::LogFormat,
-    source::{events::Family, filter::SocketFilter, probe::LoadSettings},
+    source::{
+        events::Family,
+        filter::SocketFilter,
+        privileges::{self, Keep},
+        probe::LoadSettings,
+    },
     units::nanos,
 };
 
@@ -130,6 +135,12 @@ pub struct Config {
     )]
     pub(crate) web_config_file: Option<PathBuf>,
 
+    /// Capabilities kept once the programs are attached, beside CAP_BPF (reading the kernel's
+    /// maps): names (sys_admin or CAP_SYS_ADMIN), `none`, or `all` to drop nothing. The default
+    /// is what entering containers' network namespaces and finding their sockets' owners use.
+    #[arg(long, default_value = privileges::KEPT_BY_DEFAULT, value_parser = privileges::parse_keep, value_name = "LIST")]
+    pub(crate) capabilities_keep: Keep,
+
     /// Most connections the metrics endpoint keeps open; one more closes the least recently
     /// active, so idle clients cannot keep a scrape out.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
@@ -186,6 +197,8 @@ pub(crate) struct Settings {
     pub(crate) log: LogSettings,
     pub(crate) metrics: Option<MetricsSettings>,
     pub(crate) schedule: Schedule,
+    /// `--capabilities-keep`.
+    pub(crate) keep: Keep,
 }
 
 /// What the log writer shows, before `--log-level` and RUST_LOG have their say.
@@ -244,6 +257,7 @@ impl Config {
                 web_config: self.web_config_file.clone(),
                 max_connections: usize::from(self.metrics_max_connections),
             }),
+            keep: self.capabilities_keep.clone(),
             schedule: Schedule {
                 duration: self.duration,
                 poll: self.poll_interval,

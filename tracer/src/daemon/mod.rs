@@ -23,7 +23,10 @@ use self::{
 use crate::{
     cli::{Config, Schedule},
     export::endpoint,
-    source::clock::monotonic_ns,
+    source::{
+        clock::monotonic_ns,
+        privileges::{self, Keep},
+    },
 };
 
 /// How often, at most, lingering FIN-WAIT-2 timewait sockets are checked for a silent move to
@@ -58,12 +61,6 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         None => None,
     };
     let mut pipeline = Pipeline::build(&settings, stdout)?;
-    if let (Some((listener, web, max)), Some(registry)) = (endpoint, pipeline.metrics_registry()) {
-        tokio::spawn(endpoint::serve(listener, registry, web, max));
-    }
-    info!("attached; tracing TCP state transitions");
-
-    let mut timers = Timers::start(&settings.schedule);
     let mut jobs = Jobs::new(
         pipeline.maps.clone(),
         pipeline.socket_owners()?,
@@ -71,6 +68,15 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         pipeline.tracker.thresholds().clone(),
         pipeline.socket_cookies(),
     );
+    // Everything is loaded and attached, and no other thread runs yet: from here on, only the
+    // capabilities the periodic work uses.
+    drop_capabilities(&settings.keep)?;
+    if let (Some((listener, web, max)), Some(registry)) = (endpoint, pipeline.metrics_registry()) {
+        tokio::spawn(endpoint::serve(listener, registry, web, max));
+    }
+    info!("attached; tracing TCP state transitions");
+
+    let mut timers = Timers::start(&settings.schedule);
     // The start-up snapshot: the programs are attached already, so a socket changing meanwhile
     // is recorded by them, and their records win.
     jobs.start_reconciliation(true);
@@ -156,6 +162,27 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     pipeline.summarize(&mut timers.summary_clock, true)?;
     pipeline.flush()?;
     pipeline.report_losses()
+}
+
+/// Keeps only the capabilities `--capabilities-keep` names (and CAP_BPF), and says which.
+fn drop_capabilities(keep: &Keep) -> Result<()> {
+    let Keep::Only(keep) = keep else {
+        return Ok(());
+    };
+    let (kept, others) = privileges::keep_only(keep)?;
+    let names: Vec<String> = kept.iter().map(ToString::to_string).collect();
+    info!(
+        "capabilities after start-up: {}",
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    );
+    if others > 0 {
+        tracing::warn!("{others} threads started before the capabilities were dropped keep theirs");
+    }
+    Ok(())
 }
 
 /// The schedule's clocks.

@@ -1,6 +1,8 @@
 //! Checks, before touching the kernel, that the daemon holds the capabilities it needs, so a user
-//! reads "needs root" rather than an errno from deep inside a BPF syscall.
-use anyhow::{Result, bail};
+//! reads "needs root" rather than an errno from deep inside a BPF syscall; and once its programs
+//! are attached, drops those its periodic work no longer needs.
+use anyhow::{Context as _, Result, bail};
+use caps::{CapSet, Capability, CapsHashSet};
 
 /// Capability numbers from linux/capability.h.
 const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -99,9 +101,97 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
+/// What the daemon still needs once its programs are loaded and attached: CAP_BPF always (every
+/// read of the kernel's maps is a bpf() call, which kernels that check at the call's entry refuse
+/// without it where unprivileged BPF is off, Debian's default), then what `--capabilities-keep`
+/// names.
+pub(crate) const ALWAYS_KEPT: Capability = Capability::CAP_BPF;
+
+/// The `--capabilities-keep` default: what the periodic work uses. CAP_SYS_ADMIN enters other
+/// network namespaces to list their sockets (reconciliation, listeners, lingering sockets);
+/// CAP_SYS_PTRACE reads other processes' /proc/PID/ns/net and /proc/PID/fd (a process cannot
+/// inspect one that holds capabilities it lacks); CAP_DAC_READ_SEARCH reads /proc/PID/fd of
+/// processes of other users.
+pub(crate) const KEPT_BY_DEFAULT: &str = "sys_admin,sys_ptrace,dac_read_search";
+
+/// Which capabilities to keep after start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Drop nothing.
+    All,
+    /// These (CAP_BPF added).
+    Only(Vec<Capability>),
+}
+
+/// Keeps only `keep` (those the process has) in every set of this thread, and takes the rest out
+/// of the bounding set, so that no program it could run gets them back. Threads started later
+/// inherit this thread's sets; the daemon calls it while it has no other thread (the count of
+/// threads that kept more is returned so it can say so). Returns what is kept.
+pub(crate) fn keep_only(keep: &[Capability]) -> Result<(Vec<Capability>, usize)> {
+    let wanted: CapsHashSet = keep.iter().copied().chain([ALWAYS_KEPT]).collect();
+    let permitted = caps::read(None, CapSet::Permitted).context("reading capabilities")?;
+    let kept: CapsHashSet = permitted.intersection(&wanted).copied().collect();
+    // The bounding set first: dropping from it needs CAP_SETPCAP, itself dropped below. Without
+    // it (a service manager bounded the set already), this is left as it is.
+    if permitted.contains(&Capability::CAP_SETPCAP) {
+        for cap in caps::all().difference(&wanted) {
+            // Capabilities newer than the kernel are refused; they are not there to drop.
+            let _ = caps::drop(None, CapSet::Bounding, *cap);
+        }
+    }
+    caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
+    caps::clear(None, CapSet::Inheritable).context("clearing the inheritable capabilities")?;
+    caps::set(None, CapSet::Effective, &kept).context("setting the effective capabilities")?;
+    caps::set(None, CapSet::Permitted, &kept).context("setting the permitted capabilities")?;
+    let others = std::fs::read_dir("/proc/self/task")
+        .map(|tasks| tasks.count().saturating_sub(1))
+        .unwrap_or(0);
+    let mut kept: Vec<Capability> = kept.into_iter().collect();
+    kept.sort_by_key(|cap| cap.index());
+    Ok((kept, others))
+}
+
+/// `--capabilities-keep`: `all`, `none`, or names with or without `CAP_`, any case.
+pub(crate) fn parse_keep(text: &str) -> Result<Keep, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "all" => return Ok(Keep::All),
+        "none" | "" => return Ok(Keep::Only(Vec::new())),
+        _ => {}
+    }
+    text.split(',')
+        .map(|name| {
+            caps::to_canonical(name.trim())
+                .parse::<Capability>()
+                .map_err(|_| format!("{:?} is not a capability (e.g. sys_admin)", name.trim()))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Keep::Only)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capability_lists() {
+        assert_eq!(parse_keep("all"), Ok(Keep::All));
+        assert_eq!(parse_keep("none"), Ok(Keep::Only(Vec::new())));
+        let default = vec![
+            Capability::CAP_SYS_ADMIN,
+            Capability::CAP_SYS_PTRACE,
+            Capability::CAP_DAC_READ_SEARCH,
+        ];
+        assert_eq!(parse_keep(KEPT_BY_DEFAULT), Ok(Keep::Only(default.clone())));
+        assert_eq!(
+            parse_keep("sys_admin, CAP_SYS_PTRACE,Dac_Read_Search"),
+            Ok(Keep::Only(default))
+        );
+        assert!(
+            parse_keep("sys_admin,superpower")
+                .unwrap_err()
+                .contains("superpower")
+        );
+    }
 
     #[test]
     fn root_passes() {

@@ -99,13 +99,19 @@ impl Tracer {
     /// Starts `tracer --log-format json <args>` and waits until it has attached. Tests run side by
     /// side, so the pinned kernel state is off unless a test names its own `--pin-dir`.
     pub fn start(args: &[&str]) -> Tracer {
+        Tracer::start_with(Command::new(TRACER), args)
+    }
+
+    /// As [`Tracer::start`], the tracer run by `command`: the tracer binary itself, with what is
+    /// to hold for it (a seccomp filter set before it runs), or a program that runs it in turn.
+    pub fn start_with(mut command: Command, args: &[&str]) -> Tracer {
         require_root();
         let pinning: &[&str] = if args.contains(&"--pin-dir") || args.contains(&"--no-pin") {
             &[]
         } else {
             &["--no-pin"]
         };
-        let mut child = Command::new(TRACER)
+        let mut child = command
             .args(["--log-format", "json"])
             .args(pinning)
             .args(args)

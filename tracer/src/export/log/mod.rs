@@ -99,6 +99,9 @@ pub(crate) struct LogWriter<W: Write> {
     line: line::Line,
 }
 
+/// A step of the wall clock said at level info: one second.
+const NOTICEABLE_STEP_NS: u64 = 1_000_000_000;
+
 impl<W: Write> LogWriter<W> {
     /// Timestamps follow a step of the wall clock from the next line on; the step is said once.
     pub(crate) fn follow_wall_clock(&mut self) {
@@ -107,7 +110,13 @@ impl<W: Write> LogWriter<W> {
                 step_ns.unsigned_abs() / 1_000_000,
             ));
             let way = if step_ns < 0 { "back" } else { "forward" };
-            tracing::info!("the wall clock was set {way} by {by}: timestamps follow it");
+            // Some hypervisors' guest agents keep the clock right by steps of milliseconds, many
+            // a second: only a step a reader of the lines would notice is said.
+            if step_ns.unsigned_abs() >= NOTICEABLE_STEP_NS {
+                tracing::info!("the wall clock was set {way} by {by}: timestamps follow it");
+            } else {
+                tracing::debug!("the wall clock was set {way} by {by}: timestamps follow it");
+            }
         }
     }
 
