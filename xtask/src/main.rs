@@ -169,7 +169,7 @@ fn run(cli: Cli) -> Result<()> {
 /// alert rules, the dashboard and the metrics are tested with prometheus (promtool and the server
 /// itself; its service is stopped again so nothing else listens on the machine), and a client
 /// namespace drops SYN-ACKs with nftables; curl scrapes the endpoint over TLS with client
-/// certificates and basic auth; systemd-analyze checks the unit's hardening. These tests never skip: without the tools, say so
+/// certificates and basic auth; systemd-analyze checks the unit's hardening; lintian the package. These tests never skip: without the tools, say so
 /// before building anything rather than fail after minutes.
 fn install_test_tools() -> Result<()> {
     let wanted = [
@@ -178,6 +178,7 @@ fn install_test_tools() -> Result<()> {
         ("/usr/sbin/nft", "nftables"),
         ("/usr/bin/curl", "curl"),
         ("/usr/bin/systemd-analyze", "systemd"),
+        ("/usr/bin/lintian", "lintian"),
     ];
     let prometheus_was_there = std::path::Path::new(wanted[1].0).exists();
     let missing = bench::tools::apt_install(&wanted);

@@ -83,11 +83,36 @@ pub fn test() -> Result<()> {
         );
     }
     let deb = build()?;
+    lint(&deb)?;
     eprintln!("xtask: testing the package: install, run, remove");
     let installed = Installed::new(&deb)?;
     let files = installed.files()?;
     check_installed(&files)?;
     installed.remove_and_check(&files)
+}
+
+/// The package reads like a Debian package: lintian finds no error and no warning (overrides,
+/// each with its reason, are in tracer/deploy/debian/lintian-overrides).
+fn lint(deb: &Path) -> Result<()> {
+    eprintln!("xtask: lintian {}", deb.display());
+    let out = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--tag-display-limit", "0"])
+        .arg(deb)
+        .output()
+        .context("cannot run lintian (Debian's lintian package)")?;
+    let said: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+        .filter(|line| line.starts_with("E:") || line.starts_with("W:"))
+        .map(str::to_owned)
+        .collect();
+    ensure!(
+        out.status.success() && said.is_empty(),
+        "lintian ({}):\n{}",
+        out.status,
+        said.join("\n")
+    );
+    Ok(())
 }
 
 fn check_installed(files: &BTreeSet<PathBuf>) -> Result<()> {
