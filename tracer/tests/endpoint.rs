@@ -2,6 +2,8 @@
 //! exporter-toolkit's format (TLS, client certificates, basic auth, headers), certificates rotated
 //! without a restart, bad files refused at start-up in one line, and a crowd of idle connections
 //! that cannot keep a scrape out.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{

@@ -1,6 +1,8 @@
 //! Real-kernel tests of how connections end: each test makes loopback connections end one way
 //! (in order, refused, reset by either side, timed out, connected after a SYN was retransmitted)
 //! and finds the tracer's lines of its own ports saying so, and the summary counting it.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{

@@ -1,5 +1,7 @@
 //! What a user sees when the tracer cannot run: one clear line on stderr, a non-zero exit, no
 //! panic and no backtrace.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::process::{Command, Output};

@@ -1,6 +1,8 @@
 //! A root daemon on every host must not cause an incident: it keeps the true ages of sockets
 //! across restarts, leaves nothing attached when it dies, refuses to share its pinned state, counts
 //! what a flood makes it lose and heals afterwards, and stays within its bounds.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{

@@ -5,6 +5,8 @@
 //! reports each part; here it runs over a set of combinations that holds every pair of settings
 //! (two flags' settings together are what most often make a path the verifier has not seen).
 //! The log format and the owner filters never reach the kernel, so they are not combined.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{collections::HashSet, process::Command};

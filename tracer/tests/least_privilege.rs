@@ -3,6 +3,8 @@
 //! with them, with fewer, and under the systemd unit's own restrictions (its capability bounding
 //! set and its system call filter, imposed here as systemd would, since no systemd runs the tests).
 //! The unit itself passes `systemd-analyze verify` and keeps its `security` exposure score.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{

@@ -1,6 +1,8 @@
 //! Real-kernel tests of listeners in trouble: one that stops accepting (its accept queue does not
 //! drain, its clients give up and their connections sit in CLOSE_WAIT in the queue, owned by
 //! nobody), and one whose handshakes never complete (its SYN-ACKs dropped on the way back).
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{

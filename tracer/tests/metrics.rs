@@ -1,6 +1,8 @@
 //! The Prometheus endpoint during a scripted workload: its counters and gauges equal the
 //! workload's own counts, and its text parses. The workload runs in a network namespace of the
 //! test's own and the tracer is limited to it, so other tests' traffic does not count.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::io::Write as _;

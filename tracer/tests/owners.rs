@@ -1,5 +1,7 @@
 //! Real-kernel tests of what the tracer knows of sockets it did not see open, and of whom it
 //! names as their owner.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{net::TcpStream, time::Duration};

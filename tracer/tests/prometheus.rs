@@ -3,6 +3,8 @@
 //! leak, and the Grafana dashboard's queries checked by promtool and against the metrics the
 //! tracer exports. Like every test that starts the tracer, these never skip: without root or the
 //! prometheus package they fail.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{

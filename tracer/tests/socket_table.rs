@@ -1,5 +1,7 @@
 //! Real-kernel tests of the socket table: stuck and unstuck reports with the owner to blame, the
 //! TIME-WAIT phase the tracepoint never reports, and the summaries that count them.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{

@@ -1,5 +1,7 @@
 //! Real-kernel tests of the first slice: every transition of a loopback connection reaches the
 //! log, with the right sockets, addresses, ports, owners and durations.
+// Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
+#![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{

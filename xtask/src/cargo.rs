@@ -127,6 +127,8 @@ pub fn test_all() -> Result<()> {
         "clippy",
         "--release",
         "--all-targets",
+        "--features",
+        KERNEL_TESTS,
         "--",
         "-D",
         "warnings",
@@ -139,8 +141,18 @@ pub fn test_all() -> Result<()> {
             .env("RUSTC_BOOTSTRAP", "1"),
     )?;
     print_stack_chains()?;
-    checked(cargo().args(["test", "--release", "--no-fail-fast"]))
+    checked(cargo().args([
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "--features",
+        KERNEL_TESTS,
+    ]))
 }
+
+/// The feature that builds the tests needing root and the running kernel (tracer/Cargo.toml):
+/// plain `cargo test` leaves them out, the suite always runs them.
+pub const KERNEL_TESTS: &str = "tracer/kernel-tests";
 
 /// Each program's deepest chain of stack frames in the built object, as the verifier sums them
 /// (a unit test fails past the budget; this shows the figures in every run's log).

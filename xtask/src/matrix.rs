@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use xtask::vm;
 
-use crate::cargo::{cargo, workspace_root};
+use crate::cargo::{KERNEL_TESTS, cargo, workspace_root};
 
 /// Emulation runs the guest several times slower than the host (KERNELS.md): every wait of the
 /// tests is this many times longer there.
@@ -66,6 +66,7 @@ pub fn run(names: &[String]) -> Result<()> {
 fn test_binaries() -> Result<Vec<String>> {
     let out = cargo()
         .args(["test", "--release", "--package", "tracer", "--no-run"])
+        .args(["--features", KERNEL_TESTS])
         .args(["--message-format", "json"])
         .stderr(Stdio::inherit())
         .output()

@@ -442,6 +442,10 @@ mod tests {
 
     /// A listener in a namespace of its own (held by `unshare -n sleep`) is listed through that
     /// namespace, tagged with it.
+    #[cfg_attr(
+        not(feature = "kernel-tests"),
+        ignore = "needs root: cargo xtask test runs it"
+    )]
     #[test]
     fn lists_other_namespaces() {
         use std::os::fd::AsRawFd as _;

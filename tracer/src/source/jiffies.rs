@@ -71,6 +71,10 @@ fn snap(raw: f64) -> Option<u32> {
 mod tests {
     use super::*;
 
+    #[cfg_attr(
+        not(feature = "kernel-tests"),
+        ignore = "needs root: cargo xtask test runs it"
+    )]
     #[test]
     fn reads_timer_list() {
         let text = "Timer List Version: v0.10\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at 2733618900601 nsecs\n\ncpu: 0\n jiffies: 4295575635\n";

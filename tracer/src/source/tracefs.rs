@@ -137,6 +137,10 @@ print fmt: \"family=%s\"";
     }
 
     /// The running kernel's layout is the one the programs read.
+    #[cfg_attr(
+        not(feature = "kernel-tests"),
+        ignore = "needs root: cargo xtask test runs it"
+    )]
     #[test]
     fn running_kernel_matches_the_programs() {
         let tracefs = ensure_mounted().unwrap();
