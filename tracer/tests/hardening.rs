@@ -15,8 +15,7 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    Namespace, TRACER, Tracer, Workload, kernel_features, of_kind, patience, stuck_on_port,
-    time_scale,
+    Namespace, TRACER, Tracer, Workload, kernel_features, of_kind, stuck_on_port, time_scale,
 };
 use tracer::enrich::socket_list as kernel_view;
 use tracer_common::RECORD_VERSION;
@@ -106,12 +105,8 @@ fn a_restart_keeps_true_ages() {
     let leaked_at = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
     first.stop_with(libc::SIGKILL);
+    // Started: ready, its start-up snapshot in.
     let second = Tracer::start(&["--pin-dir", &pins.0, "--stuck", "close-wait=1s"]);
-    let deadline = Instant::now() + patience(Duration::from_secs(10));
-    while !second.stderr().contains("start-up snapshot") {
-        assert!(Instant::now() < deadline, "{}", second.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
     assert!(second.stderr().contains("restart: "), "{}", second.stderr());
     let mine = |events: &[Value]| stuck_on_port(events, server.listen_port);
     second.wait_for(Duration::from_secs(10), "2 stuck reports", |events| {

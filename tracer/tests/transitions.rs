@@ -286,7 +286,10 @@ fn kernel_addresses_are_recognised() {
 #[test]
 fn text_lines_name_a_socket_by_its_cookie() {
     support::require_root();
-    let mut child = Command::new(support::TRACER)
+    let mut command = Command::new(support::TRACER);
+    let readiness = xtask::readiness::Readiness::for_command(&mut command).unwrap();
+    let spawned = Instant::now();
+    let mut child = command
         .args([
             "--log-format",
             "text",
@@ -314,12 +317,14 @@ fn text_lines_name_a_socket_by_its_cookie() {
         })
     })
     .collect();
-    let seen = |text: &str| lines.lock().unwrap().iter().any(|l| l.contains(text));
-    let deadline = Instant::now() + patience(Duration::from_secs(30));
-    while !seen("start-up snapshot") {
-        assert!(Instant::now() < deadline, "{:?}", lines.lock().unwrap());
-        thread::sleep(Duration::from_millis(20));
-    }
+    readiness
+        .wait(
+            &mut child,
+            spawned,
+            patience(Duration::from_secs(30)),
+            || lines.lock().unwrap().join("\n"),
+        )
+        .unwrap();
     let server = support::Workload::close_wait("127.0.0.1", 2, None);
     let local = format!("127.0.0.1:{} <->", server.listen_port);
     let deadline = Instant::now() + patience(Duration::from_secs(20));

@@ -3,6 +3,7 @@
 //! commands in VMs booting other kernels.
 pub mod bpf_stack;
 pub mod netns;
+pub mod readiness;
 pub mod vm;
 pub mod workload;
 

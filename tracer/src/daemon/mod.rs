@@ -75,6 +75,15 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         tokio::spawn(endpoint::serve(listener, registry, web, max));
     }
     info!("attached; tracing TCP state transitions");
+    // The structured form of that line, for whoever started the daemon (tests, benchmarks; systemd
+    // shows the status).
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Status("attached; taking the start-up snapshot"),
+            sd_notify::NotifyState::Custom("TCPSTATE_ATTACHED=1"),
+        ],
+    );
 
     let mut timers = Timers::start(&settings.schedule);
     // The start-up snapshot: the programs are attached already, so a socket changing meanwhile

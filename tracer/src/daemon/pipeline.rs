@@ -178,7 +178,19 @@ impl<W: Write> Pipeline<W> {
             );
             self.refresh_metrics()?;
             // Under systemd (Type=notify): ready once tracing with the records seeded.
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            let status = format!(
+                "tracing; start-up snapshot: {tracked} sockets in {} network namespaces",
+                done.namespaces
+            );
+            let sockets = format!("TCPSTATE_SNAPSHOT_SOCKETS={tracked}");
+            let _ = sd_notify::notify(
+                false,
+                &[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status(&status),
+                    sd_notify::NotifyState::Custom(&sockets),
+                ],
+            );
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ use std::{
 use serde_json::Value;
 
 pub use xtask::netns::Namespace;
+use xtask::readiness::Readiness;
 
 pub const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 
@@ -96,7 +97,7 @@ pub struct Finished {
 }
 
 impl Tracer {
-    /// Starts `tracer --log-format json <args>` and waits until it has attached. Tests run side by
+    /// Starts `tracer --log-format json <args>` and waits until it is ready. Tests run side by
     /// side, so the pinned kernel state is off unless a test names its own `--pin-dir`.
     pub fn start(args: &[&str]) -> Tracer {
         Tracer::start_with(Command::new(TRACER), args)
@@ -111,6 +112,8 @@ impl Tracer {
         } else {
             &["--no-pin"]
         };
+        let readiness = Readiness::for_command(&mut command).expect("a notification socket");
+        let spawned = Instant::now();
         let mut child = command
             .args(["--log-format", "json"])
             .args(pinning)
@@ -157,20 +160,15 @@ impl Tracer {
             leaks,
             readers: vec![out_reader, err_reader],
         };
-        let deadline = Instant::now() + patience(Duration::from_secs(30));
-        while !tracer.stderr().contains("attached;") {
-            if let Ok(Some(status)) = tracer.child.try_wait() {
-                panic!(
-                    "the tracer exited ({status}) before attaching:\n{}",
-                    tracer.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the tracer did not attach in 30 s:\n{}",
-                tracer.stderr()
-            );
-            thread::sleep(Duration::from_millis(20));
+        // Ready: attached, and its start-up snapshot in (the sd_notify READY it sends).
+        let stderr = tracer.stderr.clone();
+        if let Err(err) = readiness.wait(
+            &mut tracer.child,
+            spawned,
+            patience(Duration::from_secs(30)),
+            || stderr.lock().unwrap().clone(),
+        ) {
+            panic!("{err:#}");
         }
         tracer
     }

@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use xtask::readiness::Readiness;
+
 use crate::cargo::workspace_root;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,10 +92,12 @@ pub struct Running {
     child: Option<Child>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
-    /// Spawn to "attached" (the tracer) or to the first line seen (a peer).
+    /// Spawn to attached (the tracer) or to the first line seen (a peer).
     pub startup: Duration,
-    /// Spawn to the tracer's "start-up snapshot" line: its table is complete from then on.
+    /// Spawn to the tracer's readiness: its table is complete from then on.
     pub snapshot: Duration,
+    /// Sockets the tracer's start-up snapshot found.
+    pub snapshot_sockets: u64,
 }
 
 /// What a stopped tool left.
@@ -110,11 +114,6 @@ impl Running {
     /// Lines written to standard output so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    /// Standard error so far.
-    pub fn stderr_text(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Lines written so far that mention `port` as either end, in the tool's format.
@@ -254,6 +253,7 @@ fn spawn(tool: Tool, netns: u32, extra: &[String], timeout: Duration) -> Result<
                 stderr: Arc::default(),
                 startup: Duration::ZERO,
                 snapshot: Duration::ZERO,
+                snapshot_sockets: 0,
             });
         }
         Tool::TracerQuiet | Tool::TracerLog | Tool::TracerAt(_) => {
@@ -292,6 +292,11 @@ fn spawn(tool: Tool, netns: u32, extra: &[String], timeout: Duration) -> Result<
         }
     };
     die_with_parent(&mut command);
+    let readiness = if tool.is_ours() {
+        Some(Readiness::for_command(&mut command)?)
+    } else {
+        None
+    };
     let spawned = Instant::now();
     let mut child = command
         .stdout(Stdio::piped())
@@ -320,8 +325,24 @@ fn spawn(tool: Tool, netns: u32, extra: &[String], timeout: Duration) -> Result<
         stderr,
         startup: Duration::ZERO,
         snapshot: Duration::ZERO,
+        snapshot_sockets: 0,
     };
-    wait_ready(&mut running, spawned, timeout)?;
+    match readiness {
+        Some(readiness) => {
+            let stderr = running.stderr.clone();
+            let child = running
+                .child
+                .as_mut()
+                .context("the tracer has no process")?;
+            let ready = readiness.wait(child, spawned, timeout, || {
+                stderr.lock().map(|s| s.clone()).unwrap_or_default()
+            })?;
+            running.startup = ready.attached;
+            running.snapshot = ready.ready;
+            running.snapshot_sockets = ready.snapshot_sockets;
+        }
+        None => wait_for_peer(&mut running, spawned, timeout)?,
+    }
     Ok(running)
 }
 
@@ -354,17 +375,10 @@ fn collect_lines(pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
     lines
 }
 
-/// The tracer says when it has attached; a peer is ready when a connection made for the purpose
-/// shows in its output.
-fn wait_ready(running: &mut Running, spawned: Instant, timeout: Duration) -> Result<()> {
+/// A peer is ready when a connection made for the purpose shows in its output.
+fn wait_for_peer(running: &mut Running, spawned: Instant, timeout: Duration) -> Result<()> {
     let deadline = spawned + timeout;
-    // A peer's readiness is seen on a connection of its own; the tracer's is not, so that the
-    // tracer's counts hold the workload alone.
-    let sentinel = if running.tool.is_ours() {
-        None
-    } else {
-        Some(TcpListener::bind("127.0.0.1:0").context("binding the sentinel")?)
-    };
+    let sentinel = TcpListener::bind("127.0.0.1:0").context("binding the sentinel")?;
     loop {
         if let Some(child) = running.child.as_mut()
             && let Some(status) = child.try_wait()?
@@ -375,26 +389,11 @@ fn wait_ready(running: &mut Running, spawned: Instant, timeout: Duration) -> Res
                 running.stderr.lock().map(|s| s.clone()).unwrap_or_default()
             );
         }
-        let ready = match &sentinel {
-            // Start-up ends when it traces ("attached"); the workload waits for its snapshot too.
-            None => {
-                let stderr = running.stderr.lock().map(|s| s.clone()).unwrap_or_default();
-                if running.startup.is_zero() && stderr.contains("attached;") {
-                    running.startup = spawned.elapsed();
-                }
-                stderr.contains("start-up snapshot")
-            }
-            Some(sentinel) => {
-                drop(TcpStream::connect(sentinel.local_addr()?));
-                let _ = sentinel.accept();
-                running.lines_for(sentinel.local_addr()?.port()) > 0
-            }
-        };
-        if ready {
+        drop(TcpStream::connect(sentinel.local_addr()?));
+        let _ = sentinel.accept();
+        if running.lines_for(sentinel.local_addr()?.port()) > 0 {
             running.snapshot = spawned.elapsed();
-            if running.startup.is_zero() {
-                running.startup = running.snapshot;
-            }
+            running.startup = running.snapshot;
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -404,11 +403,7 @@ fn wait_ready(running: &mut Running, spawned: Instant, timeout: Duration) -> Res
                 humantime::format_duration(timeout)
             );
         }
-        thread::sleep(Duration::from_millis(if running.tool.is_ours() {
-            5
-        } else {
-            50
-        }));
+        thread::sleep(Duration::from_millis(50));
     }
 }
 

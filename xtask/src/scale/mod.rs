@@ -296,11 +296,9 @@ impl Tracer {
         self.spawned.at + self.running.snapshot
     }
 
-    /// The socket count of the "start-up snapshot: N sockets in M network namespaces" line.
+    /// The sockets its start-up snapshot found.
     fn snapshot_sockets(&self) -> Option<u64> {
-        let stderr = self.running.stderr_text();
-        let rest = stderr.split("start-up snapshot: ").nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
+        Some(self.running.snapshot_sockets)
     }
 
     fn memory(&self) -> Result<Memory> {
