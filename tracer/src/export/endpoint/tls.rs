@@ -17,8 +17,6 @@ use rustls::{
 };
 use serde::Deserialize;
 
-use super::web_config::resolve;
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TlsFile {
@@ -114,6 +112,16 @@ pub(crate) fn server_config(
     config.ignore_client_order = file.prefer_server_cipher_suites.unwrap_or(true);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
+}
+
+/// A name the file gives joined to its directory when relative.
+fn resolve(dir: &Path, name: &str) -> PathBuf {
+    let path = Path::new(name);
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        dir.join(path)
+    }
 }
 
 /// ring's suites and curves, narrowed to those the file lists, in its order.
@@ -587,5 +595,16 @@ mod tests {
             let err = refusal(file);
             assert!(err.contains(says), "{err}");
         }
+    }
+    #[test]
+    fn relative_names_are_beside_the_file() {
+        assert_eq!(
+            resolve(Path::new("/etc/tcpstate"), "cert.pem"),
+            Path::new("/etc/tcpstate/cert.pem")
+        );
+        assert_eq!(
+            resolve(Path::new("/etc/tcpstate"), "/srv/cert.pem"),
+            Path::new("/srv/cert.pem")
+        );
     }
 }

@@ -213,16 +213,6 @@ pub(crate) fn fingerprint(files: &[PathBuf]) -> Fingerprint {
         .collect()
 }
 
-/// The file's own name joined to its directory when relative.
-pub(crate) fn resolve(dir: &Path, name: &str) -> PathBuf {
-    let path = Path::new(name);
-    if path.is_absolute() {
-        path.to_owned()
-    } else {
-        dir.join(path)
-    }
-}
-
 /// The parser's message says where and what on its first line, then quotes the file: the daemon
 /// says one line.
 fn first_line(err: &serde_saphyr::Error) -> String {
@@ -292,18 +282,6 @@ mod tests {
         assert_eq!(names, ["x-frame-options", "strict-transport-security"]);
         let err = refusal("http_server_config:\n  headers:\n    X-Frame-Options: allow\n");
         assert!(err.contains("deny or sameorigin"), "{err}");
-    }
-
-    #[test]
-    fn relative_names_are_beside_the_file() {
-        assert_eq!(
-            resolve(Path::new("/etc/tcpstate"), "cert.pem"),
-            Path::new("/etc/tcpstate/cert.pem")
-        );
-        assert_eq!(
-            resolve(Path::new("/etc/tcpstate"), "/srv/cert.pem"),
-            Path::new("/srv/cert.pem")
-        );
     }
 
     proptest! {
