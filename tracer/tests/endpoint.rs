@@ -378,6 +378,11 @@ fn idle_connections_cannot_keep_a_scrape_out() {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        assert!(
+            limit.rlim_max >= 5_500,
+            "this test holds 5,000 connections: the descriptor limit ({}) is too low (ulimit -n)",
+            limit.rlim_max
+        );
     }
     let dir = TempDir::new("web-idle");
     let config = dir.0.join("web.yml");
