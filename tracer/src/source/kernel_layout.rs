@@ -230,7 +230,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuzz::{any_text, costly, mutated, mutated_bytes};
+    use crate::fuzz::{any_text, mutated, mutated_bytes};
 
     /// /proc/kallsyms with these symbols (distinct names), some of modules.
     fn kallsyms(symbols: &[(String, u64)]) -> String {
@@ -259,12 +259,6 @@ mod tests {
         found.is_none_or(|a| a != 0 && text.to_ascii_lowercase().contains(&format!("{a:x}")))
     }
 
-    /// The real kernel's BTF, read once for the tests that break it.
-    fn kernel_btf() -> &'static [u8] {
-        static BTF: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-        BTF.get_or_init(|| read_kernel_btf(Path::new(VMLINUX_BTF)).unwrap_or_default())
-    }
-
     proptest! {
         #[test]
         fn fuzz_kernel_symbol_valid(symbols in symbols(), pick in any::<prop::sample::Index>()) {
@@ -287,34 +281,10 @@ mod tests {
             let found = kernel_symbol(&text, &name);
             prop_assert!(spelled_in(&text, found), "{found:?}");
         }
-    }
 
-    proptest! {
-        #![proptest_config(costly(2500))]
-
-        /// The kernel's BTF, mangled: an error or offsets, never a panic. Each case parses all of
-        /// it (about 2 s): few cases.
-        #[test]
-        fn fuzz_read_offsets_mutated(
-            writes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
-            cut in prop::option::of(any::<prop::sample::Index>()),
-        ) {
-            let mut btf = kernel_btf().to_vec();
-            prop_assume!(!btf.is_empty());
-            for (at, value) in writes {
-                let at = at.index(btf.len());
-                btf[at] = value;
-            }
-            if let Some(cut) = cut {
-                btf.truncate(cut.index(btf.len()));
-            }
-            if let Ok(kernel) = read_offsets(&btf) {
-                prop_assert!(kernel.reset_reasons.len() <= 256, "one byte's worth of reasons");
-            }
-        }
-    }
-
-    proptest! {
+        /// Not a BTF, or a BTF header before garbage: an error. (The running kernel's BTF cut
+        /// short or with bytes overwritten is left out: some such cases make btf-rs take minutes
+        /// over one parse, and the kernel's own file is written by nobody else.)
         #[test]
         fn fuzz_read_offsets_arbitrary(bytes in prop_oneof![
             prop::collection::vec(any::<u8>(), 0..256),
