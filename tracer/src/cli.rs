@@ -315,11 +315,18 @@ impl Config {
     }
 }
 
+/// The longest duration a flag takes: far past any schedule or threshold, and well within what the
+/// daemon's clocks hold (nanoseconds in 64 bits last 584 years; a deadline past that would panic).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600); // humantime's `100y`
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text.trim())
         .map_err(|err| format!("`{text}` is not a duration like 500ms, 30s or 5m ({err})"))?;
     if duration.is_zero() {
         return Err("a duration must be longer than zero".to_owned());
+    }
+    if duration > MAX_DURATION {
+        return Err(format!("`{text}` is longer than 100 years"));
     }
     Ok(duration)
 }
@@ -363,15 +370,21 @@ fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
         let port = parse_port(&port.to_string())?;
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
-    text.parse::<SocketAddr>().map_err(|_| {
+    let addr = text.parse::<SocketAddr>().map_err(|_| {
         format!("`{text}` is not PORT or HOST:PORT (e.g. 9100, 127.0.0.1:9100, [::1]:9100)")
-    })
+    })?;
+    // Port 0 would serve the metrics at a port the kernel picks and nobody knows.
+    parse_port(&addr.port().to_string())?;
+    Ok(addr)
 }
 
 fn parse_level(text: &str) -> Result<LevelFilter, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a log level (error, warn, info, debug, trace, off)"))
+    let error = || format!("`{text}` is not a log level (error, warn, info, debug, trace, off)");
+    // tracing reads an empty level as `error`: an empty value is a mistake, not a choice.
+    if text.trim().is_empty() {
+        return Err(error());
+    }
+    text.trim().parse().map_err(|_| error())
 }
 
 /// A network namespace: an inode number, or the path of a namespace file.
@@ -416,10 +429,257 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::fuzz::{any_text, mutated};
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         Config::try_parse_from(std::iter::once("tracer").chain(args.iter().copied()))
+    }
+
+    /// A duration the daemon can schedule: longer than zero, at most the bound, a deadline that
+    /// exists, nanoseconds that fit the kernel's counters.
+    fn usable(duration: Duration) -> bool {
+        !duration.is_zero()
+            && duration <= MAX_DURATION
+            && std::time::Instant::now().checked_add(duration).is_some()
+            && u64::try_from(duration.as_nanos()).is_ok()
+    }
+
+    /// How people write durations: a number and a unit, with spaces around perhaps.
+    fn written_duration() -> impl Strategy<Value = (String, Option<Duration>)> {
+        let units: [(&str, u64); 7] = [
+            ("ns", 1),
+            ("us", 1_000),
+            ("ms", 1_000_000),
+            ("s", 1_000_000_000),
+            ("m", 60_000_000_000),
+            ("h", 3_600_000_000_000),
+            ("d", 86_400_000_000_000),
+        ];
+        (
+            prop_oneof![0u64..100_000, any::<u64>()],
+            prop::sample::select(units.to_vec()),
+            " {0,2}",
+        )
+            .prop_map(|(n, (unit, ns), pad)| {
+                let expected = u64::try_from(u128::from(n) * u128::from(ns))
+                    .ok()
+                    .map(Duration::from_nanos);
+                (format!("{pad}{n}{unit}{pad}"), expected)
+            })
+    }
+
+    /// The flags, their values written well and badly, and odd words: command lines to parse.
+    fn argv() -> impl Strategy<Value = Vec<String>> {
+        let flags = prop::sample::select(vec![
+            "--log-format",
+            "--log-transitions",
+            "--duration",
+            "--lport",
+            "--local-port",
+            "--rport",
+            "--pid",
+            "--comm",
+            "--cgroup",
+            "--container",
+            "--netns",
+            "-4",
+            "-6",
+            "--ipv4",
+            "--stuck",
+            "--stuck-repeat",
+            "--summary-interval",
+            "--reconcile-interval",
+            "--max-sockets",
+            "--metrics-addr",
+            "--metrics-port-label",
+            "--log-level",
+            "--pin-dir",
+            "--no-pin",
+            "--ring-buffer-size",
+            "--poll-interval",
+            "--check",
+            "--help",
+            "--version",
+            "-h",
+            "-V",
+            "--",
+            "-",
+            "--lport=",
+            "--stuck=close-wait=",
+            "-46",
+        ])
+        .prop_map(str::to_owned);
+        let values = prop::sample::select(vec![
+            "5s",
+            "0s",
+            "500000000000y",
+            "1h",
+            "off",
+            "close-wait=10s",
+            "listen=off",
+            "json",
+            "text",
+            "always",
+            "80,443",
+            "65536",
+            "0",
+            "9100",
+            "[::1]:9100",
+            "0.0.0.0:0",
+            "debug",
+            "4096",
+            "4097",
+            "/proc/self/ns/net",
+            "4026531840",
+            "b9ec786121db",
+            "",
+            ",",
+            "=",
+        ])
+        .prop_map(str::to_owned);
+        prop::collection::vec(prop_oneof![4 => flags, 4 => values, 1 => any_text()], 0..8)
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_parse_duration_valid((text, expected) in written_duration()) {
+            let parsed = parse_duration(&text);
+            match expected {
+                Some(d) if usable(d) => prop_assert_eq!(parsed, Ok(d)),
+                _ => prop_assert!(parsed.is_err(), "{parsed:?}"),
+            }
+        }
+
+        #[test]
+        fn fuzz_parse_duration_arbitrary(text in prop_oneof![
+            any_text(),
+            written_duration().prop_flat_map(|(text, _)| mutated(text)),
+        ]) {
+            if let Ok(d) = parse_duration(&text) {
+                prop_assert!(usable(d), "{d:?}");
+            }
+        }
+
+        #[test]
+        fn fuzz_parse_port(port in any::<u32>(), text in any_text()) {
+            let parsed = parse_port(&format!(" {port}"));
+            match u16::try_from(port) {
+                Ok(p) if p != 0 => prop_assert_eq!(parsed, Ok(p)),
+                _ => prop_assert!(parsed.is_err()),
+            }
+            if let Ok(p) = parse_port(&text) {
+                prop_assert!(p != 0 && text.contains(&p.to_string()));
+            }
+        }
+
+        #[test]
+        fn fuzz_parse_threshold(
+            state in prop::sample::select(TcpState::ALL.to_vec()),
+            spelling in 0..3usize,
+            (duration, expected) in prop_oneof![written_duration(), Just(("OFF".to_owned(), None))],
+            text in any_text(),
+        ) {
+            let name = match spelling {
+                0 => state.name().to_owned(),
+                1 => state.name().to_ascii_lowercase().replace('_', "-"),
+                _ => format!("tcp_{}", state.name()),
+            };
+            let parsed = parse_threshold(&format!("{name}={duration}"));
+            let stays = !matches!(
+                state,
+                TcpState::Close | TcpState::NewSynRecv | TcpState::BoundInactive | TcpState::TimeWait
+            );
+            let off = duration == "OFF";
+            match expected {
+                _ if !stays => prop_assert!(parsed.is_err()),
+                None if off => prop_assert_eq!(parsed, Ok((state, None))),
+                Some(d) if usable(d) => prop_assert_eq!(parsed, Ok((state, Some(d)))),
+                _ => prop_assert!(parsed.is_err(), "{parsed:?}"),
+            }
+            if let Ok((state, threshold)) = parse_threshold(&text) {
+                prop_assert!(!matches!(state, TcpState::Close | TcpState::TimeWait));
+                prop_assert!(threshold.is_none_or(usable));
+            }
+        }
+
+        #[test]
+        fn fuzz_parse_metrics_addr(
+            ip in any::<IpAddr>(),
+            port in prop_oneof![Just(0u16), any::<u16>()],
+            text in any_text(),
+        ) {
+            let addr = SocketAddr::new(ip, port);
+            let parsed = parse_metrics_addr(&addr.to_string());
+            let alone = parse_metrics_addr(&port.to_string());
+            if port == 0 {
+                prop_assert!(parsed.is_err() && alone.is_err(), "{parsed:?} {alone:?}");
+            } else {
+                prop_assert_eq!(parsed, Ok(addr));
+                prop_assert_eq!(alone, Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
+            }
+            if let Ok(found) = parse_metrics_addr(&text) {
+                prop_assert!(found.port() != 0 && text.contains(&found.port().to_string()));
+            }
+        }
+
+        #[test]
+        fn fuzz_parse_netns(inode in any::<u32>(), text in any_text()) {
+            prop_assert_eq!(parse_netns(&inode.to_string()), Ok(inode));
+            if let Ok(found) = parse_netns(&text) {
+                let named = text.trim().parse::<u32>() == Ok(found);
+                prop_assert!(named || std::path::Path::new(text.trim()).exists());
+            }
+        }
+
+        #[test]
+        fn fuzz_parse_container(
+            id in "[0-9a-fA-F]{12,64}",
+            runtime in prop::option::of("[a-z]{1,12}"),
+            text in prop_oneof![any_text(), "[0-9a-f]{12,64}".prop_flat_map(mutated)],
+        ) {
+            let given = runtime.map_or(id.clone(), |r| format!("{r}://{id}"));
+            prop_assert_eq!(parse_container(&given), Ok(id.to_ascii_lowercase()));
+            if let Ok(found) = parse_container(&text) {
+                prop_assert!((12..=64).contains(&found.len()));
+                prop_assert!(found.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
+                prop_assert!(text.to_ascii_lowercase().contains(&found));
+            }
+        }
+
+        #[test]
+        fn fuzz_parse_ring_size(size in prop_oneof![(12u32..32).prop_map(|b| 1u32 << b), any::<u32>()], text in any_text()) {
+            let parsed = parse_ring_size(&size.to_string());
+            if size >= 4096 && size.is_power_of_two() {
+                prop_assert_eq!(parsed, Ok(size));
+            } else {
+                prop_assert!(parsed.is_err());
+            }
+            if let Ok(found) = parse_ring_size(&text) {
+                prop_assert!(found >= 4096 && found.is_power_of_two());
+            }
+        }
+
+        #[test]
+        fn fuzz_parse_level(text in any_text()) {
+            if let Ok(level) = parse_level(&text) {
+                prop_assert!(text.to_ascii_lowercase().contains(&level.to_string().to_ascii_lowercase()) || text.trim().parse::<u8>().is_ok());
+            }
+        }
+
+        /// Any command line: the flags or an error, never a panic; the flags give settings.
+        #[test]
+        fn fuzz_command_line(args in argv()) {
+            if let Ok(config) = Config::try_parse_from(std::iter::once("tracer".to_owned()).chain(args.clone())) {
+                let settings = config.settings(false);
+                prop_assert!(settings.schedule.duration.is_none_or(usable));
+                prop_assert!(usable(settings.schedule.poll) && usable(settings.schedule.summaries));
+                prop_assert!(settings.load.ring_buffer_size.is_power_of_two());
+                prop_assert!(settings.metrics.is_none_or(|m| m.addr.port() != 0));
+            }
+        }
     }
 
     #[test]
@@ -544,6 +804,41 @@ mod tests {
             parse(&["--metrics-port-label"]).is_err(),
             "needs --metrics-addr"
         );
+    }
+
+    /// Found by fuzz_parse_duration_*: past 2^64 ns (584 years) the kernel's thresholds
+    /// saturated, and past 2^63 s the daemon's deadlines would overflow and panic.
+    #[test]
+    fn durations_are_bounded() {
+        for text in ["18446744074s", "18837166730s", "500000000000y", "101y"] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains("longer than 100 years"), "{text}: {err}");
+        }
+        assert_eq!(
+            parse_duration("100y"),
+            Ok(Duration::from_secs(3_155_760_000))
+        );
+        assert!(parse(&["--duration", "500000000000y"]).is_err());
+        assert!(parse_threshold("established=18446744074s").is_err());
+    }
+
+    /// Found by fuzz_parse_metrics_addr: HOST:0 was taken (a port nobody knows) where 0 alone
+    /// was refused.
+    #[test]
+    fn metrics_port_zero_is_refused() {
+        for text in ["0.0.0.0:0", "[::1]:0", "0", ":0"] {
+            let err = parse_metrics_addr(text).unwrap_err();
+            assert!(err.contains("out of range"), "{text}: {err}");
+        }
+    }
+
+    /// Found by fuzz_parse_level: tracing reads "" as `error`.
+    #[test]
+    fn empty_log_level_is_refused() {
+        assert!(parse_level("").is_err());
+        assert!(parse_level("  ").is_err());
+        assert!(parse(&["--log-level", ""]).is_err());
+        assert_eq!(parse_level(" Debug "), Ok(LevelFilter::DEBUG));
     }
 
     #[test]

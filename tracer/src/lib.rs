@@ -15,6 +15,8 @@ mod core;
 pub mod daemon;
 pub mod enrich;
 mod export;
+#[cfg(test)]
+mod fuzz;
 mod source;
 mod units;
 

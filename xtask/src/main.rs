@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cargo;
+mod fuzz;
 mod matrix;
 mod package;
 mod scale;
@@ -38,7 +39,8 @@ enum Task {
         test: bool,
     },
     /// Run the whole test suite: formatting, lints, the programs' stack budget, unit, property
-    /// and real-kernel tests (with a real Prometheus), the package installed and removed, smoke
+    /// and real-kernel tests (with a real Prometheus), 30 s of fuzzing with fresh seeds, the
+    /// package installed and removed, smoke
     /// runs of the benchmark and of the scale measurement, then the real-kernel tests again in
     /// VMs booting the kernel matrix (Debian's 5.10, 6.1, 6.12).
     Test {
@@ -56,6 +58,9 @@ enum Task {
         #[arg(long = "kernel", value_name = "NAME")]
         kernels: Vec<String>,
     },
+    /// Run the property tests of the parsers of outside data (`fuzz_*`) with fresh seeds and many
+    /// cases, round after round, for a bounded time; prints each round's seed.
+    Fuzz(fuzz::Options),
     /// Measure the tracer against no tracer and its peers (libbpf-tools, bpftrace), as root.
     Bench(bench::Options),
     /// Run the tracer under steady churn for minutes, sampling its memory and table (as root).
@@ -108,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
             install_test_tools()?;
             setup::ensure_toolchain()?;
             cargo::test_all()?;
+            fuzz::run(&fuzz::Options::smoke())?;
             package::test()?;
             bench::run(&bench::Options::smoke())?;
             scale::run(&scale::Options::smoke())?;
@@ -123,6 +129,10 @@ fn run(cli: Cli) -> Result<()> {
             setup::ensure_toolchain()?;
             cargo::build_release()?;
             matrix::run(&kernels)
+        }
+        Task::Fuzz(options) => {
+            setup::ensure_toolchain()?;
+            fuzz::run(&options)
         }
         Task::Bench(options) => {
             require_root("the benchmark loads eBPF programs into the kernel", "bench")?;

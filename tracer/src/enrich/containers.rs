@@ -873,17 +873,17 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_strings_never_panic(path in any::<String>()) {
+        fn fuzz_identify_arbitrary_strings(path in any::<String>()) {
             assert_sound(&path, &identify(&path))?;
         }
 
         #[test]
-        fn arbitrary_paths_never_panic(path in "(/[a-z0-9._@:\\\\ -]{0,20}){0,12}") {
+        fn fuzz_identify_arbitrary_paths(path in "(/[a-z0-9._@:\\\\ -]{0,20}){0,12}") {
             assert_sound(&path, &identify(&path))?;
         }
 
         #[test]
-        fn plausible_paths_give_sound_answers(
+        fn fuzz_identify_plausible_paths(
             components in prop::collection::vec(component(), 0..10),
             deleted in any::<bool>(),
         ) {
@@ -892,12 +892,40 @@ mod tests {
         }
 
         #[test]
-        fn every_id_in_a_runtime_scope_is_found(
+        fn fuzz_identify_runtime_scopes(
             id in "[0-9a-f]{64}",
             prefix in prop::sample::select(vec!["docker-", "cri-containerd-", "nerdctl-", "crio-", "libpod-"]),
         ) {
             let found = identify(&format!("/system.slice/{prefix}{id}.scope")).container_id;
             prop_assert_eq!(found.map(|id| id.as_str().to_owned()), Some(id));
+        }
+
+        /// Real paths broken (cut, a component mangled, bytes that are not UTF-8): sound answers.
+        #[test]
+        fn fuzz_identify_mutated(
+            path in prop::collection::vec(component(), 0..10)
+                .prop_flat_map(|c| crate::fuzz::mutated(format!("/{}", c.join("/")))),
+        ) {
+            assert_sound(&path, &identify(&path))?;
+        }
+
+        /// A pod uid as either driver writes it reads as the canonical form; nothing else does.
+        #[test]
+        fn fuzz_pod_uid(
+            uid in "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}",
+            other in crate::fuzz::any_text(),
+        ) {
+            let read = |s: &str, separator| PodUid::parse(s, separator).map(|u| u.as_str().to_owned());
+            prop_assert_eq!(read(&uid, b'-'), Some(uid.clone()));
+            prop_assert_eq!(read(&uid.replace('-', "_"), b'_'), Some(uid.clone()));
+            for separator in [b'-', b'_'] {
+                if let Some(found) = read(&other, separator) {
+                    prop_assert!(is_canonical_uid(&found), "{found}");
+                    prop_assert_eq!(found.replace('-', &char::from(separator).to_string()), other.clone());
+                }
+            }
+            let id = ContainerId::parse(&other).map(|id| id.as_str().to_owned());
+            prop_assert!(id.is_none_or(|id| is_id(&id) && id == other));
         }
     }
 }

@@ -48,7 +48,67 @@ fn parse(netstat: &str) -> ListenDrops {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::fuzz::{any_text, mutated};
+
+    /// A netstat file whose `TcpExt:` counters include these two among others, in any order.
+    fn netstat(overflows: u64, drops: u64, others: Vec<(String, u64)>, at: usize) -> String {
+        let mut counters = others;
+        let at = at % (counters.len() + 1);
+        counters.insert(at, ("ListenOverflows".to_owned(), overflows));
+        counters.insert(at / 2, ("ListenDrops".to_owned(), drops));
+        let names: Vec<&str> = counters.iter().map(|(name, _)| name.as_str()).collect();
+        let values: Vec<String> = counters.iter().map(|(_, v)| v.to_string()).collect();
+        format!(
+            "TcpExt: {}\nTcpExt: {}\nIpExt: InNoRoutes InOctets\nIpExt: 0 {}\n",
+            names.join(" "),
+            values.join(" "),
+            u64::MAX
+        )
+    }
+
+    fn valid() -> impl Strategy<Value = (String, u64, u64)> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(("[A-Z][a-z]{2,12}", any::<u64>()), 0..8),
+            any::<usize>(),
+        )
+            .prop_map(|(o, d, others, at)| (netstat(o, d, others, at), o, d))
+    }
+
+    /// What any answer must be: each counter 0 or a number the text holds (leading zeros and
+    /// all).
+    fn written_in(text: &str, found: ListenDrops) -> bool {
+        let numbers: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        [found.overflows, found.drops]
+            .iter()
+            .all(|v| *v == 0 || numbers.contains(v))
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_netstat_valid((text, overflows, drops) in valid()) {
+            prop_assert_eq!(parse(&text), ListenDrops { overflows, drops });
+        }
+
+        #[test]
+        fn fuzz_netstat_mutated(text in valid().prop_flat_map(|(text, ..)| mutated(text))) {
+            let found = parse(&text);
+            prop_assert!(written_in(&text, found), "{found:?}");
+        }
+
+        #[test]
+        fn fuzz_netstat_arbitrary(text in any_text()) {
+            let found = parse(&text);
+            prop_assert!(written_in(&text, found), "{found:?}");
+        }
+    }
 
     #[test]
     fn reads_the_tcpext_counters() {

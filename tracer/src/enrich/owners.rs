@@ -9,7 +9,10 @@ use std::{
 };
 
 use anyhow::Result;
-use procfs::process::{FDTarget, Process, all_processes};
+use procfs::{
+    ProcessCGroups,
+    process::{FDTarget, Process, all_processes},
+};
 use tracer_common::TcpState;
 
 use super::{
@@ -90,8 +93,7 @@ pub(crate) fn holders_of(inodes: &HashSet<u32>) -> HashMap<u32, Owner> {
             continue;
         };
         for fd in fds.flatten() {
-            if let FDTarget::Socket(inode) = fd.target
-                && let Ok(inode) = u32::try_from(inode)
+            if let Some(inode) = socket_inode(&fd.target)
                 && inodes.contains(&inode)
                 && !found.contains_key(&inode)
             {
@@ -112,6 +114,15 @@ pub(crate) fn holders_of(inodes: &HashSet<u32>) -> HashMap<u32, Owner> {
         }
     }
     found
+}
+
+/// The socket inode a descriptor's link names (`socket:[N]`), if it names one the kernel's socket
+/// list can hold (32 bits).
+fn socket_inode(target: &FDTarget) -> Option<u32> {
+    match target {
+        FDTarget::Socket(inode) => u32::try_from(*inode).ok(),
+        _ => None,
+    }
 }
 
 /// Who holds sockets looked up by cookie.
@@ -252,22 +263,115 @@ fn process_owner(pid: u32) -> Owner {
 fn read_process(pid: u32) -> Option<(Comm, Option<String>)> {
     let process = Process::new(i32::try_from(pid).ok()?).ok()?;
     let comm = Comm::new(&process.stat().ok()?.comm);
-    let cgroup = process.cgroups().ok().and_then(|groups| {
-        let groups = groups.0;
-        groups
-            .iter()
-            .find(|g| g.hierarchy == 0)
-            .or_else(|| groups.first())
-            .map(|g| g.pathname.clone())
-    });
+    let cgroup = process.cgroups().ok().and_then(cgroup_path);
     Some((comm, cgroup))
+}
+
+/// The path of a process's cgroup, from its /proc/<pid>/cgroup: the unified hierarchy's (0),
+/// else the first v1 hierarchy's.
+fn cgroup_path(groups: ProcessCGroups) -> Option<String> {
+    let groups = groups.0;
+    let index = groups.iter().position(|g| g.hierarchy == 0).unwrap_or(0);
+    groups.into_iter().nth(index).map(|g| g.pathname)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{net::TcpListener, os::fd::AsRawFd as _};
+    use std::{net::TcpListener, os::fd::AsRawFd as _, str::FromStr as _};
+
+    use procfs::FromRead as _;
+    use proptest::prelude::*;
 
     use super::*;
+    use crate::fuzz::{any_text, mutated};
+
+    /// A /proc/<pid>/cgroup file: v1 hierarchies (number, controllers, path), then (or not) the
+    /// unified one's line.
+    fn cgroup_file(v1: &[(u32, String, String)], unified: &Option<String>) -> String {
+        let mut text: String = v1
+            .iter()
+            .map(|(n, controllers, path)| format!("{n}:{controllers}:{path}\n"))
+            .collect();
+        if let Some(path) = unified {
+            text += &format!("0::{path}\n");
+        }
+        text
+    }
+
+    fn cgroup_lines() -> impl Strategy<Value = (Vec<(u32, String, String)>, Option<String>)> {
+        let path = "(/[a-z0-9.:@ _-]{1,12}){0,4}|/";
+        (
+            prop::collection::vec((1u32..20, "[a-z_,=]{0,20}", path), 0..4),
+            prop::option::of(path),
+        )
+    }
+
+    fn parsed(text: &str) -> Option<String> {
+        ProcessCGroups::from_read(text.as_bytes())
+            .ok()
+            .and_then(cgroup_path)
+    }
+
+    proptest! {
+        /// The unified hierarchy's path when there is one, else the first hierarchy's.
+        #[test]
+        fn fuzz_cgroup_path_valid((v1, unified) in cgroup_lines()) {
+            let expected = unified.clone().or_else(|| v1.first().map(|(_, _, path)| path.clone()));
+            prop_assert_eq!(parsed(&cgroup_file(&v1, &unified)), expected);
+        }
+
+        #[test]
+        fn fuzz_cgroup_path_mutated(text in cgroup_lines().prop_flat_map(|(v1, u)| mutated(cgroup_file(&v1, &u)))) {
+            let found = parsed(&text);
+            prop_assert!(found.is_none_or(|path| text.contains(&path)));
+        }
+
+        #[test]
+        fn fuzz_cgroup_path_arbitrary(text in any_text()) {
+            let found = parsed(&text);
+            prop_assert!(found.is_none_or(|path| text.contains(&path)));
+        }
+
+        /// A descriptor's link names a socket by inode; inodes past 32 bits are no socket of the
+        /// kernel's list.
+        #[test]
+        fn fuzz_socket_inode_valid(inode in prop_oneof![any::<u32>().prop_map(u64::from), any::<u64>()]) {
+            let target = FDTarget::from_str(&format!("socket:[{inode}]"));
+            prop_assert!(target.is_ok());
+            let found = target.ok().and_then(|t| socket_inode(&t));
+            prop_assert_eq!(found, u32::try_from(inode).ok());
+            let pipe = FDTarget::from_str(&format!("pipe:[{inode}]")).ok();
+            prop_assert_eq!(pipe.and_then(|t| socket_inode(&t)), None);
+        }
+
+        #[test]
+        fn fuzz_socket_inode_arbitrary(link in prop_oneof![
+            any_text(),
+            any::<u64>().prop_flat_map(|inode| mutated(format!("socket:[{inode}]"))),
+        ]) {
+            let found = FDTarget::from_str(&link).ok().and_then(|t| socket_inode(&t));
+            prop_assert!(found.is_none_or(|inode| link.starts_with("socket:") && link.contains(&inode.to_string())));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::costly(4))]
+
+        /// A process's name, whatever it holds (parentheses, spaces), is read back from its
+        /// /proc/<pid>/stat as the kernel writes it.
+        #[test]
+        fn fuzz_stat_comm(comm in "[ -~]{0,15}|[()) a-z]{0,15}") {
+            let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+            let (Some(open), Some(close)) = (own.find('('), own.rfind(')')) else {
+                panic!("{own}");
+            };
+            let stat = format!("{}{comm}{}", &own[..=open], &own[close..]);
+            let read = procfs::process::Stat::from_read(stat.as_bytes()).map(|s| s.comm);
+            prop_assert_eq!(read.ok(), Some(comm.clone()));
+            let kept = Comm::new(&comm);
+            prop_assert_eq!(kept.as_str(), comm.as_str());
+        }
+    }
 
     fn me() -> Owner {
         Owner {

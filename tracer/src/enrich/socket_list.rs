@@ -231,27 +231,36 @@ fn dump(
         let size = socket
             .recv(&mut &mut receive[..], 0)
             .context("reading the sock_diag reply")?;
-        let mut offset = 0;
-        while offset < size {
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&receive[offset..size])
-                .context("decoding the sock_diag reply")?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    if let Some(listed) = listed_socket(netns, &response.header) {
-                        into.push(listed);
-                    }
-                }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(err) => bail!("sock_diag dump failed: {err:?}"),
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+        if read_reply(receive.get(..size).unwrap_or(&receive), netns, into)? {
+            return Ok(());
         }
     }
+}
+
+/// Reads one datagram of a dump's reply (messages back to back): the sockets it lists are added to
+/// `into`; `true` at the message ending the dump.
+fn read_reply(datagram: &[u8], netns: u32, into: &mut Vec<ListedSocket>) -> Result<bool> {
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(rest)
+            .context("decoding the sock_diag reply")?;
+        match message.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                if let Some(listed) = listed_socket(netns, &response.header) {
+                    into.push(listed);
+                }
+            }
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(err) => bail!("sock_diag dump failed: {err:?}"),
+            _ => {}
+        }
+        // A length of 0 would never move on; past the end, nothing follows.
+        match rest.get(message.header.length as usize..) {
+            Some(next) if message.header.length != 0 => rest = next,
+            _ => break,
+        }
+    }
+    Ok(false)
 }
 
 /// The listeners of a listing by namespace and port, to find the one a connection arrived on: the
@@ -313,8 +322,140 @@ fn listed_socket(netns: u32, h: &InetResponseHeader) -> Option<ListedSocket> {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 
+    use netlink_packet_core::DoneMessage;
+    use proptest::prelude::*;
+
     use super::*;
-    use crate::source::events::Family;
+    use crate::{fuzz::mutated_bytes, source::events::Family};
+
+    /// One netlink message as the kernel sends it.
+    fn message(payload: NetlinkPayload<SockDiagMessage>) -> Vec<u8> {
+        let mut message = NetlinkMessage::new(NetlinkHeader::default(), payload);
+        message.finalize();
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        bytes
+    }
+
+    fn response(header: &InetResponseHeader) -> Vec<u8> {
+        message(
+            SockDiagMessage::InetResponse(Box::new(netlink_packet_sock_diag::inet::InetResponse {
+                header: header.clone(),
+                nlas: Default::default(),
+            }))
+            .into(),
+        )
+    }
+
+    fn done() -> Vec<u8> {
+        message(NetlinkPayload::Done(DoneMessage::default()))
+    }
+
+    /// The smallest message that lists a socket: a netlink header and an inet response's.
+    const SMALLEST_RESPONSE: usize = 16 + 72;
+
+    /// Reply headers the kernel could send: addresses of their family (IPv4-mapped ones too),
+    /// any state number, any numbers.
+    fn reply_header() -> impl Strategy<Value = InetResponseHeader> {
+        let v4 = any::<[u8; 4]>().prop_map(IpAddr::from);
+        let v6 = any::<[u8; 16]>().prop_map(IpAddr::from);
+        let mapped = any::<[u8; 4]>().prop_map(|a| IpAddr::V6(Ipv4Addr::from(a).to_ipv6_mapped()));
+        // A dual-stack socket carrying IPv4 has both ends mapped.
+        let addresses = prop_oneof![
+            (Just(AF_INET), v4.clone(), v4),
+            (Just(AF_INET6), v6.clone(), v6),
+            (Just(AF_INET6), mapped.clone(), mapped),
+        ];
+        (
+            addresses,
+            prop_oneof![0u8..16, any::<u8>()],
+            any::<bool>(),
+            any::<(u16, u16, u32, [u8; 8])>(),
+            any::<(u32, u32, u32, u32)>(),
+        )
+            .prop_map(|((family, local, remote), state, timewait, id, numbers)| {
+                let mut socket_id = SocketId::new_v6();
+                (socket_id.source_port, socket_id.destination_port) = (id.0, id.1);
+                (socket_id.source_address, socket_id.destination_address) = (local, remote);
+                (socket_id.interface_id, socket_id.cookie) = (id.2, id.3);
+                InetResponseHeader {
+                    family,
+                    state,
+                    timer: timewait.then_some(Timer::TimeWait),
+                    socket_id,
+                    recv_queue: numbers.0,
+                    send_queue: numbers.1,
+                    uid: numbers.2,
+                    inode: numbers.3,
+                }
+            })
+    }
+
+    /// A whole reply: its responses, then (or not) the message ending the dump.
+    fn reply() -> impl Strategy<Value = (Vec<InetResponseHeader>, bool, Vec<u8>)> {
+        (prop::collection::vec(reply_header(), 0..6), any::<bool>()).prop_map(|(headers, end)| {
+            let mut bytes: Vec<u8> = headers.iter().flat_map(response).collect();
+            if end {
+                bytes.extend(done());
+            }
+            (headers, end, bytes)
+        })
+    }
+
+    fn expected(netns: u32, headers: &[InetResponseHeader]) -> Vec<ListedSocket> {
+        headers
+            .iter()
+            .filter_map(|h| listed_socket(netns, h))
+            .collect()
+    }
+
+    proptest! {
+        /// Each response with a known state is one socket, as the kernel describes it.
+        #[test]
+        fn fuzz_read_reply_valid((headers, end, bytes) in reply(), netns in any::<u32>()) {
+            let mut into = Vec::new();
+            prop_assert_eq!(read_reply(&bytes, netns, &mut into).ok(), Some(end));
+            prop_assert_eq!(&into, &expected(netns, &headers));
+            let known = headers.iter().filter(|h| TcpState::from_u8(h.state).is_some());
+            prop_assert_eq!(into.len(), known.clone().count());
+            for (listed, h) in into.iter().zip(known) {
+                let e = &listed.endpoints;
+                prop_assert_eq!(listed.state as u8, h.state);
+                prop_assert_eq!((e.netns, e.local_port, e.remote_port), (netns, h.socket_id.source_port, h.socket_id.destination_port));
+                prop_assert_eq!(e.local, h.socket_id.source_address.to_canonical());
+                prop_assert_eq!(e.remote, h.socket_id.destination_address.to_canonical());
+                prop_assert_eq!((listed.cookie, listed.inode), (u64::from_ne_bytes(h.socket_id.cookie), h.inode));
+                prop_assert_eq!(listed.timewait, h.timer.is_some());
+            }
+        }
+
+        /// A reply cut short anywhere gives the sockets before the cut, never a wrong one.
+        #[test]
+        fn fuzz_read_reply_truncated((headers, _, bytes) in reply(), cut in any::<prop::sample::Index>()) {
+            let bytes = &bytes[..cut.index(bytes.len() + 1)];
+            let mut into = Vec::new();
+            let ended = read_reply(bytes, 7, &mut into);
+            let all = expected(7, &headers);
+            prop_assert!(into.len() <= all.len() && into[..] == all[..into.len()], "{into:?}");
+            prop_assert!(!matches!(ended, Ok(true)) || into == all);
+        }
+
+        /// Mangled replies: an error or some sockets, at most one per message's worth of bytes.
+        #[test]
+        fn fuzz_read_reply_mutated(bytes in reply().prop_flat_map(|(_, _, bytes)| mutated_bytes(bytes))) {
+            let mut into = Vec::new();
+            let _ = read_reply(&bytes, 7, &mut into);
+            prop_assert!(into.len() <= bytes.len() / SMALLEST_RESPONSE);
+            prop_assert!(into.iter().all(|s| s.endpoints.netns == 7));
+        }
+
+        #[test]
+        fn fuzz_read_reply_arbitrary(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let mut into = Vec::new();
+            let _ = read_reply(&bytes, 7, &mut into);
+            prop_assert!(into.len() <= bytes.len() / SMALLEST_RESPONSE);
+        }
+    }
 
     fn header(
         family: u8,

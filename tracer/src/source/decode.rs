@@ -171,6 +171,8 @@ pub(crate) fn tuple(e: &Endpoints) -> Tuple {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// Builds the kernel's record for an event: the inverse of [`decode`].
@@ -354,6 +356,158 @@ pub(crate) mod tests {
         assert_eq!((w.cookie, w.state, w.since_ns), (3, TcpState::CloseWait, 5));
         assert!(w.age_known);
         assert_eq!(w.owner, None, "pid 0: no owner known");
+    }
+
+    /// The record these bytes hold, read as the kernel laid it out.
+    fn record(bytes: &[u8]) -> Event {
+        assert_eq!(bytes.len(), size_of::<Event>());
+        // SAFETY: the length matches and `Event` is plain old data.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
+    }
+
+    /// The tuple the daemon can give back for an address tuple: an IPv4 address in its first
+    /// four bytes, no padding.
+    fn canonical(tuple: &Tuple) -> Tuple {
+        let mut t = *tuple;
+        if t.family == AF_INET {
+            t.saddr[4..].fill(0);
+            t.daddr[4..].fill(0);
+        }
+        t._pad = [0; 3];
+        t
+    }
+
+    /// What a decoded record must say: exactly what the record holds, and an error only for a
+    /// field the record gets wrong, the first one checked.
+    fn assert_faithful(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let decoded = decode(bytes);
+        if bytes.len() != size_of::<Event>() {
+            prop_assert_eq!(decoded, Err(DecodeError::Size(bytes.len())));
+            return Ok(());
+        }
+        let raw = record(bytes);
+        let kind = EventKind::from_u8(raw.kind);
+        match decoded {
+            Ok(KernelEvent::Transition(t)) => {
+                prop_assert_eq!(kind, Some(EventKind::Transition));
+                let tr = &t.transition;
+                prop_assert_eq!(
+                    (tr.ts_ns, tr.cookie, tr.object),
+                    (raw.ts_ns, raw.cookie, raw.sock)
+                );
+                prop_assert_eq!((tr.old as u8, tr.new as u8), (raw.old, raw.new));
+                prop_assert_eq!(tuple(&tr.endpoints), canonical(&raw.tuple));
+                prop_assert_eq!(
+                    tr.prev_state_ns.unwrap_or(UNKNOWN_DURATION),
+                    raw.prev_state_ns
+                );
+                prop_assert_eq!(tr.owner.as_ref().map_or(0, |o| o.pid), raw.owner.pid);
+                prop_assert_eq!(tr.end.as_ref().map_or(0, |e| e.end as u8), raw.end);
+                prop_assert_eq!(t.service_port, raw.service_port);
+                prop_assert_eq!(t.long_stay, raw.flags & event_flags::LONG_STAY != 0);
+            }
+            Ok(KernelEvent::ResetAfterClose {
+                cookie,
+                reset_reason,
+            }) => {
+                prop_assert_eq!(kind, Some(EventKind::End));
+                prop_assert_eq!(cookie, raw.cookie);
+                prop_assert_eq!(reset_reason.unwrap_or(NO_RESET_REASON), raw.reset_reason);
+            }
+            Err(DecodeError::Kind(k)) => prop_assert!(k == raw.kind && kind.is_none()),
+            Err(DecodeError::Family(f)) => {
+                prop_assert!(f == raw.tuple.family && f != AF_INET && f != AF_INET6)
+            }
+            Err(DecodeError::State(s)) => {
+                prop_assert!((s == raw.old || s == raw.new) && TcpState::from_u8(s).is_none())
+            }
+            Err(DecodeError::End(e)) => prop_assert!(e == raw.end && End::from_u8(e).is_none()),
+            Err(DecodeError::Size(_)) => prop_assert!(false, "the size was right"),
+        }
+        Ok(())
+    }
+
+    /// Records the kernel could write: every field valid, any values.
+    fn valid_event() -> impl Strategy<Value = Event> {
+        (
+            prop::collection::vec(any::<u8>(), size_of::<Event>()),
+            prop::sample::select(vec![EventKind::Transition, EventKind::End]),
+            prop::sample::select(TcpState::ALL.to_vec()),
+            prop::sample::select(TcpState::ALL.to_vec()),
+            prop::sample::select(vec![AF_INET, AF_INET6]),
+            prop::option::of(prop::sample::select(End::ALL.to_vec())),
+        )
+            .prop_map(|(bytes, kind, old, new, family, end)| {
+                let mut event = record(&bytes);
+                event.kind = kind as u8;
+                (event.old, event.new) = (old as u8, new as u8);
+                event.tuple.family = family;
+                event.end = end.map_or(0, |e| e as u8);
+                event
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_decode_valid(event in valid_event()) {
+            prop_assert!(decode(&encode(&event)).is_ok());
+            assert_faithful(&encode(&event))?;
+        }
+
+        /// A valid record with bytes overwritten: the fields it then holds, or an error.
+        #[test]
+        fn fuzz_decode_corrupted(
+            event in valid_event(),
+            writes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        ) {
+            let mut bytes = encode(&event);
+            for (at, value) in writes {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            assert_faithful(&bytes)?;
+        }
+
+        /// Cut short, grown or otherwise mangled: never a value from a record of the wrong size.
+        #[test]
+        fn fuzz_decode_mutated(bytes in valid_event().prop_flat_map(|e| crate::fuzz::mutated_bytes(encode(&e)))) {
+            assert_faithful(&bytes)?;
+        }
+
+        #[test]
+        fn fuzz_decode_arbitrary(bytes in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..200),
+            prop::collection::vec(any::<u8>(), size_of::<Event>()),
+        ]) {
+            assert_faithful(&bytes)?;
+        }
+
+        /// The kernel's index of watched sockets: decoded as it holds them.
+        #[test]
+        fn fuzz_watched(
+            cookie in any::<u64>(),
+            since_ns in any::<u64>(),
+            event in valid_event(),
+            family in prop_oneof![Just(AF_INET), Just(AF_INET6), any::<u16>()],
+            state in any::<u8>(),
+            pid in any::<u32>(),
+            flags in any::<u8>(),
+        ) {
+            let mut t = event.tuple;
+            t.family = family;
+            let watch = Watch { since_ns, tuple: t, pid, service_port: 0, state, flags };
+            match watched(cookie, &watch) {
+                Ok(w) => {
+                    prop_assert_eq!((w.cookie, w.since_ns, w.state as u8), (cookie, since_ns, state));
+                    prop_assert_eq!(tuple(&w.endpoints), canonical(&t));
+                    prop_assert_eq!(w.owner.map_or(0, |o| o.pid), pid);
+                    prop_assert_eq!(w.age_known, flags & record_flags::AGE_KNOWN != 0);
+                }
+                Err(DecodeError::Family(f)) => prop_assert!(f == family && f != AF_INET && f != AF_INET6),
+                Err(DecodeError::State(s)) => prop_assert!(s == state && TcpState::from_u8(s).is_none()),
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
     }
 
     #[test]

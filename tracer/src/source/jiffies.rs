@@ -61,15 +61,81 @@ impl HzEstimator {
     }
 }
 
+/// The known rate nearest a measured one, if within 3 %. The nearest, not the first within: 250
+/// and 256 are 2.4 % apart.
 fn snap(raw: f64) -> Option<u32> {
+    let off = |hz: u32| (raw / f64::from(hz) - 1.0).abs();
     KNOWN_HZ
         .into_iter()
-        .find(|hz| (raw / f64::from(*hz) - 1.0).abs() < 0.03)
+        .filter(|hz| off(*hz) < 0.03)
+        .min_by(|a, b| off(*a).total_cmp(&off(*b)))
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::fuzz::{any_text, mutated};
+
+    /// The start of /proc/timer_list, with its clocks read at one moment.
+    fn timer_list(now_ns: u64, jiffies: u64) -> String {
+        format!(
+            "Timer List Version: v0.10\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at {now_ns} nsecs\n\n\
+             cpu: 0\n clock 0:\n  .base:       00000000b2c0f5d4\n  .index:      0\n\
+             .expires_next   : 2733620000000 nsecs\n jiffies: {jiffies}\n\ncpu: 1\n jiffies: 1\n"
+        )
+    }
+
+    /// Both numbers found are written in the text.
+    fn written_in(text: &str, found: Option<(u64, u64)>) -> bool {
+        found.is_none_or(|(j, n)| text.contains(&j.to_string()) && text.contains(&n.to_string()))
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_timer_list_valid(now_ns in any::<u64>(), jiffies in any::<u64>()) {
+            prop_assert_eq!(sample(&timer_list(now_ns, jiffies)), Some((jiffies, now_ns)));
+        }
+
+        #[test]
+        fn fuzz_timer_list_mutated(text in any::<(u64, u64)>().prop_flat_map(|(n, j)| mutated(timer_list(n, j)))) {
+            let found = sample(&text);
+            prop_assert!(written_in(&text, found), "{found:?}");
+        }
+
+        #[test]
+        fn fuzz_timer_list_arbitrary(text in any_text()) {
+            let found = sample(&text);
+            prop_assert!(written_in(&text, found), "{found:?}");
+        }
+
+        /// Any readings, near boot or not: a tick rate Linux is built with, kept once found.
+        #[test]
+        fn fuzz_hz_estimator(readings in prop::collection::vec(
+            prop_oneof![any::<(u64, u64)>(), (0u64..1 << 33, 0u64..1 << 43)],
+            1..6,
+        )) {
+            let mut estimator = HzEstimator::default();
+            let mut found = None;
+            for (jiffies, mono_ns) in readings {
+                let hz = estimator.observe(jiffies, mono_ns);
+                prop_assert!(hz.is_none_or(|hz| KNOWN_HZ.contains(&hz)), "{hz:?}");
+                prop_assert!(found.is_none() || hz == found, "{found:?} then {hz:?}");
+                found = hz;
+            }
+        }
+
+        /// A tick rate is found from one reading away from 300 s of uptime.
+        #[test]
+        fn fuzz_hz_estimator_finds_the_rate(
+            hz in prop::sample::select(KNOWN_HZ.to_vec()),
+            uptime_ms in prop_oneof![1_000u64..240_000, 360_000u64..100_000_000_000],
+        ) {
+            let jiffies = ((1u64 << 32) - 300 * u64::from(hz)).wrapping_add(uptime_ms * u64::from(hz) / 1000);
+            prop_assert_eq!(HzEstimator::default().observe(jiffies, uptime_ms * 1_000_000), Some(hz));
+        }
+    }
 
     #[cfg_attr(
         not(feature = "kernel-tests"),
@@ -108,6 +174,18 @@ mod tests {
             Some(250),
             "found once, kept"
         );
+    }
+
+    /// Found by fuzz_hz_estimator_finds_the_rate: 256 was taken for 250, the first rate within
+    /// 3 % of it.
+    #[test]
+    fn hz_256_is_not_250() {
+        let uptime_ms = 1_000;
+        let jiffies = ((1u64 << 32) - 300 * 256) + uptime_ms * 256 / 1000;
+        let mut hz = HzEstimator::default();
+        assert_eq!(hz.observe(jiffies, uptime_ms * 1_000_000), Some(256));
+        assert_eq!(snap(250.0), Some(250));
+        assert_eq!(snap(253.5), Some(256));
     }
 
     #[test]

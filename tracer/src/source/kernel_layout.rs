@@ -227,7 +227,78 @@ pub(crate) fn kernel_symbol(kallsyms: &str, name: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::fuzz::{any_text, mutated, mutated_bytes};
+
+    /// /proc/kallsyms with these symbols (distinct names), some of modules.
+    fn kallsyms(symbols: &[(String, u64)]) -> String {
+        symbols
+            .iter()
+            .enumerate()
+            .map(|(i, (name, address))| match i % 3 {
+                0 => format!("{address:016x} t {name}\n"),
+                1 => format!("{address:016x} T {name}\t[nf_tables]\n"),
+                _ => format!("{address:x} D {name}.y.x\n{address:016x} d {name}\n"),
+            })
+            .collect()
+    }
+
+    fn symbols() -> impl Strategy<Value = Vec<(String, u64)>> {
+        prop::collection::btree_map(
+            "[a-z_][a-z0-9_]{0,20}",
+            prop_oneof![Just(0u64), any::<u64>()],
+            1..8,
+        )
+        .prop_map(|m| m.into_iter().collect())
+    }
+
+    /// An address is only ever one the text spells, in hex.
+    fn spelled_in(text: &str, found: Option<u64>) -> bool {
+        found.is_none_or(|a| a != 0 && text.to_ascii_lowercase().contains(&format!("{a:x}")))
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_kernel_symbol_valid(symbols in symbols(), pick in any::<prop::sample::Index>()) {
+            let text = kallsyms(&symbols);
+            let (name, address) = pick.get(&symbols);
+            prop_assert_eq!(kernel_symbol(&text, name), Some(*address).filter(|a| *a != 0));
+            // A name no symbol has (no generated name holds a dot), though one begins with it.
+            prop_assert_eq!(kernel_symbol(&text, &format!("{name}.y")), None);
+        }
+
+        #[test]
+        fn fuzz_kernel_symbol_mutated(
+            (text, name) in symbols().prop_flat_map(|s| (mutated(kallsyms(&s)), Just(s[0].0.clone()))),
+        ) {
+            let found = kernel_symbol(&text, &name);
+            prop_assert!(spelled_in(&text, found), "{found:?}");
+        }
+
+        #[test]
+        fn fuzz_kernel_symbol_arbitrary(text in any_text(), name in any_text()) {
+            let found = kernel_symbol(&text, &name);
+            prop_assert!(spelled_in(&text, found), "{found:?}");
+        }
+
+        /// Not a BTF, or a BTF header before garbage: an error. (The running kernel's BTF cut
+        /// short or with bytes overwritten is left out: some such cases make btf-rs take minutes
+        /// over one parse, and the kernel's own file is written by nobody else.)
+        #[test]
+        fn fuzz_read_offsets_arbitrary(bytes in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..256),
+            // A BTF header (magic, version 1, 24 bytes) before whatever follows.
+            prop::collection::vec(any::<u8>(), 0..256).prop_flat_map(|rest| {
+                let mut bytes = vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0];
+                bytes.extend(rest);
+                mutated_bytes(bytes)
+            }),
+        ]) {
+            prop_assert!(read_offsets(&bytes).is_err());
+        }
+    }
 
     #[test]
     fn finds_symbols() {

@@ -33,7 +33,65 @@ pub(crate) fn mount(source: &str, target: &str, fstype: &str) -> io::Result<()> 
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::fuzz::{any_text, mutated};
+
+    /// Mount lines as /proc/self/mounts writes them: source, target, type, options, 0 0.
+    fn mount_lines() -> impl Strategy<Value = Vec<(String, String, String)>> {
+        prop::collection::vec(
+            (
+                "[a-z]{1,8}",
+                "(/[a-z0-9]{1,8}){1,4}",
+                prop::sample::select(vec!["proc", "sysfs", "tracefs", "bpf", "ext4", "tmpfs"]),
+            )
+                .prop_map(|(s, t, f)| (s, t, f.to_owned())),
+            0..10,
+        )
+    }
+
+    fn mounts_file(lines: &[(String, String, String)]) -> String {
+        lines
+            .iter()
+            .map(|(source, target, fstype)| format!("{source} {target} {fstype} rw,relatime 0 0\n"))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_is_mounted_valid(lines in mount_lines(), pick in any::<prop::sample::Index>()) {
+            let text = mounts_file(&lines);
+            for (_, target, fstype) in &lines {
+                prop_assert!(is_mounted(&text, target, fstype));
+            }
+            let (target, fstype) = if lines.is_empty() {
+                ("/sys/fs/bpf".to_owned(), "bpf".to_owned())
+            } else {
+                let (_, target, fstype) = pick.get(&lines);
+                (target.clone(), fstype.clone())
+            };
+            let expected = lines.iter().any(|(_, t, f)| *t == target && *f == fstype);
+            prop_assert_eq!(is_mounted(&text, &target, &fstype), expected);
+            let below = format!("{target}/x");
+            prop_assert!(!is_mounted(&text, &below, &fstype));
+        }
+
+        #[test]
+        fn fuzz_is_mounted_mutated(text in mount_lines().prop_flat_map(|l| mutated(mounts_file(&l)))) {
+            for (target, fstype) in [("/sys/kernel/tracing", "tracefs"), ("/proc", "proc")] {
+                let line = |l: &str| l.split_whitespace().skip(1).take(2).eq([target, fstype]);
+                prop_assert_eq!(is_mounted(&text, target, fstype), text.lines().any(line));
+            }
+        }
+
+        #[test]
+        fn fuzz_is_mounted_arbitrary(text in any_text(), target in any_text(), fstype in any_text()) {
+            if is_mounted(&text, &target, &fstype) {
+                prop_assert!(text.contains(&target) && text.contains(&fstype));
+            }
+        }
+    }
 
     #[test]
     fn finds_mounts_by_place_and_type() {

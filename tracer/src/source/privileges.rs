@@ -170,7 +170,43 @@ pub(crate) fn parse_keep(text: &str) -> Result<Keep, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::fuzz::{any_text, mutated};
+
+    /// /proc/self/status with this effective mask, as the kernel writes it.
+    fn status(effective: u64) -> String {
+        format!(
+            "Name:\ttracer\nUmask:\t0022\nState:\tS (sleeping)\nCapInh:\t0000000000000000\n\
+             CapPrm:\t{effective:016x}\nCapEff:\t{effective:016x}\nCapBnd:\t000001ffffffffff\n\
+             NoNewPrivs:\t0\n"
+        )
+    }
+
+    /// A mask is only ever one the text spells (in any case, padded or not).
+    fn spelled_in(text: &str, found: Option<u64>) -> bool {
+        found.is_none_or(|mask| text.to_ascii_lowercase().contains(&format!("{mask:x}")))
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_parse_cap_eff_valid(mask in any::<u64>()) {
+            prop_assert_eq!(parse_cap_eff(&status(mask)), Some(mask));
+        }
+
+        #[test]
+        fn fuzz_parse_cap_eff_mutated(text in any::<u64>().prop_flat_map(|m| mutated(status(m)))) {
+            let found = parse_cap_eff(&text);
+            prop_assert!(spelled_in(&text, found), "{found:?}");
+        }
+
+        #[test]
+        fn fuzz_parse_cap_eff_arbitrary(text in any_text()) {
+            let found = parse_cap_eff(&text);
+            prop_assert!(spelled_in(&text, found), "{found:?}");
+        }
+    }
 
     #[test]
     fn capability_lists() {

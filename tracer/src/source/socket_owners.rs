@@ -63,10 +63,59 @@ impl SocketOwners {
         std::fs::File::from(iterator)
             .read_to_end(&mut bytes)
             .context("reading the owner iterator")?;
-        Ok(bytes
-            .chunks_exact(size_of::<OwnerHit>())
-            // SAFETY: each chunk holds one whole `OwnerHit`, plain data.
-            .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<OwnerHit>()) })
-            .collect())
+        Ok(hits(&bytes))
+    }
+}
+
+/// The records the iterator wrote, back to back. The kernel writes whole records only; a partial
+/// one at the end is no hit.
+fn hits(bytes: &[u8]) -> Vec<OwnerHit> {
+    bytes
+        .chunks_exact(size_of::<OwnerHit>())
+        // SAFETY: each chunk holds one whole `OwnerHit`, plain data.
+        .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<OwnerHit>()) })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn written(hits: &[OwnerHit]) -> Vec<u8> {
+        hits.iter()
+            .flat_map(|hit| {
+                let mut bytes = hit.cookie.to_ne_bytes().to_vec();
+                bytes.extend(hit.pid.to_ne_bytes());
+                bytes.extend(hit.fd.to_ne_bytes());
+                bytes
+            })
+            .collect()
+    }
+
+    fn hit() -> impl Strategy<Value = OwnerHit> {
+        any::<(u64, u32, u32)>().prop_map(|(cookie, pid, fd)| OwnerHit { cookie, pid, fd })
+    }
+
+    proptest! {
+        /// What the iterator wrote, read back; a partial record after them adds nothing.
+        #[test]
+        fn fuzz_owner_hits(
+            written_hits in prop::collection::vec(hit(), 0..20),
+            tail in prop::collection::vec(any::<u8>(), 0..size_of::<OwnerHit>()),
+        ) {
+            let mut bytes = written(&written_hits);
+            prop_assert_eq!(&hits(&bytes), &written_hits);
+            bytes.extend(tail);
+            prop_assert_eq!(hits(&bytes), written_hits);
+        }
+
+        #[test]
+        fn fuzz_owner_hits_arbitrary(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let read = hits(&bytes);
+            prop_assert_eq!(read.len(), bytes.len() / size_of::<OwnerHit>());
+            prop_assert_eq!(written(&read), bytes[..read.len() * size_of::<OwnerHit>()].to_vec());
+        }
     }
 }

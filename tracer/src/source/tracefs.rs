@@ -100,7 +100,61 @@ impl Format {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::fuzz::{any_text, mutated};
+
+    /// A format file declaring these fields (distinct names), as tracefs writes it.
+    fn format_file(fields: &[(String, u32, u32)]) -> String {
+        let mut text = "name: inet_sock_set_state\nID: 2287\nformat:\n".to_owned();
+        for (i, (name, offset, size)) in fields.iter().enumerate() {
+            let declaration = match i % 3 {
+                0 => format!("int {name}"),
+                1 => format!("const void * {name}"),
+                _ => format!("__u8 {name}[{size}]"),
+            };
+            text += &format!("\tfield:{declaration};\toffset:{offset};\tsize:{size};\tsigned:0;\n");
+        }
+        text + "\nprint fmt: \"family=%s\"\n"
+    }
+
+    fn fields() -> impl Strategy<Value = Vec<(String, u32, u32)>> {
+        prop::collection::btree_map("[a-z_][a-z0-9_]{0,15}", (any::<u32>(), any::<u32>()), 0..8)
+            .prop_map(|m| m.into_iter().map(|(name, (o, s))| (name, o, s)).collect())
+    }
+
+    /// Every field found is named in the text, its numbers too.
+    fn written_in(text: &str, format: &Format) -> bool {
+        format.fields.iter().all(|(name, (offset, size))| {
+            text.contains(name.as_str())
+                && text.contains(&offset.to_string())
+                && text.contains(&size.to_string())
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_format_parse_valid(fields in fields()) {
+            let format = Format::parse("sock/x", &format_file(&fields));
+            for (name, offset, size) in &fields {
+                prop_assert!(format.check(name, *offset as usize, *size as usize).is_ok(), "{name}");
+            }
+            prop_assert_eq!(format.fields.len(), fields.len());
+        }
+
+        #[test]
+        fn fuzz_format_parse_mutated(text in fields().prop_flat_map(|f| mutated(format_file(&f)))) {
+            let format = Format::parse("sock/x", &text);
+            prop_assert!(written_in(&text, &format), "{format:?}");
+        }
+
+        #[test]
+        fn fuzz_format_parse_arbitrary(text in any_text()) {
+            let format = Format::parse("sock/x", &text);
+            prop_assert!(written_in(&text, &format), "{format:?}");
+        }
+    }
 
     const FORMAT: &str = "name: inet_sock_set_state
 ID: 2287

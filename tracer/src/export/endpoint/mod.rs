@@ -235,3 +235,48 @@ async fn respond<B>(
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any request hyper lets through (any method, any path and query), without
+        /// authentication configured: the metrics for `GET /metrics`, the pointer to them for
+        /// `GET /`, else 404; a content type always.
+        #[test]
+        fn fuzz_respond(
+            method in prop_oneof![
+                prop::sample::select(vec!["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "get"])
+                    .prop_map(str::to_owned),
+                "[A-Za-z!#$%&'*+.^_`|~-]{1,12}",
+            ],
+            path in prop_oneof![
+                prop::sample::select(vec!["/", "/metrics", "/metrics/", "//metrics", "*", "/%6Detrics"])
+                    .prop_map(str::to_owned),
+                crate::fuzz::any_text(),
+            ],
+            query in prop::option::of("[ -~]{0,20}"),
+        ) {
+            let uri = query.map_or(path.clone(), |q| format!("{path}?{q}"));
+            let Ok(request) = Request::builder().method(method.as_str()).uri(&uri).body(()) else {
+                return Ok(());
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let web = Arc::new(Web::default());
+            let response = runtime.block_on(respond(
+                &request,
+                &Registry::default(),
+                &web,
+                &BasicAuth::new(),
+            ));
+            let served = request.method() == Method::GET
+                && matches!(request.uri().path(), "/" | "/metrics");
+            let status = if served { StatusCode::OK } else { StatusCode::NOT_FOUND };
+            prop_assert_eq!(response.status(), status, "{} {}", method, uri);
+            prop_assert!(response.headers().contains_key(hyper::header::CONTENT_TYPE));
+        }
+    }
+}
