@@ -19,7 +19,11 @@ use std::collections::HashMap;
 
 use tracer_common::TcpState;
 
-use super::{report::Sink, select::OwnerFilter, stuck::OwnerLookup};
+use super::{
+    report::{ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, Trouble},
+    select::OwnerFilter,
+    stuck::OwnerLookup,
+};
 use crate::source::events::{Endpoints, Owner};
 
 /// The most listeners summaries list by SYN-ACK retransmits.
@@ -37,65 +41,6 @@ pub(crate) struct ListenerSeen {
     pub(crate) synack_retransmits: u64,
     /// Its half-open connections (request sockets, by cookie) when the check listed them.
     pub(crate) half_open: Vec<u64>,
-}
-
-/// What a listener's report is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Trouble {
-    /// Its accept queue did not drain.
-    Stalled,
-    /// Its half-open connections persisted.
-    HalfOpen,
-}
-
-impl Trouble {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Trouble::Stalled => "stalled",
-            Trouble::HalfOpen => "half_open",
-        }
-    }
-}
-
-/// A listener whose accept queue has not drained for its threshold.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ListenerStalled {
-    pub(crate) ts_ns: u64,
-    pub(crate) endpoints: Endpoints,
-    pub(crate) queue: u32,
-    pub(crate) backlog: u32,
-    /// Since when the queue was seen non-empty at every check (a lower bound of the stall).
-    pub(crate) stalled_ns: u64,
-    pub(crate) threshold_ns: u64,
-    pub(crate) owner: Option<Owner>,
-}
-
-/// A listener with a half-open connection older than its threshold.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ListenerHalfOpen {
-    pub(crate) ts_ns: u64,
-    pub(crate) endpoints: Endpoints,
-    /// Its half-open connections now.
-    pub(crate) half_open: u32,
-    /// How long the oldest has been listed (a lower bound of its age: listing starts after a
-    /// SYN-ACK retransmit).
-    pub(crate) oldest_ns: u64,
-    pub(crate) threshold_ns: u64,
-    /// SYN-ACKs it retransmitted since the kernel programs were loaded.
-    pub(crate) synack_retransmits: u64,
-    pub(crate) owner: Option<Owner>,
-}
-
-/// A listener reported in trouble is out of it (`closed` false), or was closed.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ListenerRecovered {
-    pub(crate) ts_ns: u64,
-    pub(crate) endpoints: Endpoints,
-    pub(crate) trouble: Trouble,
-    pub(crate) closed: bool,
-    /// How long the trouble lasted, as the checks saw it.
-    pub(crate) duration_ns: u64,
-    pub(crate) owner: Option<Owner>,
 }
 
 /// Whether a check lists the listeners' half-open connections, given the listeners it found with

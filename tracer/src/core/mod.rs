@@ -28,8 +28,8 @@ use tracer_common::{End, TcpState, Tuple, TwRecord, record_flags};
 use self::{
     closes::PendingCloses,
     listeners::{HalfOpenListing, ListenerSeen, Listeners},
-    reconcile::{Outcome, Plan, Reconciliation},
-    report::{Sink, Snapshot, StuckReport, TransitionInfo},
+    reconcile::{Outcome, Plan},
+    report::{Reconciliation, Sink, Snapshot, StuckReport, TransitionInfo},
     select::OwnerFilter,
     stuck::{OwnerLookup, StuckSockets, Thresholds},
     totals::Totals,

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use tracer_common::{SockRecord, TcpState, Tuple, TwRecord, Watch, record_flags};
 
-use super::stuck::Thresholds;
+use super::{report::Reconciliation, stuck::Thresholds};
 use crate::{
     enrich::socket_list::{ListedSocket, Listing},
     source::decode::tuple,
@@ -45,24 +45,6 @@ pub(crate) struct Outcome {
     pub(crate) timewaits_new: Vec<bool>,
     pub(crate) timewaits_fixed: Vec<bool>,
     pub(crate) timewaits_gone: Vec<bool>,
-}
-
-/// Differences found between the records and the kernel's socket list, and fixed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Reconciliation {
-    pub(crate) runs: u64,
-    /// Sockets the kernel has that the records missed.
-    pub(crate) added: u64,
-    /// Records of sockets that the kernel no longer has.
-    pub(crate) removed: u64,
-    /// Records in the wrong state.
-    pub(crate) corrected: u64,
-}
-
-impl Reconciliation {
-    pub(crate) fn fixes(&self) -> u64 {
-        self.added + self.removed + self.corrected
-    }
 }
 
 /// The kernel's records as the daemon read them, before the listing was taken.

@@ -3,8 +3,6 @@
 //! counts cannot disagree.
 use tracer_common::TcpState;
 
-pub(crate) use super::listeners::{ListenerHalfOpen, ListenerRecovered, ListenerStalled};
-use super::reconcile::Reconciliation;
 use crate::{
     enrich::listen_drops::ListenDrops,
     source::events::{Endpoints, Owner, Transition},
@@ -101,5 +99,82 @@ impl Snapshot {
 
     pub(crate) fn stuck_total(&self) -> u64 {
         self.stuck.iter().sum()
+    }
+}
+
+/// What a listener's report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trouble {
+    /// Its accept queue did not drain.
+    Stalled,
+    /// Its half-open connections persisted.
+    HalfOpen,
+}
+
+impl Trouble {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Trouble::Stalled => "stalled",
+            Trouble::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A listener whose accept queue has not drained for its threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ListenerStalled {
+    pub(crate) ts_ns: u64,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) queue: u32,
+    pub(crate) backlog: u32,
+    /// Since when the queue was seen non-empty at every check (a lower bound of the stall).
+    pub(crate) stalled_ns: u64,
+    pub(crate) threshold_ns: u64,
+    pub(crate) owner: Option<Owner>,
+}
+
+/// A listener with a half-open connection older than its threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ListenerHalfOpen {
+    pub(crate) ts_ns: u64,
+    pub(crate) endpoints: Endpoints,
+    /// Its half-open connections now.
+    pub(crate) half_open: u32,
+    /// How long the oldest has been listed (a lower bound of its age: listing starts after a
+    /// SYN-ACK retransmit).
+    pub(crate) oldest_ns: u64,
+    pub(crate) threshold_ns: u64,
+    /// SYN-ACKs it retransmitted since the kernel programs were loaded.
+    pub(crate) synack_retransmits: u64,
+    pub(crate) owner: Option<Owner>,
+}
+
+/// A listener reported in trouble is out of it (`closed` false), or was closed.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ListenerRecovered {
+    pub(crate) ts_ns: u64,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) trouble: Trouble,
+    pub(crate) closed: bool,
+    /// How long the trouble lasted, as the checks saw it.
+    pub(crate) duration_ns: u64,
+    pub(crate) owner: Option<Owner>,
+}
+
+/// Differences found between the records and the kernel's socket list, and fixed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reconciliation {
+    pub(crate) runs: u64,
+    /// Sockets the kernel has that the records missed.
+    pub(crate) added: u64,
+    /// Records of sockets that the kernel no longer has.
+    pub(crate) removed: u64,
+    /// Records in the wrong state.
+    pub(crate) corrected: u64,
+}
+
+impl Reconciliation {
+    pub(crate) fn fixes(&self) -> u64 {
+        self.added + self.removed + self.corrected
     }
 }

@@ -10,10 +10,10 @@ use proptest::prelude::*;
 use tracer_common::TcpState::{self, *};
 
 use super::{
-    listeners::{HalfOpenListing, ListenerSeen, Trouble},
+    listeners::{HalfOpenListing, ListenerSeen},
     report::{
         ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo,
-        UnstuckReport,
+        Trouble, UnstuckReport,
     },
     select::OwnerFilter,
     stuck::Thresholds,

@@ -20,7 +20,10 @@ use tracer_common::{
 };
 
 use crate::{
-    core::{ends, reconcile::Reconciliation, report::Snapshot},
+    core::{
+        ends,
+        report::{Reconciliation, Snapshot},
+    },
     enrich::listen_drops::ListenDrops,
     source::{
         health::{KernelHealth, Seen},

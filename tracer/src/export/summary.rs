@@ -8,8 +8,7 @@ use tracer_common::{End, TcpState, Tuple, TwRecord};
 use crate::{
     core::{
         Tracker, ends,
-        reconcile::Reconciliation,
-        report::{Snapshot, StuckReport},
+        report::{Reconciliation, Snapshot, StuckReport},
         time_wait_by_remote_port,
         totals::{Percentiles, figures_of, pairs, percentiles},
     },

@@ -6,8 +6,11 @@ use std::{
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
 };
 
-use anyhow::{Context as _, Result};
-use aya::{Pod, maps::PerCpuArray};
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, Pod,
+    maps::{Map, PerCpuArray},
+};
 use tracer_common::{
     End, EndCounts, TcpState, Watch,
     aggregate::{
@@ -23,7 +26,6 @@ use super::{
     decode::watched,
     events::Watched,
     health::{KernelHealth, Seen},
-    probe::Probe,
     prog_stats,
 };
 
@@ -153,10 +155,15 @@ pub(crate) struct PortStateDurations {
     pub(crate) sum_ns: u64,
 }
 
-impl Probe {
+/// The loaded object's maps, as the daemon reads them: the kernel's counters and aggregates, and
+/// descriptors of the record maps for [`RecordMaps`]. (Kept apart from `Probe`, which holds the
+/// programs and their links.)
+pub(crate) struct KernelCounts<'a>(pub(crate) &'a Ebpf);
+
+impl KernelCounts<'_> {
     fn per_cpu<T: Pod>(&self, name: &str, index: u32) -> Result<Vec<T>> {
         let map = self
-            .ebpf
+            .0
             .map(name)
             .with_context(|| format!("map {name} missing"))?;
         let array: PerCpuArray<_, T> = PerCpuArray::try_from(map)?;
@@ -202,7 +209,7 @@ impl Probe {
     /// The kernel's accounting of the tracer's programs whose names `wanted` accepts, summed.
     fn program_stats(&self, wanted: impl Fn(&str) -> bool) -> Result<prog_stats::ProgramStats> {
         let mut total = prog_stats::ProgramStats::default();
-        for (name, program) in self.ebpf.programs().filter(|(name, _)| wanted(name)) {
+        for (name, program) in self.0.programs().filter(|(name, _)| wanted(name)) {
             let Ok(fd) = program.fd() else {
                 continue; // not loaded (e.g. TIME-WAIT tracking off)
             };
@@ -268,6 +275,17 @@ impl Probe {
                 .collect();
         }
         Ok(aggregates)
+    }
+
+    /// The file descriptor of a hash map (plain or per-CPU), for whole-map reads and writes.
+    pub(super) fn hash_map_fd(&self, name: &str) -> Result<BorrowedFd<'_>> {
+        match self.0.map(name) {
+            Some(Map::HashMap(data) | Map::PerCpuHashMap(data) | Map::PerCpuLruHashMap(data)) => {
+                Ok(data.fd().as_fd())
+            }
+            Some(_) => bail!("map {name} is not a hash map"),
+            None => bail!("map {name} missing"),
+        }
     }
 
     fn per_cpu_hash<K: Pod, V: Pod>(&self, name: &str) -> Result<Vec<(K, Vec<V>)>> {

@@ -4,23 +4,24 @@
 //! if the process dies).
 use std::{
     hash::{BuildHasher as _, RandomState},
-    os::fd::{AsFd as _, BorrowedFd},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, RingBuf},
+    maps::{Array, HashMap, MapData, RingBuf},
     programs::{BtfTracePoint, Iter, TracePoint},
 };
 use tracer_common::{Config, SockRecord, TcpState, Tuple, TwRecord, names};
 
 use super::{
     filter::SocketFilter,
+    health::{KernelHealth, Seen},
     jiffies,
     kernel_layout::{self, VMLINUX_BTF},
-    kernel_maps::RecordMap,
+    kernel_maps::{Aggregates, KernelCounts, RecordMap, RecordMaps},
     pinning, privileges,
     socket_owners::SocketOwners,
     tracefs,
@@ -366,6 +367,26 @@ pub(crate) struct PartReport {
 }
 
 impl Probe {
+    /// The kernel's account of everything it could not deliver.
+    pub(crate) fn health(&self) -> Result<KernelHealth> {
+        KernelCounts(&self.ebpf).health()
+    }
+
+    /// What the programs saw, counted in the kernel.
+    pub(crate) fn seen(&self) -> Result<Seen> {
+        KernelCounts(&self.ebpf).seen()
+    }
+
+    /// The aggregates, summed over CPUs.
+    pub(crate) fn aggregates(&self, port_labels: bool) -> Result<Aggregates> {
+        KernelCounts(&self.ebpf).aggregates(port_labels)
+    }
+
+    /// The record maps, to read and fix from another thread.
+    pub(crate) fn record_maps(&self) -> Result<RecordMaps> {
+        KernelCounts(&self.ebpf).record_maps()
+    }
+
     /// Every part of the tracer, the transition program first.
     pub(crate) fn parts(&self) -> Vec<PartReport> {
         [
@@ -428,17 +449,6 @@ impl Probe {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// The file descriptor of a hash map (plain or per-CPU), for whole-map reads and writes.
-    pub(super) fn hash_map_fd(&self, name: &str) -> Result<BorrowedFd<'_>> {
-        match self.ebpf.map(name) {
-            Some(Map::HashMap(data) | Map::PerCpuHashMap(data) | Map::PerCpuLruHashMap(data)) => {
-                Ok(data.fd().as_fd())
-            }
-            Some(_) => bail!("map {name} is not a hash map"),
-            None => bail!("map {name} missing"),
-        }
-    }
-
     /// The owner iterator, for use off the event loop; `None` when it did not load.
     pub(crate) fn socket_owners(&self) -> Result<Option<SocketOwners>> {
         if self.owner_iterator != Part::Attached {
@@ -454,7 +464,7 @@ impl Probe {
             .as_fd()
             .try_clone_to_owned()
             .context("duplicating the owner iterator's descriptor")?;
-        let wanted = self
+        let wanted = KernelCounts(&self.ebpf)
             .hash_map_fd(names::WANTED_SOCKETS)?
             .try_clone_to_owned()
             .context("duplicating the descriptor of WANTED_SOCKETS")?;

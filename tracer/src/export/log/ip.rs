@@ -55,7 +55,7 @@ fn push_groups(buf: &mut Vec<u8>, groups: &[u16]) {
         if i > 0 {
             buf.push(b':');
         }
-        super::line::push_hex(buf, u64::from(*group), 1);
+        super::hex::push_hex(buf, u64::from(*group), 1);
     }
 }
 

@@ -5,12 +5,11 @@
 use std::{net::IpAddr, time::SystemTime};
 
 use super::{
+    hex::{HEX_DIGITS, push_hex},
     ip,
     rfc3339::{Rfc3339, two_digits},
 };
 use crate::units::millis;
-
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 pub(super) struct Line {
     buf: Vec<u8>,
@@ -166,17 +165,6 @@ impl Line {
         self.buf.extend_from_slice(&bytes[plain_from..]);
         self.buf.push(b'"');
     }
-}
-
-/// Lowercase hex of `value`, at least `min_digits` (at most 16) with leading zeros.
-pub(super) fn push_hex(buf: &mut Vec<u8>, value: u64, min_digits: usize) {
-    let significant = (67 - (value | 1).leading_zeros() as usize) / 4;
-    let digits = significant.max(min_digits).min(16);
-    let mut all = [0u8; 16];
-    for (i, digit) in all.iter_mut().enumerate() {
-        *digit = HEX_DIGITS[((value >> (60 - 4 * i)) & 15) as usize];
-    }
-    buf.extend_from_slice(&all[16 - digits..]);
 }
 
 /// `value × 1000` rounded to an integer, ties to even, exactly as `{:.3}` rounds: from the binary

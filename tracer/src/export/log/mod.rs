@@ -6,6 +6,7 @@
 mod bench;
 #[cfg(test)]
 mod equivalence;
+mod hex;
 mod ip;
 mod json;
 mod line;
@@ -261,7 +262,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        core::{reconcile::Reconciliation, totals::Percentiles},
+        core::{report::Reconciliation, totals::Percentiles},
         export::summary::Connects,
         source::{
             events::{Comm, Endpoints, Family, Owner},

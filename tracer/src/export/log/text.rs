@@ -9,9 +9,9 @@ use std::{
 use super::{EndFields, line::Line};
 use crate::{
     core::{
-        listeners::Trouble,
         report::{
-            ListenerHalfOpen, ListenerRecovered, ListenerStalled, StuckReport, UnstuckReport,
+            ListenerHalfOpen, ListenerRecovered, ListenerStalled, StuckReport, Trouble,
+            UnstuckReport,
         },
         totals::Percentiles,
     },
