@@ -2,26 +2,18 @@
 //! docs/output.md): fields may be added, never renamed or retyped.
 use std::{
     borrow::Cow,
-    collections::BTreeMap,
     io::{self, Write},
     net::IpAddr,
 };
 
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use super::{EndFields, line::Line};
 use crate::{
-    core::{
-        report::{
-            ListenerHalfOpen, ListenerRecovered, ListenerStalled, StuckReport, UnstuckReport,
-        },
-        totals::Percentiles,
+    core::report::{
+        ListenerHalfOpen, ListenerRecovered, ListenerStalled, StuckReport, UnstuckReport,
     },
-    export::{
-        summary::{Connects, Summary},
-        wall_clock::WallClock,
-    },
+    export::wall_clock::WallClock,
     source::events::{Cgroup, Endpoints, Owner, Transition},
     units::millis,
 };
@@ -114,6 +106,13 @@ struct StuckLine {
     #[serde(flatten)]
     head: Head,
     #[serde(flatten)]
+    body: StuckBody,
+}
+
+/// What a stuck line says of its socket; a summary's reminders say it too.
+#[derive(Serialize)]
+pub(super) struct StuckBody {
+    #[serde(flatten)]
     socket: Socket,
     state: &'static str,
     age_ms: f64,
@@ -140,7 +139,7 @@ struct UnstuckLine {
     owner: OwnerFields,
 }
 
-fn as_display<T: std::fmt::Display, S: serde::Serializer>(
+pub(super) fn as_display<T: std::fmt::Display, S: serde::Serializer>(
     value: &T,
     s: S,
 ) -> Result<S::Ok, S::Error> {
@@ -151,7 +150,7 @@ fn as_hex<S: serde::Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_args!("{value:x}"))
 }
 
-fn line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+pub(super) fn line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
 }
@@ -235,9 +234,8 @@ pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, rea
     line.raw(b"}\n");
 }
 
-fn stuck_line(clock: &WallClock, r: &StuckReport) -> StuckLine {
-    StuckLine {
-        head: Head::new("stuck", "warn", clock, r.ts_ns),
+pub(super) fn stuck_body(r: &StuckReport) -> StuckBody {
+    StuckBody {
         socket: Socket::new(r.cookie, &r.endpoints),
         state: r.state.name(),
         age_ms: millis(r.age_ns),
@@ -249,7 +247,11 @@ fn stuck_line(clock: &WallClock, r: &StuckReport) -> StuckLine {
 }
 
 pub(super) fn stuck(out: &mut impl Write, clock: &WallClock, r: &StuckReport) -> io::Result<()> {
-    line(out, &stuck_line(clock, r))
+    let stuck = StuckLine {
+        head: Head::new("stuck", "warn", clock, r.ts_ns),
+        body: stuck_body(r),
+    };
+    line(out, &stuck)
 }
 
 pub(super) fn unstuck(
@@ -273,7 +275,7 @@ pub(super) fn unstuck(
 
 /// A listener's address: where it listens.
 #[derive(Serialize)]
-struct Listener {
+pub(super) struct Listener {
     netns: u32,
     family: &'static str,
     saddr: IpAddr,
@@ -281,7 +283,7 @@ struct Listener {
 }
 
 impl Listener {
-    fn new(e: &Endpoints) -> Self {
+    pub(super) fn new(e: &Endpoints) -> Self {
         Self {
             netns: e.netns,
             family: e.family.name(),
@@ -387,150 +389,6 @@ pub(super) fn listener_recovered(
             owner: OwnerFields::new(r.owner.as_ref()),
         },
     )
-}
-
-fn percentiles(list: &[(tracer_common::TcpState, Percentiles)]) -> BTreeMap<&'static str, Value> {
-    list.iter()
-        .map(|(state, p)| (state.name(), figures(p)))
-        .collect()
-}
-
-fn figures(p: &Percentiles) -> Value {
-    json!({
-        "count": p.count, "min": p.min_ms, "p50": p.p50_ms,
-        "p90": p.p90_ms, "p99": p.p99_ms, "max": p.max_ms,
-    })
-}
-
-fn connects(c: &Connects) -> Value {
-    json!({
-        "first_try": c.first_try.as_ref().map(figures),
-        "retransmitted": c.retransmitted.as_ref().map(figures),
-    })
-}
-
-/// Non-zero counts by name.
-fn named<K: AsRef<str>>(list: &[(K, u64)]) -> BTreeMap<&str, u64> {
-    list.iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(name, n)| (name.as_ref(), *n))
-        .collect()
-}
-
-fn end_names(list: &[(tracer_common::End, u64)]) -> Vec<(&'static str, u64)> {
-    list.iter().map(|(end, n)| (end.name(), *n)).collect()
-}
-
-fn pairs(
-    list: &[(tracer_common::TcpState, tracer_common::TcpState, u64)],
-) -> BTreeMap<String, u64> {
-    list.iter()
-        .map(|(old, new, n)| (format!("{}->{}", old.name(), new.name()), *n))
-        .collect()
-}
-
-fn by_state(list: &[(tracer_common::TcpState, u64)]) -> BTreeMap<&'static str, u64> {
-    list.iter().map(|(state, n)| (state.name(), *n)).collect()
-}
-
-pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> io::Result<()> {
-    let reminders: Vec<Value> = s
-        .reminders
-        .iter()
-        .map(|r| {
-            let mut value = serde_json::to_value(stuck_line(clock, r)).unwrap_or(Value::Null);
-            if let Some(map) = value.as_object_mut() {
-                map.remove("event");
-                map.remove("level");
-            }
-            value
-        })
-        .collect();
-    let ports: BTreeMap<String, u64> = s
-        .time_wait_by_remote_port
-        .iter()
-        .map(|(port, n)| (port.to_string(), *n))
-        .collect();
-    let synacks: Vec<Value> = s
-        .synack_retransmits_by_listener
-        .iter()
-        .map(|(e, n)| {
-            let mut value = serde_json::to_value(Listener::new(e)).unwrap_or(Value::Null);
-            if let Some(map) = value.as_object_mut() {
-                map.insert("count".to_owned(), json!(n));
-            }
-            value
-        })
-        .collect();
-    let value = json!({
-        "event": "summary",
-        "level": "info",
-        "ts": humantime::format_rfc3339_micros(clock.wall(s.ts_ns)).to_string(),
-        "final": s.last,
-        "uptime_s": s.uptime_ns as f64 / 1e9,
-        "interval_s": s.interval_ns as f64 / 1e9,
-        "sockets": by_state(&s.sockets),
-        "tracked": s.tracked,
-        "transitions": { "interval": pairs(&s.interval_transitions), "total": pairs(&s.transitions) },
-        "durations_ms": {
-            "interval": percentiles(&s.interval_durations),
-            "total": percentiles(&s.durations),
-        },
-        "listeners": {
-            "stalled_now": s.stalled_listeners,
-            "stalls": s.listener_stalls,
-            "half_open_now": s.half_open_listeners,
-            "half_open_reports": s.half_open_reports,
-            "synack_retransmits": synacks,
-            "overflows": s.listen_drops.overflows,
-            "drops": s.listen_drops.drops,
-        },
-        "stuck": {
-            "now": s.stuck,
-            "by_state": by_state(&s.stuck_by_state),
-            "reminders": reminders,
-            "reminders_omitted": s.reminders_omitted,
-        },
-        "time_wait_by_remote_port": ports,
-        "ends": {
-            "interval": named(&end_names(&s.interval_ends)),
-            "total": named(&end_names(&s.ends)),
-        },
-        "connect_failures": {
-            "interval": named(&s.interval_connect_failures),
-            "total": named(&s.connect_failures),
-        },
-        "connect_ms": { "interval": connects(&s.interval_connects), "total": connects(&s.connects) },
-        "handshakes": {
-            "syn_retransmits": s.seen.syn_retransmits,
-            "synack_retransmits": s.seen.synack_retransmits,
-        },
-        "events": {
-            "transitions": s.seen.transitions,
-            "transitions_lost": s.health.lost_transitions,
-            "transitions_skipped": s.health.skipped_transitions,
-            "timewait": s.seen.timewait_ends,
-            "accepted": s.seen.accepts,
-        },
-        "lost_events": s.health.lost(),
-        "skipped_events": s.health.skipped_all,
-        "failed_reads": s.health.failed_reads,
-        "unrecorded_sockets": s.health.unrecorded_sockets,
-        "unwatched_sockets": s.health.unwatched_sockets,
-        "unmatched_resets": s.health.unmatched_resets,
-        "unlabelled_counts": s.health.unlabelled,
-        // Kept for the schema: the table no longer evicts (sockets it cannot hold are counted in
-        // unrecorded_sockets).
-        "evictions": 0,
-        "reconciliation": {
-            "runs": s.reconciliation.runs,
-            "fixes": s.reconciliation.fixes(),
-            "added": s.reconciliation.added,
-            "removed": s.reconciliation.removed,
-            "corrected": s.reconciliation.corrected,
-        },
-    });
-    line(out, &value)
 }
 
 /// The serde implementation the hand-built transition lines replaced: the oracle they are

@@ -9,6 +9,7 @@ mod equivalence;
 mod hex;
 mod ip;
 mod json;
+mod json_summary;
 mod line;
 mod rfc3339;
 #[cfg(test)]
@@ -137,7 +138,7 @@ impl<W: Write> LogWriter<W> {
         }
         let clock = &self.settings.clock;
         let result = match self.settings.format {
-            LogFormat::Json => json::summary(&mut self.out, clock, summary),
+            LogFormat::Json => json_summary::summary(&mut self.out, clock, summary),
             LogFormat::Text => text::summary(&mut self.out, clock, summary),
         };
         self.keep(result);
