@@ -68,7 +68,7 @@ fn axes(own_netns: &str) -> Vec<Vec<Vec<String>>> {
         // Counts per port.
         vec![
             vec![],
-            flags(&["--metrics-addr", "127.0.0.1:0", "--metrics-port-label"]),
+            flags(&["--metrics-addr", "127.0.0.1:9977", "--metrics-port-label"]),
         ],
         // Address families.
         vec![vec![], flags(&["-4"]), flags(&["-6"])],
