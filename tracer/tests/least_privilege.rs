@@ -263,6 +263,9 @@ fn under_the_units_restrictions_it_still_traces() {
         .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_ascii_lowercase()))
         .collect();
     assert!(bounding.len() >= 2, "{bounding:?}");
+    // LimitMEMLOCK=infinity, which kernels before 5.11 need: the bounding set has no
+    // CAP_SYS_RESOURCE to lift it from inside, so the unit sets it before the daemon runs.
+    assert_eq!(directive(&unit, "LimitMEMLOCK"), ["infinity"]);
     let start = |args: &[&str]| {
         let mut command = Command::new("setpriv");
         command
@@ -271,9 +274,17 @@ fn under_the_units_restrictions_it_still_traces() {
             .arg("--")
             .arg(TRACER);
         let filter = filter.clone();
-        // SAFETY: between fork and exec, only two prctl calls on memory made before the fork.
+        // SAFETY: between fork and exec, only setrlimit and prctl calls on memory made before the
+        // fork.
         unsafe {
             command.pre_exec(move || {
+                // As systemd applies LimitMEMLOCK= (where root may not lift it, as on the build
+                // host, whose kernel does not need it, it stays as it is).
+                let unlimited = libc::rlimit {
+                    rlim_cur: libc::RLIM_INFINITY,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited);
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
