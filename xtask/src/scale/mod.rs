@@ -296,11 +296,6 @@ impl Tracer {
         self.spawned.at + self.running.snapshot
     }
 
-    /// The sockets its start-up snapshot found.
-    fn snapshot_sockets(&self) -> Option<u64> {
-        Some(self.running.snapshot_sockets)
-    }
-
     fn memory(&self) -> Result<Memory> {
         Ok(Memory {
             rss: measure::rss(self.pid)?,
@@ -383,7 +378,7 @@ pub struct Phase {
     started: Started,
     attached_ms: f64,
     snapshot_ms: f64,
-    snapshot_sockets: Option<u64>,
+    snapshot_sockets: u64,
     startup_cpu_ms: f64,
     stuck: StuckReports,
     table: TableCheck,
@@ -442,7 +437,7 @@ fn measure_phase(tracer: Tracer, started: Started, context: &PhaseContext) -> Re
         started,
         attached_ms: tracer.running.startup.as_secs_f64() * 1e3,
         snapshot_ms: tracer.running.snapshot.as_secs_f64() * 1e3,
-        snapshot_sockets: tracer.snapshot_sockets(),
+        snapshot_sockets: tracer.running.snapshot_sockets,
         startup_cpu_ms: tracer.startup_cpu.as_secs_f64() * 1e3,
         stuck,
         table,

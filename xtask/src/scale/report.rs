@@ -131,12 +131,7 @@ fn rows() -> Vec<(&'static str, Cell)> {
             format!("{:.0}", p.attached_ms)
         }),
         ("spawn → start-up snapshot complete, ms", |p| {
-            format!(
-                "{:.0} ({} sockets)",
-                p.snapshot_ms,
-                p.snapshot_sockets
-                    .map_or_else(|| "?".to_owned(), |n| n.to_string())
-            )
+            format!("{:.0} ({} sockets)", p.snapshot_ms, p.snapshot_sockets)
         }),
         ("CPU until then, ms", |p| format!("{:.0}", p.startup_cpu_ms)),
         ("planted CLOSE_WAIT reported / with their owner", |p| {
