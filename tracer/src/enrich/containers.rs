@@ -760,7 +760,6 @@ mod tests {
     #[test]
     fn short_ids_and_forms() {
         let described = describe(fill("/system.slice/docker-{ID}.scope"));
-        assert_eq!(described.short_container_id(), Some(&ID[..12]));
         assert_eq!(described.container_id.as_deref(), Some(ID));
         assert_eq!(described.runtime, Some("docker"));
         assert_eq!(described.unit.as_deref(), Some(&*fill("docker-{ID}.scope")));

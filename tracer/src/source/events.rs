@@ -70,9 +70,6 @@ pub(crate) struct Owner {
     pub(crate) cgroup: Option<Arc<Cgroup>>,
 }
 
-/// The prefix of a container id that `docker ps`, `podman ps` and `nerdctl ps` show.
-const SHORT_ID_LEN: usize = 12;
-
 /// A process's cgroup and what its path names, as operators name them. Filled by the enrich
 /// stage; each name is `None` when the path does not say it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -98,13 +95,6 @@ impl Cgroup {
             path: path.into(),
             ..Self::default()
         })
-    }
-
-    /// The container id as `docker ps` shows it (its first 12 digits).
-    pub(crate) fn short_container_id(&self) -> Option<&str> {
-        self.container_id
-            .as_deref()
-            .map(|id| id.get(..SHORT_ID_LEN).unwrap_or(id))
     }
 }
 

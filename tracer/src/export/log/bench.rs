@@ -13,7 +13,12 @@ use std::{
 
 use tracer_common::{End, TcpState};
 
-use super::{LogFormat, json, line::Line, text};
+use super::{
+    LogFormat, json,
+    line::Line,
+    model::TransitionLine,
+    text::{self, TextStyle},
+};
 use crate::{
     export::wall_clock::WallClock,
     source::events::{Comm, ConnectionEnd, Endpoints, Family, Owner, Transition},
@@ -133,22 +138,29 @@ fn transition_lines() {
     let clock = WallClock::fixed(0, UNIX_EPOCH + Duration::ZERO);
     let transitions = workload();
     let mut line = Line::new();
+    // The header is not timed: it is written once.
+    let mut style = TextStyle {
+        color: false,
+        header_written: true,
+    };
     for format in [LogFormat::Text, LogFormat::Json] {
         // Old and new alternate, so that both see the same load of the shared machine.
         let (mut old, mut new) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             old.push(time(&transitions, |out, t| {
+                let line = TransitionLine::new(&clock, t, &[]);
                 let result = match format {
-                    LogFormat::Text => text::reference::transition(out, &clock, t, &[]),
-                    LogFormat::Json => json::reference::transition(out, &clock, t, &[]),
+                    LogFormat::Text => text::reference::transition(out, &line),
+                    LogFormat::Json => json::line(out, &line),
                 };
                 result.unwrap();
             }));
             new.push(time(&transitions, |out, t| {
                 line.clear();
+                let model = TransitionLine::new(&clock, t, &[]);
                 match format {
-                    LogFormat::Text => text::transition(&mut line, &clock, t, &[]),
-                    LogFormat::Json => json::transition(&mut line, &clock, t, &[]),
+                    LogFormat::Text => text::transition(&mut line, &mut style, &model).unwrap(),
+                    LogFormat::Json => json::transition(&mut line, &model),
                 }
                 out.extend_from_slice(line.as_bytes());
             }));

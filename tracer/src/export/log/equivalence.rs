@@ -1,11 +1,12 @@
-//! The hand-built transition lines against the `format!` and serde code they replaced, through
-//! the real writer, on random transitions in batches (so the timestamp cache is exercised).
+//! The hand-built transition lines against the model's serde form and the `format!` code they
+//! replaced, through the real writer, on random transitions in batches (so the timestamp cache is exercised).
 use std::time::{Duration, UNIX_EPOCH};
 
 use proptest::prelude::*;
 
 use super::{
     LogFormat, Settings, json,
+    model::TransitionLine,
     strategies::batch,
     tests::{render_with, reset_reasons, settings},
     text,
@@ -34,10 +35,12 @@ fn reference(format: LogFormat, batch: &[Transition]) -> String {
     if format == LogFormat::Text {
         text::transition_header(&mut out).unwrap();
     }
+    let reasons = reset_reasons();
     for t in batch {
+        let line = TransitionLine::new(&clock(), t, &reasons);
         match format {
-            LogFormat::Json => json::reference::transition(&mut out, &clock(), t, &reset_reasons()),
-            LogFormat::Text => text::reference::transition(&mut out, &clock(), t, &reset_reasons()),
+            LogFormat::Json => json::line(&mut out, &line),
+            LogFormat::Text => text::reference::transition(&mut out, &line),
         }
         .unwrap();
     }

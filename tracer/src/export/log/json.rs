@@ -1,223 +1,80 @@
-//! JSON lines. The field names and types are a contract with users' log pipelines (documented in
-//! docs/output.md): fields may be added, never renamed or retyped.
-use std::{
-    borrow::Cow,
-    io::{self, Write},
-    net::IpAddr,
-};
+//! JSON lines: each line's serde form (`model`), and the same bytes written by hand for
+//! transitions, which can come by the hundred thousand a second.
+use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{EndFields, line::Line};
-use crate::{
-    core::report::{
-        ListenerHalfOpen, ListenerRecovered, ListenerStalled, StuckReport, UnstuckReport,
-    },
-    export::wall_clock::WallClock,
-    source::events::{Cgroup, Endpoints, Owner, Transition},
-    units::millis,
-};
+use super::{line::Line, model::TransitionLine};
 
-/// Fields every event carries.
-#[derive(Serialize)]
-struct Head {
-    event: &'static str,
-    level: &'static str,
-    #[serde(serialize_with = "as_display")]
-    ts: humantime::Rfc3339Timestamp,
-}
-
-impl Head {
-    fn new(event: &'static str, level: &'static str, clock: &WallClock, ts_ns: u64) -> Self {
-        Self {
-            event,
-            level,
-            ts: humantime::format_rfc3339_micros(clock.wall(ts_ns)),
-        }
-    }
-}
-
-/// A socket's identity: id, family, addresses and ports.
-#[derive(Serialize)]
-struct Socket {
-    /// The socket's cookie (the field's name predates it: it once held the kernel address).
-    #[serde(serialize_with = "as_hex")]
-    sock: u64,
-    netns: u32,
-    family: &'static str,
-    saddr: IpAddr,
-    sport: u16,
-    daddr: IpAddr,
-    dport: u16,
-}
-
-impl Socket {
-    fn new(cookie: u64, e: &Endpoints) -> Self {
-        Self {
-            sock: cookie,
-            netns: e.netns,
-            family: e.family.name(),
-            saddr: e.local,
-            sport: e.local_port,
-            daddr: e.remote,
-            dport: e.remote_port,
-        }
-    }
-}
-
-/// The owning process, `null`s when unknown; the container, pod and unit its cgroup names, only
-/// where it names them.
-#[derive(Serialize)]
-struct OwnerFields {
-    pid: Option<u32>,
-    comm: Option<String>,
-    cgroup: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container_runtime: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod_uid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod_qos: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<String>,
-}
-
-impl OwnerFields {
-    fn new(owner: Option<&Owner>) -> Self {
-        let cgroup = owner.and_then(|o| o.cgroup.as_deref());
-        let text = |field: fn(&Cgroup) -> Option<&str>| cgroup.and_then(field).map(str::to_owned);
-        Self {
-            pid: owner.map(|o| o.pid),
-            comm: owner.map(|o| o.comm.as_str().into_owned()),
-            cgroup: cgroup.map(|c| c.path.to_string()),
-            container_runtime: cgroup.and_then(|c| c.runtime),
-            container_id: text(|c| c.container_id.as_deref()),
-            pod_uid: text(|c| c.pod_uid.as_deref()),
-            pod_qos: cgroup.and_then(|c| c.qos),
-            unit: text(|c| c.unit.as_deref()),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct StuckLine {
-    #[serde(flatten)]
-    head: Head,
-    #[serde(flatten)]
-    body: StuckBody,
-}
-
-/// What a stuck line says of its socket; a summary's reminders say it too.
-#[derive(Serialize)]
-pub(super) struct StuckBody {
-    #[serde(flatten)]
-    socket: Socket,
-    state: &'static str,
-    age_ms: f64,
-    age_known: bool,
-    threshold_ms: f64,
-    /// `false` for a socket no process ever accepted (its owner is its listener's).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    accepted: Option<bool>,
-    #[serde(flatten)]
-    owner: OwnerFields,
-}
-
-#[derive(Serialize)]
-struct UnstuckLine {
-    #[serde(flatten)]
-    head: Head,
-    #[serde(flatten)]
-    socket: Socket,
-    state: &'static str,
-    new: Option<&'static str>,
-    duration_ms: f64,
-    age_known: bool,
-    #[serde(flatten)]
-    owner: OwnerFields,
-}
-
-pub(super) fn as_display<T: std::fmt::Display, S: serde::Serializer>(
-    value: &T,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_str(value)
-}
-
-fn as_hex<S: serde::Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&format_args!("{value:x}"))
-}
-
+/// A line in its serde form.
 pub(super) fn line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
 }
 
-/// A transition line built in `line` without serde or `core::fmt`; byte for byte what
-/// `reference::transition` writes.
-pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, reasons: &[String]) {
-    let e = &t.endpoints;
-    // Fields in the order of the serde structs (Head, Socket, ..., OwnerFields). Family and state
+/// A transition line built without serde or `core::fmt`: byte for byte what `line` writes of it
+/// (the property tests of `equivalence` hold them equal).
+pub(super) fn transition(line: &mut Line, t: &TransitionLine) {
+    let s = &t.socket;
+    // Fields in the order of the model's (Head, Socket, ..., OwnerFields). Family and state
     // names are plain ASCII words: nothing to escape.
     line.raw(br#"{"event":"transition","level":"info","ts":""#);
-    line.time(clock.wall(t.ts_ns));
+    line.time(t.head.ts);
     line.raw(br#"","sock":""#);
-    line.hex(t.cookie, 1);
+    line.hex(s.sock, 1);
     line.raw(br#"","netns":"#);
-    line.int(e.netns);
+    line.int(s.netns);
     line.raw(br#","family":""#);
-    line.raw(e.family.name().as_bytes());
+    line.raw(s.family.as_bytes());
     line.raw(br#"","saddr":""#);
-    line.ip(e.local);
+    line.ip(s.saddr);
     line.raw(br#"","sport":"#);
-    line.int(e.local_port);
+    line.int(s.sport);
     line.raw(br#","daddr":""#);
-    line.ip(e.remote);
+    line.ip(s.daddr);
     line.raw(br#"","dport":"#);
-    line.int(e.remote_port);
+    line.int(s.dport);
     line.raw(br#","old":""#);
-    line.raw(t.old.name().as_bytes());
+    line.raw(t.old.as_bytes());
     line.raw(br#"","new":""#);
-    line.raw(t.new.name().as_bytes());
+    line.raw(t.new.as_bytes());
     line.raw(br#"","prev_state_ms":"#);
     match t.prev_state_ns {
         Some(ns) => line.millis_shortest(ns),
         None => line.raw(b"null"),
     }
-    let fields = EndFields::of(t, reasons);
     let words = [
-        (&br#","end":"#[..], fields.end.map(Cow::Borrowed)),
-        (br#","error":"#, fields.error),
-        (br#","reset_reason":"#, fields.reset_reason),
+        (&br#","end":"#[..], t.end),
+        (br#","error":"#, t.error.as_deref()),
+        (br#","reset_reason":"#, t.reset_reason.as_deref()),
     ];
     for (key, value) in words {
         if let Some(value) = value {
             line.raw(key);
-            line.json_str(&value);
+            line.json_str(value);
         }
     }
-    if let Some(n) = fields.syn_retransmits {
+    if let Some(n) = t.syn_retransmits {
         line.raw(br#","syn_retransmits":"#);
         line.int(n);
     }
-    match &t.owner {
-        Some(owner) => {
+    let o = &t.owner;
+    match (o.pid, &o.comm) {
+        (Some(pid), Some(comm)) => {
             line.raw(br#","pid":"#);
-            line.int(owner.pid);
+            line.int(pid);
             line.raw(br#","comm":"#);
-            line.json_str(&owner.comm.as_str());
+            line.json_str(comm);
             line.raw(br#","cgroup":"#);
-            match owner.cgroup.as_deref() {
-                Some(cgroup) => {
-                    line.json_str(&cgroup.path);
+            match o.cgroup {
+                Some(path) => {
+                    line.json_str(path);
                     let names = [
-                        (&br#","container_runtime":"#[..], cgroup.runtime),
-                        (br#","container_id":"#, cgroup.container_id.as_deref()),
-                        (br#","pod_uid":"#, cgroup.pod_uid.as_deref()),
-                        (br#","pod_qos":"#, cgroup.qos),
-                        (br#","unit":"#, cgroup.unit.as_deref()),
+                        (&br#","container_runtime":"#[..], o.container_runtime),
+                        (br#","container_id":"#, o.container_id),
+                        (br#","pod_uid":"#, o.pod_uid),
+                        (br#","pod_qos":"#, o.pod_qos),
+                        (br#","unit":"#, o.unit),
                     ];
                     for (key, value) in names {
                         if let Some(value) = value {
@@ -229,218 +86,9 @@ pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, rea
                 None => line.raw(b"null"),
             }
         }
-        None => line.raw(br#","pid":null,"comm":null,"cgroup":null"#),
+        _ => line.raw(br#","pid":null,"comm":null,"cgroup":null"#),
     }
     line.raw(b"}\n");
-}
-
-pub(super) fn stuck_body(r: &StuckReport) -> StuckBody {
-    StuckBody {
-        socket: Socket::new(r.cookie, &r.endpoints),
-        state: r.state.name(),
-        age_ms: millis(r.age_ns),
-        age_known: r.age_known,
-        threshold_ms: millis(r.threshold_ns),
-        accepted: r.accepted,
-        owner: OwnerFields::new(r.owner.as_ref()),
-    }
-}
-
-pub(super) fn stuck(out: &mut impl Write, clock: &WallClock, r: &StuckReport) -> io::Result<()> {
-    let stuck = StuckLine {
-        head: Head::new("stuck", "warn", clock, r.ts_ns),
-        body: stuck_body(r),
-    };
-    line(out, &stuck)
-}
-
-pub(super) fn unstuck(
-    out: &mut impl Write,
-    clock: &WallClock,
-    r: &UnstuckReport,
-) -> io::Result<()> {
-    line(
-        out,
-        &UnstuckLine {
-            head: Head::new("unstuck", "info", clock, r.ts_ns),
-            socket: Socket::new(r.cookie, &r.endpoints),
-            state: r.state.name(),
-            new: r.new.map(|s| s.name()),
-            duration_ms: millis(r.duration_ns),
-            age_known: r.age_known,
-            owner: OwnerFields::new(r.owner.as_ref()),
-        },
-    )
-}
-
-/// A listener's address: where it listens.
-#[derive(Serialize)]
-pub(super) struct Listener {
-    netns: u32,
-    family: &'static str,
-    saddr: IpAddr,
-    sport: u16,
-}
-
-impl Listener {
-    pub(super) fn new(e: &Endpoints) -> Self {
-        Self {
-            netns: e.netns,
-            family: e.family.name(),
-            saddr: e.local,
-            sport: e.local_port,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct StalledLine {
-    #[serde(flatten)]
-    head: Head,
-    #[serde(flatten)]
-    listener: Listener,
-    queue: u32,
-    backlog: u32,
-    stalled_ms: f64,
-    threshold_ms: f64,
-    #[serde(flatten)]
-    owner: OwnerFields,
-}
-
-#[derive(Serialize)]
-struct HalfOpenLine {
-    #[serde(flatten)]
-    head: Head,
-    #[serde(flatten)]
-    listener: Listener,
-    half_open: u32,
-    oldest_ms: f64,
-    threshold_ms: f64,
-    synack_retransmits: u64,
-    #[serde(flatten)]
-    owner: OwnerFields,
-}
-
-#[derive(Serialize)]
-struct RecoveredLine {
-    #[serde(flatten)]
-    head: Head,
-    #[serde(flatten)]
-    listener: Listener,
-    /// What it recovered from: `stalled` or `half_open`.
-    from: &'static str,
-    closed: bool,
-    duration_ms: f64,
-    #[serde(flatten)]
-    owner: OwnerFields,
-}
-
-pub(super) fn listener_stalled(
-    out: &mut impl Write,
-    clock: &WallClock,
-    r: &ListenerStalled,
-) -> io::Result<()> {
-    line(
-        out,
-        &StalledLine {
-            head: Head::new("listener_stalled", "warn", clock, r.ts_ns),
-            listener: Listener::new(&r.endpoints),
-            queue: r.queue,
-            backlog: r.backlog,
-            stalled_ms: millis(r.stalled_ns),
-            threshold_ms: millis(r.threshold_ns),
-            owner: OwnerFields::new(r.owner.as_ref()),
-        },
-    )
-}
-
-pub(super) fn listener_half_open(
-    out: &mut impl Write,
-    clock: &WallClock,
-    r: &ListenerHalfOpen,
-) -> io::Result<()> {
-    line(
-        out,
-        &HalfOpenLine {
-            head: Head::new("listener_half_open", "warn", clock, r.ts_ns),
-            listener: Listener::new(&r.endpoints),
-            half_open: r.half_open,
-            oldest_ms: millis(r.oldest_ns),
-            threshold_ms: millis(r.threshold_ns),
-            synack_retransmits: r.synack_retransmits,
-            owner: OwnerFields::new(r.owner.as_ref()),
-        },
-    )
-}
-
-pub(super) fn listener_recovered(
-    out: &mut impl Write,
-    clock: &WallClock,
-    r: &ListenerRecovered,
-) -> io::Result<()> {
-    line(
-        out,
-        &RecoveredLine {
-            head: Head::new("listener_recovered", "info", clock, r.ts_ns),
-            listener: Listener::new(&r.endpoints),
-            from: r.trouble.name(),
-            closed: r.closed,
-            duration_ms: millis(r.duration_ns),
-            owner: OwnerFields::new(r.owner.as_ref()),
-        },
-    )
-}
-
-/// The serde implementation the hand-built transition lines replaced: the oracle they are
-/// tested against, and the baseline of the benchmark.
-#[cfg(test)]
-pub(super) mod reference {
-    use super::*;
-
-    #[derive(Serialize)]
-    struct TransitionLine<'a> {
-        #[serde(flatten)]
-        head: Head,
-        #[serde(flatten)]
-        socket: Socket,
-        old: &'static str,
-        new: &'static str,
-        prev_state_ms: Option<f64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        end: Option<&'static str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<Cow<'static, str>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        reset_reason: Option<Cow<'a, str>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        syn_retransmits: Option<u8>,
-        #[serde(flatten)]
-        owner: OwnerFields,
-    }
-
-    pub(in super::super) fn transition(
-        out: &mut impl Write,
-        clock: &WallClock,
-        t: &Transition,
-        reasons: &[String],
-    ) -> io::Result<()> {
-        let f = EndFields::of(t, reasons);
-        line(
-            out,
-            &TransitionLine {
-                head: Head::new("transition", "info", clock, t.ts_ns),
-                socket: Socket::new(t.cookie, &t.endpoints),
-                old: t.old.name(),
-                new: t.new.name(),
-                prev_state_ms: t.prev_state_ns.map(millis),
-                end: f.end,
-                error: f.error,
-                reset_reason: f.reset_reason,
-                syn_retransmits: f.syn_retransmits,
-                owner: OwnerFields::new(t.owner.as_ref()),
-            },
-        )
-    }
 }
 
 #[cfg(test)]

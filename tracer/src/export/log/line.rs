@@ -2,7 +2,7 @@
 //! output, and `core::fmt`, serde and per-line calendar arithmetic were 40 % of its CPU when
 //! every transition was logged. Each piece writes exactly what the `format!`/serde_json code it
 //! replaces wrote; the tests compare them.
-use std::{net::IpAddr, time::SystemTime};
+use std::{io, net::IpAddr, time::SystemTime};
 
 use super::{
     hex::{HEX_DIGITS, push_hex},
@@ -164,6 +164,18 @@ impl Line {
         }
         self.buf.extend_from_slice(&bytes[plain_from..]);
         self.buf.push(b'"');
+    }
+}
+
+/// The rarer lines are written into the same buffer with `write!` and serde.
+impl io::Write for Line {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -1,7 +1,9 @@
 //! Writes the core's reports as log lines: aligned text for people, one JSON object per line for
-//! pipelines. Lines are buffered and flushed once per batch; the first write error is kept for
-//! the daemon to act on. Transition lines, which can come by the hundred thousand a second, are
-//! built by hand in a reused buffer (`line`); the rare ones go through `format!` and serde.
+//! pipelines. Each report becomes one typed line (`model`), which `emit` writes in the chosen
+//! form. Lines are built in a reused buffer and copied into a 64 KiB one flushed once per batch;
+//! the first write error is kept for the daemon to act on. Transition lines, which can come by
+//! the hundred thousand a second, are built by hand (`line`); the rare ones through `format!`
+//! and serde.
 #[cfg(test)]
 mod bench;
 #[cfg(test)]
@@ -9,28 +11,34 @@ mod equivalence;
 mod hex;
 mod ip;
 mod json;
-mod json_summary;
 mod line;
+mod model;
 mod rfc3339;
+#[cfg(test)]
+mod schema;
 #[cfg(test)]
 mod strategies;
 mod text;
 
 use std::{
-    borrow::Cow,
     io::{self, Write},
     sync::Arc,
     time::Duration,
 };
 
+use self::{
+    line::Line,
+    model::{
+        HalfOpenLine, LogLine, RecoveredLine, StalledLine, StuckLine, SummaryLine, TransitionLine,
+        UnstuckLine,
+    },
+    text::TextStyle,
+};
 use super::{summary::Summary, wall_clock::WallClock};
 use crate::{
-    core::{
-        ends::error_name,
-        report::{
-            ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport,
-            TransitionInfo, UnstuckReport,
-        },
+    core::report::{
+        ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo,
+        UnstuckReport,
     },
     source::events::Transition,
 };
@@ -54,35 +62,6 @@ pub(crate) struct Settings {
     pub(crate) reset_reasons: Arc<[String]>,
 }
 
-/// The fields a connection's end adds to its line: its kind, the socket's error and the kernel's
-/// reason for a reset it sent, by name; and the SYNs a connect retransmitted.
-pub(super) struct EndFields<'a> {
-    pub(super) end: Option<&'static str>,
-    pub(super) error: Option<Cow<'static, str>>,
-    pub(super) reset_reason: Option<Cow<'a, str>>,
-    pub(super) syn_retransmits: Option<u8>,
-}
-
-impl<'a> EndFields<'a> {
-    pub(super) fn of(t: &Transition, reset_reasons: &'a [String]) -> Self {
-        let end = t.end.as_ref();
-        Self {
-            end: end.map(|e| e.end.name()),
-            error: end.and_then(|e| e.error).map(error_name),
-            reset_reason: end.and_then(|e| e.reset_reason).map(|reason| {
-                match reset_reasons
-                    .get(usize::from(reason))
-                    .filter(|n| !n.is_empty())
-                {
-                    Some(name) => Cow::Borrowed(name.as_str()),
-                    None => Cow::Owned(reason.to_string()),
-                }
-            }),
-            syn_retransmits: t.syn_retransmits,
-        }
-    }
-}
-
 /// Which kinds of lines are written, from `--log-transitions`, `--log-level` and RUST_LOG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Shown {
@@ -93,21 +72,48 @@ pub(crate) struct Shown {
 }
 
 pub(crate) struct LogWriter<W: Write> {
-    settings: Settings,
+    clock: WallClock,
+    /// The kernel's names of its reset reasons, by number.
+    reset_reasons: Arc<[String]>,
+    output: Output<W>,
+}
+
+/// Where lines go, in which form, and which.
+struct Output<W: Write> {
+    format: LogFormat,
+    shown: Shown,
+    style: TextStyle,
     out: io::BufWriter<W>,
-    header_written: bool,
     error: Option<io::Error>,
-    /// The transition line being built, reused so that a line allocates nothing.
-    line: line::Line,
+    /// The line being built, reused so that a line allocates nothing.
+    line: Line,
 }
 
 /// A step of the wall clock said at level info: one second.
 const NOTICEABLE_STEP_NS: u64 = 1_000_000_000;
 
 impl<W: Write> LogWriter<W> {
+    pub(crate) fn new(settings: Settings, out: W) -> Self {
+        Self {
+            clock: settings.clock,
+            reset_reasons: settings.reset_reasons,
+            output: Output {
+                format: settings.format,
+                shown: settings.shown,
+                style: TextStyle {
+                    color: settings.color,
+                    header_written: false,
+                },
+                out: io::BufWriter::with_capacity(64 << 10, out),
+                error: None,
+                line: Line::new(),
+            },
+        }
+    }
+
     /// Timestamps follow a step of the wall clock from the next line on; the step is said once.
     pub(crate) fn follow_wall_clock(&mut self) {
-        if let Some(step_ns) = self.settings.clock.follow() {
+        if let Some(step_ns) = self.clock.follow() {
             let by = humantime::format_duration(Duration::from_millis(
                 step_ns.unsigned_abs() / 1_000_000,
             ));
@@ -122,30 +128,33 @@ impl<W: Write> LogWriter<W> {
         }
     }
 
-    pub(crate) fn new(settings: Settings, out: W) -> Self {
-        Self {
-            settings,
-            out: io::BufWriter::with_capacity(64 << 10, out),
-            header_written: false,
-            error: None,
-            line: line::Line::new(),
-        }
-    }
-
     pub(crate) fn summary(&mut self, summary: &Summary) {
-        if !self.settings.shown.summaries {
-            return;
-        }
-        let clock = &self.settings.clock;
-        let result = match self.settings.format {
-            LogFormat::Json => json_summary::summary(&mut self.out, clock, summary),
-            LogFormat::Text => text::summary(&mut self.out, clock, summary),
-        };
-        self.keep(result);
+        self.output.emit(&SummaryLine::new(&self.clock, summary));
     }
 
     /// Flushes buffered lines; returns the first write error since the last call.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.output.flush()
+    }
+}
+
+impl<W: Write> Output<W> {
+    /// Writes a line in the chosen form, if its kind is shown.
+    fn emit(&mut self, l: &impl LogLine) {
+        if !l.shown(&self.shown) {
+            return;
+        }
+        self.line.clear();
+        let built = match self.format {
+            LogFormat::Json => l.json(&mut self.line),
+            LogFormat::Text => l.text(&mut self.line, &mut self.style),
+        };
+        // One copy into the 64 KiB buffer; the system call comes once per batch.
+        let result = built.and_then(|()| self.out.write_all(self.line.as_bytes()));
+        self.keep(result);
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         let result = self.out.flush();
         self.keep(result);
         self.error.take().map_or(Ok(()), Err)
@@ -160,94 +169,32 @@ impl<W: Write> LogWriter<W> {
 
 impl<W: Write> Sink for LogWriter<W> {
     fn transition(&mut self, t: &Transition, info: TransitionInfo) {
-        if !self.settings.shown.transitions || !info.selected {
+        // Checked before the line is built: most transitions are not written.
+        if !self.output.shown.transitions || !info.selected {
             return;
         }
-        let clock = &self.settings.clock;
-        self.line.clear();
-        match self.settings.format {
-            LogFormat::Json => {
-                json::transition(&mut self.line, clock, t, &self.settings.reset_reasons);
-            }
-            LogFormat::Text => {
-                if !self.header_written {
-                    self.header_written = true;
-                    if let Err(err) = text::transition_header(&mut self.out) {
-                        return self.keep(Err(err));
-                    }
-                }
-                text::transition(&mut self.line, clock, t, &self.settings.reset_reasons);
-            }
-        }
-        // One copy into the 64 KiB buffer; the system call comes once per batch.
-        let result = self.out.write_all(self.line.as_bytes());
-        self.keep(result);
+        let line = TransitionLine::new(&self.clock, t, &self.reset_reasons);
+        self.output.emit(&line);
     }
 
     fn stuck(&mut self, report: &StuckReport) {
-        if !self.settings.shown.stuck {
-            return;
-        }
-        let clock = &self.settings.clock;
-        let result = match self.settings.format {
-            LogFormat::Json => json::stuck(&mut self.out, clock, report),
-            LogFormat::Text => text::stuck(&mut self.out, clock, report, self.settings.color),
-        };
-        self.keep(result);
+        self.output.emit(&StuckLine::new(&self.clock, report));
     }
 
     fn unstuck(&mut self, report: &UnstuckReport) {
-        if !self.settings.shown.unstuck {
-            return;
-        }
-        let clock = &self.settings.clock;
-        let result = match self.settings.format {
-            LogFormat::Json => json::unstuck(&mut self.out, clock, report),
-            LogFormat::Text => text::unstuck(&mut self.out, clock, report),
-        };
-        self.keep(result);
+        self.output.emit(&UnstuckLine::new(&self.clock, report));
     }
 
-    // Listener reports follow the stuck and unstuck levels: a stall is a warning like a stuck
-    // socket, its end a notice like an unstuck one.
     fn listener_stalled(&mut self, report: &ListenerStalled) {
-        if !self.settings.shown.stuck {
-            return;
-        }
-        let clock = &self.settings.clock;
-        let result = match self.settings.format {
-            LogFormat::Json => json::listener_stalled(&mut self.out, clock, report),
-            LogFormat::Text => {
-                text::listener_stalled(&mut self.out, clock, report, self.settings.color)
-            }
-        };
-        self.keep(result);
+        self.output.emit(&StalledLine::new(&self.clock, report));
     }
 
     fn listener_half_open(&mut self, report: &ListenerHalfOpen) {
-        if !self.settings.shown.stuck {
-            return;
-        }
-        let clock = &self.settings.clock;
-        let result = match self.settings.format {
-            LogFormat::Json => json::listener_half_open(&mut self.out, clock, report),
-            LogFormat::Text => {
-                text::listener_half_open(&mut self.out, clock, report, self.settings.color)
-            }
-        };
-        self.keep(result);
+        self.output.emit(&HalfOpenLine::new(&self.clock, report));
     }
 
     fn listener_recovered(&mut self, report: &ListenerRecovered) {
-        if !self.settings.shown.unstuck {
-            return;
-        }
-        let clock = &self.settings.clock;
-        let result = match self.settings.format {
-            LogFormat::Json => json::listener_recovered(&mut self.out, clock, report),
-            LogFormat::Text => text::listener_recovered(&mut self.out, clock, report),
-        };
-        self.keep(result);
+        self.output.emit(&RecoveredLine::new(&self.clock, report));
     }
 }
 

@@ -1,23 +1,28 @@
 //! Text for people. Transitions in the columns of bcc's `tcpstates`, with a UTC timestamp first
-//! and room for IPv6 addresses; other events as `TIME LEVEL kind details` lines.
+//! and room for IPv6 addresses; other events as `TIME LEVEL kind details` lines. Every line shows
+//! the values of its `model` line.
 use std::{
-    borrow::Cow,
     io::{self, Write},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    time::SystemTime,
 };
 
-use super::{EndFields, line::Line};
-use crate::{
-    core::{
-        report::{
-            ListenerHalfOpen, ListenerRecovered, ListenerStalled, StuckReport, Trouble,
-            UnstuckReport,
-        },
-        totals::Percentiles,
+use super::{
+    line::Line,
+    model::{
+        Counted, Counts, Figures, HalfOpenLine, Level, OwnerFields, RecoveredLine, Socket, Span,
+        StalledLine, StuckBody, StuckLine, SummaryLine, TransitionLine, UnstuckLine,
     },
-    export::{summary::Summary, wall_clock::WallClock},
-    source::events::{Endpoints, Owner, Transition},
 };
+use crate::core::report::Trouble;
+
+/// How text lines look, and what was written already.
+pub(super) struct TextStyle {
+    /// Colour the level of warnings (stdout is a terminal); plain otherwise.
+    pub(super) color: bool,
+    /// The transitions' column header, written before the first of them.
+    pub(super) header_written: bool,
+}
 
 pub(super) fn transition_header(out: &mut impl Write) -> io::Result<()> {
     writeln!(
@@ -37,53 +42,60 @@ pub(super) fn transition_header(out: &mut impl Write) -> io::Result<()> {
     )
 }
 
-fn time(clock: &WallClock, ts_ns: u64) -> humantime::Rfc3339Timestamp {
-    humantime::format_rfc3339_micros(clock.wall(ts_ns))
+fn time(ts: SystemTime) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_micros(ts)
 }
 
 /// A transition in the columns of `transition_header`, built in `line` without `core::fmt`;
 /// byte for byte what `reference::transition` writes.
-pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, reasons: &[String]) {
-    let e = &t.endpoints;
-    line.left(27, |l| l.time(clock.wall(t.ts_ns)));
+pub(super) fn transition(
+    line: &mut Line,
+    style: &mut TextStyle,
+    t: &TransitionLine,
+) -> io::Result<()> {
+    if !style.header_written {
+        style.header_written = true;
+        transition_header(line)?;
+    }
+    let s = &t.socket;
+    line.left(27, |l| l.time(t.head.ts));
     line.raw(b" ");
-    line.left(16, |l| l.hex(t.cookie, 1));
+    line.left(16, |l| l.hex(s.sock, 1));
     line.raw(b" ");
-    match &t.owner {
-        Some(owner) => {
-            line.left(7, |l| l.int(owner.pid));
+    match (t.owner.pid, &t.owner.comm) {
+        (Some(pid), Some(comm)) => {
+            line.left(7, |l| l.int(pid));
             line.raw(b" ");
-            line.left_str(15, &owner.comm.as_str());
+            line.left_str(15, comm);
         }
-        None => {
+        _ => {
             line.left(7, |l| l.raw(b"-"));
             line.raw(b" ");
             line.left_str(15, "-");
         }
     }
     line.raw(b" ");
-    line.left(25, |l| l.ip(e.local));
+    line.left(25, |l| l.ip(s.saddr));
     line.raw(b" ");
-    line.left(5, |l| l.int(e.local_port));
+    line.left(5, |l| l.int(s.sport));
     line.raw(b" ");
-    line.left(25, |l| l.ip(e.remote));
+    line.left(25, |l| l.ip(s.daddr));
     line.raw(b" ");
-    line.left(5, |l| l.int(e.remote_port));
+    line.left(5, |l| l.int(s.dport));
     line.raw(b" ");
-    line.left_str(11, t.old.name());
+    line.left_str(11, t.old);
     line.raw(b" -> ");
-    line.left_str(11, t.new.name());
+    line.left_str(11, t.new);
     line.raw(b" ");
     line.right(10, |l| match t.prev_state_ns {
         Some(ns) => l.millis_fixed3(ns),
         None => l.raw(b"-"),
     });
     // After the columns, where they apply: how the connection ended, the SYNs it retransmitted.
-    let fields = EndFields::of(t, reasons);
     let words = [
-        (&b" end="[..], fields.end.map(Cow::Borrowed)),
-        (b" error=", fields.error),
-        (b" reason=", fields.reset_reason),
+        (&b" end="[..], t.end),
+        (b" error=", t.error.as_deref()),
+        (b" reason=", t.reset_reason.as_deref()),
     ];
     for (key, value) in words {
         if let Some(value) = value {
@@ -92,201 +104,216 @@ pub(super) fn transition(line: &mut Line, clock: &WallClock, t: &Transition, rea
         }
     }
     // For people, only a connect that needed them.
-    if let Some(n) = fields.syn_retransmits.filter(|n| *n > 0) {
+    if let Some(n) = t.syn_retransmits.filter(|n| *n > 0) {
         line.raw(b" syn_retransmits=");
         line.int(n);
     }
     line.raw(b"\n");
+    Ok(())
 }
 
 fn seconds(ns: u64) -> String {
     format!("{:.3}s", ns as f64 / 1e9)
 }
 
-fn socket(e: &Endpoints) -> String {
+fn socket(s: &Socket) -> String {
     format!(
         "{} <-> {}",
-        SocketAddr::new(e.local, e.local_port),
-        SocketAddr::new(e.remote, e.remote_port)
+        SocketAddr::new(s.saddr, s.sport),
+        SocketAddr::new(s.daddr, s.dport)
     )
 }
 
-/// The owner, then the container, pod and unit its cgroup names, where it names them.
-fn describe(owner: Option<&Owner>) -> String {
-    let Some(o) = owner else {
+fn listener(saddr: IpAddr, sport: u16) -> SocketAddr {
+    SocketAddr::new(saddr, sport)
+}
+
+/// The prefix of a container id that `docker ps`, `podman ps` and `nerdctl ps` show.
+const SHORT_ID_LEN: usize = 12;
+
+/// The owner, then the container (its short id), pod and unit its cgroup names, where it names
+/// them.
+fn describe(o: &OwnerFields) -> String {
+    let (Some(pid), Some(comm)) = (o.pid, &o.comm) else {
         return "pid=- comm=- cgroup=-".to_owned();
     };
-    let cgroup = o.cgroup.as_deref();
-    let mut text = format!(
-        "pid={} comm={} cgroup={}",
-        o.pid,
-        o.comm.as_str(),
-        cgroup.map_or("-", |c| &c.path)
-    );
-    if let Some(c) = cgroup {
-        let names = [
-            ("container", c.short_container_id()),
-            ("pod", c.pod_uid.as_deref()),
-            ("unit", c.unit.as_deref()),
-        ];
-        for (name, value) in names {
-            if let Some(value) = value {
-                text.push_str(&format!(" {name}={value}"));
-            }
+    let mut text = format!("pid={pid} comm={comm} cgroup={}", o.cgroup.unwrap_or("-"));
+    let names = [
+        (
+            "container",
+            o.container_id
+                .map(|id| id.get(..SHORT_ID_LEN).unwrap_or(id)),
+        ),
+        ("pod", o.pod_uid),
+        ("unit", o.unit),
+    ];
+    for (name, value) in names {
+        if let Some(value) = value {
+            text.push_str(&format!(" {name}={value}"));
         }
     }
     text
 }
 
-/// The level of a warning, yellow on a terminal.
-fn warn(color: bool) -> &'static str {
-    if color { "\x1b[33mWARN\x1b[0m" } else { "WARN" }
+/// The level, a warning's yellow on a terminal.
+fn level(level: Level, style: &TextStyle) -> &'static str {
+    match (level, style.color) {
+        (Level::Info, _) => "INFO",
+        (Level::Warn, false) => "WARN",
+        (Level::Warn, true) => "\x1b[33mWARN\x1b[0m",
+    }
 }
 
 fn at_least(known: bool) -> &'static str {
     if known { "" } else { ">=" }
 }
 
-fn stuck_details(r: &StuckReport) -> String {
+fn stuck_details(b: &StuckBody) -> String {
     format!(
         "{:<11} for {}{} (threshold {})  {}  {}{}  cookie={:x}",
-        r.state.name(),
-        at_least(r.age_known),
-        seconds(r.age_ns),
-        seconds(r.threshold_ns),
-        socket(&r.endpoints),
-        if r.accepted == Some(false) {
+        b.state,
+        at_least(b.age_known),
+        seconds(b.age_ns),
+        seconds(b.threshold_ns),
+        socket(&b.socket),
+        if b.accepted == Some(false) {
             "never accepted, listener's "
         } else {
             ""
         },
-        describe(r.owner.as_ref()),
-        r.cookie
+        describe(&b.owner),
+        b.socket.sock
     )
 }
 
-pub(super) fn stuck(
-    out: &mut impl Write,
-    clock: &WallClock,
-    r: &StuckReport,
-    color: bool,
-) -> io::Result<()> {
-    let details = stuck_details(r);
-    let level = warn(color);
-    writeln!(out, "{} {level}  stuck    {details}", time(clock, r.ts_ns))
-}
-
-pub(super) fn unstuck(
-    out: &mut impl Write,
-    clock: &WallClock,
-    r: &UnstuckReport,
-) -> io::Result<()> {
-    let new = r.new.map_or("gone", |s| s.name());
+pub(super) fn stuck(out: &mut Line, style: &TextStyle, l: &StuckLine) -> io::Result<()> {
     writeln!(
         out,
-        "{} INFO  unstuck  {:<11} -> {new} after {}{}  {}  {}  cookie={:x}",
-        time(clock, r.ts_ns),
-        r.state.name(),
-        at_least(r.age_known),
-        seconds(r.duration_ns),
-        socket(&r.endpoints),
-        describe(r.owner.as_ref()),
-        r.cookie
+        "{} {}  stuck    {}",
+        time(l.head.ts),
+        level(l.head.level, style),
+        stuck_details(&l.body)
+    )
+}
+
+pub(super) fn unstuck(out: &mut Line, style: &TextStyle, l: &UnstuckLine) -> io::Result<()> {
+    writeln!(
+        out,
+        "{} {}  unstuck  {:<11} -> {} after {}{}  {}  {}  cookie={:x}",
+        time(l.head.ts),
+        level(l.head.level, style),
+        l.state,
+        l.new.unwrap_or("gone"),
+        at_least(l.age_known),
+        seconds(l.duration_ns),
+        socket(&l.socket),
+        describe(&l.owner),
+        l.socket.sock
     )
 }
 
 pub(super) fn listener_stalled(
-    out: &mut impl Write,
-    clock: &WallClock,
-    r: &ListenerStalled,
-    color: bool,
+    out: &mut Line,
+    style: &TextStyle,
+    l: &StalledLine,
 ) -> io::Result<()> {
-    let level = warn(color);
     writeln!(
         out,
-        "{} {level}  listener stalled: {} accept queue {}/{} not drained for {} (threshold {})  {}",
-        time(clock, r.ts_ns),
-        SocketAddr::new(r.endpoints.local, r.endpoints.local_port),
-        r.queue,
-        r.backlog,
-        seconds(r.stalled_ns),
-        seconds(r.threshold_ns),
-        describe(r.owner.as_ref()),
+        "{} {}  listener stalled: {} accept queue {}/{} not drained for {} (threshold {})  {}",
+        time(l.head.ts),
+        level(l.head.level, style),
+        listener(l.listener.saddr, l.listener.sport),
+        l.queue,
+        l.backlog,
+        seconds(l.stalled_ns),
+        seconds(l.threshold_ns),
+        describe(&l.owner),
     )
 }
 
 pub(super) fn listener_half_open(
-    out: &mut impl Write,
-    clock: &WallClock,
-    r: &ListenerHalfOpen,
-    color: bool,
+    out: &mut Line,
+    style: &TextStyle,
+    l: &HalfOpenLine,
 ) -> io::Result<()> {
-    let level = warn(color);
     writeln!(
         out,
-        "{} {level}  listener half-open: {} {} handshakes unfinished, the oldest for >={} (threshold {}), {} SYN-ACKs retransmitted  {}",
-        time(clock, r.ts_ns),
-        SocketAddr::new(r.endpoints.local, r.endpoints.local_port),
-        r.half_open,
-        seconds(r.oldest_ns),
-        seconds(r.threshold_ns),
-        r.synack_retransmits,
-        describe(r.owner.as_ref()),
+        "{} {}  listener half-open: {} {} handshakes unfinished, the oldest for >={} (threshold {}), {} SYN-ACKs retransmitted  {}",
+        time(l.head.ts),
+        level(l.head.level, style),
+        listener(l.listener.saddr, l.listener.sport),
+        l.half_open,
+        seconds(l.oldest_ns),
+        seconds(l.threshold_ns),
+        l.synack_retransmits,
+        describe(&l.owner),
     )
 }
 
 pub(super) fn listener_recovered(
-    out: &mut impl Write,
-    clock: &WallClock,
-    r: &ListenerRecovered,
+    out: &mut Line,
+    style: &TextStyle,
+    l: &RecoveredLine,
 ) -> io::Result<()> {
     writeln!(
         out,
-        "{} INFO  listener {}: {} after {}  {}",
-        time(clock, r.ts_ns),
-        match (r.closed, r.trouble) {
+        "{} {}  listener {}: {} after {}  {}",
+        time(l.head.ts),
+        level(l.head.level, style),
+        match (l.closed, l.from) {
             (true, _) => "closed",
             (false, Trouble::Stalled) => "drained",
             (false, Trouble::HalfOpen) => "handshakes completing",
         },
-        SocketAddr::new(r.endpoints.local, r.endpoints.local_port),
-        seconds(r.duration_ns),
-        describe(r.owner.as_ref()),
+        listener(l.listener.saddr, l.listener.sport),
+        seconds(l.duration_ns),
+        describe(&l.owner),
     )
 }
 
-pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> io::Result<()> {
-    let list = |items: Vec<String>| {
-        if items.is_empty() {
-            "none".to_owned()
-        } else {
-            items.join(" ")
-        }
-    };
+/// Counts of the interval, with the total since start in parentheses, in the order of the totals
+/// (an error by name may appear in the total only); zeros left out.
+fn with_total<T: Counted>(span: &Span<Counts<T>>) -> String {
+    list(
+        span.total
+            .iter()
+            .map(|(name, t)| (span.interval.get(&name), name, t))
+            .filter(|(n, _, t)| *n > 0 || *t > 0)
+            .map(|(n, name, t)| format!("{name}={n}({t})"))
+            .collect(),
+    )
+}
+
+/// Items joined by spaces, `none` when there are none.
+fn list(items: Vec<String>) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(" ")
+    }
+}
+
+pub(super) fn summary(out: &mut Line, style: &TextStyle, s: &SummaryLine) -> io::Result<()> {
     let sockets = list(
         s.sockets
             .iter()
-            .map(|(st, n)| format!("{}={n}", st.name()))
+            .map(|(name, n)| format!("{name}={n}"))
             .collect(),
     );
     writeln!(
         out,
-        "{} INFO  summary  {}uptime {}, {} sockets: {sockets}",
-        time(clock, s.ts_ns),
+        "{} {}  summary  {}uptime {}, {} sockets: {sockets}",
+        time(s.ts),
+        level(s.level, style),
         if s.last { "final, " } else { "" },
         seconds(s.uptime_ns),
         s.tracked,
     )?;
-    let total = |old, new| {
-        s.transitions
-            .iter()
-            .find(|(o, n, _)| *o == old && *n == new)
-            .map_or(0, |(_, _, c)| *c)
-    };
     let transitions = list(
-        s.interval_transitions
+        s.transitions
+            .interval
             .iter()
-            .map(|(o, n, c)| format!("{}->{}={c}({})", o.name(), n.name(), total(*o, *n)))
+            .map(|(name, n)| format!("{name}={n}({})", s.transitions.total.get(&name)))
             .collect(),
     );
     writeln!(
@@ -295,18 +322,21 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         seconds(s.interval_ns)
     )?;
     let durations = list(
-        s.interval_durations
+        s.durations_ms
+            .interval
+            .0
             .iter()
-            .map(|(st, p)| {
+            .map(|(state, p)| {
+                let p = Figures::new(p);
                 format!(
                     "{} n={} min={:.3} p50={:.3} p90={:.3} p99={:.3} max={:.3};",
-                    st.name(),
+                    state.name(),
                     p.count,
-                    p.min_ms,
-                    p.p50_ms,
-                    p.p90_ms,
-                    p.p99_ms,
-                    p.max_ms
+                    p.min,
+                    p.p50,
+                    p.p90,
+                    p.p99,
+                    p.max
                 )
             })
             .collect(),
@@ -316,127 +346,106 @@ pub(super) fn summary(out: &mut impl Write, clock: &WallClock, s: &Summary) -> i
         "    time in state, ms, last {}: {durations}",
         seconds(s.interval_ns)
     )?;
-    // Counts of the interval, with the total since start in parentheses; zeros left out.
-    let with_total = |interval: Vec<(String, u64)>, total: Vec<(String, u64)>| {
-        list(
-            interval
-                .iter()
-                .zip(&total)
-                .filter(|((_, n), (_, t))| *n > 0 || *t > 0)
-                .map(|((name, n), (_, t))| format!("{name}={n}({t})"))
-                .collect(),
-        )
-    };
-    let ends = |list: &[(tracer_common::End, u64)]| {
-        list.iter()
-            .map(|(e, n)| (e.name().to_owned(), *n))
-            .collect()
-    };
-    let reasons = |list: &[(std::borrow::Cow<'static, str>, u64)]| {
-        list.iter().map(|(r, n)| (r.to_string(), *n)).collect()
-    };
-    // Errors by name may appear in the total only: pair each total with its interval count.
-    let failures: Vec<(String, u64)> = s
-        .connect_failures
-        .iter()
-        .map(|(reason, _)| {
-            let n = s
-                .interval_connect_failures
-                .iter()
-                .find(|(r, _)| r == reason)
-                .map_or(0, |(_, n)| *n);
-            (reason.to_string(), n)
-        })
-        .collect();
-    let connect = |name: &str, p: Option<Percentiles>| {
-        p.map(|p| {
+    let ends = with_total(&s.ends);
+    let failures = with_total(&s.connect_failures);
+    let connect = |name: &str, p: &Option<Figures>| {
+        p.as_ref().map(|p| {
             format!(
                 "{name} n={} p50={:.3} p99={:.3} max={:.3}",
-                p.count, p.p50_ms, p.p99_ms, p.max_ms
+                p.count, p.p50, p.p99, p.max
             )
         })
     };
     let connects = list(
         [
-            connect("first try", s.interval_connects.first_try),
-            connect("after a SYN retransmit", s.interval_connects.retransmitted),
+            connect("first try", &s.connect_ms.interval.first_try),
+            connect(
+                "after a SYN retransmit",
+                &s.connect_ms.interval.retransmitted,
+            ),
         ]
         .into_iter()
         .flatten()
         .collect(),
     );
+    let by_listener = &s.listeners.synack_retransmits;
     writeln!(
         out,
-        "    connections ended (since start): {}; failed connects: {}; connect ms: {connects}; SYN retransmits: {}, SYN-ACK retransmits: {}{}",
-        with_total(ends(&s.interval_ends), ends(&s.ends)),
-        with_total(failures, reasons(&s.connect_failures)),
-        s.seen.syn_retransmits,
-        s.seen.synack_retransmits,
-        if s.synack_retransmits_by_listener.is_empty() {
+        "    connections ended (since start): {ends}; failed connects: {failures}; connect ms: {connects}; SYN retransmits: {}, SYN-ACK retransmits: {}{}",
+        s.handshakes.syn_retransmits,
+        s.handshakes.synack_retransmits,
+        if by_listener.is_empty() {
             String::new()
         } else {
             format!(
                 " ({})",
-                s.synack_retransmits_by_listener
+                by_listener
                     .iter()
-                    .map(|(e, n)| format!("{}={n}", SocketAddr::new(e.local, e.local_port)))
+                    .map(|c| format!(
+                        "{}={}",
+                        listener(c.listener.saddr, c.listener.sport),
+                        c.count
+                    ))
                     .collect::<Vec<_>>()
                     .join(" ")
             )
         },
     )?;
-    let by_state = list(
-        s.stuck_by_state
-            .iter()
-            .map(|(st, n)| format!("{}={n}", st.name()))
-            .collect(),
-    );
-    let ports = list(
-        s.time_wait_by_remote_port
-            .iter()
-            .map(|(p, n)| format!("{p}={n}"))
-            .collect(),
-    );
     writeln!(
         out,
-        "    stuck now: {} ({by_state}); stalled listeners: {} (accept queue overflows {}, listen drops {}); listeners with old half-open connections: {}; TIME_WAIT by remote port: {ports}; lost events: {}; skipped events: {}; reconciliation: {} runs, {} fixes",
-        s.stuck,
-        s.stalled_listeners,
-        s.listen_drops.overflows,
-        s.listen_drops.drops,
-        s.half_open_listeners,
-        s.health.lost(),
-        s.health.skipped_all,
+        "    stuck now: {} ({}); stalled listeners: {} (accept queue overflows {}, listen drops {}); listeners with old half-open connections: {}; TIME_WAIT by remote port: {}; lost events: {}; skipped events: {}; reconciliation: {} runs, {} fixes",
+        s.stuck.now,
+        list(
+            s.stuck
+                .by_state
+                .iter()
+                .map(|(name, n)| format!("{name}={n}"))
+                .collect()
+        ),
+        s.listeners.stalled_now,
+        s.listeners.overflows,
+        s.listeners.drops,
+        s.listeners.half_open_now,
+        list(
+            s.time_wait_by_remote_port
+                .iter()
+                .map(|(port, n)| format!("{port}={n}"))
+                .collect()
+        ),
+        s.lost_events,
+        s.skipped_events,
         s.reconciliation.runs,
-        s.reconciliation.fixes()
+        s.reconciliation.fixes
     )?;
-    let h = &s.health;
-    if h.failed_reads
-        + h.unrecorded_sockets
-        + h.unwatched_sockets
-        + h.unmatched_resets
-        + h.unlabelled
+    if s.failed_reads
+        + s.unrecorded_sockets
+        + s.unwatched_sockets
+        + s.unmatched_resets
+        + s.unlabelled_counts
         > 0
     {
         writeln!(
             out,
             "    kernel: failed reads: {}; sockets without a record: {}; watched sockets not indexed: {}; resets not matched to their close: {}; counts without a port label: {}",
-            h.failed_reads,
-            h.unrecorded_sockets,
-            h.unwatched_sockets,
-            h.unmatched_resets,
-            h.unlabelled
+            s.failed_reads,
+            s.unrecorded_sockets,
+            s.unwatched_sockets,
+            s.unmatched_resets,
+            s.unlabelled_counts
         )?;
     }
-    for r in &s.reminders {
-        writeln!(out, "    still stuck: {}", stuck_details(r))?;
+    for r in &s.stuck.reminders {
+        writeln!(out, "    still stuck: {}", stuck_details(&r.body))?;
     }
-    if s.reminders_omitted > 0 {
-        writeln!(out, "    … and {} more stuck sockets", s.reminders_omitted)?;
+    if s.stuck.reminders_omitted > 0 {
+        writeln!(
+            out,
+            "    … and {} more stuck sockets",
+            s.stuck.reminders_omitted
+        )?;
     }
     Ok(())
 }
-
 /// The `format!` implementation the hand-built lines replaced: the oracle they are tested
 /// against, and the baseline of the benchmark.
 #[cfg(test)]
@@ -444,45 +453,39 @@ pub(super) mod reference {
     use super::*;
     use crate::units::millis;
 
-    pub(in super::super) fn transition(
-        out: &mut impl Write,
-        clock: &WallClock,
-        t: &Transition,
-        reasons: &[String],
-    ) -> io::Result<()> {
-        let (pid, comm) = match &t.owner {
-            Some(owner) => (owner.pid.to_string(), owner.comm.as_str().into_owned()),
-            None => ("-".to_owned(), "-".to_owned()),
+    pub(in super::super) fn transition(out: &mut impl Write, t: &TransitionLine) -> io::Result<()> {
+        let (pid, comm) = match (t.owner.pid, &t.owner.comm) {
+            (Some(pid), Some(comm)) => (pid.to_string(), comm.to_string()),
+            _ => ("-".to_owned(), "-".to_owned()),
         };
         let ms = t
             .prev_state_ns
             .map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", millis(ns)));
-        let e = &t.endpoints;
-        let f = EndFields::of(t, reasons);
+        let s = &t.socket;
         let mut tail = String::new();
-        if let Some(end) = f.end {
+        if let Some(end) = t.end {
             tail += &format!(" end={end}");
         }
-        if let Some(error) = f.error {
+        if let Some(error) = &t.error {
             tail += &format!(" error={error}");
         }
-        if let Some(reason) = f.reset_reason {
+        if let Some(reason) = &t.reset_reason {
             tail += &format!(" reason={reason}");
         }
-        if let Some(n) = f.syn_retransmits.filter(|n| *n > 0) {
+        if let Some(n) = t.syn_retransmits.filter(|n| *n > 0) {
             tail += &format!(" syn_retransmits={n}");
         }
         writeln!(
             out,
             "{:<27} {:<16x} {pid:<7} {comm:<15} {:<25} {:<5} {:<25} {:<5} {:<11} -> {:<11} {ms:>10}{tail}",
-            time(clock, t.ts_ns),
-            t.cookie,
-            e.local.to_string(),
-            e.local_port,
-            e.remote.to_string(),
-            e.remote_port,
-            t.old.name(),
-            t.new.name(),
+            time(t.head.ts),
+            s.sock,
+            s.saddr.to_string(),
+            s.sport,
+            s.daddr.to_string(),
+            s.dport,
+            t.old,
+            t.new,
         )
     }
 }
