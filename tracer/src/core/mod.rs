@@ -11,10 +11,12 @@
 //!   to TIME-WAIT the kernel makes without a trace;
 //! - [`closes`]: lines of closed sockets held until a reset sent right after amends them;
 //! - [`ends`]: connection ends and failed connects by name;
+//! - [`losses`]: what the tracer could not see, said when it grows;
 //! - [`select`]: the owner filters; [`report`]: the vocabulary of what the core reports.
 pub(crate) mod closes;
 pub(crate) mod ends;
 pub(crate) mod listeners;
+pub(crate) mod losses;
 pub(crate) mod reconcile;
 pub(crate) mod report;
 pub(crate) mod select;

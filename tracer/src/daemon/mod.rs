@@ -41,6 +41,9 @@ const LISTENER_CHECK: Duration = Duration::from_secs(2);
 const BACKGROUND_CPU_SHARE: u32 = 50;
 /// Gauges are brought up to date this often when metrics are served.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
+/// How often losses are looked for: soon enough to be told while they happen, seldom enough that
+/// a storm of them is one line in ten seconds.
+const HEALTH_CHECK: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -> Result<()> {
     let settings = config.settings(stdout_is_terminal);
@@ -115,6 +118,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
                 jobs.start_lingering_check();
             }
             _ = timers.refreshes.tick(), if pipeline.serves_metrics() => pipeline.refresh_metrics()?,
+            _ = timers.health.tick() => pipeline.check_health(false)?,
             done = finished(&mut jobs.reconciliation) => {
                 let done = done?;
                 // A safety net for what the kernel could not record: at most a small share of a
@@ -169,8 +173,8 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
     pipeline.advance();
     pipeline.release_held();
     pipeline.summarize(&mut timers.summary_clock, true)?;
-    pipeline.flush()?;
-    pipeline.report_losses()
+    pipeline.check_health(true)?;
+    pipeline.flush()
 }
 
 /// Keeps only the capabilities `--capabilities-keep` names (and CAP_BPF), and says which.
@@ -201,6 +205,8 @@ struct Timers {
     summaries: Interval,
     next_reconciliation: Instant,
     refreshes: Interval,
+    /// Says losses soon after they happen, at most once a check.
+    health: Interval,
     next_lingering_check: Instant,
     next_listener_check: Instant,
     end: Option<Instant>,
@@ -223,6 +229,7 @@ impl Timers {
             summaries: every(schedule.summaries, now + schedule.summaries),
             next_reconciliation: now + schedule.reconciliations,
             refreshes: every(METRICS_REFRESH, now),
+            health: every(HEALTH_CHECK, now + HEALTH_CHECK),
             next_lingering_check: now + LINGERING_CHECK,
             next_listener_check: now + LISTENER_CHECK,
             end: schedule.duration.map(|d| now + d),

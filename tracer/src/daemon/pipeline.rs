@@ -13,7 +13,11 @@ use super::{
 };
 use crate::{
     cli::{LogSettings, Settings},
-    core::{Tracker, stuck::OwnerLookup},
+    core::{
+        Tracker,
+        losses::{LossWatch, Losses},
+        stuck::OwnerLookup,
+    },
     enrich::owners::{Holders, Owners},
     export::{
         log::{self, LogWriter, Shown},
@@ -39,6 +43,8 @@ pub(super) struct Pipeline<W: Write> {
     pub(super) tracker: Tracker,
     log: LogWriter<W>,
     metrics: Option<Metrics>,
+    /// The losses last said.
+    losses: LossWatch,
     port_labels: bool,
     /// Kept for last: dropping it detaches the programs.
     probe: Probe,
@@ -80,6 +86,7 @@ impl<W: Write> Pipeline<W> {
                 .metrics
                 .as_ref()
                 .map(|m| Metrics::new(m.port_label)),
+            losses: LossWatch::default(),
             port_labels: settings.load.port_labels,
             probe,
         })
@@ -242,38 +249,14 @@ impl<W: Write> Pipeline<W> {
         self.log.flush().context("writing events")
     }
 
-    /// Says at exit what did not reach the daemon, if anything.
-    pub(super) fn report_losses(&self) -> Result<()> {
-        let health = self.probe.health()?;
-        if health.lost() > 0 {
-            warn!(
-                "lost events: {} (the ring buffer was full; raise --ring-buffer-size)",
-                health.lost()
-            );
-        }
-        if health.skipped_all > 0 {
-            warn!(
-                "skipped events: {} (the kernel did not run the tracer while it was already running on the same CPU)",
-                health.skipped_all
-            );
-        }
-        if health.failed_reads > 0 {
-            warn!("failed kernel reads: {}", health.failed_reads);
-        }
-        if health.unrecorded_sockets > 0 {
-            warn!(
-                "sockets the kernel could not keep a record of: {} (raise --max-sockets)",
-                health.unrecorded_sockets
-            );
-        }
-        if health.unwatched_sockets > 0 {
-            warn!(
-                "sockets in watched states not indexed (not reported if stuck): {} (raise --max-sockets)",
-                health.unwatched_sockets
-            );
-        }
-        if self.reader.malformed() > 0 {
-            warn!("malformed events: {}", self.reader.malformed());
+    /// Says what did not reach the daemon, when it grew since the last time it was said.
+    pub(super) fn check_health(&mut self, last: bool) -> Result<()> {
+        let losses = Losses {
+            kernel: self.probe.health()?,
+            malformed_events: self.reader.malformed(),
+        };
+        if let Some(report) = self.losses.check(losses, monotonic_ns(), last) {
+            self.log.health(&report);
         }
         Ok(())
     }

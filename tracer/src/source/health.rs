@@ -1,7 +1,7 @@
 //! The kernel's own account of what the programs saw, and of what did not reach the daemon:
 //! log lines lost to a full ring buffer, program runs the kernel skipped, runs that gave up on a
 //! kernel read, sockets it could not keep a record of or index. Every one is reported (summaries,
-//! metrics, a line at exit), never dropped silently.
+//! metrics, a `health` line when they grow), never dropped silently.
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KernelHealth {

@@ -29,16 +29,19 @@ use std::{
 use self::{
     line::Line,
     model::{
-        HalfOpenLine, LogLine, RecoveredLine, StalledLine, StuckLine, SummaryLine, TransitionLine,
-        UnstuckLine,
+        HalfOpenLine, HealthLine, LogLine, RecoveredLine, StalledLine, StuckLine, SummaryLine,
+        TransitionLine, UnstuckLine,
     },
     text::TextStyle,
 };
 use super::{summary::Summary, wall_clock::WallClock};
 use crate::{
-    core::report::{
-        ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo,
-        UnstuckReport,
+    core::{
+        losses::HealthReport,
+        report::{
+            ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport,
+            TransitionInfo, UnstuckReport,
+        },
     },
     source::events::Transition,
 };
@@ -130,6 +133,10 @@ impl<W: Write> LogWriter<W> {
 
     pub(crate) fn summary(&mut self, summary: &Summary) {
         self.output.emit(&SummaryLine::new(&self.clock, summary));
+    }
+
+    pub(crate) fn health(&mut self, report: &HealthReport) {
+        self.output.emit(&HealthLine::new(&self.clock, report));
     }
 
     /// Flushes buffered lines; returns the first write error since the last call.

@@ -17,6 +17,7 @@ use super::{
 use crate::{
     core::{
         ends::error_name,
+        losses::{HealthReport, Losses},
         report::{
             ListenerHalfOpen, ListenerRecovered, ListenerStalled, StuckReport, Trouble,
             UnstuckReport,
@@ -430,6 +431,40 @@ impl LogLine for RecoveredLine<'_> {
     }
 }
 
+/// Losses that grew since the last health line; every count since start-up.
+#[derive(Serialize)]
+pub(super) struct HealthLine<'a> {
+    #[serde(flatten)]
+    pub(super) head: Head,
+    /// Checked at exit.
+    #[serde(rename = "final")]
+    pub(super) last: bool,
+    /// The counts that grew.
+    pub(super) grew: &'a [&'static str],
+    #[serde(flatten, serialize_with = "by_name")]
+    pub(super) losses: Losses,
+}
+
+impl<'a> HealthLine<'a> {
+    pub(super) fn new(clock: &WallClock, r: &'a HealthReport) -> Self {
+        Self {
+            head: Head::new("health", Level::Warn, clock, r.ts_ns),
+            last: r.last,
+            grew: &r.grew,
+            losses: r.losses,
+        }
+    }
+}
+
+impl LogLine for HealthLine<'_> {
+    fn shown(&self, shown: &Shown) -> bool {
+        shown.stuck
+    }
+    fn text(&self, out: &mut Line, style: &mut TextStyle) -> io::Result<()> {
+        text::health(out, style, self)
+    }
+}
+
 impl LogLine for SummaryLine<'_> {
     fn shown(&self, shown: &Shown) -> bool {
         shown.summaries
@@ -456,6 +491,10 @@ fn maybe_ms<S: Serializer>(ns: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
         Some(ns) => ms(ns, s),
         None => s.serialize_none(),
     }
+}
+
+fn by_name<S: Serializer>(losses: &Losses, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(losses.named())
 }
 
 fn trouble<S: Serializer>(trouble: &Trouble, s: S) -> Result<S::Ok, S::Error> {

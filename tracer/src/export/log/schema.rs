@@ -11,8 +11,12 @@ use super::{
     tests::{SELECTED, owner_in, render, reset_close, sample, stuck, summary, unstuck},
 };
 use crate::{
+    core::losses::{LossWatch, Losses},
     core::report::{ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink as _, Trouble},
-    source::events::{ConnectionEnd, Family},
+    source::{
+        events::{ConnectionEnd, Family},
+        health::KernelHealth,
+    },
 };
 
 const DOC: &str = include_str!("../../../../docs/output.md");
@@ -131,7 +135,9 @@ fn check(
                     field.kind
                 );
                 seen.insert(path.clone());
-                if let Value::Array(items) = value {
+                if let (Value::Array(items), true) = (value, field.kind == "array of strings") {
+                    assert!(items.iter().all(Value::is_string), "`{path}`: {value}");
+                } else if let Value::Array(items) = value {
                     // Each element's fields documented; each documented one in some element.
                     let mut elements = elements_of(&path, field, fields);
                     let mut inner = BTreeSet::new();
@@ -323,6 +329,22 @@ fn summary_lines_match_the_schema() {
             o.summary(&empty);
         }),
     );
+}
+
+#[test]
+fn health_lines_match_the_schema() {
+    let losses = Losses {
+        kernel: KernelHealth {
+            lost_transitions: 3,
+            skipped_all: 1,
+            ..KernelHealth::default()
+        },
+        malformed_events: 1,
+    };
+    let report = LossWatch::default()
+        .check(losses, 1, true)
+        .expect("a report");
+    holds("health", lines(|o| o.health(&report)));
 }
 
 /// The check itself fails on a field the docs do not list, and on one they list but no line has.

@@ -10,8 +10,8 @@ use std::{
 use super::{
     line::Line,
     model::{
-        Counted, Counts, Figures, HalfOpenLine, Level, OwnerFields, RecoveredLine, Socket, Span,
-        StalledLine, StuckBody, StuckLine, SummaryLine, TransitionLine, UnstuckLine,
+        Counted, Counts, Figures, HalfOpenLine, HealthLine, Level, OwnerFields, RecoveredLine,
+        Socket, Span, StalledLine, StuckBody, StuckLine, SummaryLine, TransitionLine, UnstuckLine,
     },
 };
 use crate::core::report::Trouble;
@@ -268,6 +268,37 @@ pub(super) fn listener_recovered(
         listener(l.listener.saddr, l.listener.sport),
         seconds(l.duration_ns),
         describe(&l.owner),
+    )
+}
+
+/// What a reader can do about each loss.
+fn remedy(name: &str) -> &'static str {
+    match name {
+        "lost_events" => " (the ring buffer was full: raise --ring-buffer-size)",
+        "skipped_events" => {
+            " (the kernel did not run the tracer while it was already running on the same CPU)"
+        }
+        "unrecorded_sockets" | "unwatched_sockets" => " (raise --max-sockets)",
+        _ => "",
+    }
+}
+
+pub(super) fn health(out: &mut Line, style: &TextStyle, l: &HealthLine) -> io::Result<()> {
+    let counts: Vec<String> = l
+        .losses
+        .named()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{}={n}{}", name.replace('_', " "), remedy(name)))
+        .collect();
+    writeln!(
+        out,
+        "{} {}  health   {}since start-up: {}; grew: {}",
+        time(l.head.ts),
+        level(l.head.level, style),
+        if l.last { "at exit, " } else { "" },
+        counts.join("; "),
+        l.grew.join(" ")
     )
 }
 
@@ -594,6 +625,28 @@ mod tests {
         assert!(
             text.contains("INFO  unstuck  CLOSE_WAIT  -> LAST_ACK after 75.250s"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn health_line_says_what_grew_and_what_to_do() {
+        use crate::{
+            core::losses::{LossWatch, Losses},
+            source::health::KernelHealth,
+        };
+        let losses = Losses {
+            kernel: KernelHealth {
+                lost_transitions: 3,
+                ..KernelHealth::default()
+            },
+            malformed_events: 0,
+        };
+        let report = LossWatch::default().check(losses, 1, false).unwrap();
+        let text = render(LogFormat::Text, |o| o.health(&report));
+        assert_eq!(
+            text,
+            "2027-01-15T08:00:00.000000Z WARN  health   since start-up: lost events=3 (the ring \
+             buffer was full: raise --ring-buffer-size); grew: lost_events\n"
         );
     }
 
