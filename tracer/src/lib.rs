@@ -17,6 +17,7 @@ pub mod enrich;
 mod export;
 #[cfg(test)]
 mod fuzz;
+mod owner;
 mod source;
 mod units;
 

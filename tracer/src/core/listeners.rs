@@ -15,6 +15,7 @@
 //!
 //! Either report waits for the listener's owner to be looked up; it ends when the listener
 //! closes, too.
+use crate::owner::Owner;
 use std::collections::HashMap;
 
 use tracer_common::TcpState;
@@ -24,7 +25,7 @@ use super::{
     select::OwnerFilter,
     stuck::OwnerLookup,
 };
-use crate::source::events::{Endpoints, Owner};
+use crate::source::events::Endpoints;
 
 /// The most listeners summaries list by SYN-ACK retransmits.
 const MAX_SYNACK_LISTENERS: usize = 10;

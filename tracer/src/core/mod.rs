@@ -23,6 +23,7 @@ pub(crate) mod select;
 pub(crate) mod stuck;
 pub(crate) mod totals;
 
+use crate::owner::Owner;
 use std::collections::HashMap;
 
 use tracer_common::{End, TcpState, Tuple, TwRecord, record_flags};
@@ -40,7 +41,7 @@ use crate::{
     enrich::{listen_drops::ListenDrops, owners::Holders},
     source::{
         decode::{endpoints, state},
-        events::{ConnectionEnd, KernelTransition, Owner, Transition, Watched},
+        events::{ConnectionEnd, KernelTransition, Transition, Watched},
         kernel_maps::Aggregates,
     },
 };
@@ -211,7 +212,7 @@ impl Tracker {
             };
             let owner = (was.pid != 0).then(|| Owner {
                 pid: was.pid,
-                comm: crate::source::events::Comm::new(""),
+                comm: crate::owner::Comm::new(""),
                 cgroup: None,
             });
             let transition = Transition {

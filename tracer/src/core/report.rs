@@ -1,11 +1,12 @@
 //! What the core reports, and to whom: the [`Sink`] every exporter implements, the per-socket
 //! reports, and the [`Snapshot`] of counts that summaries and metrics both read, so that their
 //! counts cannot disagree.
+use crate::owner::Owner;
 use tracer_common::TcpState;
 
 use crate::{
     enrich::listen_drops::ListenDrops,
-    source::events::{Endpoints, Owner, Transition},
+    source::events::{Endpoints, Transition},
 };
 
 /// Where the core's reports go. Stuck and unstuck reports are made only for the sockets the owner

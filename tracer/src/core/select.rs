@@ -4,7 +4,6 @@
 //! reminders) and the stuck counts; totals of all sockets (by state, transitions, time in state)
 //! count every socket the address filters let through, since an owner is not known for every
 //! transition (an accepted socket has none before `accept()`).
-use crate::source::events::Owner;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct OwnerFilter {
@@ -45,8 +44,8 @@ impl OwnerFilter {
                 owner
                     .cgroup
                     .as_deref()
-                    .and_then(|cgroup| cgroup.container_id.as_deref())
-                    .is_some_and(|id| id.starts_with(prefix.as_str()))
+                    .and_then(|cgroup| cgroup.workload.container_id.as_ref())
+                    .is_some_and(|id| id.as_str().starts_with(prefix.as_str()))
             })
     }
 }
@@ -56,7 +55,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::source::events::{Cgroup, Comm};
+    use crate::owner::{Cgroup, Comm, ContainerId, Workload};
 
     const ID: &str = "b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f";
 
@@ -66,8 +65,11 @@ mod tests {
             pid: 42,
             comm: Comm::new("nginx"),
             cgroup: Some(Arc::new(Cgroup {
-                container_id: Some(ID.into()),
-                ..(*Cgroup::at("/kubepods/pod1/abc")).clone()
+                path: "/kubepods/pod1/abc".into(),
+                workload: Workload {
+                    container_id: ContainerId::parse(ID),
+                    ..Workload::default()
+                },
             })),
         };
         assert!(OwnerFilter::default().matches(None));
@@ -106,3 +108,4 @@ mod tests {
         assert!(!by_container(&ID[..12]).matches(Some(&outside)));
     }
 }
+use crate::owner::Owner;

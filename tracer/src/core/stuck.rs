@@ -4,6 +4,7 @@
 //! meanwhile), reports each socket once per episode, and repeats it in the summaries at most every
 //! `--stuck-repeat`. The kernel tells when a socket leaves a watched state after its threshold:
 //! the end of the episode, with the exact time it spent. One constructor per report.
+use crate::owner::Owner;
 use std::{collections::HashMap, time::Duration};
 
 use tracer_common::TcpState;
@@ -14,7 +15,7 @@ use super::{
 };
 use crate::{
     enrich::owners::Holders,
-    source::events::{Endpoints, KernelTransition, Owner, Watched},
+    source::events::{Endpoints, KernelTransition, Watched},
     units::nanos,
 };
 

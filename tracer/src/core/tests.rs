@@ -1,5 +1,6 @@
 //! The core on synthetic input: the kernel's index of watched sockets as polls would read it, the
 //! transitions the kernel sends, owners found, and the time.
+use crate::owner::{Cgroup, Comm, Owner};
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr},
@@ -20,9 +21,7 @@ use super::{
     *,
 };
 use crate::enrich::owners::Holders;
-use crate::source::events::{
-    Cgroup, Comm, Endpoints, Family, KernelTransition, Owner, Transition, Watched,
-};
+use crate::source::events::{Endpoints, Family, KernelTransition, Transition, Watched};
 
 const S: u64 = 1_000_000_000;
 

@@ -36,149 +36,9 @@
 //! component makes the whole path unreadable.
 //!
 //! Plain component matching, no regex: every name is a fixed prefix or suffix around an id.
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
-use crate::source::events::Cgroup;
-
-/// What a cgroup path says about the process in it (see the module's documentation).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Workload {
-    pub(crate) runtime: Option<Runtime>,
-    pub(crate) container_id: Option<ContainerId>,
-    pub(crate) pod_uid: Option<PodUid>,
-    pub(crate) qos: Option<Qos>,
-    pub(crate) unit: Option<Arc<str>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Runtime {
-    Docker,
-    Containerd,
-    CriO,
-    Podman,
-}
-
-impl Runtime {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Docker => "docker",
-            Self::Containerd => "containerd",
-            Self::CriO => "cri-o",
-            Self::Podman => "podman",
-        }
-    }
-}
-
-/// A Kubernetes pod's QoS class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Qos {
-    Guaranteed,
-    Burstable,
-    BestEffort,
-}
-
-impl Qos {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Guaranteed => "guaranteed",
-            Self::Burstable => "burstable",
-            Self::BestEffort => "besteffort",
-        }
-    }
-
-    /// The classes with a level of their own in kubelet's hierarchy.
-    fn from_level(name: &str) -> Option<Self> {
-        match name {
-            "burstable" => Some(Self::Burstable),
-            "besteffort" => Some(Self::BestEffort),
-            _ => None,
-        }
-    }
-}
-
-const ID_LEN: usize = 64;
-
-/// A full container id: 64 lowercase hex digits, held inline (no allocation, `Copy`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct ContainerId([u8; ID_LEN]);
-
-impl ContainerId {
-    fn parse(s: &str) -> Option<Self> {
-        let bytes: [u8; ID_LEN] = s.as_bytes().try_into().ok()?;
-        bytes.iter().all(is_lower_hex).then_some(Self(bytes))
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        ascii(&self.0)
-    }
-}
-
-const UUID_LEN: usize = 36;
-/// Where a UUID's groups end (8-4-4-4-12).
-const UUID_DASHES: [usize; 4] = [8, 13, 18, 23];
-/// A static pod's uid: an MD5 in hex.
-const HASH_UID_LEN: usize = 32;
-
-/// A pod uid in canonical form: a dashed UUID, or a static pod's 32 hex digits. Inline, `Copy`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct PodUid {
-    bytes: [u8; UUID_LEN],
-    len: u8,
-}
-
-impl PodUid {
-    /// `separator` is what the path writes between the UUID's groups: `-` in a cgroupfs
-    /// directory, `_` in a systemd slice name, where `-` separates the levels.
-    fn parse(s: &str, separator: u8) -> Option<Self> {
-        let b = s.as_bytes();
-        let mut bytes = [0; UUID_LEN];
-        match b.len() {
-            HASH_UID_LEN if b.iter().all(is_lower_hex) => bytes[..HASH_UID_LEN].copy_from_slice(b),
-            UUID_LEN => {
-                for (i, (&c, out)) in b.iter().zip(&mut bytes).enumerate() {
-                    let dash = UUID_DASHES.contains(&i);
-                    *out = if dash && c == separator {
-                        b'-'
-                    } else if !dash && is_lower_hex(&c) {
-                        c
-                    } else {
-                        return None;
-                    };
-                }
-            }
-            _ => return None,
-        }
-        Some(Self {
-            bytes,
-            len: b.len() as u8, // 32 or 36
-        })
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        ascii(&self.bytes[..usize::from(self.len)])
-    }
-}
-
-impl fmt::Debug for ContainerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for PodUid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-fn is_lower_hex(c: &u8) -> bool {
-    matches!(c, b'0'..=b'9' | b'a'..=b'f')
-}
-
-/// The ids are checked to be ASCII when parsed, so this never falls back.
-fn ascii(bytes: &[u8]) -> &str {
-    std::str::from_utf8(bytes).unwrap_or_default()
-}
+use crate::owner::{Cgroup, ContainerId, PodUid, Qos, Runtime, Workload};
 
 /// Names of the cgroups the runtimes create for a container, before its id: as a systemd scope
 /// (`<prefix><id>.scope`) or, for CRI-O and Podman, as a cgroupfs directory (`<prefix><id>`).
@@ -230,14 +90,9 @@ impl Kube {
 
 /// An owner's cgroup, with the container, pod and unit its path names.
 pub(crate) fn describe(path: String) -> Cgroup {
-    let workload = identify(&path);
     Cgroup {
+        workload: identify(&path),
         path: path.into(),
-        runtime: workload.runtime.map(Runtime::as_str),
-        container_id: workload.container_id.map(|id| id.as_str().into()),
-        pod_uid: workload.pod_uid.map(|uid| uid.as_str().into()),
-        qos: workload.qos.map(Qos::as_str),
-        unit: workload.unit.map(|unit| (*unit).into()),
     }
 }
 
@@ -366,6 +221,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::owner::{HASH_UID_LEN, ID_LEN, UUID_DASHES, UUID_LEN, is_lower_hex};
 
     const ID: &str = "b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f";
     const ID2: &str = "2b05fddc3f2527d5586074c617d13c2b18ff9a6dd27551f13336a7ab74f5ec01";
@@ -758,11 +614,14 @@ mod tests {
     }
 
     #[test]
-    fn short_ids_and_forms() {
+    fn ids_and_forms() {
         let described = describe(fill("/system.slice/docker-{ID}.scope"));
-        assert_eq!(described.container_id.as_deref(), Some(ID));
-        assert_eq!(described.runtime, Some("docker"));
-        assert_eq!(described.unit.as_deref(), Some(&*fill("docker-{ID}.scope")));
+        assert_eq!(&*described.path, fill("/system.slice/docker-{ID}.scope"));
+        assert_eq!(described.workload.runtime, Some(Runtime::Docker));
+        assert_eq!(
+            described.workload.unit.as_deref(),
+            Some(&*fill("docker-{ID}.scope"))
+        );
         let w = identify(&fill("/system.slice/docker-{ID}.scope"));
         let id = w.container_id.expect("an id");
         assert_eq!(format!("{id:?}"), ID);

@@ -3,6 +3,7 @@
 //! call) and its cgroup (the container, where there is one). Read from /proc once per process and
 //! cached. Sockets that predate the tracer are matched to processes by socket inode, the way
 //! `ss -p` does: a scan of every process's descriptors, run off the event loop.
+use crate::owner::{Cgroup, Comm, Owner};
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -19,11 +20,7 @@ use super::{
     containers,
     socket_list::{ListenerIndex, take_listing},
 };
-use crate::source::{
-    events::{Cgroup, Comm, Endpoints, Owner},
-    filter::SocketFilter,
-    socket_owners::SocketOwners,
-};
+use crate::source::{events::Endpoints, filter::SocketFilter, socket_owners::SocketOwners};
 
 /// A socket whose owner is wanted: its cookie, its state and its addresses.
 pub(crate) type Wanted = (u64, TcpState, Endpoints);

@@ -1,6 +1,7 @@
 //! Decoding of the kernel's records into typed events and plain data, and back (the daemon writes
 //! records too, for sockets it found in the kernel's list). Ring-buffer records are read in place
 //! (one unaligned copy of a fixed-size struct, no allocation).
+use crate::owner::{Comm, Owner};
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -12,8 +13,7 @@ use tracer_common::{
 };
 
 use super::events::{
-    Comm, ConnectionEnd, Endpoints, Family, KernelEvent, KernelTransition, Owner, Transition,
-    Watched,
+    ConnectionEnd, Endpoints, Family, KernelEvent, KernelTransition, Transition, Watched,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! The typed events the source emits, and the small value types the later stages share: a
 //! connection's endpoints, a process name, a socket's owner.
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::net::IpAddr;
 
+use crate::owner::Owner;
 use tracer_common::{End, TcpState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,73 +30,6 @@ pub struct Endpoints {
     pub local_port: u16,
     pub remote: IpAddr,
     pub remote_port: u16,
-}
-
-/// A process name as the kernel stores it: up to 15 bytes, NUL-padded.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Comm([u8; 16]);
-
-impl Comm {
-    pub(crate) fn new(text: &str) -> Self {
-        let mut bytes = [0u8; 16];
-        let len = text.len().min(15);
-        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-        Self(bytes)
-    }
-
-    pub(crate) fn from_kernel(bytes: [u8; 16]) -> Self {
-        Self(bytes)
-    }
-
-    pub(crate) fn as_str(&self) -> std::borrow::Cow<'_, str> {
-        let end = self.0.iter().position(|b| *b == 0).unwrap_or(self.0.len());
-        String::from_utf8_lossy(&self.0[..end])
-    }
-}
-
-impl fmt::Debug for Comm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.as_str())
-    }
-}
-
-/// The process a socket belongs to. The kernel gives the pid and the name of the thread that made
-/// the call; the enrich stage replaces the name with the process's own (as `ps` shows it) and adds
-/// its cgroup.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Owner {
-    pub(crate) pid: u32,
-    pub(crate) comm: Comm,
-    /// `None` when unknown.
-    pub(crate) cgroup: Option<Arc<Cgroup>>,
-}
-
-/// A process's cgroup and what its path names, as operators name them. Filled by the enrich
-/// stage; each name is `None` when the path does not say it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub(crate) struct Cgroup {
-    /// The cgroup v2 path, else the first v1 hierarchy's.
-    pub(crate) path: Box<str>,
-    /// The runtime whose naming the container's cgroup follows (`docker`, `containerd`, …).
-    pub(crate) runtime: Option<&'static str>,
-    /// The innermost container's full id (64 hex digits).
-    pub(crate) container_id: Option<Box<str>>,
-    /// The Kubernetes pod's uid, and its QoS class.
-    pub(crate) pod_uid: Option<Box<str>>,
-    pub(crate) qos: Option<&'static str>,
-    /// The innermost systemd unit (service or scope).
-    pub(crate) unit: Option<Box<str>>,
-}
-
-impl Cgroup {
-    /// Only the path, naming nothing.
-    #[cfg(test)]
-    pub(crate) fn at(path: &str) -> Arc<Self> {
-        Arc::new(Self {
-            path: path.into(),
-            ..Self::default()
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo test --release -p tracer --lib export::log::bench -- --ignored --nocapture
 //! ```
+use crate::owner::{Comm, Owner};
 use std::{
     hint::black_box,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -21,7 +22,7 @@ use super::{
 };
 use crate::{
     export::wall_clock::WallClock,
-    source::events::{Comm, ConnectionEnd, Endpoints, Family, Owner, Transition},
+    source::events::{ConnectionEnd, Endpoints, Family, Transition},
 };
 
 const LINES: usize = 200_000;

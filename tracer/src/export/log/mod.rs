@@ -219,8 +219,9 @@ pub(crate) mod tests {
     use crate::{
         core::{report::Reconciliation, totals::Percentiles},
         export::summary::Connects,
+        owner::{Comm, Owner},
         source::{
-            events::{Comm, Endpoints, Family, Owner},
+            events::{Endpoints, Family},
             health::{KernelHealth, Seen},
         },
     };

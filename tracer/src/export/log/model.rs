@@ -4,6 +4,7 @@
 //! core's reports; durations are kept in nanoseconds and written as milliseconds.
 mod summary;
 
+use crate::owner::{ContainerId, Owner, PodUid, Qos, Runtime};
 use std::{borrow::Cow, io, net::IpAddr, time::SystemTime};
 
 use serde::{Serialize, Serializer};
@@ -24,7 +25,7 @@ use crate::{
         },
     },
     export::wall_clock::WallClock,
-    source::events::{Endpoints, Owner, Transition},
+    source::events::{Endpoints, Transition},
     units::millis,
 };
 
@@ -134,15 +135,20 @@ pub(super) struct OwnerFields<'a> {
 impl<'a> OwnerFields<'a> {
     fn new(owner: Option<&'a Owner>) -> Self {
         let cgroup = owner.and_then(|o| o.cgroup.as_deref());
+        let workload = cgroup.map(|c| &c.workload);
         Self {
             pid: owner.map(|o| o.pid),
             comm: owner.map(|o| o.comm.as_str()),
             cgroup: cgroup.map(|c| &*c.path),
-            container_runtime: cgroup.and_then(|c| c.runtime),
-            container_id: cgroup.and_then(|c| c.container_id.as_deref()),
-            pod_uid: cgroup.and_then(|c| c.pod_uid.as_deref()),
-            pod_qos: cgroup.and_then(|c| c.qos),
-            unit: cgroup.and_then(|c| c.unit.as_deref()),
+            container_runtime: workload.and_then(|w| w.runtime).map(Runtime::as_str),
+            container_id: workload
+                .and_then(|w| w.container_id.as_ref())
+                .map(ContainerId::as_str),
+            pod_uid: workload
+                .and_then(|w| w.pod_uid.as_ref())
+                .map(PodUid::as_str),
+            pod_qos: workload.and_then(|w| w.qos).map(Qos::as_str),
+            unit: workload.and_then(|w| w.unit.as_deref()),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The JSON schema in docs/output.md against the lines the daemon writes: every field of every
 //! kind of line is documented with its type, and every documented field is written. Lines are
 //! rendered from fixtures that carry every optional field, and from ones that carry none.
+use crate::owner::Owner;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
@@ -217,7 +218,7 @@ fn holds(event: &str, full: Vec<BTreeMap<String, Value>>) {
 }
 
 /// An owner whose cgroup names a container, a pod and a unit.
-fn in_pod() -> Option<crate::source::events::Owner> {
+fn in_pod() -> Option<Owner> {
     owner_in(
         "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod60e5cfb5_11a2_40d0_9f86_8c4075cd5d0a.slice/cri-containerd-b9ec786121dbf6e4f162e4c11c6607ca4e04914bd9649aee73eeb98a116ad37f.scope",
     )

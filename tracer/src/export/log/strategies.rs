@@ -1,5 +1,6 @@
 //! Random inputs for the property tests that hold the hand-built lines to the `format!` and
 //! serde code they replace: the cases that formatting code gets wrong.
+use crate::owner::{Cgroup, Comm, ContainerId, Owner, PodUid, Qos, Runtime, Workload};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
@@ -8,7 +9,7 @@ use std::{
 use proptest::prelude::*;
 use tracer_common::{End, TcpState};
 
-use crate::source::events::{Cgroup, Comm, ConnectionEnd, Endpoints, Family, Owner, Transition};
+use crate::source::events::{ConnectionEnd, Endpoints, Family, Transition};
 
 /// Nanoseconds of every size: none, tiny, round, ties of `{:.3}`, huge, anything.
 pub(super) fn nanos() -> impl Strategy<Value = u64> {
@@ -75,31 +76,42 @@ fn owner() -> impl Strategy<Value = Option<Owner>> {
         any::<[u8; 16]>().prop_map(Comm::from_kernel),
     ];
     let name = || proptest::option::of(prop_oneof!["[a-z0-9.@_-]{1,70}", odd_text()]);
-    let label = || {
-        proptest::option::of(proptest::sample::select(vec![
-            "docker",
-            "cri-o",
-            "burstable",
-        ]))
-    };
+    let runtime = proptest::option::of(proptest::sample::select(vec![
+        Runtime::Docker,
+        Runtime::Containerd,
+        Runtime::CriO,
+        Runtime::Podman,
+    ]));
+    let qos = proptest::option::of(proptest::sample::select(vec![
+        Qos::Guaranteed,
+        Qos::Burstable,
+        Qos::BestEffort,
+    ]));
+    let workload = (
+        runtime,
+        proptest::option::of("[0-9a-f]{64}"),
+        proptest::option::of("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
+        qos,
+        name(),
+    )
+        .prop_map(|(runtime, id, uid, qos, unit)| Workload {
+            runtime,
+            container_id: id.and_then(|id| ContainerId::parse(&id)),
+            pod_uid: uid.and_then(|uid| PodUid::parse(&uid, b'-')),
+            qos,
+            unit: unit.map(Into::into),
+        });
+    // Paths and unit names as odd as the kernel allows: the lines escape them.
     let cgroup = proptest::option::weighted(
         0.8,
         (
             prop_oneof!["(/[a-z0-9.@-]{1,12}){0,4}", odd_text()],
-            label(),
-            name(),
-            name(),
-            label(),
-            name(),
+            workload,
         )
-            .prop_map(|(path, runtime, container_id, pod_uid, qos, unit)| {
+            .prop_map(|(path, workload)| {
                 Arc::new(Cgroup {
                     path: path.into(),
-                    runtime,
-                    container_id: container_id.map(Into::into),
-                    pod_uid: pod_uid.map(Into::into),
-                    qos,
-                    unit: unit.map(Into::into),
+                    workload,
                 })
             }),
     );
