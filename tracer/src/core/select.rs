@@ -4,6 +4,7 @@
 //! reminders) and the stuck counts; totals of all sockets (by state, transitions, time in state)
 //! count every socket the address filters let through, since an owner is not known for every
 //! transition (an accepted socket has none before `accept()`).
+use crate::owner::Owner;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct OwnerFilter {
@@ -108,4 +109,3 @@ mod tests {
         assert!(!by_container(&ID[..12]).matches(Some(&outside)));
     }
 }
-use crate::owner::Owner;
