@@ -269,7 +269,7 @@ fn stale_pins_are_replaced() {
 
 /// Counts of sockets by state in one namespace, from the kernel's own list.
 fn kernel_counts(ns: &Namespace) -> BTreeMap<String, u64> {
-    let netns = ns.inode().unwrap() as u32;
+    let netns = ns.inode().unwrap();
     let (listing, listed) =
         kernel_view::list_namespaces(&HashMap::from([(netns, ns.holder_pid())]), None).unwrap();
     assert!(listed.contains(&netns));

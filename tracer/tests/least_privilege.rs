@@ -61,8 +61,7 @@ fn thread_capabilities(pid: u32) -> Vec<HashMap<String, u64>> {
 fn traces_a_leak(start: impl FnOnce(&[&str]) -> Tracer) -> Tracer {
     let ns = Namespace::new().unwrap();
     let path = ns.path();
-    let wrapper = format!("nsenter --net={path} {{}}");
-    let leak = || Workload::close_wait("127.0.0.1", 2, Some(&wrapper));
+    let leak = || Workload::close_wait("127.0.0.1", 2, Some(&ns.wrapper()));
     // Sockets older than the tracer, found by entering their namespace for the start-up
     // snapshot, where the kernel names sockets by cookie; elsewhere (5.10) only sockets opened
     // after the start are tracked, so the leak comes after.
@@ -131,12 +130,7 @@ fn with_nothing_but_cap_bpf_it_still_traces() {
         "none",
     ]);
     // Sockets opened after the start are traced from their events, without entering anything.
-    let mut client = Workload::run(
-        "close-wait",
-        "127.0.0.1",
-        1,
-        Some(&format!("nsenter --net={path} {{}}")),
-    );
+    let mut client = Workload::run("close-wait", "127.0.0.1", 1, Some(&ns.wrapper()));
     tracer.wait_for(
         patience(Duration::from_secs(30)),
         "the new leak reported stuck",
