@@ -269,7 +269,7 @@ fn stale_pins_are_replaced() {
 
 /// Counts of sockets by state in one namespace, from the kernel's own list.
 fn kernel_counts(ns: &Namespace) -> BTreeMap<String, u64> {
-    let netns = ns.inode().unwrap() as u32;
+    let netns = ns.inode().unwrap();
     let (listing, listed) =
         kernel_view::list_namespaces(&HashMap::from([(netns, ns.holder_pid())]), None).unwrap();
     assert!(listed.contains(&netns));
@@ -432,12 +432,10 @@ fn a_flood_stays_within_bounds() {
     flood.expect_line("done");
     assert!(scraper.join().unwrap() >= 10);
     std::thread::sleep(Duration::from_secs(3));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    let peak_kib = procfs::process::Process::new(tracer.pid().try_into().unwrap())
+        .and_then(|p| p.status())
+        .unwrap()
+        .vmhwm
         .unwrap();
     drop(backlog);
     let done = tracer.stop();

@@ -31,26 +31,23 @@ fn mask(caps: &[u32]) -> u64 {
     caps.iter().map(|cap| 1u64 << cap).sum()
 }
 
-/// Each thread's capability sets, by name (`CapEff`, `CapPrm`, ...), from /proc.
-fn thread_capabilities(pid: u32) -> Vec<HashMap<String, u64>> {
+/// Each thread's capability sets, by their names in /proc/PID/task/TID/status (`CapEff`,
+/// `CapPrm`, ...), read by procfs.
+fn thread_capabilities(pid: u32) -> Vec<HashMap<&'static str, u64>> {
+    let process = procfs::process::Process::new(pid.try_into().unwrap()).unwrap();
     let mut threads = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+    for task in process.tasks().unwrap().flatten() {
+        let Ok(status) = task.status() else {
             continue; // a thread that just ended
         };
-        threads.push(
-            status
-                .lines()
-                .filter(|line| line.starts_with("Cap"))
-                .filter_map(|line| {
-                    let (name, hex) = line.split_once(':')?;
-                    Some((name.to_owned(), u64::from_str_radix(hex.trim(), 16).ok()?))
-                })
-                .collect(),
-        );
+        let mut sets = HashMap::from([
+            ("CapInh", status.capinh),
+            ("CapPrm", status.capprm),
+            ("CapEff", status.capeff),
+        ]);
+        sets.extend(status.capbnd.map(|mask| ("CapBnd", mask)));
+        sets.extend(status.capamb.map(|mask| ("CapAmb", mask)));
+        threads.push(sets);
     }
     threads
 }
@@ -61,8 +58,7 @@ fn thread_capabilities(pid: u32) -> Vec<HashMap<String, u64>> {
 fn traces_a_leak(start: impl FnOnce(&[&str]) -> Tracer) -> Tracer {
     let ns = Namespace::new().unwrap();
     let path = ns.path();
-    let wrapper = format!("nsenter --net={path} {{}}");
-    let leak = || Workload::close_wait("127.0.0.1", 2, Some(&wrapper));
+    let leak = || Workload::close_wait("127.0.0.1", 2, Some(&ns.wrapper()));
     // Sockets older than the tracer, found by entering their namespace for the start-up
     // snapshot, where the kernel names sockets by cookie; elsewhere (5.10) only sockets opened
     // after the start are tracked, so the leak comes after.
@@ -131,12 +127,7 @@ fn with_nothing_but_cap_bpf_it_still_traces() {
         "none",
     ]);
     // Sockets opened after the start are traced from their events, without entering anything.
-    let mut client = Workload::run(
-        "close-wait",
-        "127.0.0.1",
-        1,
-        Some(&format!("nsenter --net={path} {{}}")),
-    );
+    let mut client = Workload::run("close-wait", "127.0.0.1", 1, Some(&ns.wrapper()));
     tracer.wait_for(
         patience(Duration::from_secs(30)),
         "the new leak reported stuck",

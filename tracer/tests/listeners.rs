@@ -8,7 +8,6 @@ mod support;
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
-    process::Command,
     time::Duration,
 };
 
@@ -244,12 +243,8 @@ fn half_open_connections_are_counted_and_reported_past_the_threshold() {
 
 /// Half-open connections (request sockets) of a port, as the kernel lists them.
 fn syn_recv_count(ns: &Namespace, port: u16) -> usize {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path()))
-        .args(["ss", "-Htn", "state", "syn-recv"])
-        .arg(format!("( sport = :{port} )"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).lines().count()
+    ns.output(&format!("ss -Htn state syn-recv '( sport = :{port} )'"))
+        .unwrap()
+        .lines()
+        .count()
 }

@@ -13,11 +13,7 @@ use support::{Namespace, Workload, promtool, samples, scrape_until, start_tracer
 fn metrics_count_the_workload() {
     let ns = Namespace::new().unwrap();
     let (tracer, port) = start_tracer(&ns, &["--stuck", "close-wait=1s"]);
-    let mut server = Workload::close_wait(
-        "127.0.0.1",
-        3,
-        Some(&format!("nsenter --net={} {{}}", ns.path())),
-    );
+    let mut server = Workload::close_wait("127.0.0.1", 3, Some(&ns.wrapper()));
 
     // Three leaked sockets: counted by state, stuck, with their transitions.
     // The clients' FIN_WAIT1 -> FIN_WAIT2 waits for the server's ACK of their FIN, which the
@@ -144,11 +140,7 @@ fn promtool_check(text: &str) {
 fn port_label_is_the_service_port() {
     let ns = Namespace::new().unwrap();
     let (tracer, port) = start_tracer(&ns, &["--metrics-port-label"]);
-    let mut server = Workload::close_wait(
-        "127.0.0.1",
-        2,
-        Some(&format!("nsenter --net={} {{}}", ns.path())),
-    );
+    let mut server = Workload::close_wait("127.0.0.1", 2, Some(&ns.wrapper()));
     let service = server.listen_port;
     let text = scrape_until(port, "labelled transitions", |s| {
         value(

@@ -129,14 +129,12 @@ fn accepted_sockets_belong_to_the_accepting_process() {
 
 /// The first cgroup v2 mount, where a test can make a cgroup of its own.
 fn cgroup2_mount() -> String {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
-        })
+    procfs::mounts()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.fs_vfstype == "cgroup2")
         .expect("no cgroup2 mount")
+        .fs_file
 }
 
 /// Two processes leak CLOSE_WAIT sockets, one of them in a cgroup of the test's own named `name`;

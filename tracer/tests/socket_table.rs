@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
-use support::{Tracer, Workload, of_kind, patience};
+use support::{Namespace, Tracer, Workload, of_kind, patience};
 use tracer::enrich::socket_list as kernel_view;
 use tracer_common::TcpState;
 
@@ -231,14 +231,11 @@ fn active_close_enters_time_wait_and_its_reuse_ends_it() {
 /// in FIN_WAIT2 on a timewait socket, which the kernel drops after 2 s.
 #[test]
 fn lingering_fin_wait2_ends_after_the_fin_timeout() {
+    let ns = Namespace::new().unwrap();
+    ns.sh("echo 2 > /proc/sys/net/ipv4/tcp_fin_timeout")
+        .unwrap();
     let tracer = Tracer::start(&["--log-transitions"]);
-    let server = Workload::close_wait(
-        "127.0.0.1",
-        1,
-        Some(
-            "unshare -n sh -c 'ip link set lo up && echo 2 > /proc/sys/net/ipv4/tcp_fin_timeout && exec {}'",
-        ),
-    );
+    let server = Workload::close_wait("127.0.0.1", 1, Some(&ns.wrapper()));
     let client_port = server.client_ports[0];
     let ended = |events: &[Value]| {
         transitions_of(events, client_port, server.listen_port)
@@ -269,5 +266,6 @@ fn lingering_fin_wait2_ends_after_the_fin_timeout() {
         "FIN_WAIT2 for {lingered} ms"
     );
     // The namespace is not the daemon's: its sockets are traced all the same.
+    assert_eq!(mine[0]["netns"], ns.inode().unwrap());
     assert_ne!(mine[0]["netns"], kernel_view::own_netns().unwrap());
 }

@@ -1,7 +1,11 @@
-//! A network namespace of one's own, for traffic that must stay off the host's (tests, the
-//! benchmark's clients): held by an `unshare -n sleep` process, loopback up, gone when dropped.
+//! Network namespaces of one's own, for traffic that must stay off the host's, the one helper of
+//! the tests, the benchmark, the scale and soak harnesses:
+//! - [`Namespace`]: a namespace beside this process's, held by an `unshare -n sleep` process,
+//!   loopback up, gone when dropped; commands and threads enter it;
+//! - [`enter_new`]: this whole process moved into a new one, for harnesses whose every
+//!   connection (and every process they start) belongs there.
 use std::{
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -29,7 +33,7 @@ impl Namespace {
             }
             thread::sleep(Duration::from_millis(10));
         }
-        ns.sh("ip link set lo up")?;
+        ns.sh(LOOPBACK_UP)?;
         Ok(ns)
     }
 
@@ -44,9 +48,8 @@ impl Namespace {
     }
 
     /// Its inode number, as the tracer reports it.
-    pub fn inode(&self) -> Result<u64> {
-        use std::os::unix::fs::MetadataExt as _;
-        Ok(std::fs::metadata(self.path())?.ino())
+    pub fn inode(&self) -> Result<u32> {
+        inode(&self.path())
     }
 
     /// The process holding it (`ip link … netns PID` moves a link into it).
@@ -56,6 +59,11 @@ impl Namespace {
 
     /// Runs a shell script inside; fails unless it succeeds.
     pub fn sh(&self, script: &str) -> Result<()> {
+        self.output(script).map(drop)
+    }
+
+    /// Runs a shell script inside and returns what it printed; fails unless it succeeds.
+    pub fn output(&self, script: &str) -> Result<String> {
         let out = Command::new("nsenter")
             .arg(format!("--net={}", self.path()))
             .args(["sh", "-c", script])
@@ -68,7 +76,7 @@ impl Namespace {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Runs `f` on a thread of this process that entered the namespace: the sockets it makes
@@ -95,4 +103,34 @@ impl Drop for Namespace {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
+}
+
+const LOOPBACK_UP: &str = "ip link set lo up";
+
+/// Moves this process into a new network namespace with loopback up, and returns its inode
+/// number: its connections then neither fill the host's TIME-WAIT table nor meet its traffic.
+/// unshare(2) moves the calling thread only, and threads and processes started afterwards
+/// follow it; so this must run before the process starts any thread (unlike [`Namespace`],
+/// nothing holds the namespace but the process itself, and nothing needs dropping).
+pub fn enter_new() -> Result<u32> {
+    // SAFETY: unshare affects the calling thread only; the caller has started no thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    let status = Command::new("sh")
+        .args(["-c", LOOPBACK_UP])
+        .status()
+        .context("starting sh")?;
+    if !status.success() {
+        bail!("`{LOOPBACK_UP}` failed in the new namespace ({status})");
+    }
+    inode("/proc/thread-self/ns/net")
+}
+
+/// The inode number of a namespace file (namespace numbers are 32-bit in the kernel).
+fn inode(path: &str) -> Result<u32> {
+    let ino = std::fs::metadata(path)
+        .with_context(|| format!("reading {path}"))?
+        .ino();
+    u32::try_from(ino).with_context(|| format!("{path} has inode {ino}, past 32 bits"))
 }

@@ -42,7 +42,7 @@ struct Sample {
 }
 
 pub fn run(options: &Options) -> Result<()> {
-    let netns = measure::enter_own_network_namespace()?;
+    let netns = xtask::netns::enter_new()?;
     let summary_every = Duration::from_secs(10);
     let mut tracer = Command::new(workspace_root().join("target/release/tracer"))
         .args([

@@ -581,52 +581,26 @@ mod tests {
         assert!(listening.iter().any(|s| s.endpoints.local_port == port));
     }
 
-    /// A listener in a namespace of its own (held by `unshare -n sleep`) is listed through that
-    /// namespace, tagged with it.
+    /// A listener in a namespace of its own is listed through that namespace, tagged with it.
     #[cfg_attr(
         not(feature = "kernel-tests"),
         ignore = "needs root: cargo xtask test runs it"
     )]
     #[test]
     fn lists_other_namespaces() {
-        use std::os::fd::AsRawFd as _;
-        let mut holder = std::process::Command::new("unshare")
-            .args(["-n", "sleep", "30"])
-            .spawn()
+        let ns = xtask::netns::Namespace::new().unwrap();
+        let (own, theirs) = (own_netns().unwrap(), ns.inode().unwrap());
+        assert_ne!(own, theirs);
+        // A thread of this process listens there.
+        let listener = ns
+            .enter(|| TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
             .unwrap();
-        let path = format!("/proc/{}/ns/net", holder.id());
-        let own = own_netns().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while netns_of(&path).unwrap() == own {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "unshare did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let theirs = netns_of(&path).unwrap();
-        let handle = std::fs::File::open(&path).unwrap();
-        // A thread enters the namespace, brings its loopback up and listens there.
-        let listener = std::thread::spawn(move || {
-            assert_eq!(
-                unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            let up = std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .unwrap();
-            assert!(up.success());
-            TcpListener::bind("127.0.0.1:0").unwrap()
-        })
-        .join()
-        .unwrap();
         let port = listener.local_addr().unwrap().port();
         let all = namespaces();
-        assert_eq!(all.get(&theirs), Some(&holder.id()));
+        assert_eq!(all.get(&theirs), Some(&ns.holder_pid()));
         let (sockets, listed) = list_namespaces(&all, Some(TcpState::Listen)).unwrap();
-        let _ = holder.kill();
-        let _ = holder.wait();
+        drop(ns);
         assert!(listed.contains(&theirs) && listed.contains(&own));
         assert!(
             sockets

@@ -9,9 +9,9 @@ use tracer_common::Offsets;
 
 pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// The running kernel's BTF, read once: the daemon looks up offsets in it here and aya checks
-/// the programs against it at load. Read, not memory-mapped: kernels before 6.x refuse `mmap`
-/// of `/sys/kernel/btf/vmlinux` (ENODEV).
+/// The running kernel's BTF, read once for both its parsers: btf-rs here for the offsets, aya for
+/// loading the programs (probe.rs says why there are two). Read, not memory-mapped: kernels before
+/// 6.x refuse `mmap` of `/sys/kernel/btf/vmlinux` (ENODEV).
 pub(crate) fn read_kernel_btf(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path)
         .with_context(|| format!("cannot read the kernel's BTF at {}", path.display()))

@@ -2,12 +2,19 @@
 //! mounted when they are missing.
 use std::{ffi::CString, io};
 
-/// Whether a filesystem of `fstype` is mounted at `target`, per the text of /proc/self/mounts.
-pub(crate) fn is_mounted(mounts: &str, target: &str, fstype: &str) -> bool {
-    mounts.lines().any(|line| {
-        let mut fields = line.split_whitespace().skip(1);
-        fields.next() == Some(target) && fields.next() == Some(fstype)
-    })
+use anyhow::{Context as _, Result};
+use procfs::MountEntry;
+
+/// This process's mounts: /proc/mounts (a link to /proc/self/mounts), read by procfs.
+pub(crate) fn current() -> Result<Vec<MountEntry>> {
+    procfs::mounts().context("reading /proc/self/mounts")
+}
+
+/// Whether a filesystem of `fstype` is mounted at `target`.
+pub(crate) fn is_mounted(mounts: &[MountEntry], target: &str, fstype: &str) -> bool {
+    mounts
+        .iter()
+        .any(|m| m.fs_file == target && m.fs_vfstype == fstype)
 }
 
 /// mount(2) of a pseudo-filesystem, without options.
@@ -29,6 +36,13 @@ pub(crate) fn mount(source: &str, target: &str, fstype: &str) -> io::Result<()> 
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// The text of a mounts file as procfs reads it; `None` where it refuses it.
+#[cfg(test)]
+pub(crate) fn parse(text: &str) -> Option<Vec<MountEntry>> {
+    use procfs::FromBufRead as _;
+    Vec::<MountEntry>::from_buf_read(text.as_bytes()).ok()
 }
 
 #[cfg(test)]
@@ -61,9 +75,10 @@ mod tests {
     proptest! {
         #[test]
         fn fuzz_is_mounted_valid(lines in mount_lines(), pick in any::<prop::sample::Index>()) {
-            let text = mounts_file(&lines);
+            let mounts = parse(&mounts_file(&lines)).unwrap_or_default();
+            prop_assert_eq!(mounts.len(), lines.len());
             for (_, target, fstype) in &lines {
-                prop_assert!(is_mounted(&text, target, fstype));
+                prop_assert!(is_mounted(&mounts, target, fstype));
             }
             let (target, fstype) = if lines.is_empty() {
                 ("/sys/fs/bpf".to_owned(), "bpf".to_owned())
@@ -72,22 +87,26 @@ mod tests {
                 (target.clone(), fstype.clone())
             };
             let expected = lines.iter().any(|(_, t, f)| *t == target && *f == fstype);
-            prop_assert_eq!(is_mounted(&text, &target, &fstype), expected);
+            prop_assert_eq!(is_mounted(&mounts, &target, &fstype), expected);
             let below = format!("{target}/x");
-            prop_assert!(!is_mounted(&text, &below, &fstype));
+            prop_assert!(!is_mounted(&mounts, &below, &fstype));
         }
 
+        /// Damaged text is refused or read without panicking; a mount found is one it names.
         #[test]
         fn fuzz_is_mounted_mutated(text in mount_lines().prop_flat_map(|l| mutated(mounts_file(&l)))) {
+            let mounts = parse(&text).unwrap_or_default();
             for (target, fstype) in [("/sys/kernel/tracing", "tracefs"), ("/proc", "proc")] {
-                let line = |l: &str| l.split_whitespace().skip(1).take(2).eq([target, fstype]);
-                prop_assert_eq!(is_mounted(&text, target, fstype), text.lines().any(line));
+                if is_mounted(&mounts, target, fstype) {
+                    prop_assert!(text.contains(target) && text.contains(fstype));
+                }
             }
         }
 
         #[test]
         fn fuzz_is_mounted_arbitrary(text in any_text(), target in any_text(), fstype in any_text()) {
-            if is_mounted(&text, &target, &fstype) {
+            let mounts = parse(&text).unwrap_or_default();
+            if is_mounted(&mounts, &target, &fstype) {
                 prop_assert!(text.contains(&target) && text.contains(&fstype));
             }
         }
@@ -95,10 +114,16 @@ mod tests {
 
     #[test]
     fn finds_mounts_by_place_and_type() {
-        let mounts = "proc /proc proc rw 0 0\nnodev /sys/kernel/tracing tracefs rw 0 0\nbpffs /sys/fs/bpf bpf rw 0 0\n";
-        assert!(is_mounted(mounts, "/sys/kernel/tracing", "tracefs"));
-        assert!(is_mounted(mounts, "/sys/fs/bpf", "bpf"));
-        assert!(!is_mounted(mounts, "/sys/fs/bpf", "tracefs"));
-        assert!(!is_mounted("", "/sys/fs/bpf", "bpf"));
+        let mounts = parse("proc /proc proc rw 0 0\nnodev /sys/kernel/tracing tracefs rw 0 0\nbpffs /sys/fs/bpf bpf rw 0 0\n").unwrap();
+        assert!(is_mounted(&mounts, "/sys/kernel/tracing", "tracefs"));
+        assert!(is_mounted(&mounts, "/sys/fs/bpf", "bpf"));
+        assert!(!is_mounted(&mounts, "/sys/fs/bpf", "tracefs"));
+        assert!(!is_mounted(&[], "/sys/fs/bpf", "bpf"));
+    }
+
+    /// This process's own mounts are read (procfs is always mounted where the daemon runs).
+    #[test]
+    fn reads_its_own_mounts() {
+        assert!(is_mounted(&current().unwrap(), "/proc", "proc"));
     }
 }

@@ -140,9 +140,7 @@ fn compatible(path: &Path, shape: &Shape) -> bool {
 }
 
 fn ensure_bpffs() -> Result<()> {
-    let mounts =
-        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    if !super::mounts::is_mounted(&mounts, BPFFS, "bpf") {
+    if !super::mounts::is_mounted(&super::mounts::current()?, BPFFS, "bpf") {
         super::mounts::mount("bpffs", BPFFS, "bpf")
             .with_context(|| format!("bpffs is not mounted at {BPFFS} and mounting it failed"))?;
     }

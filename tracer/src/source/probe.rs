@@ -140,6 +140,12 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
     } else {
         None
     };
+    // Parsed again, by aya, for loading: aya's `Btf` (aya-obj 0.3) shows none of its types, so
+    // it cannot answer the offsets above, and only it is taken by the loader and the programs'
+    // `load`; making one from the other would mean rebuilding every type. Nor is this the only
+    // other parse: `EbpfLoader::new()` parses the file itself, unasked, before `.btf()` replaces
+    // it (the file is opened twice). btf-rs is the costly parse: about 90 ms of the 500 ms to
+    // READY on the project's test machine, aya's about 10 ms each.
     let btf = aya::Btf::parse(&kernel_btf, aya::Endianness::default())
         .context("cannot parse the kernel's BTF")?;
     drop(kernel_btf);

@@ -13,8 +13,7 @@ const LEGACY_MOUNT_POINT: &str = "/sys/kernel/debug/tracing";
 
 /// Returns the tracefs root, mounting tracefs at /sys/kernel/tracing if it is not mounted yet.
 pub(crate) fn ensure_mounted() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    if let Some(path) = mounted_tracefs(&mounts) {
+    if let Some(path) = mounted_tracefs(&super::mounts::current()?) {
         return Ok(path);
     }
     let target = Path::new(MOUNT_POINT);
@@ -29,8 +28,8 @@ pub(crate) fn ensure_mounted() -> Result<PathBuf> {
     Ok(target.to_path_buf())
 }
 
-/// Finds a tracefs mount in /proc/self/mounts at one of the places aya looks.
-fn mounted_tracefs(mounts: &str) -> Option<PathBuf> {
+/// Finds a tracefs mount at one of the places aya looks.
+fn mounted_tracefs(mounts: &[procfs::MountEntry]) -> Option<PathBuf> {
     [MOUNT_POINT, LEGACY_MOUNT_POINT]
         .into_iter()
         .find(|target| super::mounts::is_mounted(mounts, target, "tracefs"))
@@ -212,14 +211,12 @@ print fmt: \"family=%s\"";
 
     #[test]
     fn finds_tracefs_mounts() {
+        let found = |text: &str| mounted_tracefs(&crate::source::mounts::parse(text).unwrap());
         let mounts = "proc /proc proc rw 0 0\nnodev /sys/kernel/tracing tracefs rw 0 0\n";
-        assert_eq!(mounted_tracefs(mounts), Some(PathBuf::from(MOUNT_POINT)));
+        assert_eq!(found(mounts), Some(PathBuf::from(MOUNT_POINT)));
         let legacy = "debugfs /sys/kernel/debug debugfs rw 0 0\ntracefs /sys/kernel/debug/tracing tracefs rw 0 0\n";
-        assert_eq!(
-            mounted_tracefs(legacy),
-            Some(PathBuf::from(LEGACY_MOUNT_POINT))
-        );
-        assert_eq!(mounted_tracefs("tracefs /elsewhere tracefs rw 0 0\n"), None);
-        assert_eq!(mounted_tracefs(""), None);
+        assert_eq!(found(legacy), Some(PathBuf::from(LEGACY_MOUNT_POINT)));
+        assert_eq!(found("tracefs /elsewhere tracefs rw 0 0\n"), None);
+        assert_eq!(found(""), None);
     }
 }

@@ -345,7 +345,7 @@ impl Workload {
     }
 
     /// Starts it directly, or through `sh -c` with `wrapper`, a shell command in which `{}`
-    /// stands for the workload's (e.g. `unshare -n sh -c '... && exec {}'`).
+    /// stands for the workload's (e.g. [`Namespace::wrapper`]).
     fn start(mode: &str, ip: &str, count: usize, wrapper: Option<&str>) -> Workload {
         let binary = workload_binary();
         let mut command = match wrapper {

@@ -1,8 +1,7 @@
-//! What the benchmark reads off the system: a process's CPU time and peak memory, the kernel's
-//! per-program BPF statistics, and the network namespace it runs in.
+//! What the benchmark reads off the system: a process's CPU time and peak memory, and the
+//! kernel's per-program BPF statistics.
 use std::{
     collections::{HashMap, HashSet},
-    path::Path,
     process::Command,
     time::Duration,
 };
@@ -202,25 +201,6 @@ impl Drop for BpfStats {
     fn drop(&mut self) {
         let _ = std::fs::write(BPF_STATS, &self.previous);
     }
-}
-
-/// Moves this process (the calling thread, and every thread and process it starts afterwards)
-/// into a new network namespace with loopback up, so the benchmark's connections neither fill
-/// the host's TIME-WAIT table nor meet its traffic. Returns the namespace's inode number.
-pub fn enter_own_network_namespace() -> Result<u32> {
-    // SAFETY: unshare affects the calling thread only; called before any thread is started.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
-    }
-    crate::cargo::checked(Command::new("ip").args(["link", "set", "lo", "up"]))?;
-    netns_inode(Path::new("/proc/thread-self/ns/net"))
-}
-
-fn netns_inode(path: &Path) -> Result<u32> {
-    use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .ino() as u32)
 }
 
 #[cfg(test)]

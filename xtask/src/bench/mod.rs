@@ -290,7 +290,7 @@ pub fn run(options: &Options) -> Result<()> {
                 .map(|&load| Workload::Server(load, options.load_seconds)),
         );
     }
-    let netns = measure::enter_own_network_namespace()?;
+    let netns = xtask::netns::enter_new()?;
     // Idle: the quiet tracer in the new, empty namespace, before any workload.
     let idle = {
         let running = tools::start(Tool::TracerQuiet, netns)?;

@@ -126,7 +126,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     let host = kernel::host_settings();
     let load_at_start = kernel::load_average();
-    let netns = measure::enter_own_network_namespace()?;
+    let netns = xtask::netns::enter_new()?;
     let mut settings = kernel::prepare_namespace(options.per_worker)?;
     settings.extend(host);
     let fin_timeout = kernel::fin_timeout()?;
