@@ -7,6 +7,7 @@
 //! - [`stuck`]: thresholds, stuck and unstuck reports, reminders;
 //! - [`listeners`]: listeners whose accept queue does not drain;
 //! - [`totals`]: sockets by state, transitions, time in state, since start-up and per interval;
+//! - [`interval`]: the report that closes each summary interval;
 //! - [`reconcile`]: plans that keep the kernel's records equal to its socket list, and the moves
 //!   to TIME-WAIT the kernel makes without a trace;
 //! - [`closes`]: lines of closed sockets held until a reset sent right after amends them;
@@ -14,6 +15,7 @@
 //! - [`select`]: the owner filters; [`report`]: the vocabulary of what the core reports.
 pub(crate) mod closes;
 pub(crate) mod ends;
+pub(crate) mod interval;
 pub(crate) mod listeners;
 pub(crate) mod reconcile;
 pub(crate) mod report;
@@ -21,15 +23,14 @@ pub(crate) mod select;
 pub(crate) mod stuck;
 pub(crate) mod totals;
 
-use std::collections::HashMap;
-
 use tracer_common::{End, TcpState, Tuple, TwRecord, record_flags};
 
 use self::{
     closes::PendingCloses,
+    interval::{Context, Summary},
     listeners::{HalfOpenListing, ListenerSeen, Listeners},
     reconcile::{Outcome, Plan},
-    report::{Reconciliation, Sink, Snapshot, StuckReport, TransitionInfo},
+    report::{Reconciliation, Sink, Snapshot, TransitionInfo},
     select::OwnerFilter,
     stuck::{OwnerLookup, StuckSockets, Thresholds},
     totals::Totals,
@@ -37,7 +38,7 @@ use self::{
 use crate::{
     enrich::{listen_drops::ListenDrops, owners::Holders},
     source::{
-        decode::{endpoints, state},
+        decode::endpoints,
         events::{ConnectionEnd, KernelTransition, Owner, Transition, Watched},
         kernel_maps::Aggregates,
     },
@@ -260,36 +261,31 @@ impl Tracker {
         &self.totals
     }
 
-    /// Stuck sockets due for a reminder, marked as reminded.
-    pub(crate) fn reminders(&mut self, now_ns: u64) -> Vec<StuckReport> {
-        self.stuck.reminders(now_ns)
-    }
-
-    /// Starts new statistics intervals (after a summary).
-    pub(crate) fn start_interval(&mut self, kernel: &Aggregates) {
+    /// Ends the summary interval at `context.now_ns` and starts the next: returns the interval's
+    /// report, with the stuck sockets due for a reminder (marked as reminded) and the kernel's
+    /// timewait records counted by remote port.
+    pub(crate) fn close_interval(
+        &mut self,
+        kernel: &Aggregates,
+        timewaits: &[(Tuple, TwRecord)],
+        context: Context,
+    ) -> Summary {
+        let reminders = self.stuck.reminders(context.now_ns);
+        let summary = Summary::new(
+            self.snapshot(kernel),
+            reminders,
+            &self.totals,
+            kernel,
+            timewaits,
+            context,
+        );
         self.totals.start_interval(kernel);
+        summary
     }
 
     pub(crate) fn thresholds(&self) -> &Thresholds {
         &self.thresholds
     }
-}
-
-/// TIME-WAIT sockets by remote port, most first, at most `max` ports.
-pub(crate) fn time_wait_by_remote_port(
-    timewaits: &[(Tuple, TwRecord)],
-    max: usize,
-) -> Vec<(u16, u64)> {
-    let mut by_port: HashMap<u16, u64> = HashMap::new();
-    for (key, record) in timewaits {
-        if state(record.substate) == Ok(TcpState::TimeWait) {
-            *by_port.entry(key.dport).or_default() += 1;
-        }
-    }
-    let mut ports: Vec<(u16, u64)> = by_port.into_iter().collect();
-    ports.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    ports.truncate(max);
-    ports
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use tracer_common::TcpState::{self, *};
 
 use super::{
+    interval::{Context, time_wait_by_remote_port},
     listeners::{HalfOpenListing, ListenerSeen},
     report::{
         ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo,
@@ -25,6 +26,16 @@ use crate::source::events::{
 };
 
 const S: u64 = 1_000_000_000;
+
+/// The stuck sockets due for a reminder in the summary of an interval closed at `now_ns`.
+fn reminders(t: &mut Tracker, now_ns: u64) -> Vec<StuckReport> {
+    let context = Context {
+        now_ns,
+        ..Context::default()
+    };
+    t.close_interval(&Aggregates::default(), &[], context)
+        .reminders
+}
 
 fn holders(owners: HashMap<u64, Owner>) -> Holders {
     Holders {
@@ -244,11 +255,11 @@ fn a_stuck_socket_gone_from_the_index_without_a_word_ends_its_episode() {
 fn reminders_come_at_most_every_repeat() {
     let (mut t, mut r) = (tracker(), Recorded::default());
     t.poll_watched(&[watched(1, CloseWait, 0, Some(server()))], 2 * S, &mut r);
-    assert!(t.reminders(5 * S).is_empty(), "reported 3 s ago");
-    let due = t.reminders(12 * S);
+    assert!(reminders(&mut t, 5 * S).is_empty(), "reported 3 s ago");
+    let due = reminders(&mut t, 12 * S);
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].age_ns, 12 * S);
-    assert!(t.reminders(15 * S).is_empty());
+    assert!(reminders(&mut t, 15 * S).is_empty());
 }
 
 #[test]
@@ -274,7 +285,7 @@ fn the_owner_filter_selects_reports_and_stuck_counts() {
     );
     let snapshot = t.snapshot(&Aggregates::default());
     assert_eq!(snapshot.stuck[CloseWait as usize], 1, "the owner's only");
-    assert_eq!(t.reminders(20 * S).len(), 1);
+    assert_eq!(reminders(&mut t, 20 * S).len(), 1);
     let mut theirs = left(2, CloseWait, LastAck, 21 * S, 21 * S);
     theirs.transition.owner = Some(other);
     t.on_transition(left(1, CloseWait, LastAck, 21 * S, 21 * S), &mut r);

@@ -13,12 +13,11 @@ use super::{
 };
 use crate::{
     cli::{LogSettings, Settings},
-    core::{Tracker, stuck::OwnerLookup},
+    core::{Tracker, interval::Context, stuck::OwnerLookup},
     enrich::owners::{Holders, Owners},
     export::{
         log::{self, LogWriter, Shown},
         metrics::Metrics,
-        summary::{Context, Summary},
         wall_clock::WallClock,
     },
     source::{
@@ -232,7 +231,7 @@ impl<W: Write> Pipeline<W> {
         };
         let kernel = self.probe.aggregates(false)?;
         let timewaits: Vec<(Tuple, TwRecord)> = self.maps.all(RecordMap::Timewait)?;
-        let summary = Summary::take(&mut self.tracker, &kernel, &timewaits, context);
+        let summary = self.tracker.close_interval(&kernel, &timewaits, context);
         self.log.summary(&summary);
         clock.interval_started_ns = now_ns;
         Ok(())
