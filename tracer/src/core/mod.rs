@@ -1,22 +1,27 @@
 //! Stage 3, the core: the daemon's view of the host's TCP sockets, with no I/O at all. The kernel
 //! keeps the per-socket records and counts in aggregates; the core is fed what the source reads of
 //! them (transitions it was sent, the index of watched sockets, the aggregates, the records) and
-//! the kernel's socket list, with the time, and reports through a [`report::Sink`]. [`Tracker`] is
-//! the façade; each job lives beside it:
+//! the kernel's socket list, with the time, and reports through a [`report::Sink`]; it reads and
+//! fixes the records through a [`port`] the daemon implements. [`Tracker`] is the façade; each
+//! job lives beside it:
 //!
 //! - [`stuck`]: thresholds, stuck and unstuck reports, reminders;
 //! - [`listeners`]: listeners whose accept queue does not drain;
 //! - [`totals`]: sockets by state, transitions, time in state, since start-up and per interval;
 //! - [`interval`]: the report that closes each summary interval;
 //! - [`reconcile`]: plans that keep the kernel's records equal to its socket list, and the moves
-//!   to TIME-WAIT the kernel makes without a trace;
+//!   to TIME-WAIT the kernel makes without a trace; [`apply`] writes a plan back;
+//! - [`port`]: the kernel's record maps as the core reads and writes them, which the daemon
+//!   implements;
 //! - [`closes`]: lines of closed sockets held until a reset sent right after amends them;
 //! - [`ends`]: connection ends and failed connects by name;
 //! - [`select`]: the owner filters; [`report`]: the vocabulary of what the core reports.
+pub(crate) mod apply;
 pub(crate) mod closes;
 pub(crate) mod ends;
 pub(crate) mod interval;
 pub(crate) mod listeners;
+pub(crate) mod port;
 pub(crate) mod reconcile;
 pub(crate) mod report;
 pub(crate) mod select;

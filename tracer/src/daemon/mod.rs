@@ -1,11 +1,11 @@
 //! The orchestrator: builds the stages from the settings ([`pipeline`]), runs the schedule (looks
 //! through the kernel's index of watched sockets when one may turn stuck, summaries,
 //! reconciliations, lingering checks, metric refreshes) and the blocking jobs beside it
-//! ([`jobs`], [`apply`]), and stops cleanly.
-mod apply;
+//! ([`jobs`], over the kernel's maps as the core's port: [`records`]), and stops cleanly.
 mod check;
 mod jobs;
 mod pipeline;
+mod records;
 
 use std::{io::Write, time::Duration};
 
