@@ -11,7 +11,7 @@ use tracer_common::TcpState::{self, *};
 
 use super::{
     interval::{Context, time_wait_by_remote_port},
-    listeners::{HalfOpenListing, ListenerSeen},
+    listeners::{HalfOpenListing, ListenerSeen, assign_half_open},
     report::{
         ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo,
         Trouble, UnstuckReport,
@@ -20,7 +20,7 @@ use super::{
     stuck::Thresholds,
     *,
 };
-use crate::enrich::owners::Holders;
+use crate::enrich::{owners::Holders, socket_list::ListedSocket};
 use crate::source::events::{
     Cgroup, Comm, Endpoints, Family, KernelTransition, Owner, Transition, Watched,
 };
@@ -332,6 +332,47 @@ fn half_open(cookie: u64, requests: &[u64], synacks: u64) -> ListenerSeen {
         half_open: requests.to_vec(),
         ..listener(cookie, 0)
     }
+}
+
+/// A check's listing, grouped: the listeners with their SYN-ACK retransmits, and each request
+/// socket on the listener it arrived on (bound to its address, or else to any).
+#[test]
+fn half_open_connections_are_grouped_by_their_listener() {
+    let socket = |cookie: u64, state: TcpState, local: [u8; 4], port: u16| ListedSocket {
+        endpoints: Endpoints {
+            local: IpAddr::V4(local.into()),
+            local_port: port,
+            remote_port: if state == Listen { 0 } else { 6000 + port },
+            ..ends(cookie)
+        },
+        state,
+        cookie,
+        inode: 0,
+        timewait: false,
+        queue: 0,
+        backlog: 0,
+    };
+    let listed = [
+        socket(1, Listen, [127, 0, 0, 1], 80),
+        socket(2, Listen, [0, 0, 0, 0], 80),
+        socket(3, Listen, [0, 0, 0, 0], 443),
+        socket(4, Established, [127, 0, 0, 1], 80),
+    ];
+    let mut listeners = ListenerSeen::all_of(&listed, &HashMap::from([(2, 6)]));
+    let seen: Vec<(u64, u64)> = listeners
+        .iter()
+        .map(|l| (l.cookie, l.synack_retransmits))
+        .collect();
+    assert_eq!(seen, vec![(1, 0), (2, 6), (3, 0)]);
+    let requests = [
+        socket(10, SynRecv, [127, 0, 0, 1], 80),
+        socket(11, SynRecv, [10, 0, 0, 1], 80),
+        socket(12, SynRecv, [10, 0, 0, 1], 8080),
+        socket(13, SynRecv, [127, 0, 0, 1], 80),
+    ];
+    assign_half_open(&mut listeners, &listed, &requests);
+    let half_open: Vec<&[u64]> = listeners.iter().map(|l| &l.half_open[..]).collect();
+    assert_eq!(half_open, vec![&[10, 13][..], &[11], &[]]);
 }
 
 /// Half-open connections are listed only when some may exist: at the first check, after one that

@@ -5,7 +5,7 @@
 //! lookups by inode for stuck reports and stalled listeners. The jobs do the I/O; what to make of
 //! it is the core's. At most one of each kind runs at a time; lookups asked for meanwhile wait for
 //! the next.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tokio::task::JoinHandle;
@@ -14,7 +14,7 @@ use tracer_common::{TcpState, Tuple, TwRecord};
 use crate::{
     core::{
         apply::apply,
-        listeners::{HalfOpenListing, ListenerSeen},
+        listeners::{self, HalfOpenListing, ListenerSeen},
         reconcile::{self, Lingering, Outcome, Plan, Records},
         stuck::{OwnerLookup, Thresholds},
     },
@@ -204,19 +204,7 @@ fn check_listeners(
     let listing = socket_list::take_listing(None, Some(TcpState::Listen), filter)
         .context("listing the kernel's listeners")?;
     let mut cpu = listing.cpu;
-    let mut listeners: Vec<ListenerSeen> = listing
-        .sockets
-        .iter()
-        .filter(|s| s.state == TcpState::Listen)
-        .map(|s| ListenerSeen {
-            cookie: s.cookie,
-            endpoints: s.endpoints,
-            queue: s.queue,
-            backlog: s.backlog,
-            synack_retransmits: synacks.get(&s.cookie).copied().unwrap_or(0),
-            half_open: Vec::new(),
-        })
-        .collect();
+    let mut listeners = ListenerSeen::all_of(&listing.sockets, &synacks);
     if half_open.wanted(&listeners) {
         let requests = socket_list::take_listing(
             Some(listing.namespaces.clone()),
@@ -225,19 +213,7 @@ fn check_listeners(
         )
         .context("listing the kernel's half-open connections")?;
         cpu += requests.cpu;
-        let index = socket_list::ListenerIndex::new(&listing.sockets);
-        let mut by_listener: HashMap<u64, Vec<u64>> = HashMap::new();
-        for request in &requests.sockets {
-            if let Some(listener) = index.listener_of(&request.endpoints) {
-                by_listener
-                    .entry(listener.cookie)
-                    .or_default()
-                    .push(request.cookie);
-            }
-        }
-        for l in &mut listeners {
-            l.half_open = by_listener.remove(&l.cookie).unwrap_or_default();
-        }
+        listeners::assign_half_open(&mut listeners, &listing.sockets, &requests.sockets);
     }
     Ok(ListenersChecked {
         drops: listen_drops::read(&listing.namespaces, filter.netns),
