@@ -1,7 +1,7 @@
-//! The report of a summary interval, which [`Tracker::close_interval`](super::Tracker) builds:
-//! what the daemon knows, in counts and distributions, never a line per socket (except the stuck
-//! ones due for a reminder). Its counts come from the same snapshot of the core as the metrics;
-//! the exports only render it.
+//! The report of a summary interval, which `Tracker::close_interval` builds: what the daemon
+//! knows, in counts and distributions, never a line per socket (except the stuck ones due for a
+//! reminder). Its counts come from the same snapshot of the core as the metrics; the exports only
+//! render it.
 use std::{borrow::Cow, collections::HashMap};
 
 use tracer_common::{End, TcpState, Tuple, TwRecord};

@@ -2,7 +2,7 @@
 //! (sockets older than the tracer), later listings heal what the programs missed (a skipped run, a
 //! record that did not fit, a request socket the tracepoint never reports), each fix counted. The
 //! records are read through the [`RecordStore`] port; the plan is plain data, which
-//! [`super::apply`] writes back (checking each fix against the record as it is then), and what
+//! `apply` writes back (checking each fix against the record as it is then), and what
 //! was written is what the counts follow. The lingering index is checked the same way.
 use std::collections::{HashMap, HashSet};
 

@@ -18,7 +18,7 @@ use tracing::info;
 
 use self::{
     jobs::{Jobs, finished},
-    pipeline::Pipeline,
+    pipeline::{Pipeline, SummaryClock},
 };
 use crate::{
     cli::{Config, Schedule},
@@ -232,12 +232,6 @@ impl Timers {
             },
         }
     }
-}
-
-/// When the daemon started and the current summary interval began.
-pub(super) struct SummaryClock {
-    pub(super) started_ns: u64,
-    pub(super) interval_started_ns: u64,
 }
 
 /// The tokio instant of a CLOCK_MONOTONIC time (tokio's clock is CLOCK_MONOTONIC too).

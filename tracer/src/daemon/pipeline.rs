@@ -7,10 +7,7 @@ use prometheus_client::registry::Registry;
 use tracer_common::{Tuple, TwRecord};
 use tracing::{Level, info, warn};
 
-use super::{
-    SummaryClock,
-    jobs::{ListenersChecked, Moved, Reconciled},
-};
+use super::jobs::{ListenersChecked, Moved, Reconciled};
 use crate::{
     cli::{LogSettings, Settings},
     core::{Tracker, interval::Context, stuck::OwnerLookup},
@@ -29,6 +26,12 @@ use crate::{
         socket_owners::SocketOwners,
     },
 };
+
+/// When the daemon started and the current summary interval began.
+pub(super) struct SummaryClock {
+    pub(super) started_ns: u64,
+    pub(super) interval_started_ns: u64,
+}
 
 pub(super) struct Pipeline<W: Write> {
     pub(super) reader: EventReader,
