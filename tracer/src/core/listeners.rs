@@ -16,7 +16,7 @@
 //! Either report waits for the listener's owner to be looked up; it ends when the listener
 //! closes, too.
 use crate::owner::Owner;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracer_common::TcpState;
 
@@ -25,7 +25,10 @@ use super::{
     select::OwnerFilter,
     stuck::OwnerLookup,
 };
-use crate::source::events::Endpoints;
+use crate::{
+    enrich::socket_list::{ListedSocket, ListenerIndex},
+    source::events::Endpoints,
+};
 
 /// The most listeners summaries list by SYN-ACK retransmits.
 const MAX_SYNACK_LISTENERS: usize = 10;
@@ -64,6 +67,46 @@ impl HalfOpenListing {
                 .iter()
                 .any(|l| last.get(&l.cookie).copied().unwrap_or(0) != l.synack_retransmits),
         }
+    }
+}
+
+impl ListenerSeen {
+    /// The listeners of a listing, each with the SYN-ACKs it retransmitted (`synacks`, by cookie).
+    pub(crate) fn all_of(listed: &[ListedSocket], synacks: &HashMap<u64, u64>) -> Vec<Self> {
+        listed
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+            .map(|s| Self {
+                cookie: s.cookie,
+                endpoints: s.endpoints,
+                queue: s.queue,
+                backlog: s.backlog,
+                synack_retransmits: synacks.get(&s.cookie).copied().unwrap_or(0),
+                half_open: Vec::new(),
+            })
+            .collect()
+    }
+}
+
+/// Gives each listener its half-open connections: the request sockets listed (`requests`), each
+/// on the listener it arrived on among those `listed`.
+pub(crate) fn assign_half_open(
+    listeners: &mut [ListenerSeen],
+    listed: &[ListedSocket],
+    requests: &[ListedSocket],
+) {
+    let index = ListenerIndex::new(listed);
+    let mut by_listener: HashMap<u64, Vec<u64>> = HashMap::new();
+    for request in requests {
+        if let Some(listener) = index.listener_of(&request.endpoints) {
+            by_listener
+                .entry(listener.cookie)
+                .or_default()
+                .push(request.cookie);
+        }
+    }
+    for l in listeners {
+        l.half_open = by_listener.remove(&l.cookie).unwrap_or_default();
     }
 }
 
@@ -108,10 +151,12 @@ impl Watch {
         let Some(threshold) = self.threshold_ns else {
             return Vec::new();
         };
+        let still: HashSet<u64> = troubled.iter().map(|(l, _)| l.cookie).collect();
+        let open: HashSet<u64> = all.iter().map(|l| l.cookie).collect();
         let ended: Vec<u64> = self
             .episodes
             .keys()
-            .filter(|cookie| !troubled.iter().any(|(l, _)| l.cookie == **cookie))
+            .filter(|cookie| !still.contains(cookie))
             .copied()
             .collect();
         for cookie in ended {
@@ -123,7 +168,7 @@ impl Watch {
                     ts_ns: now_ns,
                     endpoints: gone.seen.endpoints,
                     trouble: self.trouble,
-                    closed: !all.iter().any(|l| l.cookie == cookie),
+                    closed: !open.contains(&cookie),
                     duration_ns: now_ns.saturating_sub(gone.since_ns),
                     owner: gone.owner,
                 });

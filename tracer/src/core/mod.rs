@@ -1,22 +1,29 @@
 //! Stage 3, the core: the daemon's view of the host's TCP sockets, with no I/O at all. The kernel
 //! keeps the per-socket records and counts in aggregates; the core is fed what the source reads of
 //! them (transitions it was sent, the index of watched sockets, the aggregates, the records) and
-//! the kernel's socket list, with the time, and reports through a [`report::Sink`]. [`Tracker`] is
-//! the façade; each job lives beside it:
+//! the kernel's socket list, with the time, and reports through a [`report::Sink`]; it reads and
+//! fixes the records through a [`port`] the daemon implements. [`Tracker`] is the façade; each
+//! job lives beside it:
 //!
 //! - [`stuck`]: thresholds, stuck and unstuck reports, reminders;
 //! - [`listeners`]: listeners whose accept queue does not drain;
 //! - [`totals`]: sockets by state, transitions, time in state, since start-up and per interval;
+//! - [`interval`]: the report that closes each summary interval;
 //! - [`reconcile`]: plans that keep the kernel's records equal to its socket list, and the moves
-//!   to TIME-WAIT the kernel makes without a trace;
+//!   to TIME-WAIT the kernel makes without a trace; [`apply`] writes a plan back;
+//! - [`port`]: the kernel's record maps as the core reads and writes them, which the daemon
+//!   implements;
 //! - [`closes`]: lines of closed sockets held until a reset sent right after amends them;
 //! - [`ends`]: connection ends and failed connects by name;
 //! - [`losses`]: what the tracer could not see, said when it grows;
 //! - [`select`]: the owner filters; [`report`]: the vocabulary of what the core reports.
+pub(crate) mod apply;
 pub(crate) mod closes;
 pub(crate) mod ends;
+pub(crate) mod interval;
 pub(crate) mod listeners;
 pub(crate) mod losses;
+pub(crate) mod port;
 pub(crate) mod reconcile;
 pub(crate) mod report;
 pub(crate) mod select;
@@ -24,15 +31,15 @@ pub(crate) mod stuck;
 pub(crate) mod totals;
 
 use crate::owner::Owner;
-use std::collections::HashMap;
 
 use tracer_common::{End, TcpState, Tuple, TwRecord, record_flags};
 
 use self::{
     closes::PendingCloses,
+    interval::{Context, Summary},
     listeners::{HalfOpenListing, ListenerSeen, Listeners},
     reconcile::{Outcome, Plan},
-    report::{Reconciliation, Sink, Snapshot, StuckReport, TransitionInfo},
+    report::{Reconciliation, Sink, Snapshot, TransitionInfo},
     select::OwnerFilter,
     stuck::{OwnerLookup, StuckSockets, Thresholds},
     totals::Totals,
@@ -40,7 +47,7 @@ use self::{
 use crate::{
     enrich::{listen_drops::ListenDrops, owners::Holders},
     source::{
-        decode::{endpoints, state},
+        decode::endpoints,
         events::{ConnectionEnd, KernelTransition, Transition, Watched},
         kernel_maps::Aggregates,
     },
@@ -263,36 +270,31 @@ impl Tracker {
         &self.totals
     }
 
-    /// Stuck sockets due for a reminder, marked as reminded.
-    pub(crate) fn reminders(&mut self, now_ns: u64) -> Vec<StuckReport> {
-        self.stuck.reminders(now_ns)
-    }
-
-    /// Starts new statistics intervals (after a summary).
-    pub(crate) fn start_interval(&mut self, kernel: &Aggregates) {
+    /// Ends the summary interval at `context.now_ns` and starts the next: returns the interval's
+    /// report, with the stuck sockets due for a reminder (marked as reminded) and the kernel's
+    /// timewait records counted by remote port.
+    pub(crate) fn close_interval(
+        &mut self,
+        kernel: &Aggregates,
+        timewaits: &[(Tuple, TwRecord)],
+        context: Context,
+    ) -> Summary {
+        let reminders = self.stuck.reminders(context.now_ns);
+        let summary = Summary::new(
+            self.snapshot(kernel),
+            reminders,
+            &self.totals,
+            kernel,
+            timewaits,
+            context,
+        );
         self.totals.start_interval(kernel);
+        summary
     }
 
     pub(crate) fn thresholds(&self) -> &Thresholds {
         &self.thresholds
     }
-}
-
-/// TIME-WAIT sockets by remote port, most first, at most `max` ports.
-pub(crate) fn time_wait_by_remote_port(
-    timewaits: &[(Tuple, TwRecord)],
-    max: usize,
-) -> Vec<(u16, u64)> {
-    let mut by_port: HashMap<u16, u64> = HashMap::new();
-    for (key, record) in timewaits {
-        if state(record.substate) == Ok(TcpState::TimeWait) {
-            *by_port.entry(key.dport).or_default() += 1;
-        }
-    }
-    let mut ports: Vec<(u16, u64)> = by_port.into_iter().collect();
-    ports.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    ports.truncate(max);
-    ports
 }
 
 #[cfg(test)]

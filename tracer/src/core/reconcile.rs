@@ -1,13 +1,19 @@
 //! Keeps the kernel's records equal to its own list of sockets. The start-up snapshot seeds them
 //! (sockets older than the tracer), later listings heal what the programs missed (a skipped run, a
 //! record that did not fit, a request socket the tracepoint never reports), each fix counted. The
-//! plan is plain data: the daemon writes it to the kernel's maps (checking each fix against the
-//! record as it is then) and hands back what was written, which the counts follow.
+//! records are read through the [`RecordStore`] port; the plan is plain data, which
+//! `apply` writes back (checking each fix against the record as it is then), and what
+//! was written is what the counts follow. The lingering index is checked the same way.
 use std::collections::{HashMap, HashSet};
 
+use anyhow::Result;
 use tracer_common::{SockRecord, TcpState, Tuple, TwRecord, Watch, record_flags};
 
-use super::{report::Reconciliation, stuck::Thresholds};
+use super::{
+    port::{RecordStore, Table, write_if_unchanged},
+    report::Reconciliation,
+    stuck::Thresholds,
+};
 use crate::{
     enrich::socket_list::{ListedSocket, Listing},
     source::decode::tuple,
@@ -48,20 +54,49 @@ pub(crate) struct Outcome {
 }
 
 /// The kernel's records as the daemon read them, before the listing was taken.
-pub(crate) struct Records<'a> {
+#[derive(Debug, Default)]
+pub(crate) struct Records {
     /// The records of full sockets are named by cookie, as the listing's are; else (kernels whose
     /// programs cannot ask for cookies) only timewait records are reconciled.
     pub(crate) full_sockets: bool,
-    pub(crate) sockets: &'a [(u64, SockRecord)],
-    pub(crate) timewaits: &'a [(Tuple, TwRecord)],
-    pub(crate) watched: &'a [(u64, Watch)],
-    pub(crate) lingering: &'a [Tuple],
+    pub(crate) sockets: Vec<(u64, SockRecord)>,
+    pub(crate) timewaits: Vec<(Tuple, TwRecord)>,
+    pub(crate) watched: Vec<(u64, Watch)>,
+    pub(crate) lingering: Vec<Tuple>,
+}
+
+impl Records {
+    /// Reads the records, to be compared with a listing taken after.
+    pub(crate) fn read(store: &impl RecordStore, full_sockets: bool) -> Result<Self> {
+        // Records named by address cannot be matched with the listing's cookies: left alone.
+        let (sockets, watched) = if full_sockets {
+            (store.sockets().all()?, store.watched().all()?)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // The lingering index before the timewait records: the programs write a record before its
+        // index entry, so every entry read has its record read too (unless it ended meanwhile).
+        let lingering: Vec<Tuple> = store
+            .lingering()
+            .all()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let timewaits = store.timewaits().all()?;
+        Ok(Self {
+            full_sockets,
+            sockets,
+            timewaits,
+            watched,
+            lingering,
+        })
+    }
 }
 
 /// Compares the records (read first) with the listing (taken after) and plans the fixes. A
 /// record changed meanwhile is caught when the daemon checks each fix before writing it.
 pub(crate) fn plan(
-    records: &Records<'_>,
+    records: &Records,
     listing: &Listing,
     thresholds: &Thresholds,
     now_ns: u64,
@@ -199,7 +234,7 @@ pub(crate) fn plan(
             plan.sockets_gone.push((*cookie, *record));
         }
     }
-    for (key, record) in records.timewaits {
+    for (key, record) in &records.timewaits {
         if listing.listed.contains(&key.netns) && !listed_timewait.contains(key) {
             plan.timewaits_gone.push((*key, *record));
             if lingering.contains(key) {
@@ -207,12 +242,13 @@ pub(crate) fn plan(
             }
         }
     }
-    // Index entries of sockets whose record is gone or not in a watched state.
+    // Index entries of sockets whose record is gone or not in a watched state (once each).
+    let mut unwatched: HashSet<u64> = plan.watch_gone.iter().map(|(c, _)| *c).collect();
     for (cookie, entry) in records.watched.iter().filter(|_| records.full_sockets) {
         let record = sockets.get(cookie);
         let stale = record.is_none_or(|r| !watched(r.state))
             || (listing.listed.contains(&entry.tuple.netns) && !listed_full.contains(cookie));
-        if stale && !plan.watch_gone.iter().any(|(c, _)| c == cookie) {
+        if stale && unwatched.insert(*cookie) {
             plan.watch_gone.push((*cookie, record.copied()));
         }
     }
@@ -317,6 +353,55 @@ pub(crate) fn silent_moves(
         .collect()
 }
 
+/// The index of lingering timewait sockets as one check read it, each entry with its record.
+#[derive(Debug, Default)]
+pub(crate) struct Lingering {
+    /// Entries with their timewait record, as read.
+    pub(crate) records: Vec<(Tuple, TwRecord)>,
+    /// Entries whose record is gone: their socket ended.
+    pub(crate) ended: Vec<Tuple>,
+}
+
+impl Lingering {
+    /// Reads the index, then each entry's record.
+    pub(crate) fn read(store: &impl RecordStore) -> Result<Self> {
+        let (index, timewaits) = (store.lingering(), store.timewaits());
+        let mut lingering = Self::default();
+        for (key, _) in index.all()? {
+            match timewaits.get(&key)? {
+                Some(record) => lingering.records.push((key, record)),
+                None => lingering.ended.push(key),
+            }
+        }
+        Ok(lingering)
+    }
+
+    /// The network namespaces of the sockets with a record: the only ones to list.
+    pub(crate) fn namespaces(&self) -> HashSet<u32> {
+        self.records.iter().map(|(key, _)| key.netns).collect()
+    }
+
+    /// Writes the [`silent_moves`] found, each only if its record is still as read, and drops the
+    /// index entries of those written and of the sockets that ended. Returns which were written.
+    pub(crate) fn write_moves(
+        &self,
+        store: &impl RecordStore,
+        moves: &[(Tuple, TwRecord, TwRecord)],
+    ) -> Result<Vec<bool>> {
+        let (index, timewaits) = (store.lingering(), store.timewaits());
+        let mut written = Vec::with_capacity(moves.len());
+        for (key, moved, was) in moves {
+            let done = write_if_unchanged(&timewaits, key, moved, was)?;
+            if done {
+                index.delete(&[*key])?;
+            }
+            written.push(done);
+        }
+        index.delete(&self.ended)?;
+        Ok(written)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -325,7 +410,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::source::events::{Endpoints, Family};
+    use crate::{
+        core::port::fake::FakeStore,
+        source::events::{Endpoints, Family},
+    };
 
     const NETNS: u32 = 4026531840;
 
@@ -390,13 +478,10 @@ mod tests {
         t
     }
 
-    fn no_records() -> Records<'static> {
+    fn no_records() -> Records {
         Records {
             full_sockets: true,
-            sockets: &[],
-            timewaits: &[],
-            watched: &[],
-            lingering: &[],
+            ..Records::default()
         }
     }
 
@@ -407,8 +492,8 @@ mod tests {
         let key = tuple(&ends(40001, 80));
         let was = lingering_record(50);
         let records = Records {
-            timewaits: &[(key, was)],
-            lingering: &[key],
+            timewaits: vec![(key, was)],
+            lingering: vec![key],
             ..no_records()
         };
         let mut moved = listed(4, TcpState::TimeWait, 40001, 80);
@@ -426,7 +511,7 @@ mod tests {
         // The same when its record was not read yet (the move to the timewait socket came
         // between reading the records and reading the lingering index).
         let no_record = Records {
-            lingering: &[key],
+            lingering: vec![key],
             ..no_records()
         };
         let plan = super::plan(&no_record, &listing(vec![moved]), &thresholds(), 100, false);
@@ -501,8 +586,8 @@ mod tests {
         ];
         let watched = [(9, Watch::default())];
         let records = Records {
-            sockets: &sockets,
-            watched: &watched,
+            sockets: sockets.to_vec(),
+            watched: watched.to_vec(),
             ..no_records()
         };
         let listing = listing(vec![
@@ -563,8 +648,8 @@ mod tests {
         let watched = [(0x3a5c_0e11_7f20_4c80, Watch::default())];
         let records = Records {
             full_sockets: false,
-            sockets: &sockets,
-            watched: &watched,
+            sockets: sockets.to_vec(),
+            watched: watched.to_vec(),
             ..no_records()
         };
         let mut time_wait = listed(3, TcpState::TimeWait, 40000, 80);
@@ -585,7 +670,7 @@ mod tests {
         elsewhere.netns = NETNS + 1;
         let sockets = [(1, elsewhere)];
         let records = Records {
-            sockets: &sockets,
+            sockets: sockets.to_vec(),
             ..no_records()
         };
         let plan = plan(&records, &listing(vec![]), &thresholds(), 50, false);
@@ -612,5 +697,91 @@ mod tests {
             (TcpState::TimeWait as u8, 99, 0xabc)
         );
         assert_eq!(was, lingering);
+    }
+
+    /// An index entry stale on two counts goes once; many stale entries go in one pass (each was
+    /// looked for among those already going, once a quadratic scan).
+    #[test]
+    fn stale_index_entries_go_once_each() {
+        let established = record(TcpState::Established, 10);
+        const MANY: u64 = 100_000;
+        let watched: Vec<(u64, Watch)> = (1..=MANY).map(|c| (c, Watch::default())).collect();
+        let records = Records {
+            sockets: vec![(1, established)],
+            watched,
+            ..no_records()
+        };
+        let listing = listing(vec![listed(1, TcpState::Established, 80, 5000)]);
+        let plan = plan(&records, &listing, &thresholds(), 50, false);
+        assert_eq!(plan.watch_gone.len(), MANY as usize);
+        assert_eq!(
+            plan.watch_gone[0],
+            (1, Some(established)),
+            "listed, not in a watched state: its entry goes with its record as listed"
+        );
+        let cookies: HashSet<u64> = plan.watch_gone.iter().map(|(c, _)| *c).collect();
+        assert_eq!(cookies.len(), MANY as usize, "each once");
+        assert!(plan.watch_gone[1..].iter().all(|(_, r)| r.is_none()));
+    }
+
+    /// A lingering check over a large index: the moves found are written where the record is
+    /// still as read, their entries dropped, and so are the entries of sockets that ended (each
+    /// once looked for among the records read, a quadratic scan).
+    #[test]
+    fn a_lingering_check_writes_its_moves_and_drops_what_ended() -> Result<()> {
+        const MANY: u16 = 50_000;
+        let store = FakeStore::default();
+        let lingering_keys: Vec<Tuple> = (1..=MANY).map(|p| tuple(&ends(p, 80))).collect();
+        let ended: Vec<Tuple> = (1..=MANY).map(|p| tuple(&ends(p, 81))).collect();
+        store.timewaits.0.borrow_mut().extend(
+            lingering_keys
+                .iter()
+                .map(|key| (*key, lingering_record(10))),
+        );
+        store
+            .lingering
+            .0
+            .borrow_mut()
+            .extend(lingering_keys.iter().chain(&ended).map(|key| (*key, 0)));
+        let lingering = Lingering::read(&store)?;
+        assert_eq!(
+            (lingering.records.len(), lingering.ended.len()),
+            (usize::from(MANY), usize::from(MANY))
+        );
+        assert_eq!(lingering.namespaces(), HashSet::from([NETNS]));
+        // The programs change one record between the read and the write.
+        let theirs = lingering_record(20);
+        store
+            .timewaits
+            .0
+            .borrow_mut()
+            .insert(lingering_keys[0], theirs);
+        let moves = silent_moves(&lingering.records, &listing(Vec::new()), 99);
+        assert_eq!(
+            moves.len(),
+            usize::from(MANY),
+            "none is listed in FIN_WAIT2 any more"
+        );
+        let written = lingering.write_moves(&store, &moves)?;
+        let key_written: HashMap<Tuple, bool> = moves
+            .iter()
+            .zip(&written)
+            .map(|((key, ..), done)| (*key, *done))
+            .collect();
+        assert_eq!(key_written.values().filter(|w| !**w).count(), 1);
+        assert!(!key_written[&lingering_keys[0]], "theirs wins");
+        let index = store.lingering.0.borrow();
+        assert_eq!(
+            index.keys().collect::<Vec<_>>(),
+            vec![&lingering_keys[0]],
+            "the entry of the move not written stays"
+        );
+        let timewaits = store.timewaits.0.borrow();
+        assert_eq!(timewaits[&lingering_keys[0]], theirs);
+        assert_eq!(
+            timewaits[&lingering_keys[1]].substate,
+            TcpState::TimeWait as u8
+        );
+        Ok(())
     }
 }

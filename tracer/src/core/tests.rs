@@ -11,7 +11,8 @@ use proptest::prelude::*;
 use tracer_common::TcpState::{self, *};
 
 use super::{
-    listeners::{HalfOpenListing, ListenerSeen},
+    interval::{Context, time_wait_by_remote_port},
+    listeners::{HalfOpenListing, ListenerSeen, assign_half_open},
     report::{
         ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo,
         Trouble, UnstuckReport,
@@ -20,10 +21,20 @@ use super::{
     stuck::Thresholds,
     *,
 };
-use crate::enrich::owners::Holders;
+use crate::enrich::{owners::Holders, socket_list::ListedSocket};
 use crate::source::events::{Endpoints, Family, KernelTransition, Transition, Watched};
 
 const S: u64 = 1_000_000_000;
+
+/// The stuck sockets due for a reminder in the summary of an interval closed at `now_ns`.
+fn reminders(t: &mut Tracker, now_ns: u64) -> Vec<StuckReport> {
+    let context = Context {
+        now_ns,
+        ..Context::default()
+    };
+    t.close_interval(&Aggregates::default(), &[], context)
+        .reminders
+}
 
 fn holders(owners: HashMap<u64, Owner>) -> Holders {
     Holders {
@@ -243,11 +254,11 @@ fn a_stuck_socket_gone_from_the_index_without_a_word_ends_its_episode() {
 fn reminders_come_at_most_every_repeat() {
     let (mut t, mut r) = (tracker(), Recorded::default());
     t.poll_watched(&[watched(1, CloseWait, 0, Some(server()))], 2 * S, &mut r);
-    assert!(t.reminders(5 * S).is_empty(), "reported 3 s ago");
-    let due = t.reminders(12 * S);
+    assert!(reminders(&mut t, 5 * S).is_empty(), "reported 3 s ago");
+    let due = reminders(&mut t, 12 * S);
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].age_ns, 12 * S);
-    assert!(t.reminders(15 * S).is_empty());
+    assert!(reminders(&mut t, 15 * S).is_empty());
 }
 
 #[test]
@@ -273,7 +284,7 @@ fn the_owner_filter_selects_reports_and_stuck_counts() {
     );
     let snapshot = t.snapshot(&Aggregates::default());
     assert_eq!(snapshot.stuck[CloseWait as usize], 1, "the owner's only");
-    assert_eq!(t.reminders(20 * S).len(), 1);
+    assert_eq!(reminders(&mut t, 20 * S).len(), 1);
     let mut theirs = left(2, CloseWait, LastAck, 21 * S, 21 * S);
     theirs.transition.owner = Some(other);
     t.on_transition(left(1, CloseWait, LastAck, 21 * S, 21 * S), &mut r);
@@ -320,6 +331,47 @@ fn half_open(cookie: u64, requests: &[u64], synacks: u64) -> ListenerSeen {
         half_open: requests.to_vec(),
         ..listener(cookie, 0)
     }
+}
+
+/// A check's listing, grouped: the listeners with their SYN-ACK retransmits, and each request
+/// socket on the listener it arrived on (bound to its address, or else to any).
+#[test]
+fn half_open_connections_are_grouped_by_their_listener() {
+    let socket = |cookie: u64, state: TcpState, local: [u8; 4], port: u16| ListedSocket {
+        endpoints: Endpoints {
+            local: IpAddr::V4(local.into()),
+            local_port: port,
+            remote_port: if state == Listen { 0 } else { 6000 + port },
+            ..ends(cookie)
+        },
+        state,
+        cookie,
+        inode: 0,
+        timewait: false,
+        queue: 0,
+        backlog: 0,
+    };
+    let listed = [
+        socket(1, Listen, [127, 0, 0, 1], 80),
+        socket(2, Listen, [0, 0, 0, 0], 80),
+        socket(3, Listen, [0, 0, 0, 0], 443),
+        socket(4, Established, [127, 0, 0, 1], 80),
+    ];
+    let mut listeners = ListenerSeen::all_of(&listed, &HashMap::from([(2, 6)]));
+    let seen: Vec<(u64, u64)> = listeners
+        .iter()
+        .map(|l| (l.cookie, l.synack_retransmits))
+        .collect();
+    assert_eq!(seen, vec![(1, 0), (2, 6), (3, 0)]);
+    let requests = [
+        socket(10, SynRecv, [127, 0, 0, 1], 80),
+        socket(11, SynRecv, [10, 0, 0, 1], 80),
+        socket(12, SynRecv, [10, 0, 0, 1], 8080),
+        socket(13, SynRecv, [127, 0, 0, 1], 80),
+    ];
+    assign_half_open(&mut listeners, &listed, &requests);
+    let half_open: Vec<&[u64]> = listeners.iter().map(|l| &l.half_open[..]).collect();
+    assert_eq!(half_open, vec![&[10, 13][..], &[11], &[]]);
 }
 
 /// Half-open connections are listed only when some may exist: at the first check, after one that

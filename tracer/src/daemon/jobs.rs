@@ -2,23 +2,20 @@
 //! reconciliations (the start-up snapshot among them: read the kernel's records, list its
 //! sockets, plan and write the fixes), lingering checks (timewait sockets the kernel moved to
 //! TIME-WAIT without a trace), listener checks (accept queues that do not drain), and owner
-//! lookups by inode for stuck reports and stalled listeners. At most one of each
-//! kind runs at a time; lookups asked for meanwhile wait for the next.
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+//! lookups by inode for stuck reports and stalled listeners. The jobs do the I/O; what to make of
+//! it is the core's. At most one of each kind runs at a time; lookups asked for meanwhile wait for
+//! the next.
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tokio::task::JoinHandle;
-use tracer_common::{SockRecord, TcpState, Tuple, TwRecord, Watch};
+use tracer_common::{TcpState, Tuple, TwRecord};
 
-use super::apply::{apply, write_if_unchanged};
 use crate::{
     core::{
-        listeners::{HalfOpenListing, ListenerSeen},
-        reconcile::{self, Outcome, Plan, Records},
+        apply::apply,
+        listeners::{self, HalfOpenListing, ListenerSeen},
+        reconcile::{self, Lingering, Outcome, Plan, Records},
         stuck::{OwnerLookup, Thresholds},
     },
     enrich::{
@@ -29,7 +26,7 @@ use crate::{
     source::{
         clock::{monotonic_ns, thread_cpu_time},
         filter::SocketFilter,
-        kernel_maps::{RecordMap, RecordMaps},
+        kernel_maps::RecordMaps,
         socket_owners::SocketOwners,
     },
 };
@@ -179,22 +176,8 @@ fn reconcile_now(
     full_sockets: bool,
 ) -> Result<Reconciled> {
     let started = thread_cpu_time();
-    // Records named by address cannot be matched with the listing's cookies: left alone.
-    let sockets: Vec<(u64, SockRecord)> = if full_sockets {
-        maps.all(RecordMap::Sockets)?
-    } else {
-        Vec::new()
-    };
-    let watched: Vec<(u64, Watch)> = if full_sockets {
-        maps.all(RecordMap::Watched)?
-    } else {
-        Vec::new()
-    };
-    // The lingering index before the timewait records: the programs write a record before its
-    // index entry, so every entry read has its record read too (unless it ended meanwhile).
-    let lingering: Vec<(Tuple, u8)> = maps.all(RecordMap::Lingering)?;
-    let lingering: Vec<Tuple> = lingering.into_iter().map(|(key, _)| key).collect();
-    let timewaits: Vec<(Tuple, TwRecord)> = maps.all(RecordMap::Timewait)?;
+    let records =
+        Records::read(maps, full_sockets).context("reading the kernel's records to reconcile")?;
     let before_listing = thread_cpu_time();
     let listing = socket_list::take_listing(None, None, filter)
         .context("listing the kernel's TCP sockets")?;
@@ -202,15 +185,8 @@ fn reconcile_now(
     let listing_elsewhere = listing
         .cpu
         .saturating_sub(thread_cpu_time().saturating_sub(before_listing));
-    let records = Records {
-        full_sockets,
-        sockets: &sockets,
-        timewaits: &timewaits,
-        watched: &watched,
-        lingering: &lingering,
-    };
     let plan = reconcile::plan(&records, &listing, thresholds, monotonic_ns(), seed);
-    let outcome = apply(maps, &plan)?;
+    let outcome = apply(maps, &plan).context("writing the reconciliation's fixes")?;
     Ok(Reconciled {
         plan,
         outcome,
@@ -228,19 +204,7 @@ fn check_listeners(
     let listing = socket_list::take_listing(None, Some(TcpState::Listen), filter)
         .context("listing the kernel's listeners")?;
     let mut cpu = listing.cpu;
-    let mut listeners: Vec<ListenerSeen> = listing
-        .sockets
-        .iter()
-        .filter(|s| s.state == TcpState::Listen)
-        .map(|s| ListenerSeen {
-            cookie: s.cookie,
-            endpoints: s.endpoints,
-            queue: s.queue,
-            backlog: s.backlog,
-            synack_retransmits: synacks.get(&s.cookie).copied().unwrap_or(0),
-            half_open: Vec::new(),
-        })
-        .collect();
+    let mut listeners = ListenerSeen::all_of(&listing.sockets, &synacks);
     if half_open.wanted(&listeners) {
         let requests = socket_list::take_listing(
             Some(listing.namespaces.clone()),
@@ -249,19 +213,7 @@ fn check_listeners(
         )
         .context("listing the kernel's half-open connections")?;
         cpu += requests.cpu;
-        let index = socket_list::ListenerIndex::new(&listing.sockets);
-        let mut by_listener: HashMap<u64, Vec<u64>> = HashMap::new();
-        for request in &requests.sockets {
-            if let Some(listener) = index.listener_of(&request.endpoints) {
-                by_listener
-                    .entry(listener.cookie)
-                    .or_default()
-                    .push(request.cookie);
-            }
-        }
-        for l in &mut listeners {
-            l.half_open = by_listener.remove(&l.cookie).unwrap_or_default();
-        }
+        listeners::assign_half_open(&mut listeners, &listing.sockets, &requests.sockets);
     }
     Ok(ListenersChecked {
         drops: listen_drops::read(&listing.namespaces, filter.netns),
@@ -272,19 +224,13 @@ fn check_listeners(
 }
 
 fn check_lingering(maps: &RecordMaps, filter: &SocketFilter) -> Result<Moved> {
-    let lingering: Vec<(Tuple, u8)> = maps.all(RecordMap::Lingering)?;
-    let mut records = Vec::with_capacity(lingering.len());
-    for (key, _) in &lingering {
-        if let Some(record) = maps.get::<Tuple, TwRecord>(RecordMap::Timewait, key)? {
-            records.push((*key, record));
-        }
-    }
+    let lingering = Lingering::read(maps).context("reading the lingering index")?;
     tracing::debug!(
         "lingering check: {} lingering entries, {} with a record",
-        lingering.len(),
-        records.len()
+        lingering.records.len() + lingering.ended.len(),
+        lingering.records.len()
     );
-    if records.is_empty() {
+    if lingering.records.is_empty() {
         return Ok(Moved {
             moves: Vec::new(),
             written: Vec::new(),
@@ -293,27 +239,14 @@ fn check_lingering(maps: &RecordMaps, filter: &SocketFilter) -> Result<Moved> {
         });
     }
     // Only the namespaces of the lingering sockets: usually the daemon's own alone.
-    let wanted: HashSet<u32> = records.iter().map(|(key, _)| key.netns).collect();
-    let namespaces = socket_list::namespaces_among(&wanted);
+    let namespaces = socket_list::namespaces_among(&lingering.namespaces());
     let listing = socket_list::take_listing(Some(namespaces), Some(TcpState::FinWait2), filter)
         .context("listing the kernel's FIN_WAIT2 sockets")?;
     let at_ns = monotonic_ns();
-    let moves = reconcile::silent_moves(&records, &listing, at_ns);
-    let mut written = Vec::with_capacity(moves.len());
-    for (key, moved, was) in &moves {
-        let done = write_if_unchanged(maps, RecordMap::Timewait, key, moved, was)?;
-        if done {
-            maps.delete(RecordMap::Lingering, &[*key])?;
-        }
-        written.push(done);
-    }
-    // Lingering entries whose timewait record is gone (it ended): the index follows.
-    let ended: Vec<Tuple> = lingering
-        .iter()
-        .map(|(key, _)| *key)
-        .filter(|key| !records.iter().any(|(k, _)| k == key))
-        .collect();
-    maps.delete(RecordMap::Lingering, &ended)?;
+    let moves = reconcile::silent_moves(&lingering.records, &listing, at_ns);
+    let written = lingering
+        .write_moves(maps, &moves)
+        .context("writing the moves to TIME-WAIT")?;
     Ok(Moved {
         moves,
         written,

@@ -1,11 +1,11 @@
 //! The orchestrator: builds the stages from the settings ([`pipeline`]), runs the schedule (looks
 //! through the kernel's index of watched sockets when one may turn stuck, summaries,
 //! reconciliations, lingering checks, metric refreshes) and the blocking jobs beside it
-//! ([`jobs`], [`apply`]), and stops cleanly.
-mod apply;
+//! ([`jobs`], over the kernel's maps as the core's port: [`records`]), and stops cleanly.
 mod check;
 mod jobs;
 mod pipeline;
+mod records;
 
 use std::{io::Write, time::Duration};
 
@@ -18,7 +18,7 @@ use tracing::info;
 
 use self::{
     jobs::{Jobs, finished},
-    pipeline::Pipeline,
+    pipeline::{Pipeline, SummaryClock},
 };
 use crate::{
     cli::{Config, Schedule},
@@ -239,12 +239,6 @@ impl Timers {
             },
         }
     }
-}
-
-/// When the daemon started and the current summary interval began.
-pub(super) struct SummaryClock {
-    pub(super) started_ns: u64,
-    pub(super) interval_started_ns: u64,
 }
 
 /// The tokio instant of a CLOCK_MONOTONIC time (tokio's clock is CLOCK_MONOTONIC too).

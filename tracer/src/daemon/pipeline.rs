@@ -7,14 +7,12 @@ use prometheus_client::registry::Registry;
 use tracer_common::{Tuple, TwRecord};
 use tracing::{Level, info, warn};
 
-use super::{
-    SummaryClock,
-    jobs::{ListenersChecked, Moved, Reconciled},
-};
+use super::jobs::{ListenersChecked, Moved, Reconciled};
 use crate::{
     cli::{LogSettings, Settings},
     core::{
         Tracker,
+        interval::Context,
         losses::{LossWatch, Losses},
         stuck::OwnerLookup,
     },
@@ -22,7 +20,6 @@ use crate::{
     export::{
         log::{self, LogWriter, Shown},
         metrics::Metrics,
-        summary::{Context, Summary},
         wall_clock::WallClock,
     },
     source::{
@@ -34,6 +31,12 @@ use crate::{
         socket_owners::SocketOwners,
     },
 };
+
+/// When the daemon started and the current summary interval began.
+pub(super) struct SummaryClock {
+    pub(super) started_ns: u64,
+    pub(super) interval_started_ns: u64,
+}
 
 pub(super) struct Pipeline<W: Write> {
     pub(super) reader: EventReader,
@@ -239,7 +242,7 @@ impl<W: Write> Pipeline<W> {
         };
         let kernel = self.probe.aggregates(false)?;
         let timewaits: Vec<(Tuple, TwRecord)> = self.maps.all(RecordMap::Timewait)?;
-        let summary = Summary::take(&mut self.tracker, &kernel, &timewaits, context);
+        let summary = self.tracker.close_interval(&kernel, &timewaits, context);
         self.log.summary(&summary);
         clock.interval_started_ns = now_ns;
         Ok(())
