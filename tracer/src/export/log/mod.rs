@@ -8,6 +8,7 @@
 mod bench;
 #[cfg(test)]
 mod equivalence;
+mod forms;
 mod hex;
 mod ip;
 mod json;
@@ -26,10 +27,12 @@ use std::{
     time::Duration,
 };
 
+pub(crate) use self::forms::Shown;
 use self::{
+    forms::LogLine,
     line::Line,
     model::{
-        HalfOpenLine, HealthLine, LogLine, RecoveredLine, StalledLine, StuckLine, SummaryLine,
+        HalfOpenLine, HealthLine, RecoveredLine, StalledLine, StuckLine, SummaryLine,
         TransitionLine, UnstuckLine,
     },
     text::TextStyle,
@@ -63,15 +66,6 @@ pub(crate) struct Settings {
     pub(crate) color: bool,
     /// The kernel's names of its reset reasons, by number.
     pub(crate) reset_reasons: Arc<[String]>,
-}
-
-/// Which kinds of lines are written, from `--log-transitions`, `--log-level` and RUST_LOG.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Shown {
-    pub(crate) transitions: bool,
-    pub(crate) stuck: bool,
-    pub(crate) unstuck: bool,
-    pub(crate) summaries: bool,
 }
 
 pub(crate) struct LogWriter<W: Write> {

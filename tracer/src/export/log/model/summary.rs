@@ -6,7 +6,10 @@ use std::{borrow::Cow, collections::BTreeMap, time::SystemTime};
 use serde::{Serialize, Serializer};
 use tracer_common::{End, TcpState};
 
-use super::{Level, ListenerAddr, StuckBody, rfc3339_micros};
+use super::{
+    common::{Level, ListenerAddr, rfc3339_micros},
+    reports::StuckBody,
+};
 use crate::{
     core::totals::Percentiles,
     export::{
