@@ -37,9 +37,10 @@ use self::{
     },
     text::TextStyle,
 };
-use super::{summary::Summary, wall_clock::WallClock};
+use super::wall_clock::WallClock;
 use crate::{
     core::{
+        interval::Summary,
         losses::HealthReport,
         report::{
             ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport,
@@ -211,8 +212,8 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
+        core::interval::Connects,
         core::{report::Reconciliation, totals::Percentiles},
-        export::summary::Connects,
         owner::{Comm, Owner},
         source::{
             events::{Endpoints, Family},

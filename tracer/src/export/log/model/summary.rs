@@ -11,11 +11,11 @@ use super::{
     reports::StuckBody,
 };
 use crate::{
-    core::totals::Percentiles,
-    export::{
-        summary::{Connects, Summary},
-        wall_clock::WallClock,
+    core::{
+        interval::{Connects, Summary},
+        totals::Percentiles,
     },
+    export::wall_clock::WallClock,
 };
 
 #[derive(Serialize)]
