@@ -4,6 +4,7 @@
 use crate::owner::Owner;
 use tracer_common::TcpState;
 
+use super::ports::{Destination, PressureView};
 use crate::{
     enrich::listen_drops::ListenDrops,
     source::events::{Endpoints, Transition},
@@ -20,6 +21,8 @@ pub(crate) trait Sink {
     fn listener_stalled(&mut self, report: &ListenerStalled);
     fn listener_half_open(&mut self, report: &ListenerHalfOpen);
     fn listener_recovered(&mut self, report: &ListenerRecovered);
+    fn port_pressure(&mut self, report: &PortPressureReport);
+    fn port_pressure_relieved(&mut self, report: &PortPressureRelieved);
 }
 
 /// What the core knows of a transition beyond the event.
@@ -86,6 +89,8 @@ pub(crate) struct Snapshot {
     /// made).
     pub(crate) listen_drops: ListenDrops,
     pub(crate) reconciliation: Reconciliation,
+    /// The destinations using the most of their ephemeral ports, as of the last listing.
+    pub(crate) port_pressure: PressureView,
 }
 
 impl Snapshot {
@@ -160,6 +165,32 @@ pub(crate) struct ListenerRecovered {
     /// How long the trouble lasted, as the checks saw it.
     pub(crate) duration_ns: u64,
     pub(crate) owner: Option<Owner>,
+}
+
+/// A destination uses `--port-pressure` percent of its ephemeral ports or more.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PortPressureReport {
+    pub(crate) ts_ns: u64,
+    pub(crate) destination: Destination,
+    pub(crate) in_use: u32,
+    pub(crate) available: u32,
+    /// Of `in_use`, ports held by connections in TIME-WAIT.
+    pub(crate) time_wait: u32,
+    pub(crate) threshold_percent: u8,
+    /// The processes holding the most ports, with how many each, most first.
+    pub(crate) holders: Vec<(Owner, u32)>,
+}
+
+/// A destination reported pressed uses fewer ports again (or none: its sockets are gone).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PortPressureRelieved {
+    pub(crate) ts_ns: u64,
+    pub(crate) destination: Destination,
+    pub(crate) in_use: u32,
+    pub(crate) available: u32,
+    /// The most ports in use during the episode, as the listings saw it.
+    pub(crate) peak: u32,
+    pub(crate) duration_ns: u64,
 }
 
 /// Differences found between the records and the kernel's socket list, and fixed.

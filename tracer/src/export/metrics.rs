@@ -541,6 +541,7 @@ mod tests {
             synack_retransmits_by_listener: Vec::new(),
             listen_drops: Default::default(),
             reconciliation: Reconciliation::default(),
+            port_pressure: Default::default(),
         };
         snapshot.sockets[TcpState::CloseWait as usize] = 3;
         let durations = vec![StateDurations::default(); STATES];

@@ -1,0 +1,302 @@
+//! Ephemeral-port pressure per destination. A connection holds its local port while open and,
+//! after an active close, through TIME-WAIT; toward one destination (namespace, local address,
+//! remote address and port) only the namespace's ephemeral range can be used, so the range runs
+//! out for that destination (`connect()` fails with `EADDRNOTAVAIL`) long before the host looks
+//! busy. Counted from each full listing of the kernel's sockets ([`tally`], on the job's thread),
+//! judged here ([`PortPressure`]): one report per episode past `--port-pressure`, one when it ends.
+use std::{cmp::Reverse, collections::HashMap, net::IpAddr};
+
+use tracer_common::TcpState;
+
+use super::{
+    reconcile::Records,
+    report::{PortPressureRelieved, PortPressureReport, Sink},
+};
+use crate::{
+    enrich::socket_list::Listing,
+    owner::{Comm, Owner},
+    source::events::{Endpoints, Family},
+};
+
+/// An episode ends when the use falls this many points below the threshold: a destination
+/// hovering at the threshold is reported once, not at every listing.
+pub(crate) const HYSTERESIS: u8 = 5;
+/// Destinations carried to the summary beyond those pressed.
+pub(crate) const MOST_PRESSED: usize = 5;
+/// Pressed destinations with a gauge of their own, at most.
+pub(crate) const MAX_GAUGES: usize = 10;
+/// Processes named in a report, at most.
+const HOLDERS: usize = 5;
+
+/// Where connections go: from one local address of a namespace to one remote address and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Destination {
+    pub(crate) netns: u32,
+    pub(crate) local: IpAddr,
+    pub(crate) remote: IpAddr,
+    pub(crate) remote_port: u16,
+}
+
+impl Destination {
+    /// Where a connection goes.
+    pub(crate) fn of(e: &Endpoints) -> Self {
+        Self {
+            netns: e.netns,
+            local: e.local,
+            remote: e.remote,
+            remote_port: e.remote_port,
+        }
+    }
+
+    pub(crate) fn family(&self) -> Family {
+        if self.local.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
+}
+
+/// One destination's ephemeral ports.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Usage {
+    pub(crate) destination: Destination,
+    /// Ports of the range held by its sockets, in every state.
+    pub(crate) in_use: u32,
+    /// Of them, held by connections in TIME-WAIT.
+    pub(crate) time_wait: u32,
+    /// Ports of the namespace's range (less the reserved ones).
+    pub(crate) available: u32,
+    /// The processes holding the most, with how many each, most first: known for destinations
+    /// past the threshold, from the kernel's records (the process that connected, kept through
+    /// TIME-WAIT); sockets of unknown owner are left out.
+    pub(crate) holders: Vec<(Owner, u32)>,
+}
+
+impl Usage {
+    /// The share of the range in use, in percent.
+    pub(crate) fn percent(&self) -> f64 {
+        f64::from(self.in_use) * 100.0 / f64::from(self.available.max(1))
+    }
+
+    /// At or past `percent` of the range.
+    fn reaches(&self, percent: u8) -> bool {
+        u64::from(self.in_use) * 100 >= u64::from(percent) * u64::from(self.available)
+    }
+}
+
+/// Counts each destination's ports in a listing of every state (its namespaces' port ranges
+/// with it): the sockets whose local port lies in their namespace's range, whatever their
+/// state, but listeners and the connections they accepted (their local port is the listener's).
+/// Returns the destinations at or past `percent` less [`HYSTERESIS`] (those an episode may
+/// concern), and the [`MOST_PRESSED`] others most used, most used first; the owners of those at
+/// or past `percent` are looked up in `records`. Nothing when `percent` is 0 (off).
+pub(crate) fn tally(listing: &Listing, records: &Records, percent: u8) -> Vec<Usage> {
+    if percent == 0 {
+        return Vec::new();
+    }
+    let listening = listing.listening();
+    let counted = listing.sockets.iter().filter(|s| {
+        let e = &s.endpoints;
+        s.state != TcpState::Listen
+            && e.remote_port != 0
+            && !listening.contains(&(e.netns, e.local_port))
+            && listing
+                .port_ranges
+                .get(&e.netns)
+                .is_some_and(|r| r.contains(e.local_port))
+    });
+    let mut by_destination: HashMap<Destination, (u32, u32)> = HashMap::new();
+    for s in counted.clone() {
+        let counts = by_destination
+            .entry(Destination::of(&s.endpoints))
+            .or_default();
+        counts.0 += 1;
+        counts.1 += u32::from(s.state == TcpState::TimeWait);
+    }
+    let mut usage: Vec<Usage> = by_destination
+        .into_iter()
+        .filter_map(|(destination, (in_use, time_wait))| {
+            let available = listing.port_ranges.get(&destination.netns)?.available();
+            Some(Usage {
+                destination,
+                in_use,
+                time_wait,
+                available,
+                holders: Vec::new(),
+            })
+        })
+        .filter(|u| u.available > 0)
+        .collect();
+    usage.sort_by(|a, b| {
+        b.percent()
+            .total_cmp(&a.percent())
+            .then(a.destination.cmp(&b.destination))
+    });
+    let floor = percent.saturating_sub(HYSTERESIS);
+    let kept = usage.iter().filter(|u| u.reaches(floor)).count();
+    usage.truncate(kept.max(MOST_PRESSED));
+    let pressed: HashMap<Destination, usize> = usage
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| u.reaches(percent))
+        .map(|(i, u)| (u.destination, i))
+        .collect();
+    if pressed.is_empty() {
+        return usage;
+    }
+    let pids: HashMap<u64, u32> = records
+        .sockets
+        .iter()
+        .map(|(cookie, r)| (*cookie, r.pid))
+        .chain(records.timewaits.iter().map(|(_, r)| (r.cookie, r.pid)))
+        .filter(|(_, pid)| *pid != 0)
+        .collect();
+    let mut by_pid: Vec<HashMap<u32, u32>> = vec![HashMap::new(); usage.len()];
+    for s in counted {
+        let destination = Destination::of(&s.endpoints);
+        if let (Some(i), Some(pid)) = (pressed.get(&destination), pids.get(&s.cookie)) {
+            *by_pid[*i].entry(*pid).or_default() += 1;
+        }
+    }
+    for (u, counts) in usage.iter_mut().zip(by_pid) {
+        let mut holders: Vec<(u32, u32)> = counts.into_iter().collect();
+        holders.sort_by_key(|(pid, n)| (Reverse(*n), *pid));
+        holders.truncate(HOLDERS);
+        u.holders = holders
+            .into_iter()
+            .map(|(pid, n)| {
+                let owner = Owner {
+                    pid,
+                    comm: Comm::new(""),
+                    cgroup: None,
+                };
+                (owner, n)
+            })
+            .collect();
+    }
+    usage
+}
+
+/// An episode under way.
+#[derive(Debug, Clone, Copy)]
+struct Episode {
+    since_ns: u64,
+    /// The most ports in use it saw.
+    peak: u32,
+    /// The range's size when last seen.
+    available: u32,
+}
+
+/// What summaries and metrics show of the port pressure, as of the last listing.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct PressureView {
+    /// The destinations most used, most used first (at most [`MOST_PRESSED`], and every pressed
+    /// one up to [`MAX_GAUGES`]).
+    pub(crate) most_used: Vec<Usage>,
+    /// Of them, how many are pressed now (the first ones).
+    pub(crate) pressed_now: usize,
+    /// Reports since start-up.
+    pub(crate) reports: u64,
+}
+
+/// Judges the counts of each listing: `port_pressure` past the threshold, once per episode, and
+/// `port_pressure_relieved` when the use falls [`HYSTERESIS`] points below it (or the
+/// destination's sockets are gone).
+#[derive(Debug, Default)]
+pub(crate) struct PortPressure {
+    /// `--port-pressure`, in percent; 0: off.
+    percent: u8,
+    pressed: HashMap<Destination, Episode>,
+    latest: Vec<Usage>,
+    reports: u64,
+}
+
+impl PortPressure {
+    pub(crate) fn new(percent: u8) -> Self {
+        Self {
+            percent,
+            ..Self::default()
+        }
+    }
+
+    /// The counts of a listing taken at `now_ns`, as [`tally`] kept them (holders described).
+    pub(crate) fn check(&mut self, usage: Vec<Usage>, now_ns: u64, sink: &mut impl Sink) {
+        if self.percent == 0 {
+            return;
+        }
+        let floor = self.percent.saturating_sub(HYSTERESIS);
+        let now: HashMap<Destination, &Usage> = usage.iter().map(|u| (u.destination, u)).collect();
+        let mut ended: Vec<(Destination, Episode)> = self
+            .pressed
+            .iter()
+            .filter(|(d, _)| {
+                now.get(*d)
+                    .is_none_or(|u| u.in_use == 0 || !u.reaches(floor.max(1)))
+            })
+            .map(|(d, e)| (*d, *e))
+            .collect();
+        ended.sort_by_key(|(d, _)| *d);
+        for (destination, episode) in ended {
+            self.pressed.remove(&destination);
+            let current = now.get(&destination);
+            sink.port_pressure_relieved(&PortPressureRelieved {
+                ts_ns: now_ns,
+                destination,
+                in_use: current.map_or(0, |u| u.in_use),
+                available: current.map_or(episode.available, |u| u.available),
+                peak: episode.peak,
+                duration_ns: now_ns.saturating_sub(episode.since_ns),
+            });
+        }
+        for u in usage.iter().filter(|u| u.reaches(self.percent)) {
+            if let Some(episode) = self.pressed.get_mut(&u.destination) {
+                episode.peak = episode.peak.max(u.in_use);
+                episode.available = u.available;
+                continue;
+            }
+            self.pressed.insert(
+                u.destination,
+                Episode {
+                    since_ns: now_ns,
+                    peak: u.in_use,
+                    available: u.available,
+                },
+            );
+            self.reports += 1;
+            sink.port_pressure(&PortPressureReport {
+                ts_ns: now_ns,
+                destination: u.destination,
+                in_use: u.in_use,
+                available: u.available,
+                time_wait: u.time_wait,
+                threshold_percent: self.percent,
+                holders: u.holders.clone(),
+            });
+        }
+        self.latest = usage;
+    }
+
+    /// The destinations most used now, for summaries and metrics.
+    pub(crate) fn view(&self) -> PressureView {
+        let pressed_now = self
+            .latest
+            .iter()
+            .take_while(|u| u.reaches(self.percent))
+            .count()
+            .min(MAX_GAUGES);
+        PressureView {
+            most_used: self
+                .latest
+                .iter()
+                .take(pressed_now.max(MOST_PRESSED))
+                .cloned()
+                .collect(),
+            pressed_now,
+            reports: self.reports,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
