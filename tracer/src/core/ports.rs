@@ -299,4 +299,4 @@ impl PortPressure {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,9 +1,10 @@
 //! Stage 4, export: every output of the core's reports. The log writer ([`log`]: text for people,
 //! JSON lines for pipelines) receives the reports about single sockets; the periodic [`summary`]
 //! and the Prometheus [`metrics`] (served by [`endpoint`]) read the same snapshot of the core and
-//! of the kernel's aggregates.
+//! of the kernel's aggregates (the port-pressure metrics: [`port_metrics`]).
 pub(crate) mod endpoint;
 pub(crate) mod log;
 pub(crate) mod metrics;
+mod port_metrics;
 pub(crate) mod summary;
 pub(crate) mod wall_clock;

@@ -218,6 +218,32 @@ fn only_destinations_near_the_threshold_and_the_most_used_are_kept() {
     );
 }
 
+/// A detector's view after `n` destinations came past the threshold, 99 to 100 - n ports in use.
+pub(crate) fn pressed(n: u8) -> PressureView {
+    let mut sockets = Vec::new();
+    for d in 0..n {
+        let remote = IpAddr::V4(Ipv4Addr::new(10, 1, 0, d));
+        let open = 99 - u16::from(d);
+        sockets
+            .extend((0..open).map(|i| socket(NETNS, 1000 + i, remote, 80, TcpState::Established)));
+    }
+    let mut p = PortPressure::new(80);
+    let usage = tally(&listing(sockets), &Records::default(), 80);
+    p.check(usage, S, &mut Recorded::default());
+    p.view()
+}
+
+#[test]
+fn the_view_is_bounded() {
+    let view = pressed(12);
+    assert_eq!(
+        (view.pressed_now, view.reports, view.most_used.len()),
+        (10, 12, 10)
+    );
+    assert_eq!(view.most_used[0].in_use, 99);
+    assert_eq!(pressed(2).most_used.len(), 2, "only what was kept");
+}
+
 /// The detector fed a listing with `in_use` ports toward the database.
 fn check(p: &mut PortPressure, in_use: u16, at: u64, r: &mut Recorded) {
     let usage = tally(
