@@ -230,10 +230,7 @@ impl PortPressure {
         let mut ended: Vec<(Destination, Episode)> = self
             .pressed
             .iter()
-            .filter(|(d, _)| {
-                now.get(*d)
-                    .is_none_or(|u| u.in_use == 0 || !u.reaches(floor.max(1)))
-            })
+            .filter(|(d, _)| now.get(*d).is_none_or(|u| !u.reaches(floor.max(1))))
             .map(|(d, e)| (*d, *e))
             .collect();
         ended.sort_by_key(|(d, _)| *d);
