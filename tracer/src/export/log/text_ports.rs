@@ -8,16 +8,14 @@ use super::{
 };
 
 /// `TIME LEVEL  what: local -> remote:port netns=N uses IN_USE/AVAILABLE ephemeral ports`.
-fn head(
-    style: &TextStyle,
-    (h, what, d): (&Head, &str, &DestinationAddr),
-    (in_use, available): (u32, u32),
-) -> String {
+fn head(style: &TextStyle, h: &Head, what: &str, d: &DestinationAddr, used: [u32; 2]) -> String {
     format!(
-        "{} {}  {what}: {} uses {in_use}/{available} ephemeral ports",
+        "{} {}  {what}: {} uses {}/{} ephemeral ports",
         time(h.ts),
         level(h.level, style),
         destination(d),
+        used[0],
+        used[1],
     )
 }
 
@@ -27,14 +25,11 @@ pub(super) fn pressure(out: &mut Line, style: &TextStyle, l: &PortPressureLine) 
         .iter()
         .map(|h| format!("[{} ports: {}]", h.ports, describe(&h.owner)))
         .collect();
+    let used = [l.in_use, l.available];
     writeln!(
         out,
         "{} ({}%, threshold {}%), {} in TIME_WAIT; holders: {}",
-        head(
-            style,
-            (&l.head, "port pressure", &l.destination),
-            (l.in_use, l.available)
-        ),
+        head(style, &l.head, "port pressure", &l.destination, used),
         l.percent,
         l.threshold_percent,
         l.time_wait,
@@ -47,14 +42,12 @@ pub(super) fn pressure(out: &mut Line, style: &TextStyle, l: &PortPressureLine) 
 }
 
 pub(super) fn relieved(out: &mut Line, style: &TextStyle, l: &PortRelievedLine) -> io::Result<()> {
+    let what = "port pressure relieved";
+    let used = [l.in_use, l.available];
     writeln!(
         out,
         "{} after {} (peak {})",
-        head(
-            style,
-            (&l.head, "port pressure relieved", &l.destination),
-            (l.in_use, l.available)
-        ),
+        head(style, &l.head, what, &l.destination, used),
         seconds(l.duration_ns),
         l.peak,
     )

@@ -250,6 +250,7 @@ impl<'a> RecoveredLine<'a> {
 pub(in super::super) struct PortPressureLine<'a> {
     #[serde(flatten)]
     pub(in super::super) head: Head,
+    /// Where the connections go.
     #[serde(flatten)]
     pub(in super::super) destination: DestinationAddr,
     /// Ephemeral ports its connections hold, TIME-WAIT included, and the range's size.
@@ -259,15 +260,6 @@ pub(in super::super) struct PortPressureLine<'a> {
     pub(in super::super) percent: f64,
     pub(in super::super) threshold_percent: u8,
     pub(in super::super) holders: Vec<Holder<'a>>,
-}
-
-/// A process holding ports toward a pressed destination.
-#[derive(Serialize)]
-pub(in super::super) struct Holder<'a> {
-    /// Ports it holds.
-    pub(in super::super) ports: u32,
-    #[serde(flatten)]
-    pub(in super::super) owner: OwnerFields<'a>,
 }
 
 impl<'a> PortPressureLine<'a> {
@@ -292,10 +284,20 @@ impl<'a> PortPressureLine<'a> {
     }
 }
 
+/// A process holding ports toward a pressed destination.
+#[derive(Serialize)]
+pub(in super::super) struct Holder<'a> {
+    /// Ports it holds.
+    pub(in super::super) ports: u32,
+    #[serde(flatten)]
+    pub(in super::super) owner: OwnerFields<'a>,
+}
+
 #[derive(Serialize)]
 pub(in super::super) struct PortRelievedLine {
     #[serde(flatten)]
     pub(in super::super) head: Head,
+    /// Where the connections go.
     #[serde(flatten)]
     pub(in super::super) destination: DestinationAddr,
     pub(in super::super) in_use: u32,
