@@ -133,8 +133,7 @@ pub(crate) fn tally(listing: &Listing, records: &Records, percent: u8) -> Vec<Us
             .total_cmp(&a.percent())
             .then(a.destination.cmp(&b.destination))
     });
-    let floor = percent.saturating_sub(HYSTERESIS);
-    let kept = usage.iter().filter(|u| u.reaches(floor)).count();
+    let kept = usage.iter().filter(|u| u.reaches(relief(percent))).count();
     usage.truncate(kept.max(MOST_PRESSED));
     let pressed: HashMap<Destination, usize> = usage
         .iter()
@@ -176,6 +175,12 @@ pub(crate) fn tally(listing: &Listing, records: &Records, percent: u8) -> Vec<Us
             .collect();
     }
     usage
+}
+
+/// Below this share an episode ends: [`HYSTERESIS`] points under the threshold, and at least 1 %
+/// (with a threshold of 5 % or less, when the destination is all but unused).
+fn relief(percent: u8) -> u8 {
+    percent.saturating_sub(HYSTERESIS).max(1)
 }
 
 /// An episode under way.
@@ -225,12 +230,12 @@ impl PortPressure {
         if self.percent == 0 {
             return;
         }
-        let floor = self.percent.saturating_sub(HYSTERESIS);
+        let floor = relief(self.percent);
         let now: HashMap<Destination, &Usage> = usage.iter().map(|u| (u.destination, u)).collect();
         let mut ended: Vec<(Destination, Episode)> = self
             .pressed
             .iter()
-            .filter(|(d, _)| now.get(*d).is_none_or(|u| !u.reaches(floor.max(1))))
+            .filter(|(d, _)| now.get(*d).is_none_or(|u| !u.reaches(floor)))
             .map(|(d, e)| (*d, *e))
             .collect();
         ended.sort_by_key(|(d, _)| *d);
