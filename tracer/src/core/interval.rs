@@ -8,8 +8,7 @@ use tracer_common::{End, TcpState, Tuple, TwRecord};
 
 use super::{
     ends,
-    ports::PressureView,
-    report::{Reconciliation, Snapshot, StuckReport},
+    report::{PressureView, Reconciliation, Snapshot, StuckReport},
     totals::{Percentiles, Totals, figures_of, pairs, percentiles},
 };
 use crate::{

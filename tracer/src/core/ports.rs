@@ -4,86 +4,28 @@
 //! out for that destination (`connect()` fails with `EADDRNOTAVAIL`) long before the host looks
 //! busy. Counted from each full listing of the kernel's sockets ([`tally`], on the job's thread),
 //! judged here ([`PortPressure`]): one report per episode past `--port-pressure`, one when it ends.
-use std::{cmp::Reverse, collections::HashMap, net::IpAddr};
+use std::{cmp::Reverse, collections::HashMap};
 
 use tracer_common::TcpState;
 
 use super::{
     reconcile::Records,
-    report::{PortPressureRelieved, PortPressureReport, Sink},
+    report::{Destination, PortPressureRelieved, PortPressureReport, PressureView, Sink, Usage},
 };
 use crate::{
     enrich::socket_list::Listing,
     owner::{Comm, Owner},
-    source::events::{Endpoints, Family},
 };
 
 /// An episode ends when the use falls this many points below the threshold: a destination
 /// hovering at the threshold is reported once, not at every listing.
 pub(crate) const HYSTERESIS: u8 = 5;
-/// Destinations carried to the summary beyond those pressed.
+/// Destinations carried to the summary beyond those pressed (see [`PressureView`]).
 pub(crate) const MOST_PRESSED: usize = 5;
 /// Pressed destinations with a gauge of their own, at most.
 pub(crate) const MAX_GAUGES: usize = 10;
 /// Processes named in a report, at most.
 const HOLDERS: usize = 5;
-
-/// Where connections go: from one local address of a namespace to one remote address and port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct Destination {
-    pub(crate) netns: u32,
-    pub(crate) local: IpAddr,
-    pub(crate) remote: IpAddr,
-    pub(crate) remote_port: u16,
-}
-
-impl Destination {
-    /// Where a connection goes.
-    pub(crate) fn of(e: &Endpoints) -> Self {
-        Self {
-            netns: e.netns,
-            local: e.local,
-            remote: e.remote,
-            remote_port: e.remote_port,
-        }
-    }
-
-    pub(crate) fn family(&self) -> Family {
-        if self.local.is_ipv4() {
-            Family::Ipv4
-        } else {
-            Family::Ipv6
-        }
-    }
-}
-
-/// One destination's ephemeral ports.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Usage {
-    pub(crate) destination: Destination,
-    /// Ports of the range held by its sockets, in every state.
-    pub(crate) in_use: u32,
-    /// Of them, held by connections in TIME-WAIT.
-    pub(crate) time_wait: u32,
-    /// Ports of the namespace's range (less the reserved ones).
-    pub(crate) available: u32,
-    /// The processes holding the most, with how many each, most first: known for destinations
-    /// past the threshold, from the kernel's records (the process that connected, kept through
-    /// TIME-WAIT); sockets of unknown owner are left out.
-    pub(crate) holders: Vec<(Owner, u32)>,
-}
-
-impl Usage {
-    /// The share of the range in use, in percent.
-    pub(crate) fn percent(&self) -> f64 {
-        f64::from(self.in_use) * 100.0 / f64::from(self.available.max(1))
-    }
-
-    /// At or past `percent` of the range.
-    fn reaches(&self, percent: u8) -> bool {
-        u64::from(self.in_use) * 100 >= u64::from(percent) * u64::from(self.available)
-    }
-}
 
 /// Counts each destination's ports in a listing of every state (its namespaces' port ranges
 /// with it): the sockets whose local port lies in their namespace's range, whatever their
@@ -191,18 +133,6 @@ struct Episode {
     peak: u32,
     /// The range's size when last seen.
     available: u32,
-}
-
-/// What summaries and metrics show of the port pressure, as of the last listing.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub(crate) struct PressureView {
-    /// The destinations most used, most used first (at most [`MOST_PRESSED`], and every pressed
-    /// one up to [`MAX_GAUGES`]).
-    pub(crate) most_used: Vec<Usage>,
-    /// Of them, how many are pressed now (the first ones).
-    pub(crate) pressed_now: usize,
-    /// Reports since start-up.
-    pub(crate) reports: u64,
 }
 
 /// Judges the counts of each listing: `port_pressure` past the threshold, once per episode, and

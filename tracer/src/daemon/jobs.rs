@@ -15,8 +15,9 @@ use crate::{
     core::{
         apply::apply,
         listeners::{self, HalfOpenListing, ListenerSeen},
-        ports::{self, Usage},
+        ports,
         reconcile::{self, Lingering, Outcome, Plan, Records},
+        report::Usage,
         stuck::{OwnerLookup, Thresholds},
     },
     enrich::{

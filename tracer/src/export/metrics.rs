@@ -22,8 +22,7 @@ use tracer_common::{
 use crate::{
     core::{
         ends,
-        ports::PressureView,
-        report::{Reconciliation, Snapshot},
+        report::{PressureView, Reconciliation, Snapshot},
     },
     enrich::listen_drops::ListenDrops,
     source::{

@@ -6,7 +6,7 @@ use prometheus_client::{
     metrics::MetricType,
 };
 
-use crate::core::ports::PressureView;
+use crate::core::report::PressureView;
 
 /// Encodes the figures of the last listing.
 pub(super) fn encode(

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     core::losses::{LossWatch, Losses},
-    core::ports::{Destination, PressureView, Usage},
+    core::report::{Destination, PressureView, Usage},
     core::report::{
         ListenerHalfOpen, ListenerRecovered, ListenerStalled, PortPressureRelieved,
         PortPressureReport, Sink as _, Trouble,

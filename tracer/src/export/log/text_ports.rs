@@ -61,10 +61,7 @@ mod tests {
         LogFormat,
         tests::{owner, render},
     };
-    use crate::core::{
-        ports::Destination,
-        report::{PortPressureRelieved, PortPressureReport, Sink as _},
-    };
+    use crate::core::report::{Destination, PortPressureRelieved, PortPressureReport, Sink as _};
 
     #[test]
     fn pressure_and_relief_name_the_destination_and_the_holders() {

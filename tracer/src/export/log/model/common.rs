@@ -5,7 +5,10 @@ use std::{borrow::Cow, net::IpAddr, time::SystemTime};
 use serde::{Serialize, Serializer};
 
 use crate::{
-    core::{losses::Losses, ports::Destination, report::Trouble},
+    core::{
+        losses::Losses,
+        report::{Destination, Trouble},
+    },
     export::wall_clock::WallClock,
     owner::{ContainerId, Owner, PodUid, Qos, Runtime},
     source::events::Endpoints,
