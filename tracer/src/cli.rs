@@ -110,6 +110,12 @@ pub struct Config {
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) reconcile_interval: Duration,
 
+    /// Warn when connections to one destination (network namespace, local address, remote address
+    /// and port) hold this share of its namespace's ephemeral ports, TIME-WAIT included, in
+    /// percent (checked at each reconciliation; 0: off).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100), value_name = "PERCENT")]
+    pub(crate) port_pressure: u8,
+
     /// Most sockets the kernel keeps records of (timewait sockets: half as many; sockets in
     /// watched states: a quarter). Each costs about 100 bytes when used and 29 bytes reserved;
     /// sockets past it are counted, not traced.
@@ -245,6 +251,7 @@ impl Config {
                 thresholds: self.thresholds(),
                 repeat_ns: nanos(self.stuck_repeat),
                 owners: self.owner_filter(),
+                port_pressure: self.port_pressure,
             },
             log: LogSettings {
                 format: self.log_format,

@@ -8,7 +8,7 @@ use tracer_common::{End, TcpState, Tuple, TwRecord};
 
 use super::{
     ends,
-    report::{Reconciliation, Snapshot, StuckReport},
+    report::{PressureView, Reconciliation, Snapshot, StuckReport},
     totals::{Percentiles, Totals, figures_of, pairs, percentiles},
 };
 use crate::{
@@ -71,6 +71,8 @@ pub(crate) struct Summary {
     /// What the kernel could not deliver, since start-up.
     pub(crate) health: KernelHealth,
     pub(crate) reconciliation: Reconciliation,
+    /// The destinations using the most of their ephemeral ports, as of the last listing.
+    pub(crate) port_pressure: PressureView,
 }
 
 /// Connect times (SYN_SENT to ESTABLISHED): `None` when no connect of that kind was seen.
@@ -149,6 +151,7 @@ impl Summary {
             seen: context.seen,
             health: context.health,
             reconciliation: snapshot.reconciliation,
+            port_pressure: snapshot.port_pressure,
         }
     }
 }
@@ -182,6 +185,7 @@ mod tests {
                 thresholds: Thresholds::default(),
                 repeat_ns: 1,
                 owners: Default::default(),
+                port_pressure: 80,
             },
             [0; TcpState::COUNT],
         );

@@ -16,6 +16,7 @@
 //! - [`closes`]: lines of closed sockets held until a reset sent right after amends them;
 //! - [`ends`]: connection ends and failed connects by name;
 //! - [`losses`]: what the tracer could not see, said when it grows;
+//! - [`ports`]: ephemeral ports in use per destination, from each full listing;
 //! - [`select`]: the owner filters; [`report`]: the vocabulary of what the core reports.
 pub(crate) mod apply;
 pub(crate) mod closes;
@@ -24,6 +25,7 @@ pub(crate) mod interval;
 pub(crate) mod listeners;
 pub(crate) mod losses;
 pub(crate) mod port;
+pub(crate) mod ports;
 pub(crate) mod reconcile;
 pub(crate) mod report;
 pub(crate) mod select;
@@ -38,8 +40,9 @@ use self::{
     closes::PendingCloses,
     interval::{Context, Summary},
     listeners::{HalfOpenListing, ListenerSeen, Listeners},
+    ports::PortPressure,
     reconcile::{Outcome, Plan},
-    report::{Reconciliation, Sink, Snapshot, TransitionInfo},
+    report::{Reconciliation, Sink, Snapshot, TransitionInfo, Usage},
     select::OwnerFilter,
     stuck::{OwnerLookup, StuckSockets, Thresholds},
     totals::Totals,
@@ -61,6 +64,8 @@ pub(crate) struct Settings {
     pub(crate) repeat_ns: u64,
     /// `--pid`, `--comm`, `--cgroup`.
     pub(crate) owners: OwnerFilter,
+    /// `--port-pressure`, in percent of a destination's ephemeral ports; 0: off.
+    pub(crate) port_pressure: u8,
 }
 
 pub(crate) struct Tracker {
@@ -72,6 +77,7 @@ pub(crate) struct Tracker {
     closes: PendingCloses,
     listeners: Listeners,
     listen_drops: ListenDrops,
+    ports: PortPressure,
 }
 
 impl Tracker {
@@ -92,6 +98,7 @@ impl Tracker {
             selection: settings.owners,
             closes: PendingCloses::default(),
             listen_drops: ListenDrops::default(),
+            ports: PortPressure::new(settings.port_pressure),
         }
     }
 
@@ -195,6 +202,12 @@ impl Tracker {
         }
     }
 
+    /// The ports each destination uses, counted from a listing taken at `now_ns`: pressure
+    /// reported, and relief.
+    pub(crate) fn port_usage(&mut self, usage: Vec<Usage>, now_ns: u64, sink: &mut impl Sink) {
+        self.ports.check(usage, now_ns, sink);
+    }
+
     /// Lingering timewait sockets the kernel moved to TIME_WAIT without a trace (written to its
     /// records as such, where `written`): counted as the transitions they are, and reported.
     pub(crate) fn silently_moved(
@@ -263,6 +276,7 @@ impl Tracker {
             synack_retransmits_by_listener: self.listeners.synack_retransmits(),
             listen_drops: self.listen_drops,
             reconciliation: self.reconciliation,
+            port_pressure: self.ports.view(),
         }
     }
 

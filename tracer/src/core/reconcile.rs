@@ -107,12 +107,7 @@ pub(crate) fn plan(
         ..Plan::default()
     };
     let watched = |state: u8| TcpState::from_u8(state).is_some_and(|s| thresholds.watches(s));
-    let listening: HashSet<(u32, u16)> = listing
-        .sockets
-        .iter()
-        .filter(|s| s.state == TcpState::Listen)
-        .map(|s| (s.endpoints.netns, s.endpoints.local_port))
-        .collect();
+    let listening = listing.listening();
     let service_port = |s: &ListedSocket| {
         let e = &s.endpoints;
         if s.state == TcpState::Listen || listening.contains(&(e.netns, e.local_port)) {

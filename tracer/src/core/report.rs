@@ -1,12 +1,14 @@
 //! What the core reports, and to whom: the [`Sink`] every exporter implements, the per-socket
 //! reports, and the [`Snapshot`] of counts that summaries and metrics both read, so that their
 //! counts cannot disagree.
+use std::net::IpAddr;
+
 use crate::owner::Owner;
 use tracer_common::TcpState;
 
 use crate::{
     enrich::listen_drops::ListenDrops,
-    source::events::{Endpoints, Transition},
+    source::events::{Endpoints, Family, Transition},
 };
 
 /// Where the core's reports go. Stuck and unstuck reports are made only for the sockets the owner
@@ -20,6 +22,8 @@ pub(crate) trait Sink {
     fn listener_stalled(&mut self, report: &ListenerStalled);
     fn listener_half_open(&mut self, report: &ListenerHalfOpen);
     fn listener_recovered(&mut self, report: &ListenerRecovered);
+    fn port_pressure(&mut self, report: &PortPressureReport);
+    fn port_pressure_relieved(&mut self, report: &PortPressureRelieved);
 }
 
 /// What the core knows of a transition beyond the event.
@@ -86,6 +90,8 @@ pub(crate) struct Snapshot {
     /// made).
     pub(crate) listen_drops: ListenDrops,
     pub(crate) reconciliation: Reconciliation,
+    /// The destinations using the most of their ephemeral ports, as of the last listing.
+    pub(crate) port_pressure: PressureView,
 }
 
 impl Snapshot {
@@ -160,6 +166,101 @@ pub(crate) struct ListenerRecovered {
     /// How long the trouble lasted, as the checks saw it.
     pub(crate) duration_ns: u64,
     pub(crate) owner: Option<Owner>,
+}
+
+/// Where connections go: from one local address of a namespace to one remote address and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Destination {
+    pub(crate) netns: u32,
+    pub(crate) local: IpAddr,
+    pub(crate) remote: IpAddr,
+    pub(crate) remote_port: u16,
+}
+
+impl Destination {
+    /// Where a connection goes.
+    pub(crate) fn of(e: &Endpoints) -> Self {
+        Self {
+            netns: e.netns,
+            local: e.local,
+            remote: e.remote,
+            remote_port: e.remote_port,
+        }
+    }
+
+    pub(crate) fn family(&self) -> Family {
+        if self.local.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
+}
+
+/// One destination's ephemeral ports.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Usage {
+    pub(crate) destination: Destination,
+    /// Ports of the range held by its sockets, in every state.
+    pub(crate) in_use: u32,
+    /// Of them, held by connections in TIME-WAIT.
+    pub(crate) time_wait: u32,
+    /// Ports of the namespace's range (less the reserved ones).
+    pub(crate) available: u32,
+    /// The processes holding the most, with how many each, most first: known for destinations
+    /// past the threshold, from the kernel's records (the process that connected, kept through
+    /// TIME-WAIT); sockets of unknown owner are left out.
+    pub(crate) holders: Vec<(Owner, u32)>,
+}
+
+impl Usage {
+    /// The share of the range in use, in percent.
+    pub(crate) fn percent(&self) -> f64 {
+        f64::from(self.in_use) * 100.0 / f64::from(self.available.max(1))
+    }
+
+    /// At or past `percent` of the range.
+    pub(crate) fn reaches(&self, percent: u8) -> bool {
+        u64::from(self.in_use) * 100 >= u64::from(percent) * u64::from(self.available)
+    }
+}
+
+/// What summaries and metrics show of the port pressure, as of the last listing.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct PressureView {
+    /// The destinations most used, most used first (at most `ports::MOST_PRESSED`, and every
+    /// pressed one up to `ports::MAX_GAUGES`).
+    pub(crate) most_used: Vec<Usage>,
+    /// Of them, how many are pressed now (the first ones).
+    pub(crate) pressed_now: usize,
+    /// Reports since start-up.
+    pub(crate) reports: u64,
+}
+
+/// A destination uses `--port-pressure` percent of its ephemeral ports or more.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PortPressureReport {
+    pub(crate) ts_ns: u64,
+    pub(crate) destination: Destination,
+    pub(crate) in_use: u32,
+    pub(crate) available: u32,
+    /// Of `in_use`, ports held by connections in TIME-WAIT.
+    pub(crate) time_wait: u32,
+    pub(crate) threshold_percent: u8,
+    /// The processes holding the most ports, with how many each, most first.
+    pub(crate) holders: Vec<(Owner, u32)>,
+}
+
+/// A destination reported pressed uses fewer ports again (or none: its sockets are gone).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PortPressureRelieved {
+    pub(crate) ts_ns: u64,
+    pub(crate) destination: Destination,
+    pub(crate) in_use: u32,
+    pub(crate) available: u32,
+    /// The most ports in use during the episode, as the listings saw it.
+    pub(crate) peak: u32,
+    pub(crate) duration_ns: u64,
 }
 
 /// Differences found between the records and the kernel's socket list, and fixed.

@@ -14,8 +14,8 @@ use super::{
     interval::{Context, time_wait_by_remote_port},
     listeners::{HalfOpenListing, ListenerSeen, assign_half_open},
     report::{
-        ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport, TransitionInfo,
-        Trouble, UnstuckReport,
+        ListenerHalfOpen, ListenerRecovered, ListenerStalled, PortPressureRelieved,
+        PortPressureReport, Sink, StuckReport, TransitionInfo, Trouble, UnstuckReport,
     },
     select::OwnerFilter,
     stuck::Thresholds,
@@ -45,13 +45,15 @@ fn holders(owners: HashMap<u64, Owner>) -> Holders {
 const NETNS: u32 = 4026531840;
 
 #[derive(Default, Debug)]
-struct Recorded {
+pub(super) struct Recorded {
     transitions: Vec<(Transition, TransitionInfo)>,
     stuck: Vec<StuckReport>,
     unstuck: Vec<UnstuckReport>,
     stalled: Vec<ListenerStalled>,
     half_open: Vec<ListenerHalfOpen>,
     recovered: Vec<ListenerRecovered>,
+    pub(super) pressure: Vec<PortPressureReport>,
+    pub(super) relieved: Vec<PortPressureRelieved>,
 }
 
 impl Sink for Recorded {
@@ -72,6 +74,12 @@ impl Sink for Recorded {
     }
     fn listener_recovered(&mut self, r: &ListenerRecovered) {
         self.recovered.push(r.clone());
+    }
+    fn port_pressure(&mut self, r: &PortPressureReport) {
+        self.pressure.push(r.clone());
+    }
+    fn port_pressure_relieved(&mut self, r: &PortPressureRelieved) {
+        self.relieved.push(r.clone());
     }
 }
 
@@ -136,6 +144,7 @@ fn tracker_with(owners: OwnerFilter) -> Tracker {
             thresholds: thresholds(CloseWait, 2),
             repeat_ns: 10 * S,
             owners,
+            port_pressure: 80,
         },
         [0; TcpState::COUNT],
     )
@@ -401,6 +410,7 @@ fn half_open_connections_are_listed_when_synacks_move() {
         thresholds: off,
         repeat_ns: S,
         owners: OwnerFilter::default(),
+        port_pressure: 0,
     };
     assert_eq!(
         Tracker::new(off, [0; TcpState::COUNT]).half_open_listing(),

@@ -15,7 +15,9 @@ use crate::{
     core::{
         apply::apply,
         listeners::{self, HalfOpenListing, ListenerSeen},
+        ports,
         reconcile::{self, Lingering, Outcome, Plan, Records},
+        report::Usage,
         stuck::{OwnerLookup, Thresholds},
     },
     enrich::{
@@ -40,6 +42,9 @@ pub(super) struct Reconciled {
     pub(super) outcome: Outcome,
     /// Network namespaces listed.
     pub(super) namespaces: usize,
+    /// The ephemeral ports each destination uses, as the listing found them, and when.
+    pub(super) ports: Vec<Usage>,
+    pub(super) at_ns: u64,
     /// CPU time it took, on every thread: the next one is spaced by it.
     pub(super) cpu: Duration,
 }
@@ -70,6 +75,8 @@ pub(super) struct Jobs {
     thresholds: Thresholds,
     /// The records of full sockets are named by cookie and can be reconciled.
     socket_cookies: bool,
+    /// `--port-pressure`: the ports each destination uses are counted at each reconciliation.
+    port_pressure: u8,
     pub(super) reconciliation: Option<JoinHandle<Result<Reconciled>>>,
     pub(super) lingering: Option<JoinHandle<Result<Moved>>>,
     pub(super) listeners: Option<JoinHandle<Result<ListenersChecked>>>,
@@ -87,6 +94,7 @@ impl Jobs {
         filter: SocketFilter,
         thresholds: Thresholds,
         socket_cookies: bool,
+        port_pressure: u8,
     ) -> Self {
         Self {
             maps,
@@ -94,6 +102,7 @@ impl Jobs {
             filter,
             thresholds,
             socket_cookies,
+            port_pressure,
             reconciliation: None,
             lingering: None,
             listeners: None,
@@ -109,14 +118,16 @@ impl Jobs {
         if self.reconciliation.is_some() {
             return;
         }
-        let (maps, filter, thresholds, full_sockets) = (
+        let (maps, filter, thresholds, full_sockets, port_pressure) = (
             self.maps.clone(),
             self.filter.clone(),
             self.thresholds.clone(),
             self.socket_cookies,
+            self.port_pressure,
         );
         self.reconciliation = Some(tokio::task::spawn_blocking(move || {
-            reconcile_now(&maps, &filter, &thresholds, seed, full_sockets)
+            let settings = (seed, full_sockets, port_pressure);
+            reconcile_now(&maps, &filter, &thresholds, settings)
         }));
     }
 
@@ -168,12 +179,12 @@ impl Jobs {
     }
 }
 
+/// `settings`: the start-up snapshot or not, records named by cookie or not, `--port-pressure`.
 fn reconcile_now(
     maps: &RecordMaps,
     filter: &SocketFilter,
     thresholds: &Thresholds,
-    seed: bool,
-    full_sockets: bool,
+    (seed, full_sockets, port_pressure): (bool, bool, u8),
 ) -> Result<Reconciled> {
     let started = thread_cpu_time();
     let records =
@@ -185,12 +196,15 @@ fn reconcile_now(
     let listing_elsewhere = listing
         .cpu
         .saturating_sub(thread_cpu_time().saturating_sub(before_listing));
-    let plan = reconcile::plan(&records, &listing, thresholds, monotonic_ns(), seed);
+    let at_ns = monotonic_ns();
+    let plan = reconcile::plan(&records, &listing, thresholds, at_ns, seed);
     let outcome = apply(maps, &plan).context("writing the reconciliation's fixes")?;
     Ok(Reconciled {
         plan,
         outcome,
         namespaces: listing.namespaces.len().max(1),
+        ports: ports::tally(&listing, &records, port_pressure),
+        at_ns,
         cpu: thread_cpu_time().saturating_sub(started) + listing_elsewhere,
     })
 }

@@ -70,6 +70,7 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
         settings.load.filter.clone(),
         pipeline.tracker.thresholds().clone(),
         pipeline.socket_cookies(),
+        settings.core.port_pressure,
     );
     // Everything is loaded and attached, and no other thread runs yet: from here on, only the
     // capabilities the periodic work uses.
@@ -120,12 +121,12 @@ pub async fn run(config: Config, stdout: impl Write, stdout_is_terminal: bool) -
             _ = timers.refreshes.tick(), if pipeline.serves_metrics() => pipeline.refresh_metrics()?,
             _ = timers.health.tick() => pipeline.check_health(false)?,
             done = finished(&mut jobs.reconciliation) => {
-                let done = done?;
+                let mut done = done?;
                 // A safety net for what the kernel could not record: at most a small share of a
                 // CPU on hosts with very many sockets.
                 timers.next_reconciliation = Instant::now()
                     + settings.schedule.reconciliations.max(done.cpu * BACKGROUND_CPU_SHARE);
-                pipeline.reconciled(&done)?;
+                pipeline.reconciled(&mut done)?;
                 if done.plan.seed {
                     seeded = true;
                     let lookups = pipeline.poll_watched()?;

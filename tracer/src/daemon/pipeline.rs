@@ -173,9 +173,16 @@ impl<W: Write> Pipeline<W> {
             .owners_found(looked_up, &found, monotonic_ns(), &mut self.log);
     }
 
-    /// A reconciliation was written: counted. After the start-up snapshot, the daemon is ready.
-    pub(super) fn reconciled(&mut self, done: &Reconciled) -> Result<()> {
+    /// A reconciliation was written: counted, and the ports each destination uses judged. After
+    /// the start-up snapshot, the daemon is ready.
+    pub(super) fn reconciled(&mut self, done: &mut Reconciled) -> Result<()> {
         self.tracker.applied(&done.plan, &done.outcome);
+        let mut ports = std::mem::take(&mut done.ports);
+        for (owner, _) in ports.iter_mut().flat_map(|u| u.holders.iter_mut()) {
+            self.owners.describe(owner, monotonic_ns());
+        }
+        self.advance();
+        self.tracker.port_usage(ports, done.at_ns, &mut self.log);
         release_free_memory();
         if done.plan.seed {
             let tracked = self

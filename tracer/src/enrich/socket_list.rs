@@ -19,6 +19,7 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 use tracer_common::{TcpState, Tuple, normalize_family};
 
+use super::port_range::{self, PortRange};
 use crate::source::{
     clock::thread_cpu_time,
     decode::{address_bytes, endpoints},
@@ -50,8 +51,23 @@ pub(crate) struct Listing {
     pub(crate) listed: HashSet<u32>,
     /// The host's network namespaces, each with a process in it (to enter it by).
     pub(crate) namespaces: HashMap<u32, u32>,
+    /// The ephemeral port range of each namespace listed, read with a listing of every state
+    /// (a namespace whose range could not be read has none).
+    pub(crate) port_ranges: HashMap<u32, PortRange>,
     /// CPU time the listing took, on every thread it used (kernel time of the dumps included).
     pub(crate) cpu: Duration,
+}
+
+impl Listing {
+    /// The ports listened on, by namespace: a socket on one of them is a listener's, or a
+    /// connection it accepted.
+    pub(crate) fn listening(&self) -> HashSet<(u32, u16)> {
+        self.sockets
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+            .map(|s| (s.endpoints.netns, s.endpoints.local_port))
+            .collect()
+    }
 }
 
 /// Lists the TCP sockets (all, or those in one state) of the host's network namespaces that the
@@ -63,12 +79,13 @@ pub(crate) fn take_listing(
 ) -> Result<Listing> {
     let started = thread_cpu_time();
     let namespaces = known.unwrap_or_else(namespaces);
-    let (mut sockets, listed, other_threads) = list_each(&namespaces, only)?;
+    let (mut sockets, listed, port_ranges, other_threads) = list_each(&namespaces, only)?;
     sockets.retain(|s| filter.matches(&s.endpoints));
     Ok(Listing {
         sockets,
         listed,
         namespaces,
+        port_ranges,
         cpu: thread_cpu_time().saturating_sub(started) + other_threads,
     })
 }
@@ -126,31 +143,57 @@ pub fn list_namespaces(
     namespaces: &HashMap<u32, u32>,
     only: Option<TcpState>,
 ) -> Result<(Vec<ListedSocket>, HashSet<u32>)> {
-    list_each(namespaces, only).map(|(sockets, listed, _)| (sockets, listed))
+    list_each(namespaces, only).map(|(sockets, listed, ..)| (sockets, listed))
 }
 
-/// [`list_namespaces`], with the CPU time of the threads it started.
-fn list_each(
-    namespaces: &HashMap<u32, u32>,
-    only: Option<TcpState>,
-) -> Result<(Vec<ListedSocket>, HashSet<u32>, Duration)> {
+/// What [`list_each`] found: the sockets, the namespaces listed, their port ranges, and the CPU
+/// time of the threads it started.
+type Found = (
+    Vec<ListedSocket>,
+    HashSet<u32>,
+    HashMap<u32, PortRange>,
+    Duration,
+);
+
+/// [`list_namespaces`], with the port ranges (when every state is listed: port usage is counted
+/// from such listings only) and the CPU time of the threads it started.
+fn list_each(namespaces: &HashMap<u32, u32>, only: Option<TcpState>) -> Result<Found> {
     let own = own_netns()?;
     let mut sockets = list_tcp_sockets(own, only)?;
     let mut listed = HashSet::from([own]);
+    let mut ranges = HashMap::new();
+    if let Some(range) = range_of(own, only) {
+        ranges.insert(own, range);
+    }
     let mut cpu = Duration::ZERO;
     for (&netns, &pid) in namespaces.iter().filter(|(netns, _)| **netns != own) {
-        if let Ok((more, spent)) = list_in(netns, pid, only) {
+        if let Ok((more, range, spent)) = list_in(netns, pid, only) {
             sockets.extend(more);
             listed.insert(netns);
+            ranges.extend(range.map(|r| (netns, r)));
             cpu += spent;
         }
     }
-    Ok((sockets, listed, cpu))
+    Ok((sockets, listed, ranges, cpu))
+}
+
+/// The calling thread's namespace's port range, when every state is listed.
+fn range_of(netns: u32, only: Option<TcpState>) -> Option<PortRange> {
+    if only.is_some() {
+        return None;
+    }
+    port_range::read()
+        .inspect_err(|e| tracing::debug!("network namespace {netns}: {e:#}"))
+        .ok()
 }
 
 /// Lists the sockets of another network namespace from a thread that enters it (a network
 /// namespace is a per-thread attribute; the netlink socket belongs to the namespace it is made in).
-fn list_in(netns: u32, pid: u32, only: Option<TcpState>) -> Result<(Vec<ListedSocket>, Duration)> {
+fn list_in(
+    netns: u32,
+    pid: u32,
+    only: Option<TcpState>,
+) -> Result<(Vec<ListedSocket>, Option<PortRange>, Duration)> {
     use std::os::fd::AsRawFd as _;
     let path = format!("/proc/{pid}/ns/net");
     let handle = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
@@ -168,7 +211,7 @@ fn list_in(netns: u32, pid: u32, only: Option<TcpState>) -> Result<(Vec<ListedSo
                     );
                 }
                 let sockets = list_tcp_sockets(netns, only)?;
-                Ok((sockets, thread_cpu_time()))
+                Ok((sockets, range_of(netns, only), thread_cpu_time()))
             })
             .join()
             .map_err(|_| anyhow::anyhow!("listing thread panicked"))?

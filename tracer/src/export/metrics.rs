@@ -1,8 +1,8 @@
 //! Prometheus metrics (prometheus-client). Every figure follows a total the core or the kernel
 //! keeps, refreshed each second and encoded as it stands at each scrape: counts and histograms
 //! come from the kernel's aggregates (the daemon does no work per transition for them). Labels
-//! are states and transition pairs, never sockets, addresses or processes; a `port` label is
-//! opt-in and capped.
+//! are states and transition pairs, never sockets or processes (addresses: only the few pressed
+//! destinations of `port_metrics`); a `port` label is opt-in and capped.
 use std::{
     borrow::Cow,
     sync::{Arc, Mutex},
@@ -22,7 +22,7 @@ use tracer_common::{
 use crate::{
     core::{
         ends,
-        report::{Reconciliation, Snapshot},
+        report::{PressureView, Reconciliation, Snapshot},
     },
     enrich::listen_drops::ListenDrops,
     source::{
@@ -75,6 +75,7 @@ struct Latest {
     connect_failures: Vec<(Cow<'static, str>, u64)>,
     /// Connect times without and with a SYN retransmitted.
     connects: Vec<Series>,
+    ports: PressureView,
 }
 
 pub(crate) struct Metrics {
@@ -138,6 +139,7 @@ impl Metrics {
         latest.listen_drops = snapshot.listen_drops;
         latest.health = *health;
         latest.seen = *seen;
+        latest.ports = snapshot.port_pressure.clone();
         latest.ends = ends::by_end(&kernel.ends);
         latest.connect_failures = ends::connect_failures(&kernel.ends);
         latest.connects = kernel
@@ -480,7 +482,7 @@ impl Collector for Exposition {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             metric.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
         }
-        Ok(())
+        super::port_metrics::encode(&mut encoder, &latest.ports)
     }
 }
 
@@ -541,6 +543,7 @@ mod tests {
             synack_retransmits_by_listener: Vec::new(),
             listen_drops: Default::default(),
             reconciliation: Reconciliation::default(),
+            port_pressure: Default::default(),
         };
         snapshot.sockets[TcpState::CloseWait as usize] = 3;
         let durations = vec![StateDurations::default(); STATES];
@@ -583,6 +586,31 @@ mod tests {
         );
         assert!(
             text.contains("tcpstate_connect_duration_seconds_count{syn_retransmitted=\"true\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpstate_ephemeral_ports_max_ratio 0.0"),
+            "{text}"
+        );
+        snapshot.port_pressure = crate::core::ports::tests::pressed(12);
+        let text = exposition(&mut metrics, &snapshot);
+        assert!(
+            text.contains("tcpstate_ephemeral_ports_max_ratio 0.99"),
+            "{text}"
+        );
+        let per_destination = text
+            .lines()
+            .filter(|l| l.starts_with("tcpstate_ephemeral_ports_ratio{"))
+            .count();
+        assert_eq!(per_destination, 10, "at most 10: {text}");
+        assert!(
+            text.contains(
+                "tcpstate_ephemeral_ports_ratio{netns=\"4026531840\",saddr=\"10.0.0.1\",daddr=\"10.1.0.0\",dport=\"80\"} 0.99"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpstate_port_pressure_reports_total 12"),
             "{text}"
         );
         snapshot.sockets[TcpState::CloseWait as usize] = 0;

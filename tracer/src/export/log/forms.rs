@@ -8,10 +8,11 @@ use super::{
     json,
     line::Line,
     model::{
-        HalfOpenLine, HealthLine, RecoveredLine, StalledLine, StuckLine, SummaryLine,
-        TransitionLine, UnstuckLine,
+        HalfOpenLine, HealthLine, PortPressureLine, PortRelievedLine, RecoveredLine, StalledLine,
+        StuckLine, SummaryLine, TransitionLine, UnstuckLine,
     },
     text::{self, TextStyle},
+    text_ports, text_summary,
 };
 
 /// Which kinds of lines are written, from `--log-transitions`, `--log-level` and RUST_LOG.
@@ -93,6 +94,25 @@ impl LogLine for RecoveredLine<'_> {
     }
 }
 
+// Port pressure follows them too: a warning, and its end a notice.
+impl LogLine for PortPressureLine<'_> {
+    fn shown(&self, shown: &Shown) -> bool {
+        shown.stuck
+    }
+    fn text(&self, out: &mut Line, style: &mut TextStyle) -> io::Result<()> {
+        text_ports::pressure(out, style, self)
+    }
+}
+
+impl LogLine for PortRelievedLine {
+    fn shown(&self, shown: &Shown) -> bool {
+        shown.unstuck
+    }
+    fn text(&self, out: &mut Line, style: &mut TextStyle) -> io::Result<()> {
+        text_ports::relieved(out, style, self)
+    }
+}
+
 impl LogLine for HealthLine<'_> {
     fn shown(&self, shown: &Shown) -> bool {
         shown.stuck
@@ -107,6 +127,6 @@ impl LogLine for SummaryLine<'_> {
         shown.summaries
     }
     fn text(&self, out: &mut Line, style: &mut TextStyle) -> io::Result<()> {
-        text::summary(out, style, self)
+        text_summary::summary(out, style, self)
     }
 }

@@ -20,6 +20,8 @@ mod schema;
 #[cfg(test)]
 mod strategies;
 mod text;
+mod text_ports;
+mod text_summary;
 
 use std::{
     io::{self, Write},
@@ -32,8 +34,8 @@ use self::{
     forms::LogLine,
     line::Line,
     model::{
-        HalfOpenLine, HealthLine, RecoveredLine, StalledLine, StuckLine, SummaryLine,
-        TransitionLine, UnstuckLine,
+        HalfOpenLine, HealthLine, PortPressureLine, PortRelievedLine, RecoveredLine, StalledLine,
+        StuckLine, SummaryLine, TransitionLine, UnstuckLine,
     },
     text::TextStyle,
 };
@@ -43,8 +45,8 @@ use crate::{
         interval::Summary,
         losses::HealthReport,
         report::{
-            ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink, StuckReport,
-            TransitionInfo, UnstuckReport,
+            ListenerHalfOpen, ListenerRecovered, ListenerStalled, PortPressureRelieved,
+            PortPressureReport, Sink, StuckReport, TransitionInfo, UnstuckReport,
         },
     },
     source::events::Transition,
@@ -197,6 +199,16 @@ impl<W: Write> Sink for LogWriter<W> {
 
     fn listener_recovered(&mut self, report: &ListenerRecovered) {
         self.output.emit(&RecoveredLine::new(&self.clock, report));
+    }
+
+    fn port_pressure(&mut self, report: &PortPressureReport) {
+        self.output
+            .emit(&PortPressureLine::new(&self.clock, report));
+    }
+
+    fn port_pressure_relieved(&mut self, report: &PortPressureRelieved) {
+        self.output
+            .emit(&PortRelievedLine::new(&self.clock, report));
     }
 }
 
@@ -368,6 +380,7 @@ pub(crate) mod tests {
             reminders: vec![stuck()],
             reminders_omitted: 0,
             time_wait_by_remote_port: vec![(8080, 4)],
+            port_pressure: Default::default(),
             seen: Seen {
                 transitions: 12,
                 timewait_ends: 1,

@@ -13,7 +13,11 @@ use super::{
 };
 use crate::{
     core::losses::{LossWatch, Losses},
-    core::report::{ListenerHalfOpen, ListenerRecovered, ListenerStalled, Sink as _, Trouble},
+    core::report::{Destination, PressureView, Usage},
+    core::report::{
+        ListenerHalfOpen, ListenerRecovered, ListenerStalled, PortPressureRelieved,
+        PortPressureReport, Sink as _, Trouble,
+    },
     source::{
         events::{ConnectionEnd, Family},
         health::KernelHealth,
@@ -78,7 +82,7 @@ fn documented(event: &str) -> BTreeMap<String, Field> {
         .map(|(_, section)| section)
         .unwrap_or_else(|| panic!("docs/output.md documents `{event}`"));
     let mut fields = own.clone();
-    for group in ["common", "socket", "listener", "owner"] {
+    for group in ["common", "socket", "listener", "destination", "owner"] {
         if intro.contains(&format!("{group} ")) || intro.contains(&format!("{group},")) {
             fields.extend(group_fields(&sections, group));
         }
@@ -95,7 +99,7 @@ fn group_fields(
     if !fields.is_empty() {
         return fields.clone();
     }
-    // The listener's fields are named in prose, with the socket fields' types.
+    // The listener's and destination's fields are named in prose, with the socket fields' types.
     let socket = &sections["Socket fields"].1;
     intro
         .split('`')
@@ -173,8 +177,10 @@ fn elements_of(
         .iter()
         .filter_map(|(name, f)| Some((name.strip_prefix(&prefix)?.to_owned(), f.clone())))
         .collect();
-    if field.meaning.contains("listener fields") {
-        elements.extend(group_fields(&sections(), "listener"));
+    for group in ["listener", "destination", "owner"] {
+        if field.meaning.contains(&format!("{group} fields")) {
+            elements.extend(group_fields(&sections(), group));
+        }
     }
     if field
         .meaning
@@ -312,9 +318,67 @@ fn listener_reports_match_the_schema() {
     );
 }
 
+fn destination(family: Family) -> Destination {
+    Destination::of(&super::tests::endpoints(family))
+}
+
+#[test]
+fn port_reports_match_the_schema() {
+    let mut unknown = in_pod().unwrap();
+    unknown.cgroup = None;
+    holds(
+        "port_pressure",
+        lines(|o| {
+            o.port_pressure(&PortPressureReport {
+                ts_ns: 1,
+                destination: destination(Family::Ipv6),
+                in_use: 170,
+                available: 200,
+                time_wait: 120,
+                threshold_percent: 80,
+                holders: vec![(in_pod().unwrap(), 150), (unknown, 20)],
+            });
+            o.port_pressure(&PortPressureReport {
+                ts_ns: 2,
+                destination: destination(Family::Ipv4),
+                in_use: 170,
+                available: 200,
+                time_wait: 0,
+                threshold_percent: 80,
+                holders: Vec::new(),
+            });
+        }),
+    );
+    holds(
+        "port_pressure_relieved",
+        lines(|o| {
+            o.port_pressure_relieved(&PortPressureRelieved {
+                ts_ns: 1,
+                destination: destination(Family::Ipv4),
+                in_use: 20,
+                available: 200,
+                peak: 196,
+                duration_ns: 150_000_000_000,
+            })
+        }),
+    );
+}
+
 #[test]
 fn summary_lines_match_the_schema() {
     let mut full = summary();
+    let used = Usage {
+        destination: destination(Family::Ipv4),
+        in_use: 170,
+        available: 200,
+        time_wait: 120,
+        holders: Vec::new(),
+    };
+    full.port_pressure = PressureView {
+        most_used: vec![used],
+        pressed_now: 1,
+        reports: 2,
+    };
     full.reminders[0].accepted = Some(false);
     full.reminders[0].owner = in_pod();
     full.synack_retransmits_by_listener = vec![(super::tests::endpoints(Family::Ipv6), 7)];

@@ -1,6 +1,7 @@
 //! Text for people. Transitions in the columns of bcc's `tcpstates`, with a UTC timestamp first
 //! and room for IPv6 addresses; other events as `TIME LEVEL kind details` lines. Every line shows
-//! the values of its `model` line.
+//! the values of its `model` line. The summary's lines are `text_summary`'s, the port-pressure
+//! lines `text_ports`'; both use the parts here.
 use std::{
     io::{self, Write},
     net::{IpAddr, SocketAddr},
@@ -10,8 +11,8 @@ use std::{
 use super::{
     line::Line,
     model::{
-        Counted, Counts, Figures, HalfOpenLine, HealthLine, Level, OwnerFields, RecoveredLine,
-        Socket, Span, StalledLine, StuckBody, StuckLine, SummaryLine, TransitionLine, UnstuckLine,
+        DestinationAddr, HalfOpenLine, HealthLine, Level, OwnerFields, RecoveredLine, Socket,
+        StalledLine, StuckBody, StuckLine, TransitionLine, UnstuckLine,
     },
 };
 use crate::core::report::Trouble;
@@ -42,7 +43,7 @@ pub(super) fn transition_header(out: &mut impl Write) -> io::Result<()> {
     )
 }
 
-fn time(ts: SystemTime) -> humantime::Rfc3339Timestamp {
+pub(super) fn time(ts: SystemTime) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_micros(ts)
 }
 
@@ -112,7 +113,7 @@ pub(super) fn transition(
     Ok(())
 }
 
-fn seconds(ns: u64) -> String {
+pub(super) fn seconds(ns: u64) -> String {
     format!("{:.3}s", ns as f64 / 1e9)
 }
 
@@ -124,8 +125,18 @@ fn socket(s: &Socket) -> String {
     )
 }
 
-fn listener(saddr: IpAddr, sport: u16) -> SocketAddr {
+pub(super) fn listener(saddr: IpAddr, sport: u16) -> SocketAddr {
     SocketAddr::new(saddr, sport)
+}
+
+/// Where connections go: `local -> remote:port`, with the namespace.
+pub(super) fn destination(d: &DestinationAddr) -> String {
+    format!(
+        "{} -> {} netns={}",
+        d.saddr,
+        SocketAddr::new(d.daddr, d.dport),
+        d.netns
+    )
 }
 
 /// The prefix of a container id that `docker ps`, `podman ps` and `nerdctl ps` show.
@@ -133,7 +144,7 @@ const SHORT_ID_LEN: usize = 12;
 
 /// The owner, then the container (its short id), pod and unit its cgroup names, where it names
 /// them.
-fn describe(o: &OwnerFields) -> String {
+pub(super) fn describe(o: &OwnerFields) -> String {
     let (Some(pid), Some(comm)) = (o.pid, &o.comm) else {
         return "pid=- comm=- cgroup=-".to_owned();
     };
@@ -156,7 +167,7 @@ fn describe(o: &OwnerFields) -> String {
 }
 
 /// The level, a warning's yellow on a terminal.
-fn level(level: Level, style: &TextStyle) -> &'static str {
+pub(super) fn level(level: Level, style: &TextStyle) -> &'static str {
     match (level, style.color) {
         (Level::Info, _) => "INFO",
         (Level::Warn, false) => "WARN",
@@ -168,7 +179,7 @@ fn at_least(known: bool) -> &'static str {
     if known { "" } else { ">=" }
 }
 
-fn stuck_details(b: &StuckBody) -> String {
+pub(super) fn stuck_details(b: &StuckBody) -> String {
     format!(
         "{:<11} for {}{} (threshold {})  {}  {}{}  cookie={:x}",
         b.state,
@@ -302,181 +313,6 @@ pub(super) fn health(out: &mut Line, style: &TextStyle, l: &HealthLine) -> io::R
     )
 }
 
-/// Counts of the interval, with the total since start in parentheses, in the order of the totals
-/// (an error by name may appear in the total only); zeros left out.
-fn with_total<T: Counted>(span: &Span<Counts<T>>) -> String {
-    list(
-        span.total
-            .iter()
-            .map(|(name, t)| (span.interval.get(&name), name, t))
-            .filter(|(n, _, t)| *n > 0 || *t > 0)
-            .map(|(n, name, t)| format!("{name}={n}({t})"))
-            .collect(),
-    )
-}
-
-/// Items joined by spaces, `none` when there are none.
-fn list(items: Vec<String>) -> String {
-    if items.is_empty() {
-        "none".to_owned()
-    } else {
-        items.join(" ")
-    }
-}
-
-pub(super) fn summary(out: &mut Line, style: &TextStyle, s: &SummaryLine) -> io::Result<()> {
-    let sockets = list(
-        s.sockets
-            .iter()
-            .map(|(name, n)| format!("{name}={n}"))
-            .collect(),
-    );
-    writeln!(
-        out,
-        "{} {}  summary  {}uptime {}, {} sockets: {sockets}",
-        time(s.ts),
-        level(s.level, style),
-        if s.last { "final, " } else { "" },
-        seconds(s.uptime_ns),
-        s.tracked,
-    )?;
-    let transitions = list(
-        s.transitions
-            .interval
-            .iter()
-            .map(|(name, n)| format!("{name}={n}({})", s.transitions.total.get(&name)))
-            .collect(),
-    );
-    writeln!(
-        out,
-        "    transitions in the last {} (since start): {transitions}",
-        seconds(s.interval_ns)
-    )?;
-    let durations = list(
-        s.durations_ms
-            .interval
-            .0
-            .iter()
-            .map(|(state, p)| {
-                let p = Figures::new(p);
-                format!(
-                    "{} n={} min={:.3} p50={:.3} p90={:.3} p99={:.3} max={:.3};",
-                    state.name(),
-                    p.count,
-                    p.min,
-                    p.p50,
-                    p.p90,
-                    p.p99,
-                    p.max
-                )
-            })
-            .collect(),
-    );
-    writeln!(
-        out,
-        "    time in state, ms, last {}: {durations}",
-        seconds(s.interval_ns)
-    )?;
-    let ends = with_total(&s.ends);
-    let failures = with_total(&s.connect_failures);
-    let connect = |name: &str, p: &Option<Figures>| {
-        p.as_ref().map(|p| {
-            format!(
-                "{name} n={} p50={:.3} p99={:.3} max={:.3}",
-                p.count, p.p50, p.p99, p.max
-            )
-        })
-    };
-    let connects = list(
-        [
-            connect("first try", &s.connect_ms.interval.first_try),
-            connect(
-                "after a SYN retransmit",
-                &s.connect_ms.interval.retransmitted,
-            ),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-    );
-    let by_listener = &s.listeners.synack_retransmits;
-    writeln!(
-        out,
-        "    connections ended (since start): {ends}; failed connects: {failures}; connect ms: {connects}; SYN retransmits: {}, SYN-ACK retransmits: {}{}",
-        s.handshakes.syn_retransmits,
-        s.handshakes.synack_retransmits,
-        if by_listener.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({})",
-                by_listener
-                    .iter()
-                    .map(|c| format!(
-                        "{}={}",
-                        listener(c.listener.saddr, c.listener.sport),
-                        c.count
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )
-        },
-    )?;
-    writeln!(
-        out,
-        "    stuck now: {} ({}); stalled listeners: {} (accept queue overflows {}, listen drops {}); listeners with old half-open connections: {}; TIME_WAIT by remote port: {}; lost events: {}; skipped events: {}; reconciliation: {} runs, {} fixes",
-        s.stuck.now,
-        list(
-            s.stuck
-                .by_state
-                .iter()
-                .map(|(name, n)| format!("{name}={n}"))
-                .collect()
-        ),
-        s.listeners.stalled_now,
-        s.listeners.overflows,
-        s.listeners.drops,
-        s.listeners.half_open_now,
-        list(
-            s.time_wait_by_remote_port
-                .iter()
-                .map(|(port, n)| format!("{port}={n}"))
-                .collect()
-        ),
-        s.lost_events,
-        s.skipped_events,
-        s.reconciliation.runs,
-        s.reconciliation.fixes
-    )?;
-    if s.failed_reads
-        + s.unrecorded_sockets
-        + s.unwatched_sockets
-        + s.unmatched_resets
-        + s.unlabelled_counts
-        > 0
-    {
-        writeln!(
-            out,
-            "    kernel: failed reads: {}; sockets without a record: {}; watched sockets not indexed: {}; resets not matched to their close: {}; counts without a port label: {}",
-            s.failed_reads,
-            s.unrecorded_sockets,
-            s.unwatched_sockets,
-            s.unmatched_resets,
-            s.unlabelled_counts
-        )?;
-    }
-    for r in &s.stuck.reminders {
-        writeln!(out, "    still stuck: {}", stuck_details(&r.body))?;
-    }
-    if s.stuck.reminders_omitted > 0 {
-        writeln!(
-            out,
-            "    … and {} more stuck sockets",
-            s.stuck.reminders_omitted
-        )?;
-    }
-    Ok(())
-}
 /// The `format!` implementation the hand-built lines replaced: the oracle they are tested
 /// against, and the baseline of the benchmark.
 #[cfg(test)]

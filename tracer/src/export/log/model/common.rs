@@ -5,7 +5,10 @@ use std::{borrow::Cow, net::IpAddr, time::SystemTime};
 use serde::{Serialize, Serializer};
 
 use crate::{
-    core::{losses::Losses, report::Trouble},
+    core::{
+        losses::Losses,
+        report::{Destination, Trouble},
+    },
     export::wall_clock::WallClock,
     owner::{ContainerId, Owner, PodUid, Qos, Runtime},
     source::events::Endpoints,
@@ -84,6 +87,33 @@ impl ListenerAddr {
             sport: e.local_port,
         }
     }
+}
+
+/// A destination of connections: from one local address to one remote address and port.
+#[derive(Serialize)]
+pub(in super::super) struct DestinationAddr {
+    pub(in super::super) netns: u32,
+    pub(in super::super) family: &'static str,
+    pub(in super::super) saddr: IpAddr,
+    pub(in super::super) daddr: IpAddr,
+    pub(in super::super) dport: u16,
+}
+
+impl DestinationAddr {
+    pub(in super::super) fn new(d: &Destination) -> Self {
+        Self {
+            netns: d.netns,
+            family: d.family().name(),
+            saddr: d.local,
+            daddr: d.remote,
+            dport: d.remote_port,
+        }
+    }
+}
+
+/// `in_use` in percent of `available`, to a tenth.
+pub(super) fn percent(in_use: u32, available: u32) -> f64 {
+    (f64::from(in_use) * 1000.0 / f64::from(available.max(1))).round() / 10.0
 }
 
 /// The owning process, `null`s when unknown; the container, pod and unit its cgroup names, only

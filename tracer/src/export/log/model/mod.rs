@@ -7,10 +7,10 @@ mod reports;
 mod summary;
 
 pub(super) use self::{
-    common::{Level, OwnerFields, Socket},
+    common::{DestinationAddr, Head, Level, OwnerFields, Socket},
     reports::{
-        HalfOpenLine, HealthLine, RecoveredLine, StalledLine, StuckBody, StuckLine, TransitionLine,
-        UnstuckLine,
+        HalfOpenLine, HealthLine, PortPressureLine, PortRelievedLine, RecoveredLine, StalledLine,
+        StuckBody, StuckLine, TransitionLine, UnstuckLine,
     },
     summary::{Counted, Counts, Figures, Span, SummaryLine},
 };

@@ -4,15 +4,15 @@ use std::borrow::Cow;
 use serde::Serialize;
 
 use super::common::{
-    Head, Level, ListenerAddr, OwnerFields, Socket, by_name, maybe_ms, ms, trouble,
+    DestinationAddr, Head, Level, ListenerAddr, OwnerFields, Socket, by_name, maybe_ms, ms, trouble,
 };
 use crate::{
     core::{
         ends::error_name,
         losses::{HealthReport, Losses},
         report::{
-            ListenerHalfOpen, ListenerRecovered, ListenerStalled, StuckReport, Trouble,
-            UnstuckReport,
+            ListenerHalfOpen, ListenerRecovered, ListenerStalled, PortPressureRelieved,
+            PortPressureReport, StuckReport, Trouble, UnstuckReport,
         },
     },
     export::wall_clock::WallClock,
@@ -242,6 +242,81 @@ impl<'a> RecoveredLine<'a> {
             closed: r.closed,
             duration_ns: r.duration_ns,
             owner: OwnerFields::new(r.owner.as_ref()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(in super::super) struct PortPressureLine<'a> {
+    #[serde(flatten)]
+    pub(in super::super) head: Head,
+    /// Where the connections go.
+    #[serde(flatten)]
+    pub(in super::super) destination: DestinationAddr,
+    /// Ephemeral ports its connections hold, TIME-WAIT included, and the range's size.
+    pub(in super::super) in_use: u32,
+    pub(in super::super) available: u32,
+    pub(in super::super) time_wait: u32,
+    pub(in super::super) percent: f64,
+    pub(in super::super) threshold_percent: u8,
+    pub(in super::super) holders: Vec<Holder<'a>>,
+}
+
+impl<'a> PortPressureLine<'a> {
+    pub(in super::super) fn new(clock: &WallClock, r: &'a PortPressureReport) -> Self {
+        Self {
+            head: Head::new("port_pressure", Level::Warn, clock, r.ts_ns),
+            destination: DestinationAddr::new(&r.destination),
+            in_use: r.in_use,
+            available: r.available,
+            time_wait: r.time_wait,
+            percent: super::common::percent(r.in_use, r.available),
+            threshold_percent: r.threshold_percent,
+            holders: r
+                .holders
+                .iter()
+                .map(|(owner, ports)| Holder {
+                    ports: *ports,
+                    owner: OwnerFields::new(Some(owner)),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A process holding ports toward a pressed destination.
+#[derive(Serialize)]
+pub(in super::super) struct Holder<'a> {
+    /// Ports it holds.
+    pub(in super::super) ports: u32,
+    #[serde(flatten)]
+    pub(in super::super) owner: OwnerFields<'a>,
+}
+
+#[derive(Serialize)]
+pub(in super::super) struct PortRelievedLine {
+    #[serde(flatten)]
+    pub(in super::super) head: Head,
+    /// Where the connections go.
+    #[serde(flatten)]
+    pub(in super::super) destination: DestinationAddr,
+    pub(in super::super) in_use: u32,
+    pub(in super::super) available: u32,
+    /// The most ports in use during the episode.
+    pub(in super::super) peak: u32,
+    #[serde(rename = "duration_ms", serialize_with = "ms")]
+    pub(in super::super) duration_ns: u64,
+}
+
+impl PortRelievedLine {
+    pub(in super::super) fn new(clock: &WallClock, r: &PortPressureRelieved) -> Self {
+        Self {
+            head: Head::new("port_pressure_relieved", Level::Info, clock, r.ts_ns),
+            destination: DestinationAddr::new(&r.destination),
+            in_use: r.in_use,
+            available: r.available,
+            peak: r.peak,
+            duration_ns: r.duration_ns,
         }
     }
 }

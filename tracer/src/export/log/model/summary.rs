@@ -7,7 +7,7 @@ use serde::{Serialize, Serializer};
 use tracer_common::{End, TcpState};
 
 use super::{
-    common::{Level, ListenerAddr, rfc3339_micros},
+    common::{DestinationAddr, Level, ListenerAddr, percent, rfc3339_micros},
     reports::StuckBody,
 };
 use crate::{
@@ -38,6 +38,7 @@ pub(in super::super) struct SummaryLine<'a> {
     pub(in super::super) level: Level,
     pub(in super::super) listeners: ListenerCounts,
     pub(in super::super) lost_events: u64,
+    pub(in super::super) port_pressure: PortCounts,
     pub(in super::super) reconciliation: ReconciliationCounts,
     pub(in super::super) skipped_events: u64,
     pub(in super::super) sockets: Counts<'a, (TcpState, u64)>,
@@ -233,6 +234,24 @@ pub(in super::super) struct ListenerCount {
 }
 
 #[derive(Serialize)]
+pub(in super::super) struct PortCounts {
+    pub(in super::super) most_used: Vec<PortUse>,
+    pub(in super::super) pressed_now: usize,
+    pub(in super::super) reports: u64,
+}
+
+/// A destination and the ephemeral ports it uses.
+#[derive(Serialize)]
+pub(in super::super) struct PortUse {
+    pub(in super::super) available: u32,
+    #[serde(flatten)]
+    pub(in super::super) destination: DestinationAddr,
+    pub(in super::super) in_use: u32,
+    pub(in super::super) percent: f64,
+    pub(in super::super) time_wait: u32,
+}
+
+#[derive(Serialize)]
 pub(in super::super) struct ReconciliationCounts {
     pub(in super::super) added: u64,
     pub(in super::super) corrected: u64,
@@ -315,6 +334,22 @@ impl<'a> SummaryLine<'a> {
                     .collect(),
             },
             lost_events: s.health.lost(),
+            port_pressure: PortCounts {
+                most_used: s
+                    .port_pressure
+                    .most_used
+                    .iter()
+                    .map(|u| PortUse {
+                        available: u.available,
+                        destination: DestinationAddr::new(&u.destination),
+                        in_use: u.in_use,
+                        percent: percent(u.in_use, u.available),
+                        time_wait: u.time_wait,
+                    })
+                    .collect(),
+                pressed_now: s.port_pressure.pressed_now,
+                reports: s.port_pressure.reports,
+            },
             reconciliation: ReconciliationCounts {
                 added: s.reconciliation.added,
                 corrected: s.reconciliation.corrected,
