@@ -5,7 +5,7 @@
 #![cfg(feature = "kernel-tests")]
 mod support;
 
-use std::io::Write as _;
+use std::{collections::HashMap, io::Write as _};
 
 use support::{Namespace, Workload, promtool, samples, scrape_until, start_tracer, value};
 
@@ -23,11 +23,12 @@ fn metrics_count_the_workload() {
         "3 stuck CLOSE_WAIT sockets, 3 clients in FIN_WAIT2",
         |s| {
             value(s, "tcpstate_stuck_sockets", "state=CLOSE_WAIT") == 3.0
-                && value(
+                && counted(
                     s,
                     "tcpstate_transitions_total",
                     "new=FIN_WAIT2,old=FIN_WAIT1",
-                ) == 3.0
+                    3.0,
+                )
         },
     );
     let s = samples(&text);
@@ -54,10 +55,9 @@ fn metrics_count_the_workload() {
         ("CLOSE_WAIT", "LAST_ACK", 0.0),
     ] {
         let labels = format!("new={new},old={old}");
-        assert_eq!(
-            value(&s, "tcpstate_transitions_total", &labels),
-            count,
-            "{old}->{new}:\n{text}"
+        assert!(
+            counted(&s, "tcpstate_transitions_total", &labels, count),
+            "{old}->{new}: {count} expected:\n{text}"
         );
     }
 
@@ -65,21 +65,23 @@ fn metrics_count_the_workload() {
     server.release();
     let text = scrape_until(port, "the stuck gauge back to 0", |s| {
         value(s, "tcpstate_stuck_sockets", "state=CLOSE_WAIT") == 0.0
-            && value(s, "tcpstate_transitions_total", "new=CLOSE,old=LAST_ACK") == 3.0
+            && counted(
+                s,
+                "tcpstate_transitions_total",
+                "new=CLOSE,old=LAST_ACK",
+                3.0,
+            )
     });
     let s = samples(&text);
-    assert_eq!(
-        value(
-            &s,
-            "tcpstate_transitions_total",
-            "new=LAST_ACK,old=CLOSE_WAIT"
-        ),
-        3.0
-    );
-    assert_eq!(
-        value(&s, "tcpstate_transitions_total", "new=CLOSE,old=LISTEN"),
-        1.0
-    );
+    for (labels, count) in [
+        ("new=LAST_ACK,old=CLOSE_WAIT", 3.0),
+        ("new=CLOSE,old=LISTEN", 1.0),
+    ] {
+        assert!(
+            counted(&s, "tcpstate_transitions_total", labels, count),
+            "{labels}: {count} expected:\n{text}"
+        );
+    }
     assert_eq!(value(&s, "tcpstate_sockets", "state=CLOSE_WAIT"), 0.0);
     assert_eq!(
         value(&s, "tcpstate_stuck_episodes_total", "state=CLOSE_WAIT"),
@@ -87,7 +89,12 @@ fn metrics_count_the_workload() {
     );
     assert_eq!(value(&s, "tcpstate_lost_events_total", ""), 0.0);
     assert!(
-        text.contains("tcpstate_state_duration_seconds_count{state=\"CLOSE_WAIT\"} 3"),
+        counted(
+            &s,
+            "tcpstate_state_duration_seconds_count",
+            "state=CLOSE_WAIT",
+            3.0
+        ),
         "{text}"
     );
     assert!(text.contains("tcpstate_build_info{version="), "{text}");
@@ -98,6 +105,16 @@ fn metrics_count_the_workload() {
     }
     promtool_check(&text);
     drop(tracer);
+}
+
+/// `expected` events were counted, or as many less as the kernel said it skipped: a program run
+/// the kernel skips (a softirq's transition interrupting the program on the same CPU, more
+/// frequent under load) is counted in `tcpstate_skipped_events_total`, never silently lost. The
+/// skips are counted over every socket of the host, the other tests' too.
+fn counted(s: &HashMap<(String, String), f64>, metric: &str, labels: &str, expected: f64) -> bool {
+    let actual = value(s, metric, labels);
+    let skipped = value(s, "tcpstate_skipped_events_total", "");
+    actual <= expected && actual + skipped >= expected
 }
 
 /// `promtool check metrics` (Debian's prometheus package) parses and lints the classic text
