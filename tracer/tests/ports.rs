@@ -93,10 +93,16 @@ fn pressure_fills_one_destination_only(ip: IpAddr) {
         time_wait <= CLOSED as u64 && in_use - time_wait <= OPEN as u64,
         "{report}"
     );
-    // The process that connected holds them (the kernel recorded it at connect()).
-    let holder = &report["holders"][0];
-    assert_eq!(holder["pid"], std::process::id(), "{report}");
-    assert!(holder["ports"].as_u64().unwrap() >= 150, "{report}");
+    // The process that connected holds them (the kernel recorded it at connect()). Before Linux
+    // 5.12 the records are not matched to the kernel's socket list (no socket cookies): no
+    // holders are named, as the docs say.
+    if support::kernel_features().socket_cookies {
+        let holder = &report["holders"][0];
+        assert_eq!(holder["pid"], std::process::id(), "{report}");
+        assert!(holder["ports"].as_u64().unwrap() >= 150, "{report}");
+    } else {
+        assert_eq!(report["holders"], serde_json::json!([]), "{report}");
+    }
     assert!(
         !reports.iter().any(dport(OTHER_PORT)),
         "the other destination is not pressed: {reports:?}"
