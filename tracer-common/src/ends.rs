@@ -11,6 +11,21 @@ pub mod errno {
     pub const ECONNRESET: u8 = 104;
     pub const ETIMEDOUT: u8 = 110;
     pub const ECONNREFUSED: u8 = 111;
+    pub const EADDRNOTAVAIL: u8 = 99;
+}
+
+/// The error a connection ended with: the socket's own (`sk_err`), or, for a connect that closed
+/// before it had a local port, EADDRNOTAVAIL. `connect()` moves the socket to SYN_SENT before it
+/// picks a port and closes it again when none is free toward that destination; it returns the
+/// error to the caller without setting `sk_err`, so only the missing port tells. (A socket bound
+/// to its port beforehand whose address is taken fails the same way with its port set: that one
+/// reads as abandoned.)
+pub const fn socket_error(old: u8, sk_err: u8, local_port: u16) -> u8 {
+    if sk_err == 0 && local_port == 0 && old == TcpState::SynSent as u8 {
+        errno::EADDRNOTAVAIL
+    } else {
+        sk_err
+    }
 }
 
 /// A connection's end.
@@ -190,6 +205,21 @@ mod tests {
                 "{old} {err} {reset}"
             );
         }
+    }
+
+    #[test]
+    fn a_connect_closed_before_it_had_a_port_found_none_free() {
+        let syn_sent = s(TcpState::SynSent);
+        assert_eq!(socket_error(syn_sent, 0, 0), EADDRNOTAVAIL);
+        assert_eq!(
+            End::classify(syn_sent, false, socket_error(syn_sent, 0, 0), false),
+            Some(End::Error)
+        );
+        // With a port, or with an error of its own, the socket's error stands.
+        assert_eq!(socket_error(syn_sent, 0, 40000), 0);
+        assert_eq!(socket_error(syn_sent, ECONNREFUSED, 0), ECONNREFUSED);
+        assert_eq!(socket_error(s(TcpState::Established), 0, 0), 0);
+        assert_eq!(errno_name(EADDRNOTAVAIL), Some("EADDRNOTAVAIL"));
     }
 
     #[test]

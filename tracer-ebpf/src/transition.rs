@@ -17,8 +17,8 @@
 use aya_ebpf::{helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     End, EventKind, LastClose, RECENT_CLOSES as RECENT_CLOSES_LEN, SockRecord, TcpState, Tuple,
-    TwRecord, UNKNOWN_DURATION, counter, event_flags, record_flags, runs_in_owner_context,
-    settings::watches, tuple::service_port,
+    TwRecord, UNKNOWN_DURATION, counter, ends::socket_error, event_flags, record_flags,
+    runs_in_owner_context, settings::watches, tuple::service_port,
 };
 
 use crate::{
@@ -260,11 +260,12 @@ impl Change {
     #[inline(always)]
     fn count_end(&mut self, sk: u64) {
         let err: i32 = member(sk, global!(OFFSETS.sk_err));
-        self.error = if (0..=255).contains(&err) {
+        let err = if (0..=255).contains(&err) {
             err as u8
         } else {
             255
         };
+        self.error = socket_error(self.old, err, self.tuple.sport);
         let reset_sent = self.had_flags & record_flags::RESET_SENT != 0;
         let Some(end) = End::classify(self.old, self.handover, self.error, reset_sent) else {
             return;

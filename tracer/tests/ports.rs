@@ -1,7 +1,8 @@
 //! Real-kernel tests of ephemeral-port pressure: a client namespace with a range of 200 ports and
 //! `tcp_tw_reuse` off fills one destination with open connections and closed ones in TIME-WAIT;
 //! the pressure report names the destination and the process before `connect()` fails with
-//! `EADDRNOTAVAIL`, and a second destination (another port of the same server) is unaffected.
+//! `EADDRNOTAVAIL`, each failed connect is counted (and logged with its process), and a second
+//! destination (another port of the same server) is unaffected.
 // Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
 #![cfg(feature = "kernel-tests")]
 mod support;
@@ -23,6 +24,8 @@ const OTHER_PORT: u16 = 6432;
 /// Toward the full destination: closed connections left in TIME-WAIT, then open ones (90 %).
 const CLOSED: usize = 80;
 const OPEN: usize = 100;
+/// Connects tried once the range has run out: each fails, and each is counted.
+const FAILURES: usize = 3;
 
 fn connect(listener: &TcpListener) -> std::io::Result<(TcpStream, TcpStream)> {
     let client = TcpStream::connect(listener.local_addr()?)?;
@@ -68,6 +71,8 @@ fn pressure_fills_one_destination_only(ip: IpAddr) {
         "1s",
         "--summary-interval",
         "1s",
+        "--log-transitions",
+        "always",
     ]);
     let (open, full, other) = fill(&ns, ip);
     let dport = |port: u16| move |e: &&Value| e["dport"] == port && e["netns"] == netns;
@@ -109,20 +114,26 @@ fn pressure_fills_one_destination_only(ip: IpAddr) {
     );
     // Reported before the range runs out: the remaining ports connect, then EADDRNOTAVAIL; the
     // other destination still connects.
-    let (more, failure, other_ok) = ns
+    let (more, failures, other_ok) = ns
         .enter(|| {
             let mut more = Vec::new();
-            let failure = loop {
+            let first = loop {
                 match connect(&full) {
                     Ok(pair) => more.push(pair),
                     Err(err) => break err,
                 }
                 assert!(more.len() <= 200, "the range never ran out");
             };
-            (more, failure, connect(&other).is_ok())
+            let mut failures = vec![first.kind()];
+            failures.extend((1..FAILURES).filter_map(|_| connect(&full).err().map(|e| e.kind())));
+            (more, failures, connect(&other).is_ok())
         })
         .unwrap();
-    assert_eq!(failure.kind(), ErrorKind::AddrNotAvailable, "{failure}");
+    assert_eq!(
+        failures,
+        vec![ErrorKind::AddrNotAvailable; FAILURES],
+        "every connect past the range fails"
+    );
     assert_eq!(more.len(), 200 - CLOSED - OPEN, "ports left at the report");
     assert!(other_ok, "the other destination still connects");
     // The summary lists the full destination first.
@@ -140,6 +151,30 @@ fn pressure_fills_one_destination_only(ip: IpAddr) {
         .unwrap();
     assert_eq!(summary["port_pressure"]["pressed_now"], 1, "{summary}");
     assert_eq!(summary["port_pressure"]["reports"], 1, "{summary}");
+    // Each failed connect is counted by its error (the tracer sees this namespace alone), and
+    // its transition names the destination and the process.
+    assert_eq!(
+        summary["connect_failures"]["total"]["EADDRNOTAVAIL"], FAILURES,
+        "{summary}"
+    );
+    let failed: Vec<&Value> = of_kind(&done.events, "transition")
+        .into_iter()
+        .filter(|e| e["error"] == "EADDRNOTAVAIL")
+        .collect();
+    assert_eq!(failed.len(), FAILURES, "{failed:?}");
+    for line in failed {
+        assert_eq!(
+            (&line["old"], &line["new"], &line["end"]),
+            (&"SYN_SENT".into(), &"CLOSE".into(), &"error".into()),
+            "{line}"
+        );
+        assert_eq!(
+            (&line["dport"], &line["daddr"]),
+            (&FULL_PORT.into(), &ip.to_string().into()),
+            "{line}"
+        );
+        assert_eq!(line["pid"], std::process::id(), "{line}");
+    }
     drop((open, more));
 }
 
