@@ -62,6 +62,27 @@ pub struct PortDurations {
     pub sum_ns: u64,
 }
 
+/// Key of the accept-wait histograms: a listener by its network namespace and port (the local port
+/// of the connections it accepts). Netns and port 0: the listeners past the map's room.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// How long a listener's connections waited to be accepted: from the end of their handshake (their
+/// entry into ESTABLISHED) to the `accept()` that took them, and the process that accepted the
+/// last one (its owner).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptWaits {
+    pub waits: Durations,
+    pub pid: u32,
+    pub _pad: u32,
+}
+
 /// Position of the highest set bit (`value` > 0): a binary search the eBPF verifier accepts (no
 /// count-leading-zeros instruction).
 #[inline(always)]

@@ -70,7 +70,11 @@ pub mod counter {
     /// Transitions the kernel reported while the transition program ran twice nested on the
     /// same CPU already (an interrupt within an interrupt): not traced.
     pub const SKIPPED_NESTED: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Accepted connections whose wait in the accept queue is unknown: their handshake
+    /// completed before the tracer started, or they left ESTABLISHED (the peer closed) before
+    /// accept() took them.
+    pub const ACCEPTS_UNTIMED: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// Transitions that only a system call of the socket's own process makes (connect, listen, close,
@@ -110,6 +114,8 @@ mod pod {
     unsafe impl aya::Pod for super::aggregate::Gauges {}
     unsafe impl aya::Pod for super::aggregate::PortKey {}
     unsafe impl aya::Pod for super::aggregate::PortDurations {}
+    unsafe impl aya::Pod for super::aggregate::ListenerKey {}
+    unsafe impl aya::Pod for super::aggregate::AcceptWaits {}
     unsafe impl aya::Pod for super::EndCounts {}
     unsafe impl aya::Pod for super::OwnerHit {}
 }

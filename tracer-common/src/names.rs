@@ -28,6 +28,9 @@ pub const CONNECT_DURATIONS: &str = "CONNECT_DURATIONS";
 pub const LISTENER_SYNACKS: &str = "LISTENER_SYNACKS";
 /// Sockets whose holders the owner iterator looks for, by cookie (cookie -> 0).
 pub const WANTED_SOCKETS: &str = "WANTED_SOCKETS";
+/// Per-CPU accept waits ([`crate::aggregate::AcceptWaits`]) by
+/// [`crate::aggregate::ListenerKey`].
+pub const ACCEPT_WAITS: &str = "ACCEPT_WAITS";
 /// Per-CPU health counters ([`crate::counter`]).
 pub const COUNTERS: &str = "COUNTERS";
 /// Local and remote ports of `--lport` / `--rport`.
@@ -55,14 +58,15 @@ pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
 /// A task_file iterator: the processes holding wanted sockets ([`crate::OwnerHit`]).
 pub const OWNER_ITER_PROGRAM: &str = "socket_owners";
 
-/// The syscall tracepoints the accept program is attached to.
+/// The syscall tracepoints the accept program is attached to: `accept4` (what current servers
+/// call) and `accept`.
 pub const ACCEPT_TRACEPOINTS: [(&str, &str); 2] = [
     ("syscalls", "sys_exit_accept4"),
     ("syscalls", "sys_exit_accept"),
 ];
 
 /// Every map the daemon opens by name.
-pub const MAPS: [&str; 19] = [
+pub const MAPS: [&str; 20] = [
     EVENTS,
     SOCKETS,
     TIMEWAIT,
@@ -76,6 +80,7 @@ pub const MAPS: [&str; 19] = [
     ENDS,
     CONNECT_DURATIONS,
     LISTENER_SYNACKS,
+    ACCEPT_WAITS,
     WANTED_SOCKETS,
     COUNTERS,
     LOCAL_PORTS,

@@ -1,19 +1,19 @@
-//! `sys_exit_accept{,4}`, attached only when every transition is logged: the process that accepts
-//! a socket becomes its owner at once (the accepted socket's own transitions run in softirq, on
-//! behalf of whatever task was on the CPU). Otherwise the daemon looks the owner up when it
-//! reports the socket.
+//! `sys_exit_accept{,4}`: the process that accepts a socket becomes its owner at once (the
+//! accepted socket's own transitions run in softirq, on behalf of whatever task was on the CPU),
+//! and the time the connection waited in its listener's accept queue is counted per listener.
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
     macros::tracepoint,
     programs::TracePointContext,
 };
 
-use tracer_common::counter;
+use tracer_common::{TcpState, counter, record_flags, settings::watches};
 
 use crate::{
+    account,
     maps::{SOCKETS, WATCHED, global},
     output::{count, finish},
-    read::{current_pid, disguised, field},
+    read::{current_pid, disguised, field, now},
 };
 
 #[tracepoint]
@@ -23,7 +23,8 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 }
 
 /// The accepted socket's file descriptor is the return value: follow it from the current task to
-/// the socket and record the caller as the socket's owner.
+/// the socket, record the caller as the socket's owner, and count how long the connection waited
+/// since its handshake completed.
 fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
     let fd: i64 = field(ctx, tracer_common::ACCEPT_RET_OFFSET);
     if fd < 0 {
@@ -56,15 +57,31 @@ fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
     if cookie == 0 {
         return Ok(());
     }
+    // No record: a socket the filters leave out (or one whose record could not be stored, which
+    // is counted where it failed).
+    let Some(record) = SOCKETS.get_ptr_mut(cookie) else {
+        return Ok(());
+    };
     let pid = current_pid();
     count(counter::ACCEPTS);
-    // SAFETY: the map values live while the program runs.
-    unsafe {
-        if let Some(record) = SOCKETS.get_ptr_mut(cookie) {
-            (*record).pid = pid;
-        }
-        if let Some(watch) = WATCHED.get_ptr_mut(cookie) {
-            (*watch).pid = pid;
+    // SAFETY: the map value lives while the program runs.
+    let (state, flags, since, netns, port) = unsafe {
+        (*record).pid = pid;
+        let r = &*record;
+        (r.state, r.flags, r.since_ns, r.netns, r.service_port)
+    };
+    // Still in ESTABLISHED since its handshake: the wait is known.
+    if state == TcpState::Established as u8 && flags & record_flags::AGE_KNOWN != 0 {
+        account::accept_wait(netns, port, now().saturating_sub(since), pid);
+    } else {
+        count(counter::ACCEPTS_UNTIMED);
+    }
+    if watches(global!(CONFIG.watched), state) {
+        // SAFETY: as above.
+        unsafe {
+            if let Some(watch) = WATCHED.get_ptr_mut(cookie) {
+                (*watch).pid = pid;
+            }
         }
     }
     Ok(())

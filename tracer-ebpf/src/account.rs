@@ -3,15 +3,17 @@
 //! daemon asks for port labels. All per CPU: no lock, no atomic.
 use tracer_common::{
     End, TcpState,
-    aggregate::{DURATION_BUCKETS, Durations, OCTAVES, PortKey, duration_bucket, octave},
+    aggregate::{
+        DURATION_BUCKETS, Durations, ListenerKey, OCTAVES, PortKey, duration_bucket, octave,
+    },
     counter,
     ends::ERRNO_SLOTS,
 };
 
 use crate::{
     maps::{
-        CONNECT_DURATIONS, COUNTS, DURATIONS, ENDS, GAUGES, PORT_COUNTS, PORT_DURATIONS,
-        ZERO_PORT_DURATIONS,
+        ACCEPT_WAITS, CONNECT_DURATIONS, COUNTS, DURATIONS, ENDS, GAUGES, PORT_COUNTS,
+        PORT_DURATIONS, ZERO_ACCEPT_WAITS, ZERO_PORT_DURATIONS,
     },
     output::count,
 };
@@ -64,6 +66,35 @@ pub(crate) fn connect_duration(ns: u64, retransmitted: bool) {
     if let Some(d) = CONNECT_DURATIONS.get_ptr_mut(u32::from(retransmitted)) {
         add_duration(d, ns);
     }
+}
+
+/// A connection of the listener on `port` in namespace `netns` waited `ns` to be accepted, by
+/// process `pid`. Listeners past the map's room are counted together, under port 0.
+#[inline(always)]
+pub(crate) fn accept_wait(netns: u32, port: u16, ns: u64, pid: u32) {
+    let own = ListenerKey {
+        netns,
+        port,
+        _pad: 0,
+    };
+    for key in [own, ListenerKey::default()] {
+        let mut value = ACCEPT_WAITS.get_ptr_mut(&key);
+        if value.is_none()
+            && let Some(zero) = ZERO_ACCEPT_WAITS.get(0)
+            && ACCEPT_WAITS.insert(&key, zero, 0).is_ok()
+        {
+            value = ACCEPT_WAITS.get_ptr_mut(&key);
+        }
+        if let Some(w) = value {
+            // SAFETY: a per-CPU value.
+            unsafe {
+                add_duration(&raw mut (*w).waits, ns);
+                (*w).pid = pid;
+            }
+            return;
+        }
+    }
+    count(counter::UNLABELLED);
 }
 
 #[inline(always)]

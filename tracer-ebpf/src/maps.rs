@@ -10,7 +10,9 @@ use aya_ebpf::{
 use tracer_common::{
     Config, EndCounts, KernelFilter, Offsets, RecentCloses, SockRecord, TcpState, Tuple, TwRecord,
     Watch,
-    aggregate::{Durations, Gauges, PortDurations, PortKey, TransitionCounts},
+    aggregate::{
+        AcceptWaits, Durations, Gauges, ListenerKey, PortDurations, PortKey, TransitionCounts,
+    },
     counter,
 };
 
@@ -82,6 +84,20 @@ pub(crate) static PORT_DURATIONS: PerCpuHashMap<PortKey, PortDurations> =
 #[map]
 pub(crate) static LISTENER_SYNACKS: LruPerCpuHashMap<u64, u64> =
     LruPerCpuHashMap::with_max_entries(1024, 0);
+
+/// How long each listener's connections waited to be accepted. Listeners past its room share the
+/// entry of netns and port 0. (Per CPU: no atomics; a listener that accepts holds one histogram
+/// per CPU, 2.5 KiB each.)
+#[map]
+pub(crate) static ACCEPT_WAITS: PerCpuHashMap<ListenerKey, AcceptWaits> =
+    PerCpuHashMap::with_max_entries(ACCEPT_WAIT_LISTENERS, NO_PREALLOC);
+
+/// Listeners whose accept waits are kept apart (a host serves on a few ports).
+const ACCEPT_WAIT_LISTENERS: u32 = 64;
+
+/// An all-zero value to insert new accept-wait histograms from (too large for the stack).
+#[map]
+pub(crate) static ZERO_ACCEPT_WAITS: Array<AcceptWaits> = Array::with_max_entries(1, 0);
 
 /// Per-CPU room for the transition program's change (`transition::Change`), one slot per level
 /// of nesting, and the level this CPU is at.

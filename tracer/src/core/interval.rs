@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     enrich::listen_drops::ListenDrops,
+    owner::{Comm, Owner},
     source::{
         decode::state,
         events::Endpoints,
@@ -73,6 +74,48 @@ pub(crate) struct Summary {
     pub(crate) reconciliation: Reconciliation,
     /// The destinations using the most of their ephemeral ports, as of the last listing.
     pub(crate) port_pressure: PressureView,
+    /// How long connections waited to be accepted in the interval, by listener, the longest
+    /// waits (p99) first.
+    pub(crate) accept_waits: Vec<AcceptWait>,
+}
+
+/// How long a listener's connections waited in its accept queue during the interval, and the
+/// process that accepts them (its pid from the kernel; the daemon describes it).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AcceptWait {
+    pub(crate) netns: u32,
+    /// 0 (with netns 0): the listeners past the kernel map's room, together.
+    pub(crate) port: u16,
+    pub(crate) owner: Option<Owner>,
+    pub(crate) waits: Percentiles,
+}
+
+impl AcceptWait {
+    fn of_interval(totals: &Totals, kernel: &Aggregates) -> Vec<Self> {
+        let mut waits: Vec<Self> = totals
+            .interval_accept_waits(kernel)
+            .iter()
+            .filter_map(|l| {
+                Some(Self {
+                    netns: l.netns,
+                    port: l.port,
+                    owner: (l.pid != 0).then(|| Owner {
+                        pid: l.pid,
+                        comm: Comm::from_kernel([0; 16]),
+                        cgroup: None,
+                    }),
+                    waits: figures_of(&l.waits)?,
+                })
+            })
+            .collect();
+        waits.sort_by(|a, b| {
+            b.waits
+                .p99_ms
+                .total_cmp(&a.waits.p99_ms)
+                .then((a.netns, a.port).cmp(&(b.netns, b.port)))
+        });
+        waits
+    }
 }
 
 /// Connect times (SYN_SENT to ESTABLISHED): `None` when no connect of that kind was seen.
@@ -152,6 +195,7 @@ impl Summary {
             health: context.health,
             reconciliation: snapshot.reconciliation,
             port_pressure: snapshot.port_pressure,
+            accept_waits: AcceptWait::of_interval(totals, kernel),
         }
     }
 }

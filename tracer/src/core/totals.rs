@@ -3,12 +3,14 @@
 //! moves the kernel made without a trace that the daemon found), and derives what summaries and
 //! metrics show: sockets by state, transitions and percentiles, since start-up and for the
 //! current interval.
+use std::collections::HashMap;
+
 use tracer_common::{
     TcpState,
     aggregate::{DURATION_BUCKETS, bucket_floor_us, duration_bucket},
 };
 
-use crate::source::kernel_maps::{Aggregates, Ends, StateDurations};
+use crate::source::kernel_maps::{Aggregates, Ends, ListenerWaits, StateDurations};
 
 const STATES: usize = TcpState::COUNT;
 
@@ -41,6 +43,8 @@ struct IntervalStart {
     durations: Vec<StateDurations>,
     ends: Ends,
     connects: Vec<StateDurations>,
+    /// Accept waits by listener (netns, port).
+    accept_waits: HashMap<(u32, u16), StateDurations>,
 }
 
 impl Totals {
@@ -55,6 +59,7 @@ impl Totals {
                 durations: vec![StateDurations::default(); STATES],
                 ends: Ends::default(),
                 connects: vec![StateDurations::default(); 2],
+                accept_waits: HashMap::new(),
             },
         }
     }
@@ -140,6 +145,25 @@ impl Totals {
             .collect()
     }
 
+    /// How long each listener's connections waited to be accepted since the interval began; the
+    /// listeners that accepted none are left out.
+    pub(crate) fn interval_accept_waits(&self, kernel: &Aggregates) -> Vec<ListenerWaits> {
+        kernel
+            .accept_waits
+            .iter()
+            .filter_map(|now| {
+                let waits = match self.interval_start.accept_waits.get(&(now.netns, now.port)) {
+                    Some(then) => since(&now.waits, then),
+                    None => now.waits.clone(),
+                };
+                (waits.count > 0).then(|| ListenerWaits {
+                    waits,
+                    ..now.clone()
+                })
+            })
+            .collect()
+    }
+
     /// Starts a new interval (after a summary).
     pub(crate) fn start_interval(&mut self, kernel: &Aggregates) {
         self.interval_start = IntervalStart {
@@ -147,6 +171,11 @@ impl Totals {
             durations: self.durations(kernel),
             ends: kernel.ends.clone(),
             connects: kernel.connects.clone(),
+            accept_waits: kernel
+                .accept_waits
+                .iter()
+                .map(|l| ((l.netns, l.port), l.waits.clone()))
+                .collect(),
         };
     }
 }

@@ -249,7 +249,13 @@ impl<W: Write> Pipeline<W> {
         };
         let kernel = self.probe.aggregates(false)?;
         let timewaits: Vec<(Tuple, TwRecord)> = self.maps.all(RecordMap::Timewait)?;
-        let summary = self.tracker.close_interval(&kernel, &timewaits, context);
+        let mut summary = self.tracker.close_interval(&kernel, &timewaits, context);
+        // The processes that accept: their names and cgroups.
+        for wait in &mut summary.accept_waits {
+            if let Some(owner) = &mut wait.owner {
+                self.owners.describe(owner, now_ns);
+            }
+        }
         self.log.summary(&summary);
         clock.interval_started_ns = now_ns;
         Ok(())

@@ -27,7 +27,7 @@ use crate::{
     enrich::listen_drops::ListenDrops,
     source::{
         health::{KernelHealth, Seen},
-        kernel_maps::{Aggregates, StateDurations},
+        kernel_maps::{Aggregates, ListenerWaits, StateDurations},
     },
 };
 
@@ -63,6 +63,8 @@ struct Latest {
     episodes: [u64; STATES],
     transitions: Vec<TransitionCount>,
     durations: Vec<Series>,
+    /// Accept waits by listener port.
+    accept_waits: Vec<Series>,
     fixes: Reconciliation,
     stalled_listeners: u64,
     listener_stalls: u64,
@@ -150,6 +152,7 @@ impl Metrics {
                 by_octave(vec![("syn_retransmitted", retransmitted.to_owned())], d)
             })
             .collect();
+        latest.accept_waits = accept_waits_by_port(&kernel.accept_waits);
         latest.transitions = match port_transitions {
             Some(labelled) => labelled,
             None => TcpState::ALL
@@ -235,6 +238,30 @@ impl Metrics {
         }
         Some(folded.into_values().collect())
     }
+}
+
+/// Accept waits by listener port, summed over network namespaces. The kernel keeps a bounded
+/// number of listeners apart and counts the others under port 0, labelled `other`.
+fn accept_waits_by_port(listeners: &[ListenerWaits]) -> Vec<Series> {
+    let mut by_port: std::collections::BTreeMap<u16, Series> = Default::default();
+    for l in listeners {
+        let label = match l.port {
+            0 => "other".to_owned(),
+            port => port.to_string(),
+        };
+        let series = by_port.entry(l.port).or_insert_with(|| Series {
+            labels: vec![("port", label)],
+            octaves: vec![0; OCTAVES],
+            ..Series::default()
+        });
+        let add = by_octave(Vec::new(), &l.waits);
+        for (total, n) in series.octaves.iter_mut().zip(&add.octaves) {
+            *total += n;
+        }
+        series.count += add.count;
+        series.sum_seconds += add.sum_seconds;
+    }
+    by_port.into_values().collect()
 }
 
 /// Durations folded into octaves, with their labels.
@@ -351,6 +378,15 @@ impl Collector for Exposition {
             MetricType::Histogram,
         )?;
         for series in &latest.durations {
+            encode_histogram(&mut metric, series)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "tcpstate_accept_wait_seconds",
+            "Time connections waited in their listener's accept queue, from the end of the handshake to accept(), by listener port",
+            None,
+            MetricType::Histogram,
+        )?;
+        for series in &latest.accept_waits {
             encode_histogram(&mut metric, series)?;
         }
         let mut metric = encoder.encode_descriptor(

@@ -43,8 +43,11 @@ pub(crate) struct Seen {
     pub(crate) transitions: u64,
     /// Timewait phases that ended.
     pub(crate) timewait_ends: u64,
-    /// Owners named at accept().
+    /// Connections accepted (of the sockets the filters let through), and those whose wait in
+    /// the accept queue is unknown (their handshake completed before the tracer started, or they
+    /// left ESTABLISHED before accept() took them).
     pub(crate) accepts: u64,
+    pub(crate) accepts_untimed: u64,
     /// SYNs connecting sockets sent again; SYN-ACKs listeners sent again.
     pub(crate) syn_retransmits: u64,
     pub(crate) synack_retransmits: u64,

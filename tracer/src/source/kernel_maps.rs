@@ -14,7 +14,8 @@ use aya::{
 use tracer_common::{
     End, EndCounts, TcpState, Watch,
     aggregate::{
-        DURATION_BUCKETS, Durations, Gauges, OCTAVES, PortDurations, PortKey, TransitionCounts,
+        AcceptWaits, DURATION_BUCKETS, Durations, Gauges, ListenerKey, OCTAVES, PortDurations,
+        PortKey, TransitionCounts,
     },
     counter,
     ends::ERRNO_SLOTS,
@@ -48,6 +49,19 @@ pub(crate) struct Aggregates {
     pub(crate) ends: Ends,
     /// Connect times (SYN_SENT to ESTABLISHED): `[0]` without a SYN retransmitted, `[1]` with.
     pub(crate) connects: Vec<StateDurations>,
+    /// How long each listener's connections waited to be accepted.
+    pub(crate) accept_waits: Vec<ListenerWaits>,
+}
+
+/// How long one listener's connections waited to be accepted, since the programs were loaded.
+/// Netns and port 0: the listeners past the kernel map's room, together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListenerWaits {
+    pub(crate) netns: u32,
+    pub(crate) port: u16,
+    /// The process that accepted the last of them; 0 when unknown.
+    pub(crate) pid: u32,
+    pub(crate) waits: StateDurations,
 }
 
 impl Default for Aggregates {
@@ -60,6 +74,7 @@ impl Default for Aggregates {
             port_durations: Vec::new(),
             ends: Ends::default(),
             connects: vec![StateDurations::default(); 2],
+            accept_waits: Vec::new(),
         }
     }
 }
@@ -201,6 +216,7 @@ impl KernelCounts<'_> {
             transitions: self.counter(counter::TRANSITIONS)?,
             timewait_ends: self.counter(counter::TIMEWAIT_ENDS)?,
             accepts: self.counter(counter::ACCEPTS)?,
+            accepts_untimed: self.counter(counter::ACCEPTS_UNTIMED)?,
             syn_retransmits: self.counter(counter::SYN_RETRANSMITS)?,
             synack_retransmits: self.counter(counter::SYNACK_RETRANSMITS)?,
         })
@@ -246,6 +262,25 @@ impl KernelCounts<'_> {
         for counts in self.per_cpu::<EndCounts>(names::ENDS, 0)? {
             aggregates.ends.add(&counts);
         }
+        aggregates.accept_waits = self
+            .per_cpu_hash::<ListenerKey, AcceptWaits>(names::ACCEPT_WAITS)?
+            .into_iter()
+            .map(|(key, per_cpu)| {
+                let mut total = ListenerWaits {
+                    netns: key.netns,
+                    port: key.port,
+                    pid: 0,
+                    waits: StateDurations::default(),
+                };
+                for w in per_cpu {
+                    add_durations(&mut total.waits, &w.waits);
+                    if w.pid != 0 {
+                        total.pid = w.pid;
+                    }
+                }
+                total
+            })
+            .collect();
         if port_labels {
             aggregates.port_transitions = self
                 .per_cpu_hash::<PortKey, u64>(names::PORT_COUNTS)?

@@ -46,8 +46,11 @@ pub(crate) struct LoadSettings {
     pub(crate) max_sockets: u32,
     /// Stuck threshold of each state, in nanoseconds; 0: not watched.
     pub(crate) thresholds_ns: [u64; TcpState::COUNT],
-    /// Every transition goes to the ring buffer (and accept() names owners at once).
+    /// Every transition goes to the ring buffer.
     pub(crate) log_all: bool,
+    /// accept() is traced: it names the owners of accepted sockets at once and times their wait
+    /// in the accept queue. (Also on while every transition is logged.)
+    pub(crate) accept_waits: bool,
     /// Transitions and durations are counted per service port too.
     pub(crate) port_labels: bool,
 }
@@ -89,7 +92,8 @@ pub(crate) struct Probe {
     pub(super) ebpf: Ebpf,
     /// TIME-WAIT tracking (it needs a readable `tw_timer_handler` in kallsyms).
     pub(crate) timewait: Part,
-    /// Owners of accepted sockets at accept() (only while logging every transition).
+    /// accept(): owners of accepted sockets at once, and their waits in the accept queue
+    /// (unless `--no-accept-wait` while not logging every transition).
     pub(crate) accept_owners: Part,
     /// Resets a socket sends as it ends (`reset_sent` ends).
     pub(crate) resets: Part,
@@ -255,7 +259,7 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         &btf,
         names::SYNACK_PROGRAM,
     ));
-    if settings.log_all {
+    if settings.log_all || settings.accept_waits {
         probe.accept_owners = Part::of(attach_accept(&mut probe.ebpf));
     }
     probe.owner_iterator = Part::of(load_owner_iterator(&mut probe.ebpf, &btf));
@@ -407,7 +411,7 @@ impl Probe {
                 &self.timewait,
             ),
             (
-                "owners of accepted sockets",
+                "accept waits and owners of accepted sockets",
                 names::ACCEPT_PROGRAM,
                 &self.accept_owners,
             ),

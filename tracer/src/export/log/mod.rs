@@ -224,7 +224,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        core::interval::Connects,
+        core::interval::{AcceptWait, Connects},
         core::{report::Reconciliation, totals::Percentiles},
         owner::{Comm, Owner},
         source::{
@@ -381,10 +381,17 @@ pub(crate) mod tests {
             reminders_omitted: 0,
             time_wait_by_remote_port: vec![(8080, 4)],
             port_pressure: Default::default(),
+            accept_waits: vec![AcceptWait {
+                netns: 4026531840,
+                port: 8080,
+                owner: owner(),
+                waits: Percentiles { count: 2, ..p },
+            }],
             seen: Seen {
                 transitions: 12,
                 timewait_ends: 1,
                 accepts: 2,
+                accepts_untimed: 0,
                 syn_retransmits: 2,
                 synack_retransmits: 0,
             },

@@ -12,6 +12,7 @@ use super::{
     tests::{SELECTED, owner_in, render, reset_close, sample, stuck, summary, unstuck},
 };
 use crate::{
+    core::interval::AcceptWait,
     core::losses::{LossWatch, Losses},
     core::report::{Destination, PressureView, Usage},
     core::report::{
@@ -382,10 +383,16 @@ fn summary_lines_match_the_schema() {
     full.reminders[0].accepted = Some(false);
     full.reminders[0].owner = in_pod();
     full.synack_retransmits_by_listener = vec![(super::tests::endpoints(Family::Ipv6), 7)];
+    full.accept_waits[0].owner = in_pod();
+    full.accept_waits.push(AcceptWait {
+        owner: None,
+        ..full.accept_waits[0].clone()
+    });
     full.connects.retransmitted = full.connects.first_try;
     full.interval_connects.retransmitted = full.connects.first_try;
     let mut empty = summary();
     empty.reminders.clear();
+    empty.accept_waits.clear();
     empty.sockets = vec![(TcpState::Listen, 1)];
     holds(
         "summary",

@@ -490,7 +490,7 @@ mod tests {
     fn summary_block() {
         let text = render(LogFormat::Text, |o| o.summary(&summary()));
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 6, "{text}");
+        assert_eq!(lines.len(), 7, "{text}");
         assert!(
             lines[0].contains("summary  uptime 60.000s, 3 sockets: ESTABLISHED=2 CLOSE_WAIT=1")
         );
@@ -503,6 +503,9 @@ mod tests {
         assert!(lines[4].contains("stuck now: 1 (CLOSE_WAIT=1)"));
         assert!(lines[4].contains("TIME_WAIT by remote port: 8080=4"));
         assert!(lines[4].contains("reconciliation: 1 runs, 1 fixes"));
-        assert!(lines[5].contains("still stuck: CLOSE_WAIT"));
+        assert!(lines[5].contains(
+            "accept wait, ms, last 60.000s: :8080 n=2 p50=0.060 p99=0.120 max=0.120 pid="
+        ));
+        assert!(lines[6].contains("still stuck: CLOSE_WAIT"));
     }
 }

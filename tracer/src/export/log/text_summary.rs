@@ -171,6 +171,30 @@ pub(super) fn summary(out: &mut Line, style: &TextStyle, s: &SummaryLine) -> io:
             s.unlabelled_counts
         )?;
     }
+    if !s.listeners.accept_wait.is_empty() {
+        let waits: Vec<String> = (s.listeners.accept_wait.iter())
+            .map(|w| {
+                let port = match w.port {
+                    0 => "other".to_string(),
+                    port => format!(":{port}"),
+                };
+                let who = match (&w.owner.pid, &w.owner.comm) {
+                    (Some(pid), Some(comm)) => format!(" pid={pid} comm={comm}"),
+                    _ => String::new(),
+                };
+                format!(
+                    "{port} n={} p50={:.3} p99={:.3} max={:.3}{who}",
+                    w.figures.count, w.figures.p50, w.figures.p99, w.figures.max
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "    accept wait, ms, last {}: {}",
+            seconds(s.interval_ns),
+            waits.join("; ")
+        )?;
+    }
     // Only once a destination uses a share worth a look: a quarter of its range.
     let pressed: Vec<String> = (s.port_pressure.most_used.iter())
         .filter(|u| u.percent >= 25.0)

@@ -7,7 +7,7 @@ use serde::{Serialize, Serializer};
 use tracer_common::{End, TcpState};
 
 use super::{
-    common::{DestinationAddr, Level, ListenerAddr, percent, rfc3339_micros},
+    common::{DestinationAddr, Level, ListenerAddr, OwnerFields, percent, rfc3339_micros},
     reports::StuckBody,
 };
 use crate::{
@@ -36,7 +36,7 @@ pub(in super::super) struct SummaryLine<'a> {
     #[serde(rename = "interval_s", serialize_with = "seconds")]
     pub(in super::super) interval_ns: u64,
     pub(in super::super) level: Level,
-    pub(in super::super) listeners: ListenerCounts,
+    pub(in super::super) listeners: ListenerCounts<'a>,
     pub(in super::super) lost_events: u64,
     pub(in super::super) port_pressure: PortCounts,
     pub(in super::super) reconciliation: ReconciliationCounts,
@@ -202,6 +202,7 @@ impl ConnectFigures {
 #[derive(Serialize)]
 pub(in super::super) struct EventCounts {
     pub(in super::super) accepted: u64,
+    pub(in super::super) accepted_untimed: u64,
     pub(in super::super) timewait: u64,
     pub(in super::super) transitions: u64,
     pub(in super::super) transitions_lost: u64,
@@ -215,7 +216,8 @@ pub(in super::super) struct Handshakes {
 }
 
 #[derive(Serialize)]
-pub(in super::super) struct ListenerCounts {
+pub(in super::super) struct ListenerCounts<'a> {
+    pub(in super::super) accept_wait: Vec<AcceptWaitFigures<'a>>,
     pub(in super::super) drops: u64,
     pub(in super::super) half_open_now: u64,
     pub(in super::super) half_open_reports: u64,
@@ -223,6 +225,18 @@ pub(in super::super) struct ListenerCounts {
     pub(in super::super) stalled_now: u64,
     pub(in super::super) stalls: u64,
     pub(in super::super) synack_retransmits: Vec<ListenerCount>,
+}
+
+/// How long a listener's connections waited to be accepted in the interval (milliseconds), with
+/// the process that accepts them.
+#[derive(Serialize)]
+pub(in super::super) struct AcceptWaitFigures<'a> {
+    #[serde(flatten)]
+    pub(in super::super) figures: Figures,
+    pub(in super::super) netns: u32,
+    pub(in super::super) port: u16,
+    #[serde(flatten)]
+    pub(in super::super) owner: OwnerFields<'a>,
 }
 
 /// A listener and how many SYN-ACKs it sent again.
@@ -303,6 +317,7 @@ impl<'a> SummaryLine<'a> {
             event: "summary",
             events: EventCounts {
                 accepted: s.seen.accepts,
+                accepted_untimed: s.seen.accepts_untimed,
                 timewait: s.seen.timewait_ends,
                 transitions: s.seen.transitions,
                 transitions_lost: s.health.lost_transitions,
@@ -318,6 +333,16 @@ impl<'a> SummaryLine<'a> {
             interval_ns: s.interval_ns,
             level: Level::Info,
             listeners: ListenerCounts {
+                accept_wait: s
+                    .accept_waits
+                    .iter()
+                    .map(|w| AcceptWaitFigures {
+                        figures: Figures::new(&w.waits),
+                        netns: w.netns,
+                        port: w.port,
+                        owner: OwnerFields::new(w.owner.as_ref()),
+                    })
+                    .collect(),
                 drops: s.listen_drops.drops,
                 half_open_now: s.half_open_listeners,
                 half_open_reports: s.half_open_reports,
