@@ -97,7 +97,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The listener's entry in the last summary's accept waits.
-fn entry<'a>(summary: &'a Value, netns: u32, port: u16) -> &'a Value {
+fn entry(summary: &Value, netns: u32, port: u16) -> &Value {
     summary["listeners"]["accept_wait"]
         .as_array()
         .and_then(|all| {

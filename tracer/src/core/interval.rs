@@ -220,7 +220,10 @@ pub(crate) fn time_wait_by_remote_port(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{Settings, Tracker, stuck::Thresholds};
+    use crate::{
+        core::{Settings, Tracker, stuck::Thresholds},
+        source::kernel_maps::ListenerWaits,
+    };
 
     #[test]
     fn a_summary_counts_from_the_kernel_and_starts_an_interval() {
@@ -248,5 +251,62 @@ mod tests {
         let next = tracker.close_interval(&kernel, &[], Context::default());
         assert_eq!(next.interval_transitions[0].2, 1, "since the last summary");
         assert_eq!(next.transitions[0].2, 4, "since start-up");
+    }
+
+    /// `waits` in milliseconds, as the kernel would have counted them (since start-up).
+    fn listener(port: u16, pid: u32, waits_ms: &[u64]) -> ListenerWaits {
+        let mut waits = StateDurations::default();
+        for ms in waits_ms {
+            let ns = ms * 1_000_000;
+            waits.buckets[tracer_common::aggregate::duration_bucket(ns)] += 1;
+            waits.count += 1;
+            waits.sum_ns += ns;
+            waits.min_ns = if waits.min_ns == 0 {
+                ns
+            } else {
+                waits.min_ns.min(ns)
+            };
+            waits.max_ns = waits.max_ns.max(ns);
+        }
+        ListenerWaits {
+            netns: 7,
+            port,
+            pid,
+            waits,
+        }
+    }
+
+    #[test]
+    fn accept_waits_are_the_intervals_own_the_longest_first() {
+        let mut tracker = Tracker::new(
+            Settings {
+                thresholds: Thresholds::default(),
+                repeat_ns: 1,
+                owners: Default::default(),
+                port_pressure: 80,
+            },
+            [0; TcpState::COUNT],
+        );
+        let mut kernel = Aggregates {
+            accept_waits: vec![listener(80, 10, &[1, 2, 3]), listener(8080, 0, &[500])],
+            ..Aggregates::default()
+        };
+        let first = tracker.close_interval(&kernel, &[], Context::default());
+        let ports: Vec<u16> = first.accept_waits.iter().map(|w| w.port).collect();
+        assert_eq!(ports, vec![8080, 80], "the longest waits first");
+        assert_eq!(first.accept_waits[1].waits.count, 3);
+        assert_eq!(
+            first.accept_waits[1].owner.as_ref().map(|o| o.pid),
+            Some(10)
+        );
+        assert_eq!(first.accept_waits[0].owner, None, "pid 0: not known");
+        // Port 80 accepted two more, one after a wait of 2 s; 8080 none: left out.
+        kernel.accept_waits[0] = listener(80, 11, &[1, 2, 3, 2000, 1]);
+        let next = tracker.close_interval(&kernel, &[], Context::default());
+        assert_eq!(next.accept_waits.len(), 1, "{:?}", next.accept_waits);
+        let w = &next.accept_waits[0];
+        assert_eq!((w.port, w.waits.count), (80, 2));
+        assert!((w.waits.max_ms - 2000.0).abs() < 1e-6, "{w:?}");
+        assert_eq!(w.owner.as_ref().map(|o| o.pid), Some(11));
     }
 }
