@@ -69,9 +69,15 @@ fn on_reset(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let Some(recent) = RECENT_CLOSES.get_ptr_mut(0) else {
         return Ok(());
     };
+    // The latest close of this id first: before Linux 5.12 the id is the socket's address,
+    // which a new socket takes over as soon as the old one is freed, so an older entry may carry
+    // the same id (a refused connect's, whose end must stay refused).
     let mut found = None;
-    for slot in 0..RECENT_CLOSES_LEN {
-        // SAFETY: this CPU's slots, no one else's while the program runs.
+    // SAFETY: this CPU's slots, no one else's while the program runs.
+    let next = unsafe { (*recent).next } as usize;
+    for back in 1..=RECENT_CLOSES_LEN {
+        let slot = next.wrapping_sub(back) & (RECENT_CLOSES_LEN - 1);
+        // SAFETY: as above; the slot is masked into bounds.
         if unsafe { (*recent).entries[slot].cookie } == cookie {
             found = Some(slot);
             break;

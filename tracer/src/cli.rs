@@ -116,11 +116,12 @@ pub struct Config {
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100), value_name = "PERCENT")]
     pub(crate) port_pressure: u8,
 
-    /// Do not time how long connections wait in their listener's accept queue: leaves out the
-    /// program on accept() (and the system-call tracing path it turns on for every process) unless
-    /// every transition is logged.
+    /// Time how long connections wait in their listener's accept queue (and name the process
+    /// that accepts a socket at once). Off by default: the program on accept() turns on the
+    /// kernel's system-call tracing path for every process, which cost nginx with a connection
+    /// per request 7 % of its throughput in the bench (docs/benchmarks.md).
     #[arg(long)]
-    pub(crate) no_accept_wait: bool,
+    pub(crate) accept_wait: bool,
 
     /// Most sockets the kernel keeps records of (timewait sockets: half as many; sockets in
     /// watched states: a quarter). Each costs about 100 bytes when used and 29 bytes reserved;
@@ -251,7 +252,7 @@ impl Config {
                 max_sockets: self.max_sockets,
                 thresholds_ns: self.thresholds().as_nanos(),
                 log_all: transitions,
-                accept_waits: !self.no_accept_wait,
+                accept_waits: self.accept_wait,
                 port_labels: self.metrics_port_label,
             },
             core: core::Settings {

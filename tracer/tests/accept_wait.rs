@@ -2,7 +2,8 @@
 //! once to a listener that accepts one connection every 100 ms, and each client times, from its
 //! connect() to the byte the server writes right after accepting it, how long it waited. The
 //! tracer's figures for that listener match the clients' clock; a listener whose thread waits in
-//! accept() shows waits under a millisecond. The summary and the metrics say the same.
+//! accept() shows waits under a millisecond. The summary and the metrics say the same
+//! (`--accept-wait`).
 // Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
 #![cfg(feature = "kernel-tests")]
 mod support;
@@ -118,7 +119,8 @@ fn accept_waits_match_the_clients_clock(ip: IpAddr) {
     let ns = Namespace::new().unwrap();
     let netns = ns.inode().unwrap();
     // One summary, at exit, over the whole run.
-    let (tracer, metrics_port) = support::start_tracer(&ns, &["--summary-interval", "1h"]);
+    let (tracer, metrics_port) =
+        support::start_tracer(&ns, &["--accept-wait", "--summary-interval", "1h"]);
     let waits = ns.enter(|| workload(ip)).unwrap();
     let longest = *waits.last().unwrap();
     let median = waits[CLIENTS / 2 - 1];

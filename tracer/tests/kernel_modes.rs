@@ -60,13 +60,13 @@ fn axes(own_netns: &str) -> Vec<Vec<Vec<String>>> {
         "listen=off",
     ]);
     vec![
-        // Transition lines, or the quiet path; and the accept() hook, which only
-        // `--no-accept-wait` leaves out (while transitions are not logged).
+        // Transition lines, or the quiet path; and the accept() hook, which `--accept-wait` adds
+        // (transition lines have it anyway).
         vec![
             flags(&["--log-transitions", "never"]),
             flags(&["--log-transitions", "always"]),
         ],
-        vec![vec![], flags(&["--no-accept-wait"])],
+        vec![vec![], flags(&["--accept-wait"])],
         // Counts per port.
         vec![
             vec![],
@@ -176,13 +176,13 @@ fn every_mode_loads_and_attaches() {
             )
         });
         let logs_all = flags.iter().any(|f| f == "always");
-        let no_accept_wait = flags.iter().any(|f| f == "--no-accept-wait");
+        let accept_wait = flags.iter().any(|f| f == "--accept-wait");
         for part in check["parts"].as_array().expect("parts") {
             let program = part["program"].as_str().expect("program");
             let state = part["state"].as_str().expect("state");
             // Every part the settings need attaches on every kernel of the matrix; only the
             // accept() hook may be left out.
-            let expected = if program == "sys_exit_accept" && no_accept_wait && !logs_all {
+            let expected = if program == "sys_exit_accept" && !accept_wait && !logs_all {
                 "unused"
             } else {
                 "attached"

@@ -238,7 +238,8 @@ fn url_encode(text: &str) -> String {
 #[test]
 fn prometheus_fires_and_resolves_the_close_wait_alert() {
     let ns = Namespace::new().unwrap();
-    let (tracer, tracer_port) = start_tracer(&ns, &["--stuck", "close-wait=2s"]);
+    // With accept waits: the dashboard has a panel of them.
+    let (tracer, tracer_port) = start_tracer(&ns, &["--stuck", "close-wait=2s", "--accept-wait"]);
     let mut prometheus = Prometheus::start(tracer_port, &rules_with_for(5));
     let instance = format!("127.0.0.1:{tracer_port}");
     let up = format!("up{{job=\"tcpstate\",instance=\"{instance}\"}}");
@@ -451,7 +452,7 @@ fn dashboard_queries_parse_and_name_exported_metrics() {
 
     // A scrape with every metric present: sockets leaked past a threshold, then closed.
     let ns = Namespace::new().unwrap();
-    let (tracer, port) = start_tracer(&ns, &["--stuck", "close-wait=1s"]);
+    let (tracer, port) = start_tracer(&ns, &["--stuck", "close-wait=1s", "--accept-wait"]);
     let mut server = Workload::close_wait("127.0.0.1", 2, Some(&ns.wrapper()));
     scrape_until(port, "2 stuck sockets", |s| {
         value(s, "tcpstate_stuck_sockets", "state=CLOSE_WAIT") == 2.0

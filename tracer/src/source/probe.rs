@@ -48,8 +48,8 @@ pub(crate) struct LoadSettings {
     pub(crate) thresholds_ns: [u64; TcpState::COUNT],
     /// Every transition goes to the ring buffer.
     pub(crate) log_all: bool,
-    /// accept() is traced: it names the owners of accepted sockets at once and times their wait
-    /// in the accept queue. (Also on while every transition is logged.)
+    /// accept() is traced (`--accept-wait`): it names the owners of accepted sockets at once and
+    /// times their wait in the accept queue. (Also on while every transition is logged.)
     pub(crate) accept_waits: bool,
     /// Transitions and durations are counted per service port too.
     pub(crate) port_labels: bool,
@@ -93,7 +93,7 @@ pub(crate) struct Probe {
     /// TIME-WAIT tracking (it needs a readable `tw_timer_handler` in kallsyms).
     pub(crate) timewait: Part,
     /// accept(): owners of accepted sockets at once, and their waits in the accept queue
-    /// (unless `--no-accept-wait` while not logging every transition).
+    /// (with `--accept-wait`, or while logging every transition).
     pub(crate) accept_owners: Part,
     /// Resets a socket sends as it ends (`reset_sent` ends).
     pub(crate) resets: Part,
