@@ -225,9 +225,8 @@ mod tests {
         source::kernel_maps::ListenerWaits,
     };
 
-    #[test]
-    fn a_summary_counts_from_the_kernel_and_starts_an_interval() {
-        let mut tracker = Tracker::new(
+    fn tracker() -> Tracker {
+        Tracker::new(
             Settings {
                 thresholds: Thresholds::default(),
                 repeat_ns: 1,
@@ -235,7 +234,12 @@ mod tests {
                 port_pressure: 80,
             },
             [0; TcpState::COUNT],
-        );
+        )
+    }
+
+    #[test]
+    fn a_summary_counts_from_the_kernel_and_starts_an_interval() {
+        let mut tracker = tracker();
         let mut kernel = Aggregates::default();
         kernel.gauges[TcpState::TimeWait as usize] = 3;
         let index = TcpState::FinWait2 as usize * TcpState::COUNT + TcpState::TimeWait as usize;
@@ -257,16 +261,7 @@ mod tests {
     fn listener(port: u16, pid: u32, waits_ms: &[u64]) -> ListenerWaits {
         let mut waits = StateDurations::default();
         for ms in waits_ms {
-            let ns = ms * 1_000_000;
-            waits.buckets[tracer_common::aggregate::duration_bucket(ns)] += 1;
-            waits.count += 1;
-            waits.sum_ns += ns;
-            waits.min_ns = if waits.min_ns == 0 {
-                ns
-            } else {
-                waits.min_ns.min(ns)
-            };
-            waits.max_ns = waits.max_ns.max(ns);
+            waits.add(ms * 1_000_000);
         }
         ListenerWaits {
             netns: 7,
@@ -278,15 +273,7 @@ mod tests {
 
     #[test]
     fn accept_waits_are_the_intervals_own_the_longest_first() {
-        let mut tracker = Tracker::new(
-            Settings {
-                thresholds: Thresholds::default(),
-                repeat_ns: 1,
-                owners: Default::default(),
-                port_pressure: 80,
-            },
-            [0; TcpState::COUNT],
-        );
+        let mut tracker = tracker();
         let mut kernel = Aggregates {
             accept_waits: vec![listener(80, 10, &[1, 2, 3]), listener(8080, 0, &[500])],
             ..Aggregates::default()

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use tracer_common::{
     TcpState,
-    aggregate::{DURATION_BUCKETS, bucket_floor_us, duration_bucket},
+    aggregate::{DURATION_BUCKETS, bucket_floor_us},
 };
 
 use crate::source::kernel_maps::{Aggregates, Ends, ListenerWaits, StateDurations};
@@ -73,12 +73,7 @@ impl Totals {
     pub(crate) fn record(&mut self, old: TcpState, new: TcpState, spent_ns: Option<u64>) {
         self.own_transitions[old as usize * STATES + new as usize] += 1;
         if let Some(ns) = spent_ns {
-            let d = &mut self.own_durations[old as usize];
-            d.buckets[duration_bucket(ns).min(DURATION_BUCKETS - 1)] += 1;
-            d.count += 1;
-            d.sum_ns += ns;
-            d.min_ns = if d.min_ns == 0 { ns } else { d.min_ns.min(ns) }.max(1);
-            d.max_ns = d.max_ns.max(ns);
+            self.own_durations[old as usize].add(ns);
         }
     }
 
@@ -285,15 +280,7 @@ mod tests {
     fn durations(values_ns: &[u64]) -> StateDurations {
         let mut d = StateDurations::default();
         for ns in values_ns {
-            d.buckets[duration_bucket(*ns)] += 1;
-            d.count += 1;
-            d.sum_ns += ns;
-            d.min_ns = if d.min_ns == 0 {
-                *ns
-            } else {
-                d.min_ns.min(*ns)
-            };
-            d.max_ns = d.max_ns.max(*ns);
+            d.add(*ns);
         }
         d
     }

@@ -15,7 +15,7 @@ use tracer_common::{
     End, EndCounts, TcpState, Watch,
     aggregate::{
         AcceptWaits, DURATION_BUCKETS, Durations, Gauges, ListenerKey, OCTAVES, PortDurations,
-        PortKey, TransitionCounts,
+        PortKey, TransitionCounts, duration_bucket,
     },
     counter,
     ends::ERRNO_SLOTS,
@@ -157,6 +157,22 @@ impl Default for StateDurations {
             min_ns: 0,
             max_ns: 0,
         }
+    }
+}
+
+impl StateDurations {
+    /// Adds one duration, as the kernel programs do.
+    pub(crate) fn add(&mut self, ns: u64) {
+        self.buckets[duration_bucket(ns).min(DURATION_BUCKETS - 1)] += 1;
+        self.count += 1;
+        self.sum_ns += ns;
+        self.min_ns = if self.min_ns == 0 {
+            ns
+        } else {
+            self.min_ns.min(ns)
+        }
+        .max(1);
+        self.max_ns = self.max_ns.max(ns);
     }
 }
 
