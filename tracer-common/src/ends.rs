@@ -11,6 +11,7 @@ pub mod errno {
     pub const ECONNRESET: u8 = 104;
     pub const ETIMEDOUT: u8 = 110;
     pub const ECONNREFUSED: u8 = 111;
+    pub const EADDRINUSE: u8 = 98;
     pub const EADDRNOTAVAIL: u8 = 99;
 }
 
@@ -147,6 +148,7 @@ pub const fn errno_name(errno: u8) -> Option<&'static str> {
         71 => "EPROTO",
         90 => "EMSGSIZE",
         92 => "ENOPROTOOPT",
+        98 => "EADDRINUSE",
         99 => "EADDRNOTAVAIL",
         100 => "ENETDOWN",
         101 => "ENETUNREACH",

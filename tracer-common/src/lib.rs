@@ -16,10 +16,12 @@ pub mod tuple;
 
 pub use ends::{End, EndCounts};
 pub use records::{
-    Event, EventKind, LastClose, OwnerHit, RECENT_CLOSES, RecentCloses, SockRecord, TwRecord,
-    Watch, event_flags, record_flags,
+    BindCall, Event, EventKind, LastClose, OwnerHit, RECENT_CLOSES, RecentCloses, SockRecord,
+    TwRecord, Watch, event_flags, record_flags,
 };
-pub use settings::{ACCEPT_RET_OFFSET, Config, KernelFilter, Offsets};
+pub use settings::{
+    ACCEPT_RET_OFFSET, BIND_ADDR_OFFSET, BIND_FD_OFFSET, Config, KernelFilter, Offsets,
+};
 pub use state::TcpState;
 pub use tuple::{AF_INET, AF_INET6, Owner, Tuple, normalize_family};
 
@@ -118,6 +120,7 @@ mod pod {
     unsafe impl aya::Pod for super::aggregate::AcceptWaits {}
     unsafe impl aya::Pod for super::EndCounts {}
     unsafe impl aya::Pod for super::OwnerHit {}
+    unsafe impl aya::Pod for super::BindCall {}
 }
 
 #[cfg(test)]

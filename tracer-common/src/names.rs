@@ -31,6 +31,8 @@ pub const WANTED_SOCKETS: &str = "WANTED_SOCKETS";
 /// Per-CPU accept waits ([`crate::aggregate::AcceptWaits`]) by
 /// [`crate::aggregate::ListenerKey`].
 pub const ACCEPT_WAITS: &str = "ACCEPT_WAITS";
+/// `bind()`s under way ([`crate::BindCall`]) by thread.
+pub const BIND_CALLS: &str = "BIND_CALLS";
 /// Per-CPU health counters ([`crate::counter`]).
 pub const COUNTERS: &str = "COUNTERS";
 /// Local and remote ports of `--lport` / `--rport`.
@@ -52,6 +54,9 @@ pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 pub const TRANSITION_PROGRAM: &str = "inet_sock_set_state";
 pub const TIMER_EXPIRE_PROGRAM: &str = "timer_expire_entry";
 pub const ACCEPT_PROGRAM: &str = "sys_exit_accept";
+/// `bind()`: its entry keeps the arguments, its exit reports a TCP socket's failure.
+pub const BIND_ENTER_PROGRAM: &str = "sys_enter_bind";
+pub const BIND_EXIT_PROGRAM: &str = "sys_exit_bind";
 pub const RESET_PROGRAM: &str = "tcp_send_reset";
 pub const RETRANSMIT_PROGRAM: &str = "tcp_retransmit_skb";
 pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
@@ -66,7 +71,7 @@ pub const ACCEPT_TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// Every map the daemon opens by name.
-pub const MAPS: [&str; 20] = [
+pub const MAPS: [&str; 21] = [
     EVENTS,
     SOCKETS,
     TIMEWAIT,
@@ -81,6 +86,7 @@ pub const MAPS: [&str; 20] = [
     CONNECT_DURATIONS,
     LISTENER_SYNACKS,
     ACCEPT_WAITS,
+    BIND_CALLS,
     WANTED_SOCKETS,
     COUNTERS,
     LOCAL_PORTS,
@@ -91,10 +97,12 @@ pub const MAPS: [&str; 20] = [
 /// Every global the daemon sets.
 pub const GLOBALS: [&str; 5] = [CONFIG, FILTER, OFFSETS, TIMER_FUNCTION, WAKEUP_BYTES];
 /// Every program the daemon loads.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 9] = [
     TRANSITION_PROGRAM,
     TIMER_EXPIRE_PROGRAM,
     ACCEPT_PROGRAM,
+    BIND_ENTER_PROGRAM,
+    BIND_EXIT_PROGRAM,
     RESET_PROGRAM,
     RETRANSMIT_PROGRAM,
     SYNACK_PROGRAM,

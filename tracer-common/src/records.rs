@@ -96,6 +96,15 @@ pub struct OwnerHit {
     pub fd: u32,
 }
 
+/// A `bind()` under way, kept from its entry to its exit by thread (`pid_tgid`): its socket's
+/// descriptor and the address it asked for (a pointer into the caller's memory).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindCall {
+    pub fd: i64,
+    pub addr: u64,
+}
+
 /// What an [`Event`] reports.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +114,9 @@ pub enum EventKind {
     /// The socket of `cookie`, whose transition to CLOSE was written just before, sent a reset
     /// as it closed: its end is `end`, with `reset_reason`.
     End = 2,
+    /// A TCP socket's `bind()` failed (`error`: EADDRINUSE or EADDRNOTAVAIL): `tuple` holds the
+    /// address and port it asked for, `owner` the caller.
+    BindFailed = 3,
 }
 
 impl EventKind {
@@ -112,6 +124,7 @@ impl EventKind {
         match value {
             1 => Some(Self::Transition),
             2 => Some(Self::End),
+            3 => Some(Self::BindFailed),
             _ => None,
         }
     }

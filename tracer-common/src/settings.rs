@@ -90,6 +90,8 @@ pub struct Offsets {
     pub skc_state: u32,
     /// `struct sock`: the socket's pending error (an `int`).
     pub sk_err: u32,
+    /// `struct sock`: its protocol (a `u16` since Linux 5.6), to tell TCP sockets' `bind()`s.
+    pub sk_protocol: u32,
     /// `struct inet_sock`: the local port and address as the classic tracepoint reports them
     /// (the kernel clears `skc_num` before the transition to CLOSE).
     pub inet_sport: u32,
@@ -118,6 +120,12 @@ pub struct Offsets {
 /// `sys_exit_accept` (the accepted socket's descriptor); the daemon checks it against the format
 /// file before loading.
 pub const ACCEPT_RET_OFFSET: usize = 16;
+
+/// Offsets of the socket's descriptor and of the address in the records of
+/// `syscalls/sys_enter_bind` (its exit's return value is at [`ACCEPT_RET_OFFSET`], as every
+/// syscall exit's); the daemon checks them against the format files before loading.
+pub const BIND_FD_OFFSET: usize = 16;
+pub const BIND_ADDR_OFFSET: usize = 24;
 
 #[cfg(test)]
 mod disguise_tests {

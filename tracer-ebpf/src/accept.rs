@@ -1,11 +1,7 @@
 //! `sys_exit_accept{,4}`: the process that accepts a socket becomes its owner at once (the
 //! accepted socket's own transitions run in softirq, on behalf of whatever task was on the CPU),
 //! and the time the connection waited in its listener's accept queue is counted per listener.
-use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
 
 use tracer_common::{TcpState, counter, record_flags, settings::watches};
 
@@ -13,7 +9,7 @@ use crate::{
     account,
     maps::{SOCKETS, WATCHED, global},
     output::{count, finish},
-    read::{current_pid, disguised, field, now},
+    read::{current_pid, disguised, field, now, socket_of_fd},
 };
 
 #[tracepoint]
@@ -30,29 +26,17 @@ fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
     if fd < 0 {
         return Ok(());
     }
-    // SAFETY: every pointer is read with bpf_probe_read_kernel.
-    let cookie = unsafe {
-        let read = |addr: u64| bpf_probe_read_kernel(addr as *const u64);
-        let task = bpf_get_current_task();
-        let files = read(task + global!(OFFSETS.task_files) as u64)?;
-        let fdt = read(files + global!(OFFSETS.files_fdt) as u64)?;
-        let max_fds: u32 =
-            bpf_probe_read_kernel((fdt + global!(OFFSETS.fdt_max_fds) as u64) as *const u32)?;
-        if fd as u64 >= max_fds as u64 {
-            return Ok(());
-        }
-        let fd_array = read(fdt + global!(OFFSETS.fdt_fd) as u64)?;
-        let file = read(fd_array + 8 * fd as u64)?;
-        let socket = read(file + global!(OFFSETS.file_private_data) as u64)?;
-        let sk = read(socket + global!(OFFSETS.socket_sk) as u64)?;
-        if global!(CONFIG.socket_cookies) == 0 {
-            // Its id where the programs cannot ask for cookies (`read::socket_id`).
-            disguised(sk)
-        } else {
-            // The transition program asked for the cookie already, which made the kernel
-            // assign it.
-            read(sk + global!(OFFSETS.skc_cookie) as u64)?
-        }
+    let sk = socket_of_fd(fd)?;
+    if sk == 0 {
+        return Ok(());
+    }
+    let cookie = if global!(CONFIG.socket_cookies) == 0 {
+        // Its id where the programs cannot ask for cookies (`read::socket_id`).
+        disguised(sk)
+    } else {
+        // The transition program asked for the cookie already, which made the kernel assign it.
+        // SAFETY: the helper checks the address.
+        unsafe { bpf_probe_read_kernel((sk + global!(OFFSETS.skc_cookie) as u64) as *const u64)? }
     };
     if cookie == 0 {
         return Ok(());

@@ -7,8 +7,11 @@
 //!   an active close to its timewait socket, and TIME-WAIT ended by a reused address.
 //! - [`timewait`]: `timer_expire_entry` (tp_btf), the end of a timewait socket; every other
 //!   expiring timer is dropped by the first comparison.
-//! - [`accept`]: `sys_exit_accept{,4}` (classic tracepoints, only when every transition is
-//!   logged), the process that accepts a socket becomes its owner.
+//! - [`accept`]: `sys_exit_accept{,4}` (classic tracepoints, only with `--accept-wait` or when
+//!   every transition is logged), the process that accepts a socket becomes its owner, and how
+//!   long the connection waited to be accepted is counted.
+//! - [`bind`]: `sys_enter_bind` and `sys_exit_bind` (classic tracepoints, only with
+//!   `--bind-failures`), a TCP socket's bind() that failed for want of its address or port.
 //! - [`ends`]: `tcp_send_reset`, `tcp_retransmit_skb`, `tcp_retransmit_synack` (tp_btf): resets a
 //!   socket sends as it ends, SYNs and SYN-ACKs sent again. They run only when something goes
 //!   wrong.
@@ -24,6 +27,7 @@
 
 mod accept;
 mod account;
+mod bind;
 mod ends;
 mod maps;
 mod output;

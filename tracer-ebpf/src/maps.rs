@@ -5,11 +5,11 @@ use core::mem::MaybeUninit;
 use crate::transition::Change;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    Config, EndCounts, KernelFilter, Offsets, RecentCloses, SockRecord, TcpState, Tuple, TwRecord,
-    Watch,
+    BindCall, Config, EndCounts, KernelFilter, Offsets, RecentCloses, SockRecord, TcpState, Tuple,
+    TwRecord, Watch,
     aggregate::{
         AcceptWaits, Durations, Gauges, ListenerKey, PortDurations, PortKey, TransitionCounts,
     },
@@ -98,6 +98,10 @@ const ACCEPT_WAIT_LISTENERS: u32 = 64;
 /// An all-zero value to insert new accept-wait histograms from (too large for the stack).
 #[map]
 pub(crate) static ZERO_ACCEPT_WAITS: Array<AcceptWaits> = Array::with_max_entries(1, 0);
+
+/// `bind()`s under way, by thread: a few at a time (a call lasts microseconds).
+#[map]
+pub(crate) static BIND_CALLS: LruHashMap<u64, BindCall> = LruHashMap::with_max_entries(1024, 0);
 
 /// Per-CPU room for the transition program's change (`transition::Change`), one slot per level
 /// of nesting, and the level this CPU is at.
@@ -214,6 +218,7 @@ pub(crate) static OFFSETS: Rodata<Offsets> = Rodata::new(Offsets {
     sock_done_bit: 0,
     skc_state: 0,
     sk_err: 0,
+    sk_protocol: 0,
     inet_sport: 0,
     inet_saddr: 0,
     net_inum: 0,

@@ -132,10 +132,38 @@ pub(crate) fn full_socket_tuple(sk: u64, tcp: u64, tuple: &mut Tuple) -> bool {
     true
 }
 
+/// The socket (`struct sock`, untyped) behind the current task's descriptor `fd`, which a system
+/// call just returned or was given and which is a socket; 0 when there is none.
+#[inline(always)]
+pub(crate) fn socket_of_fd(fd: i64) -> Result<u64, i64> {
+    if fd < 0 {
+        return Ok(0);
+    }
+    // SAFETY: every pointer is read with bpf_probe_read_kernel.
+    unsafe {
+        let read = |addr: u64| bpf_probe_read_kernel(addr as *const u64);
+        let task = generated::bpf_get_current_task();
+        let files = read(task + global!(OFFSETS.task_files) as u64)?;
+        let fdt = read(files + global!(OFFSETS.files_fdt) as u64)?;
+        let max_fds: u32 =
+            bpf_probe_read_kernel((fdt + global!(OFFSETS.fdt_max_fds) as u64) as *const u32)?;
+        if fd as u64 >= max_fds as u64 {
+            return Ok(0);
+        }
+        let fd_array = read(fdt + global!(OFFSETS.fdt_fd) as u64)?;
+        let file = read(fd_array + 8 * fd as u64)?;
+        if file == 0 {
+            return Ok(0);
+        }
+        let socket = read(file + global!(OFFSETS.file_private_data) as u64)?;
+        Ok(read(socket + global!(OFFSETS.socket_sk) as u64)?)
+    }
+}
+
 /// Inode number of the network namespace of a socket known by an untyped pointer (a timewait
 /// socket); 0 when unreadable.
 #[inline(always)]
-fn netns_of(sk: u64) -> u32 {
+pub(crate) fn netns_of(sk: u64) -> u32 {
     // SAFETY: bpf_probe_read_kernel checks the addresses.
     unsafe {
         match bpf_probe_read_kernel((sk + global!(OFFSETS.skc_net) as u64) as *const u64) {

@@ -17,8 +17,11 @@
 use aya_ebpf::{helpers::generated, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     End, EventKind, LastClose, RECENT_CLOSES as RECENT_CLOSES_LEN, SockRecord, TcpState, Tuple,
-    TwRecord, UNKNOWN_DURATION, counter, ends::socket_error, event_flags, record_flags,
-    runs_in_owner_context, settings::watches, tuple::service_port,
+    TwRecord, UNKNOWN_DURATION, counter,
+    ends::{errno, socket_error},
+    event_flags, record_flags, runs_in_owner_context,
+    settings::watches,
+    tuple::service_port,
 };
 
 use crate::{
@@ -302,7 +305,10 @@ impl Change {
             && THRESHOLDS
                 .get(self.old as u32)
                 .is_some_and(|threshold| self.ts.saturating_sub(self.since) >= *threshold);
-        if global!(CONFIG.log_all) == 0 && !long_stay {
+        // A connect that found no local port: rare, and what a reader of the log must see even
+        // in quiet mode (`connect_failed` lines); it fails in the caller's system call.
+        let failed_connect = self.end == End::Error as u8 && self.error == errno::EADDRNOTAVAIL;
+        if global!(CONFIG.log_all) == 0 && !long_stay && !failed_connect {
             return;
         }
         let mut flags = 0;
@@ -333,7 +339,7 @@ impl Change {
             (*event).owner._pad = 0;
             (*event).owner.comm = [0; 16];
             // Only the owner's own system call runs as the owner.
-            if runs_in_owner_context(self.old, self.new) {
+            if runs_in_owner_context(self.old, self.new) || failed_connect {
                 write_current_comm(event);
             }
             (*event).kind = EventKind::Transition as u8;

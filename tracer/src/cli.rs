@@ -123,6 +123,12 @@ pub struct Config {
     #[arg(long)]
     pub(crate) accept_wait: bool,
 
+    /// Report TCP sockets' bind() calls that fail with EADDRINUSE or EADDRNOTAVAIL (a port taken,
+    /// no ephemeral port left, an address not on the host), per process. Off by default for the
+    /// same reason as --accept-wait: programs on bind() turn on the system-call tracing path.
+    #[arg(long)]
+    pub(crate) bind_failures: bool,
+
     /// Most sockets the kernel keeps records of (timewait sockets: half as many; sockets in
     /// watched states: a quarter). Each costs about 100 bytes when used and 29 bytes reserved;
     /// sockets past it are counted, not traced.
@@ -253,6 +259,7 @@ impl Config {
                 thresholds_ns: self.thresholds().as_nanos(),
                 log_all: transitions,
                 accept_waits: self.accept_wait,
+                bind_failures: self.bind_failures,
                 port_labels: self.metrics_port_label,
             },
             core: core::Settings {

@@ -1,19 +1,21 @@
 //! Real-kernel tests of ephemeral-port pressure: a client namespace with a range of 200 ports and
 //! `tcp_tw_reuse` off fills one destination with open connections and closed ones in TIME-WAIT;
 //! the pressure report names the destination and the process before `connect()` fails with
-//! `EADDRNOTAVAIL`, each failed connect is counted (and logged with its process), and a second
-//! destination (another port of the same server) is unaffected.
+//! `EADDRNOTAVAIL`, each failed connect is counted and reported with its process (in quiet mode
+//! too), and a second destination (another port of the same server) is unaffected. With
+//! `--bind-failures`, TCP binds that fail for want of a port are reported, UDP ones are not.
 // Real-kernel tests: root, run by `cargo xtask test` (README, "Development").
 #![cfg(feature = "kernel-tests")]
 mod support;
 
 use std::{
     io::ErrorKind,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
 
 use serde_json::Value;
+use socket2::{Domain, Protocol, Socket, Type};
 use support::{Namespace, Tracer, of_kind};
 
 /// The namespace's ephemeral range: 200 ports.
@@ -55,7 +57,19 @@ fn fill(ns: &Namespace, ip: IpAddr) -> (Open, TcpListener, TcpListener) {
     .unwrap()
 }
 
-fn pressure_fills_one_destination_only(ip: IpAddr) {
+/// bind() of a new TCP socket (no SO_REUSEADDR) to `ip`:`port`.
+fn bind_tcp(ip: IpAddr, port: u16) -> std::io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(SocketAddr::new(ip, 0)),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.bind(&SocketAddr::new(ip, port).into())?;
+    Ok(socket)
+}
+
+/// `log_transitions`: the tracer's `--log-transitions` (`never`: quiet mode).
+fn pressure_fills_one_destination_only(ip: IpAddr, log_transitions: &str) {
     let ns = Namespace::new().unwrap();
     ns.sh(&format!(
         "echo '{} {}' > /proc/sys/net/ipv4/ip_local_port_range && \
@@ -72,7 +86,8 @@ fn pressure_fills_one_destination_only(ip: IpAddr) {
         "--summary-interval",
         "1s",
         "--log-transitions",
-        "always",
+        log_transitions,
+        "--bind-failures",
     ]);
     let (open, full, other) = fill(&ns, ip);
     let dport = |port: u16| move |e: &&Value| e["dport"] == port && e["netns"] == netns;
@@ -136,6 +151,19 @@ fn pressure_fills_one_destination_only(ip: IpAddr) {
     );
     assert_eq!(more.len(), 200 - CLOSED - OPEN, "ports left at the report");
     assert!(other_ok, "the other destination still connects");
+    // No port is left for bind(port 0), and the server's port is taken: both EADDRINUSE. A UDP
+    // socket failing the same way is not a TCP socket's failure.
+    let binds = ns
+        .enter(|| {
+            let udp = UdpSocket::bind(SocketAddr::new(ip, FULL_PORT)).unwrap();
+            let udp_again = UdpSocket::bind(SocketAddr::new(ip, FULL_PORT)).map(|_| ());
+            let any = bind_tcp(ip, 0).map(|_| ());
+            let taken = bind_tcp(ip, FULL_PORT).map(|_| ());
+            drop(udp);
+            [udp_again, any, taken].map(|r| r.err().map(|e| e.kind()))
+        })
+        .unwrap();
+    assert_eq!(binds, [Some(ErrorKind::AddrInUse); 3], "the binds fail");
     // The summary lists the full destination first.
     tracer.wait_for(Duration::from_secs(10), "a summary naming it", |events| {
         of_kind(events, "summary").iter().any(|s| {
@@ -157,6 +185,72 @@ fn pressure_fills_one_destination_only(ip: IpAddr) {
         summary["connect_failures"]["total"]["EADDRNOTAVAIL"], FAILURES,
         "{summary}"
     );
+    // ... and reported with them, in quiet mode too: lines per process and destination whose
+    // counts add up.
+    let reported: Vec<&Value> = of_kind(&done.events, "connect_failed")
+        .into_iter()
+        .filter(|e| e["netns"] == netns)
+        .collect();
+    assert!(!reported.is_empty(), "connect_failed lines");
+    for line in &reported {
+        assert_eq!(
+            (
+                &line["dport"],
+                &line["daddr"],
+                &line["saddr"],
+                &line["error"]
+            ),
+            (
+                &FULL_PORT.into(),
+                &ip.to_string().into(),
+                &ip.to_string().into(),
+                &"EADDRNOTAVAIL".into()
+            ),
+            "{line}"
+        );
+        assert_eq!(line["pid"], std::process::id(), "{line}");
+        assert_eq!(line["level"], "warn", "{line}");
+    }
+    let count: u64 = reported.iter().map(|l| l["count"].as_u64().unwrap()).sum();
+    assert_eq!(count, FAILURES as u64, "{reported:?}");
+    // The two TCP binds, each on its own line, and nothing of the UDP one.
+    let bind_lines: Vec<&Value> = of_kind(&done.events, "bind_failed")
+        .into_iter()
+        .filter(|e| e["netns"] == netns)
+        .collect();
+    let mut asked: Vec<u64> = bind_lines
+        .iter()
+        .map(|l| l["sport"].as_u64().unwrap())
+        .collect();
+    asked.sort_unstable();
+    assert_eq!(asked, [0, u64::from(FULL_PORT)], "{bind_lines:?}");
+    for line in &bind_lines {
+        assert_eq!(
+            (
+                &line["error"],
+                &line["count"],
+                &line["saddr"],
+                &line["family"]
+            ),
+            (
+                &"EADDRINUSE".into(),
+                &1.into(),
+                &ip.to_string().into(),
+                &family.into()
+            ),
+            "{line}"
+        );
+        assert_eq!(line["pid"], std::process::id(), "{line}");
+    }
+    assert_eq!(
+        summary["bind_failures"]["total"]["EADDRINUSE"], 2,
+        "{summary}"
+    );
+    if log_transitions == "never" {
+        assert!(of_kind(&done.events, "transition").is_empty(), "quiet mode");
+        drop((open, more));
+        return;
+    }
     let failed: Vec<&Value> = of_kind(&done.events, "transition")
         .into_iter()
         .filter(|e| e["error"] == "EADDRNOTAVAIL")
@@ -180,10 +274,10 @@ fn pressure_fills_one_destination_only(ip: IpAddr) {
 
 #[test]
 fn an_ipv4_destination_short_of_ports_is_reported_before_connect_fails() {
-    pressure_fills_one_destination_only(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    pressure_fills_one_destination_only(IpAddr::V4(Ipv4Addr::LOCALHOST), "never");
 }
 
 #[test]
 fn an_ipv6_destination_uses_the_same_range() {
-    pressure_fills_one_destination_only(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    pressure_fills_one_destination_only(IpAddr::V6(Ipv6Addr::LOCALHOST), "always");
 }

@@ -47,6 +47,9 @@ pub(crate) struct Summary {
     /// Failed connects by reason (their kind, or the error by name).
     pub(crate) connect_failures: Vec<(Cow<'static, str>, u64)>,
     pub(crate) interval_connect_failures: Vec<(Cow<'static, str>, u64)>,
+    /// Failed binds of TCP sockets by error (with `--bind-failures`).
+    pub(crate) bind_failures: Vec<(Cow<'static, str>, u64)>,
+    pub(crate) interval_bind_failures: Vec<(Cow<'static, str>, u64)>,
     /// Connect times without and with a SYN retransmitted.
     pub(crate) connects: Connects,
     pub(crate) interval_connects: Connects,
@@ -178,6 +181,8 @@ impl Summary {
             interval_ends: ends::by_end(&interval_ends),
             connect_failures: ends::connect_failures(&kernel.ends),
             interval_connect_failures: ends::connect_failures(&interval_ends),
+            bind_failures: by_error_name(&snapshot.bind_failures.total),
+            interval_bind_failures: by_error_name(&snapshot.bind_failures.interval),
             connects: Connects::of(&kernel.connects),
             interval_connects: Connects::of(&totals.interval_connects(kernel)),
             stuck: snapshot.stuck_total(),
@@ -198,6 +203,13 @@ impl Summary {
             accept_waits: AcceptWait::of_interval(totals, kernel),
         }
     }
+}
+
+fn by_error_name(counts: &[(u8, u64)]) -> Vec<(Cow<'static, str>, u64)> {
+    counts
+        .iter()
+        .map(|(errno, n)| (ends::error_name(*errno), *n))
+        .collect()
 }
 
 /// TIME-WAIT sockets by remote port, most first, at most `max` ports.

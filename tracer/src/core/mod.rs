@@ -15,12 +15,14 @@
 //!   implements;
 //! - [`closes`]: lines of closed sockets held until a reset sent right after amends them;
 //! - [`ends`]: connection ends and failed connects by name;
+//! - [`failures`]: connects and binds that failed for want of a port or an address, per process;
 //! - [`losses`]: what the tracer could not see, said when it grows;
 //! - [`ports`]: ephemeral ports in use per destination, from each full listing;
 //! - [`select`]: the owner filters; [`report`]: the vocabulary of what the core reports.
 pub(crate) mod apply;
 pub(crate) mod closes;
 pub(crate) mod ends;
+pub(crate) mod failures;
 pub(crate) mod interval;
 pub(crate) mod listeners;
 pub(crate) mod losses;
@@ -38,6 +40,7 @@ use tracer_common::{End, TcpState, Tuple, TwRecord, record_flags};
 
 use self::{
     closes::PendingCloses,
+    failures::Failures,
     interval::{Context, Summary},
     listeners::{HalfOpenListing, ListenerSeen, Listeners},
     ports::PortPressure,
@@ -51,7 +54,7 @@ use crate::{
     enrich::{listen_drops::ListenDrops, owners::Holders},
     source::{
         decode::endpoints,
-        events::{ConnectionEnd, KernelTransition, Transition, Watched},
+        events::{BindFailure, ConnectionEnd, KernelTransition, Transition, Watched},
         kernel_maps::Aggregates,
     },
 };
@@ -78,6 +81,7 @@ pub(crate) struct Tracker {
     listeners: Listeners,
     listen_drops: ListenDrops,
     ports: PortPressure,
+    failures: Failures,
 }
 
 impl Tracker {
@@ -99,6 +103,7 @@ impl Tracker {
             closes: PendingCloses::default(),
             listen_drops: ListenDrops::default(),
             ports: PortPressure::new(settings.port_pressure),
+            failures: Failures::default(),
         }
     }
 
@@ -113,6 +118,7 @@ impl Tracker {
         if event.long_stay {
             self.stuck.left(&event, &self.selection, sink);
         }
+        self.failures.transition(&event.transition);
         if let Some((first, first_info)) = self.closes.complete_peer(&event.transition) {
             sink.transition(&first, first_info);
         }
@@ -121,6 +127,16 @@ impl Tracker {
         } else {
             sink.transition(&event.transition, info);
         }
+    }
+
+    /// A TCP socket's bind() failed for want of its address or port.
+    pub(crate) fn on_bind_failure(&mut self, failure: &BindFailure) {
+        self.failures.bind(failure);
+    }
+
+    /// Failed connects and binds due for a line at `now_ns` (`all`: every one pending, at exit).
+    pub(crate) fn report_failures(&mut self, now_ns: u64, all: bool, sink: &mut impl Sink) {
+        self.failures.report(now_ns, all, sink);
     }
 
     /// The socket of `cookie` sent a reset as it closed: the line of its close says so.
@@ -277,6 +293,7 @@ impl Tracker {
             listen_drops: self.listen_drops,
             reconciliation: self.reconciliation,
             port_pressure: self.ports.view(),
+            bind_failures: self.failures.binds(),
         }
     }
 
@@ -303,6 +320,7 @@ impl Tracker {
             context,
         );
         self.totals.start_interval(kernel);
+        self.failures.start_interval();
         summary
     }
 

@@ -24,6 +24,7 @@ pub(crate) trait Sink {
     fn listener_recovered(&mut self, report: &ListenerRecovered);
     fn port_pressure(&mut self, report: &PortPressureReport);
     fn port_pressure_relieved(&mut self, report: &PortPressureRelieved);
+    fn call_failed(&mut self, report: &CallFailed);
 }
 
 /// What the core knows of a transition beyond the event.
@@ -92,6 +93,14 @@ pub(crate) struct Snapshot {
     pub(crate) reconciliation: Reconciliation,
     /// The destinations using the most of their ephemeral ports, as of the last listing.
     pub(crate) port_pressure: PressureView,
+    pub(crate) bind_failures: ErrorCounts,
+}
+
+/// Failures by errno: since start-up, and in the summary interval.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ErrorCounts {
+    pub(crate) total: Vec<(u8, u64)>,
+    pub(crate) interval: Vec<(u8, u64)>,
 }
 
 impl Snapshot {
@@ -261,6 +270,27 @@ pub(crate) struct PortPressureRelieved {
     /// The most ports in use during the episode, as the listings saw it.
     pub(crate) peak: u32,
     pub(crate) duration_ns: u64,
+}
+
+/// A system call that failed for want of a port or an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum FailedCall {
+    Connect,
+    Bind,
+}
+
+/// A process's connects to one destination, or binds to one address and port, that failed with
+/// one error: `count` of them since its last report.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CallFailed {
+    pub(crate) ts_ns: u64,
+    pub(crate) call: FailedCall,
+    pub(crate) error: u8,
+    /// connect(): the local address and the destination; bind(): the address and port asked
+    /// for (port 0: any ephemeral port), the remote end unspecified.
+    pub(crate) endpoints: Endpoints,
+    pub(crate) owner: Option<Owner>,
+    pub(crate) count: u64,
 }
 
 /// Differences found between the records and the kernel's socket list, and fixed.

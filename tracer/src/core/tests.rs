@@ -14,7 +14,7 @@ use super::{
     interval::{Context, time_wait_by_remote_port},
     listeners::{HalfOpenListing, ListenerSeen, assign_half_open},
     report::{
-        ListenerHalfOpen, ListenerRecovered, ListenerStalled, PortPressureRelieved,
+        CallFailed, ListenerHalfOpen, ListenerRecovered, ListenerStalled, PortPressureRelieved,
         PortPressureReport, Sink, StuckReport, TransitionInfo, Trouble, UnstuckReport,
     },
     select::OwnerFilter,
@@ -54,6 +54,7 @@ pub(super) struct Recorded {
     recovered: Vec<ListenerRecovered>,
     pub(super) pressure: Vec<PortPressureReport>,
     pub(super) relieved: Vec<PortPressureRelieved>,
+    pub(super) failed: Vec<CallFailed>,
 }
 
 impl Sink for Recorded {
@@ -80,6 +81,9 @@ impl Sink for Recorded {
     }
     fn port_pressure_relieved(&mut self, r: &PortPressureRelieved) {
         self.relieved.push(r.clone());
+    }
+    fn call_failed(&mut self, r: &CallFailed) {
+        self.failed.push(r.clone());
     }
 }
 

@@ -119,9 +119,16 @@ impl<W: Write> Pipeline<W> {
                 cookie,
                 reset_reason,
             } => tracker.reset_after_close(cookie, reset_reason),
+            KernelEvent::BindFailed(mut failure) => {
+                if let Some(owner) = failure.owner.as_mut() {
+                    owners.describe(owner, monotonic_ns());
+                }
+                tracker.on_bind_failure(&failure);
+            }
         });
         // Everything written before the read began has been read.
         tracker.release_closes(read_ns, log);
+        tracker.report_failures(read_ns, false, log);
         self.kernel_log.flush();
     }
 
@@ -147,6 +154,8 @@ impl<W: Write> Pipeline<W> {
     /// At exit: the lines still held for a reset that could amend them.
     pub(super) fn release_held(&mut self) {
         self.tracker.release_closes(u64::MAX, &mut self.log);
+        self.tracker
+            .report_failures(monotonic_ns(), true, &mut self.log);
     }
 
     /// Looks through the kernel's index of watched sockets for stuck ones: the index first, then

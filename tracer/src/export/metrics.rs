@@ -17,6 +17,7 @@ use prometheus_client::{
 use tracer_common::{
     End, TcpState,
     aggregate::{DURATION_BUCKETS, OCTAVES, octave_of_bucket},
+    ends::errno,
 };
 
 use crate::{
@@ -75,6 +76,9 @@ struct Latest {
     seen: Seen,
     ends: Vec<(End, u64)>,
     connect_failures: Vec<(Cow<'static, str>, u64)>,
+    /// Failed binds by errno (both errors a bind reports for want of a port or an address, from
+    /// zero).
+    bind_failures: Vec<(Cow<'static, str>, u64)>,
     /// Connect times without and with a SYN retransmitted.
     connects: Vec<Series>,
     ports: PressureView,
@@ -144,6 +148,7 @@ impl Metrics {
         latest.ports = snapshot.port_pressure.clone();
         latest.ends = ends::by_end(&kernel.ends);
         latest.connect_failures = ends::connect_failures(&kernel.ends);
+        latest.bind_failures = bind_failures(&snapshot.bind_failures.total);
         latest.connects = kernel
             .connects
             .iter()
@@ -242,6 +247,18 @@ impl Metrics {
 
 /// Accept waits by listener port, summed over network namespaces. The kernel keeps a bounded
 /// number of listeners apart and counts the others under port 0, labelled `other`.
+/// EADDRINUSE and EADDRNOTAVAIL from zero, then any other error seen.
+fn bind_failures(counts: &[(u8, u64)]) -> Vec<(Cow<'static, str>, u64)> {
+    let count = |errno: u8| counts.iter().find(|(e, _)| *e == errno).map_or(0, |c| c.1);
+    let known = [errno::EADDRINUSE, errno::EADDRNOTAVAIL];
+    known
+        .iter()
+        .map(|e| (*e, count(*e)))
+        .chain(counts.iter().copied().filter(|(e, _)| !known.contains(e)))
+        .map(|(e, n)| (ends::error_name(e), n))
+        .collect()
+}
+
 fn accept_waits_by_port(listeners: &[ListenerWaits]) -> Vec<Series> {
     let mut by_port: std::collections::BTreeMap<u16, Series> = Default::default();
     for l in listeners {
@@ -415,6 +432,13 @@ impl Collector for Exposition {
                 .iter()
                 .map(|(r, n)| (r.as_ref(), *n)),
         )?;
+        labelled_counters(
+            &mut encoder,
+            "tcpstate_bind_failures",
+            "TCP sockets' bind() calls that failed for want of the address or port, by error (with --bind-failures)",
+            "reason",
+            latest.bind_failures.iter().map(|(r, n)| (r.as_ref(), *n)),
+        )?;
         for (name, help, n) in [
             (
                 "tcpstate_stalled_listeners",
@@ -535,6 +559,7 @@ mod tests {
     use tracer_common::aggregate::duration_bucket;
 
     use super::*;
+    use crate::core::report::ErrorCounts;
 
     #[test]
     fn histogram_buckets_are_exact_and_cumulate_to_the_count() {
@@ -580,6 +605,10 @@ mod tests {
             listen_drops: Default::default(),
             reconciliation: Reconciliation::default(),
             port_pressure: Default::default(),
+            bind_failures: ErrorCounts {
+                total: vec![(98, 2)],
+                interval: vec![(98, 1)],
+            },
         };
         snapshot.sockets[TcpState::CloseWait as usize] = 3;
         let durations = vec![StateDurations::default(); STATES];
@@ -610,6 +639,14 @@ mod tests {
         );
         assert!(
             text.contains("tcpstate_connect_failures_total{reason=\"timeout\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpstate_bind_failures_total{reason=\"EADDRINUSE\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpstate_bind_failures_total{reason=\"EADDRNOTAVAIL\"} 0"),
             "{text}"
         );
         assert!(text.contains("tcpstate_syn_retransmits_total 0"), "{text}");

@@ -13,7 +13,8 @@ use tracer_common::{
 };
 
 use super::events::{
-    ConnectionEnd, Endpoints, Family, KernelEvent, KernelTransition, Transition, Watched,
+    BindFailure, ConnectionEnd, Endpoints, Family, KernelEvent, KernelTransition, Transition,
+    Watched,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 cookie: raw.cookie,
                 reset_reason: (raw.reset_reason != NO_RESET_REASON).then_some(raw.reset_reason),
             },
+            EventKind::BindFailed => KernelEvent::BindFailed(BindFailure {
+                ts_ns: raw.ts_ns,
+                endpoints: endpoints(&raw.tuple)?,
+                owner: owner(raw.owner.pid, raw.owner.comm),
+                error: raw.error,
+            }),
         },
     )
 }
@@ -413,6 +420,13 @@ pub(crate) mod tests {
                 prop_assert_eq!(kind, Some(EventKind::End));
                 prop_assert_eq!(cookie, raw.cookie);
                 prop_assert_eq!(reset_reason.unwrap_or(NO_RESET_REASON), raw.reset_reason);
+            }
+            Ok(KernelEvent::BindFailed(f)) => {
+                prop_assert_eq!(kind, Some(EventKind::BindFailed));
+                prop_assert_eq!(f.ts_ns, raw.ts_ns);
+                prop_assert_eq!(tuple(&f.endpoints), canonical(&raw.tuple));
+                prop_assert_eq!(f.owner.as_ref().map_or(0, |o| o.pid), raw.owner.pid);
+                prop_assert_eq!(f.error, raw.error);
             }
             Err(DecodeError::Kind(k)) => prop_assert!(k == raw.kind && kind.is_none()),
             Err(DecodeError::Family(f)) => {

@@ -76,6 +76,18 @@ pub(crate) enum KernelEvent {
         /// `None` where the kernel does not say (before 6.10).
         reset_reason: Option<u8>,
     },
+    BindFailed(BindFailure),
+}
+
+/// A TCP socket's bind() that failed with EADDRINUSE or EADDRNOTAVAIL.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BindFailure {
+    pub(crate) ts_ns: u64,
+    /// The address and port asked for (`local`, `local_port`; port 0: any ephemeral port); the
+    /// remote end unspecified.
+    pub(crate) endpoints: Endpoints,
+    pub(crate) owner: Option<Owner>,
+    pub(crate) error: u8,
 }
 
 /// A transition the kernel wrote to the ring buffer: every one while the daemon logs them all,

@@ -62,6 +62,7 @@ pub(crate) fn read_offsets(btf: &[u8]) -> Result<KernelOffsets> {
         sock_done_bit: btf.enum_value("sock_flags", "SOCK_DONE")?,
         skc_state: btf.offset("sock_common", "skc_state")?,
         sk_err: btf.offset("sock", "sk_err")?,
+        sk_protocol: btf.offset("sock", "sk_protocol")?,
         inet_sport: btf.offset("inet_sock", "inet_sport")?,
         inet_saddr: btf.offset("inet_sock", "inet_saddr")?,
         net_inum: btf.offset("net", "ns")? + btf.offset("ns_common", "inum")?,

@@ -51,6 +51,9 @@ pub(crate) struct LoadSettings {
     /// accept() is traced (`--accept-wait`): it names the owners of accepted sockets at once and
     /// times their wait in the accept queue. (Also on while every transition is logged.)
     pub(crate) accept_waits: bool,
+    /// bind() is traced (`--bind-failures`): a TCP socket's failure for want of its address or
+    /// port is reported.
+    pub(crate) bind_failures: bool,
     /// Transitions and durations are counted per service port too.
     pub(crate) port_labels: bool,
 }
@@ -95,6 +98,8 @@ pub(crate) struct Probe {
     /// accept(): owners of accepted sockets at once, and their waits in the accept queue
     /// (with `--accept-wait`, or while logging every transition).
     pub(crate) accept_owners: Part,
+    /// bind() failures (with `--bind-failures`).
+    pub(crate) bind_failures: Part,
     /// Resets a socket sends as it ends (`reset_sent` ends).
     pub(crate) resets: Part,
     /// SYNs a connect sent again (a connect's retries; a stuck connect's local port).
@@ -214,6 +219,7 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
         ebpf,
         timewait: Part::Unused,
         accept_owners: Part::Unused,
+        bind_failures: Part::Unused,
         resets: Part::Unused,
         syn_retransmits: Part::Unused,
         synack_retransmits: Part::Unused,
@@ -261,6 +267,9 @@ pub(crate) fn load(settings: &LoadSettings) -> Result<Probe> {
     ));
     if settings.log_all || settings.accept_waits {
         probe.accept_owners = Part::of(attach_accept(&mut probe.ebpf));
+    }
+    if settings.bind_failures {
+        probe.bind_failures = Part::of(attach_bind(&mut probe.ebpf));
     }
     probe.owner_iterator = Part::of(load_owner_iterator(&mut probe.ebpf, &btf));
     Ok(probe)
@@ -325,6 +334,33 @@ fn attach_accept(ebpf: &mut Ebpf) -> Result<()> {
     for (category, name) in names::ACCEPT_TRACEPOINTS {
         prog.attach(category, name)
             .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
+    }
+    Ok(())
+}
+
+/// bind()'s entry and exit, classic tracepoints like accept()'s.
+fn attach_bind(ebpf: &mut Ebpf) -> Result<()> {
+    let tracefs = tracefs::ensure_mounted()?;
+    let enter = tracefs::Format::read(&tracefs, "syscalls", "sys_enter_bind")?;
+    enter.check("fd", tracer_common::BIND_FD_OFFSET, 8)?;
+    enter.check("umyaddr", tracer_common::BIND_ADDR_OFFSET, 8)?;
+    tracefs::Format::read(&tracefs, "syscalls", "sys_exit_bind")?.check(
+        "ret",
+        tracer_common::ACCEPT_RET_OFFSET,
+        8,
+    )?;
+    for (program, tracepoint) in [
+        (names::BIND_ENTER_PROGRAM, "sys_enter_bind"),
+        (names::BIND_EXIT_PROGRAM, "sys_exit_bind"),
+    ] {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("the kernel refused program {program}"))?;
+        prog.attach("syscalls", tracepoint)
+            .with_context(|| format!("attaching to tracepoint syscalls/{tracepoint}"))?;
     }
     Ok(())
 }
@@ -414,6 +450,11 @@ impl Probe {
                 "accept waits and owners of accepted sockets",
                 names::ACCEPT_PROGRAM,
                 &self.accept_owners,
+            ),
+            (
+                "bind() failures of TCP sockets",
+                names::BIND_EXIT_PROGRAM,
+                &self.bind_failures,
             ),
             (
                 "resets sent as connections end (they count as other ends)",

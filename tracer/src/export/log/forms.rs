@@ -8,8 +8,9 @@ use super::{
     json,
     line::Line,
     model::{
-        HalfOpenLine, HealthLine, PortPressureLine, PortRelievedLine, RecoveredLine, StalledLine,
-        StuckLine, SummaryLine, TransitionLine, UnstuckLine,
+        BindFailedLine, ConnectFailedLine, HalfOpenLine, HealthLine, PortPressureLine,
+        PortRelievedLine, RecoveredLine, StalledLine, StuckLine, SummaryLine, TransitionLine,
+        UnstuckLine,
     },
     text::{self, TextStyle},
     text_ports, text_summary,
@@ -110,6 +111,25 @@ impl LogLine for PortRelievedLine {
     }
     fn text(&self, out: &mut Line, style: &mut TextStyle) -> io::Result<()> {
         text_ports::relieved(out, style, self)
+    }
+}
+
+// Failed connects and binds are warnings too.
+impl LogLine for ConnectFailedLine<'_> {
+    fn shown(&self, shown: &Shown) -> bool {
+        shown.stuck
+    }
+    fn text(&self, out: &mut Line, style: &mut TextStyle) -> io::Result<()> {
+        text_ports::connect_failed(out, style, self)
+    }
+}
+
+impl LogLine for BindFailedLine<'_> {
+    fn shown(&self, shown: &Shown) -> bool {
+        shown.stuck
+    }
+    fn text(&self, out: &mut Line, style: &mut TextStyle) -> io::Result<()> {
+        text_ports::bind_failed(out, style, self)
     }
 }
 

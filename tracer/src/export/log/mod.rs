@@ -34,8 +34,9 @@ use self::{
     forms::LogLine,
     line::Line,
     model::{
-        HalfOpenLine, HealthLine, PortPressureLine, PortRelievedLine, RecoveredLine, StalledLine,
-        StuckLine, SummaryLine, TransitionLine, UnstuckLine,
+        BindFailedLine, ConnectFailedLine, HalfOpenLine, HealthLine, PortPressureLine,
+        PortRelievedLine, RecoveredLine, StalledLine, StuckLine, SummaryLine, TransitionLine,
+        UnstuckLine,
     },
     text::TextStyle,
 };
@@ -45,8 +46,9 @@ use crate::{
         interval::Summary,
         losses::HealthReport,
         report::{
-            ListenerHalfOpen, ListenerRecovered, ListenerStalled, PortPressureRelieved,
-            PortPressureReport, Sink, StuckReport, TransitionInfo, UnstuckReport,
+            CallFailed, FailedCall, ListenerHalfOpen, ListenerRecovered, ListenerStalled,
+            PortPressureRelieved, PortPressureReport, Sink, StuckReport, TransitionInfo,
+            UnstuckReport,
         },
     },
     source::events::Transition,
@@ -210,6 +212,15 @@ impl<W: Write> Sink for LogWriter<W> {
         self.output
             .emit(&PortRelievedLine::new(&self.clock, report));
     }
+
+    fn call_failed(&mut self, report: &CallFailed) {
+        match report.call {
+            FailedCall::Connect => self
+                .output
+                .emit(&ConnectFailedLine::connect(&self.clock, report)),
+            FailedCall::Bind => self.output.emit(&BindFailedLine::bind(&self.clock, report)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -361,6 +372,8 @@ pub(crate) mod tests {
             interval_ends: vec![(End::Fin, 1), (End::Refused, 0)],
             connect_failures: vec![("refused".into(), 1), ("EHOSTUNREACH".into(), 1)],
             interval_connect_failures: vec![("EHOSTUNREACH".into(), 1)],
+            bind_failures: vec![("EADDRINUSE".into(), 2)],
+            interval_bind_failures: vec![],
             connects: Connects {
                 first_try: Some(p),
                 retransmitted: None,

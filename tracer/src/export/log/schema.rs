@@ -14,11 +14,11 @@ use super::{
 use crate::{
     core::interval::AcceptWait,
     core::losses::{LossWatch, Losses},
-    core::report::{Destination, PressureView, Usage},
     core::report::{
-        ListenerHalfOpen, ListenerRecovered, ListenerStalled, PortPressureRelieved,
-        PortPressureReport, Sink as _, Trouble,
+        CallFailed, FailedCall, ListenerHalfOpen, ListenerRecovered, ListenerStalled,
+        PortPressureRelieved, PortPressureReport, Sink as _, Trouble,
     },
+    core::report::{Destination, PressureView, Usage},
     source::{
         events::{ConnectionEnd, Family},
         health::KernelHealth,
@@ -363,6 +363,30 @@ fn port_reports_match_the_schema() {
             })
         }),
     );
+}
+
+#[test]
+fn failed_calls_match_the_schema() {
+    for (event, call) in [
+        ("connect_failed", FailedCall::Connect),
+        ("bind_failed", FailedCall::Bind),
+    ] {
+        holds(
+            event,
+            lines(|o| {
+                for (family, owner) in [(Family::Ipv4, in_pod()), (Family::Ipv6, None)] {
+                    o.call_failed(&CallFailed {
+                        ts_ns: 1,
+                        call,
+                        error: 99,
+                        endpoints: super::tests::endpoints(family),
+                        owner,
+                        count: 3,
+                    });
+                }
+            }),
+        );
+    }
 }
 
 #[test]

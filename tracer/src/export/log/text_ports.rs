@@ -1,10 +1,14 @@
-//! Text of the port-pressure lines, in the `TIME LEVEL kind details` form of the other reports.
+//! Text of the port-pressure lines and of failed connects and binds, in the `TIME LEVEL kind
+//! details` form of the other reports.
 use std::io::{self, Write};
 
 use super::{
     line::Line,
-    model::{DestinationAddr, Head, PortPressureLine, PortRelievedLine},
-    text::{TextStyle, describe, destination, level, seconds, time},
+    model::{
+        BindFailedLine, ConnectFailedLine, DestinationAddr, Head, PortPressureLine,
+        PortRelievedLine,
+    },
+    text::{TextStyle, describe, destination, level, listener, seconds, time},
 };
 
 /// `TIME LEVEL  what: local -> remote:port netns=N uses IN_USE/AVAILABLE ephemeral ports`.
@@ -53,6 +57,39 @@ pub(super) fn relieved(out: &mut Line, style: &TextStyle, l: &PortRelievedLine) 
     )
 }
 
+/// `TIME WARN  connect failed: local -> remote:port netns=N EADDRNOTAVAIL x COUNT  owner`.
+pub(super) fn connect_failed(
+    out: &mut Line,
+    style: &TextStyle,
+    l: &ConnectFailedLine,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "{} {}  connect failed: {} {} x{}  {}",
+        time(l.head.ts),
+        level(l.head.level, style),
+        destination(&l.at),
+        l.error,
+        l.count,
+        describe(&l.owner),
+    )
+}
+
+/// `TIME WARN  bind failed: address:port netns=N EADDRINUSE x COUNT  owner`.
+pub(super) fn bind_failed(out: &mut Line, style: &TextStyle, l: &BindFailedLine) -> io::Result<()> {
+    writeln!(
+        out,
+        "{} {}  bind failed: {} netns={} {} x{}  {}",
+        time(l.head.ts),
+        level(l.head.level, style),
+        listener(l.at.saddr, l.at.sport),
+        l.at.netns,
+        l.error,
+        l.count,
+        describe(&l.owner),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
@@ -61,7 +98,10 @@ mod tests {
         LogFormat,
         tests::{owner, render},
     };
-    use crate::core::report::{Destination, PortPressureRelieved, PortPressureReport, Sink as _};
+    use crate::core::report::{
+        CallFailed, Destination, FailedCall, PortPressureRelieved, PortPressureReport, Sink as _,
+    };
+    use crate::source::events::Family;
 
     #[test]
     fn pressure_and_relief_name_the_destination_and_the_holders() {
@@ -100,6 +140,35 @@ mod tests {
         assert!(
             lines[1].ends_with(
                 "INFO  port pressure relieved: 10.0.0.1 -> 10.0.0.2:5432 netns=7 uses 20/200 ephemeral ports after 150.000s (peak 196)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn failed_calls_name_the_address_the_error_and_the_process() {
+        let text = render(LogFormat::Text, |o| {
+            for (call, error) in [(FailedCall::Connect, 99), (FailedCall::Bind, 98)] {
+                o.call_failed(&CallFailed {
+                    ts_ns: 1,
+                    call,
+                    error,
+                    endpoints: super::super::tests::endpoints(Family::Ipv4),
+                    owner: owner(),
+                    count: 3,
+                });
+            }
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains(
+                "WARN  connect failed: 127.0.0.1 -> 10.0.0.2:8080 netns=4026531840 EADDRNOTAVAIL x3  pid="
+            ),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains(
+                "WARN  bind failed: 127.0.0.1:43210 netns=4026531840 EADDRINUSE x3  pid="
             ),
             "{text}"
         );

@@ -84,7 +84,11 @@ pub(super) fn summary(out: &mut Line, style: &TextStyle, s: &SummaryLine) -> io:
         seconds(s.interval_ns)
     )?;
     let ends = with_total(&s.ends);
-    let failures = with_total(&s.connect_failures);
+    let mut failures = with_total(&s.connect_failures);
+    // Binds are traced only with --bind-failures: said when there were any.
+    if !s.bind_failures.total.0.is_empty() {
+        failures = format!("{failures}; failed binds: {}", with_total(&s.bind_failures));
+    }
     let connect = |name: &str, p: &Option<Figures>| {
         p.as_ref().map(|p| {
             format!(

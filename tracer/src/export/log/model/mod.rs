@@ -9,8 +9,9 @@ mod summary;
 pub(super) use self::{
     common::{DestinationAddr, Head, Level, OwnerFields, Socket},
     reports::{
-        HalfOpenLine, HealthLine, PortPressureLine, PortRelievedLine, RecoveredLine, StalledLine,
-        StuckBody, StuckLine, TransitionLine, UnstuckLine,
+        BindFailedLine, ConnectFailedLine, HalfOpenLine, HealthLine, PortPressureLine,
+        PortRelievedLine, RecoveredLine, StalledLine, StuckBody, StuckLine, TransitionLine,
+        UnstuckLine,
     },
     summary::{Counted, Counts, Figures, Span, SummaryLine},
 };

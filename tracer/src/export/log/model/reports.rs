@@ -11,8 +11,8 @@ use crate::{
         ends::error_name,
         losses::{HealthReport, Losses},
         report::{
-            ListenerHalfOpen, ListenerRecovered, ListenerStalled, PortPressureRelieved,
-            PortPressureReport, StuckReport, Trouble, UnstuckReport,
+            CallFailed, Destination, ListenerHalfOpen, ListenerRecovered, ListenerStalled,
+            PortPressureRelieved, PortPressureReport, StuckReport, Trouble, UnstuckReport,
         },
     },
     export::wall_clock::WallClock,
@@ -317,6 +317,49 @@ impl PortRelievedLine {
             available: r.available,
             peak: r.peak,
             duration_ns: r.duration_ns,
+        }
+    }
+}
+
+/// A process's failed calls of one kind, toward one address (`A`), with one error: `count` of
+/// them since the last such line. `connect_failed`: connects toward a destination that found no
+/// local port; `bind_failed`: binds of TCP sockets to an address and port (0: any ephemeral port).
+#[derive(Serialize)]
+pub(in super::super) struct CallFailedLine<'a, A> {
+    #[serde(flatten)]
+    pub(in super::super) head: Head,
+    #[serde(flatten)]
+    pub(in super::super) at: A,
+    pub(in super::super) error: Cow<'static, str>,
+    pub(in super::super) count: u64,
+    #[serde(flatten)]
+    pub(in super::super) owner: OwnerFields<'a>,
+}
+
+pub(in super::super) type ConnectFailedLine<'a> = CallFailedLine<'a, DestinationAddr>;
+pub(in super::super) type BindFailedLine<'a> = CallFailedLine<'a, ListenerAddr>;
+
+impl<'a> ConnectFailedLine<'a> {
+    pub(in super::super) fn connect(clock: &WallClock, r: &'a CallFailed) -> Self {
+        let at = DestinationAddr::new(&Destination::of(&r.endpoints));
+        CallFailedLine::new("connect_failed", at, clock, r)
+    }
+}
+
+impl<'a> BindFailedLine<'a> {
+    pub(in super::super) fn bind(clock: &WallClock, r: &'a CallFailed) -> Self {
+        CallFailedLine::new("bind_failed", ListenerAddr::new(&r.endpoints), clock, r)
+    }
+}
+
+impl<'a, A> CallFailedLine<'a, A> {
+    fn new(event: &'static str, at: A, clock: &WallClock, r: &'a CallFailed) -> Self {
+        Self {
+            head: Head::new(event, Level::Warn, clock, r.ts_ns),
+            at,
+            error: error_name(r.error),
+            count: r.count,
+            owner: OwnerFields::new(r.owner.as_ref()),
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::{
 
 #[derive(Serialize)]
 pub(in super::super) struct SummaryLine<'a> {
+    pub(in super::super) bind_failures: Span<Counts<'a, (Cow<'static, str>, u64)>>,
     pub(in super::super) connect_failures: Span<Counts<'a, (Cow<'static, str>, u64)>>,
     pub(in super::super) connect_ms: Span<ConnectFigures>,
     pub(in super::super) durations_ms: Span<Durations<'a>>,
@@ -298,6 +299,10 @@ fn seconds<S: Serializer>(ns: &u64, s: S) -> Result<S::Ok, S::Error> {
 impl<'a> SummaryLine<'a> {
     pub(in super::super) fn new(clock: &WallClock, s: &'a Summary) -> Self {
         Self {
+            bind_failures: Span {
+                interval: Counts(&s.interval_bind_failures),
+                total: Counts(&s.bind_failures),
+            },
             connect_failures: Span {
                 interval: Counts(&s.interval_connect_failures),
                 total: Counts(&s.connect_failures),
