@@ -67,6 +67,8 @@ fn axes(own_netns: &str) -> Vec<Vec<Vec<String>>> {
             flags(&["--log-transitions", "always"]),
         ],
         vec![vec![], flags(&["--accept-wait"])],
+        // The bind() hooks, which `--bind-failures` adds.
+        vec![vec![], flags(&["--bind-failures"])],
         // Counts per port.
         vec![
             vec![],
@@ -177,16 +179,18 @@ fn every_mode_loads_and_attaches() {
         });
         let logs_all = flags.iter().any(|f| f == "always");
         let accept_wait = flags.iter().any(|f| f == "--accept-wait");
+        let bind_failures = flags.iter().any(|f| f == "--bind-failures");
         for part in check["parts"].as_array().expect("parts") {
             let program = part["program"].as_str().expect("program");
             let state = part["state"].as_str().expect("state");
             // Every part the settings need attaches on every kernel of the matrix; only the
-            // accept() hook may be left out.
-            let expected = if program == "sys_exit_accept" && !accept_wait && !logs_all {
-                "unused"
-            } else {
-                "attached"
+            // system-call hooks may be left out.
+            let unused = match program {
+                "sys_exit_accept" => !accept_wait && !logs_all,
+                "sys_exit_bind" => !bind_failures,
+                _ => false,
             };
+            let expected = if unused { "unused" } else { "attached" };
             assert_eq!(
                 state,
                 expected,

@@ -252,8 +252,9 @@ impl KernelCounts<'_> {
         Ok(total)
     }
 
-    /// The aggregates, summed over CPUs.
-    pub(crate) fn aggregates(&self, port_labels: bool) -> Result<Aggregates> {
+    /// The aggregates, summed over CPUs (`accept_waits`: the accept program is attached, so its
+    /// map is worth reading).
+    pub(crate) fn aggregates(&self, port_labels: bool, accept_waits: bool) -> Result<Aggregates> {
         let mut aggregates = Aggregates::default();
         for counts in self.per_cpu::<TransitionCounts>(names::COUNTS, 0)? {
             for (total, n) in aggregates.transitions.iter_mut().zip(counts.counts) {
@@ -278,8 +279,12 @@ impl KernelCounts<'_> {
         for counts in self.per_cpu::<EndCounts>(names::ENDS, 0)? {
             aggregates.ends.add(&counts);
         }
-        aggregates.accept_waits = self
-            .per_cpu_hash::<ListenerKey, AcceptWaits>(names::ACCEPT_WAITS)?
+        let listeners = if accept_waits {
+            self.per_cpu_hash::<ListenerKey, AcceptWaits>(names::ACCEPT_WAITS)?
+        } else {
+            Vec::new()
+        };
+        aggregates.accept_waits = listeners
             .into_iter()
             .map(|(key, per_cpu)| {
                 let mut total = ListenerWaits {

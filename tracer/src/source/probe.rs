@@ -425,7 +425,7 @@ impl Probe {
 
     /// The aggregates, summed over CPUs.
     pub(crate) fn aggregates(&self, port_labels: bool) -> Result<Aggregates> {
-        KernelCounts(&self.ebpf).aggregates(port_labels)
+        KernelCounts(&self.ebpf).aggregates(port_labels, self.accept_owners == Part::Attached)
     }
 
     /// The record maps, to read and fix from another thread.
