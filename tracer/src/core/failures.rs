@@ -71,9 +71,12 @@ impl Failures {
         }
     }
 
-    pub(crate) fn bind(&mut self, f: &BindFailure) {
+    /// A failed bind, counted; reported when `selected` (by the owner filter).
+    pub(crate) fn bind(&mut self, f: &BindFailure, selected: bool) {
         *self.binds.entry(f.error).or_default() += 1;
-        self.add(FailedCall::Bind, f.error, f.endpoints, &f.owner);
+        if selected {
+            self.add(FailedCall::Bind, f.error, f.endpoints, &f.owner);
+        }
     }
 
     fn add(&mut self, call: FailedCall, error: u8, endpoints: Endpoints, owner: &Option<Owner>) {
@@ -271,9 +274,9 @@ mod tests {
         f.transition(&failed_connect(10, 6379, errno::EADDRNOTAVAIL));
         // Other failed connects are ends, not this report.
         f.transition(&failed_connect(10, 5432, 111));
-        f.bind(&bind(10, 8080, errno::EADDRINUSE));
-        f.bind(&bind(10, 0, errno::EADDRINUSE));
-        f.bind(&bind(10, 0, errno::EADDRNOTAVAIL));
+        f.bind(&bind(10, 8080, errno::EADDRINUSE), true);
+        f.bind(&bind(10, 0, errno::EADDRINUSE), true);
+        f.bind(&bind(10, 0, errno::EADDRNOTAVAIL), true);
         let mut got = lines(&mut f, S);
         got.sort_by_key(|l| (l.0 as u8, l.1, l.2, l.3));
         assert_eq!(
@@ -291,17 +294,21 @@ mod tests {
         assert_eq!(total, [(errno::EADDRINUSE, 2), (errno::EADDRNOTAVAIL, 1)]);
         assert_eq!(interval, total);
         f.start_interval();
-        f.bind(&bind(10, 0, errno::EADDRINUSE));
+        f.bind(&bind(10, 0, errno::EADDRINUSE), true);
         let ErrorCounts { total, interval } = f.binds();
         assert_eq!(total, [(errno::EADDRINUSE, 3), (errno::EADDRNOTAVAIL, 1)]);
         assert_eq!(interval, [(errno::EADDRINUSE, 1)]);
+        // A process the owner filter leaves out: counted, not reported.
+        f.bind(&bind(12, 9090, errno::EADDRINUSE), false);
+        assert_eq!(f.binds().total[0], (errno::EADDRINUSE, 4));
+        assert!(lines(&mut f, 30 * S).iter().all(|l| l.1 != 12));
     }
 
     #[test]
     fn groups_past_the_room_are_counted_by_error_only() {
         let mut f = Failures::default();
         for port in 0..(MAX_GROUPS as u16 + 10) {
-            f.bind(&bind(10, 1000 + port, errno::EADDRINUSE));
+            f.bind(&bind(10, 1000 + port, errno::EADDRINUSE), true);
         }
         assert_eq!(f.groups.len(), MAX_GROUPS);
         assert_eq!(
@@ -310,7 +317,7 @@ mod tests {
         );
         // At exit every pending group is written, even within its period.
         assert_eq!(lines(&mut f, S).len(), MAX_GROUPS);
-        f.bind(&bind(10, 1000, errno::EADDRINUSE));
+        f.bind(&bind(10, 1000, errno::EADDRINUSE), true);
         assert!(lines(&mut f, 2 * S).is_empty());
         assert_eq!(
             report(&mut f, 2 * S, true),

@@ -118,7 +118,9 @@ impl Tracker {
         if event.long_stay {
             self.stuck.left(&event, &self.selection, sink);
         }
-        self.failures.transition(&event.transition);
+        if info.selected {
+            self.failures.transition(&event.transition);
+        }
         if let Some((first, first_info)) = self.closes.complete_peer(&event.transition) {
             sink.transition(&first, first_info);
         }
@@ -129,9 +131,11 @@ impl Tracker {
         }
     }
 
-    /// A TCP socket's bind() failed for want of its address or port.
+    /// A TCP socket's bind() failed for want of its address or port: counted, and reported when
+    /// the owner filter selects its process.
     pub(crate) fn on_bind_failure(&mut self, failure: &BindFailure) {
-        self.failures.bind(failure);
+        let selected = self.selection.matches(failure.owner.as_ref());
+        self.failures.bind(failure, selected);
     }
 
     /// Failed connects and binds due for a line at `now_ns` (`all`: every one pending, at exit).
