@@ -20,7 +20,7 @@ pub use records::{
     TwRecord, Watch, event_flags, record_flags,
 };
 pub use settings::{
-    ACCEPT_RET_OFFSET, BIND_ADDR_OFFSET, BIND_FD_OFFSET, Config, KernelFilter, Offsets,
+    BIND_ADDR_OFFSET, BIND_FD_OFFSET, Config, KernelFilter, Offsets, SYSCALL_RET_OFFSET,
 };
 pub use state::TcpState;
 pub use tuple::{AF_INET, AF_INET6, Owner, Tuple, normalize_family};

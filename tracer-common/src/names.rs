@@ -63,12 +63,9 @@ pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
 /// A task_file iterator: the processes holding wanted sockets ([`crate::OwnerHit`]).
 pub const OWNER_ITER_PROGRAM: &str = "socket_owners";
 
-/// The syscall tracepoints the accept program is attached to: `accept4` (what current servers
-/// call) and `accept`.
-pub const ACCEPT_TRACEPOINTS: [(&str, &str); 2] = [
-    ("syscalls", "sys_exit_accept4"),
-    ("syscalls", "sys_exit_accept"),
-];
+/// The `syscalls/` tracepoints the accept program is attached to: `accept4` (what current
+/// servers call) and `accept`.
+pub const ACCEPT_TRACEPOINTS: [&str; 2] = ["sys_exit_accept4", "sys_exit_accept"];
 
 /// Every map the daemon opens by name.
 pub const MAPS: [&str; 21] = [

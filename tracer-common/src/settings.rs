@@ -116,14 +116,13 @@ pub struct Offsets {
     pub task_tgid: u32,
 }
 
-/// Offset of the return value in the records of `syscalls/sys_exit_accept4` and
-/// `sys_exit_accept` (the accepted socket's descriptor); the daemon checks it against the format
-/// file before loading.
-pub const ACCEPT_RET_OFFSET: usize = 16;
+/// Offset of the return value in the records of every `syscalls/sys_exit_*` tracepoint (accept's:
+/// the accepted socket's descriptor; bind's: 0 or an error); the daemon checks it against the
+/// format files before loading.
+pub const SYSCALL_RET_OFFSET: usize = 16;
 
 /// Offsets of the socket's descriptor and of the address in the records of
-/// `syscalls/sys_enter_bind` (its exit's return value is at [`ACCEPT_RET_OFFSET`], as every
-/// syscall exit's); the daemon checks them against the format files before loading.
+/// `syscalls/sys_enter_bind`; the daemon checks them against the format file before loading.
 pub const BIND_FD_OFFSET: usize = 16;
 pub const BIND_ADDR_OFFSET: usize = 24;
 

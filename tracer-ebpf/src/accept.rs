@@ -22,11 +22,8 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 /// the socket, record the caller as the socket's owner, and count how long the connection waited
 /// since its handshake completed.
 fn on_accept(ctx: &TracePointContext) -> Result<(), i64> {
-    let fd: i64 = field(ctx, tracer_common::ACCEPT_RET_OFFSET);
-    if fd < 0 {
-        return Ok(());
-    }
-    let sk = socket_of_fd(fd)?;
+    // A failed accept() returns an error, for which there is no socket.
+    let sk = socket_of_fd(field(ctx, tracer_common::SYSCALL_RET_OFFSET))?;
     if sk == 0 {
         return Ok(());
     }

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    ACCEPT_RET_OFFSET, AF_INET, AF_INET6, BIND_ADDR_OFFSET, BIND_FD_OFFSET, BindCall, EventKind,
+    AF_INET, AF_INET6, BIND_ADDR_OFFSET, BIND_FD_OFFSET, BindCall, EventKind, SYSCALL_RET_OFFSET,
     Tuple, counter, ends::errno, normalize_family,
 };
 
@@ -41,7 +41,7 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
 }
 
 fn on_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    let ret: i64 = field(ctx, ACCEPT_RET_OFFSET);
+    let ret: i64 = field(ctx, SYSCALL_RET_OFFSET);
     let thread = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out at once.
     let call = unsafe { BIND_CALLS.get(&thread) }.copied();

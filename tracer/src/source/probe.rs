@@ -322,20 +322,10 @@ fn attach_accept(ebpf: &mut Ebpf) -> Result<()> {
     let tracefs = tracefs::ensure_mounted()?;
     tracefs::Format::read(&tracefs, "syscalls", "sys_exit_accept4")?.check(
         "ret",
-        tracer_common::ACCEPT_RET_OFFSET,
+        tracer_common::SYSCALL_RET_OFFSET,
         8,
     )?;
-    let prog: &mut TracePoint = ebpf
-        .program_mut(names::ACCEPT_PROGRAM)
-        .context("program sys_exit_accept missing")?
-        .try_into()?;
-    prog.load()
-        .context("the kernel refused program sys_exit_accept")?;
-    for (category, name) in names::ACCEPT_TRACEPOINTS {
-        prog.attach(category, name)
-            .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
-    }
-    Ok(())
+    attach_syscall_program(ebpf, names::ACCEPT_PROGRAM, &names::ACCEPT_TRACEPOINTS)
 }
 
 /// bind()'s entry and exit, classic tracepoints like accept()'s.
@@ -346,19 +336,23 @@ fn attach_bind(ebpf: &mut Ebpf) -> Result<()> {
     enter.check("umyaddr", tracer_common::BIND_ADDR_OFFSET, 8)?;
     tracefs::Format::read(&tracefs, "syscalls", "sys_exit_bind")?.check(
         "ret",
-        tracer_common::ACCEPT_RET_OFFSET,
+        tracer_common::SYSCALL_RET_OFFSET,
         8,
     )?;
-    for (program, tracepoint) in [
-        (names::BIND_ENTER_PROGRAM, "sys_enter_bind"),
-        (names::BIND_EXIT_PROGRAM, "sys_exit_bind"),
-    ] {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing"))?
-            .try_into()?;
-        prog.load()
-            .with_context(|| format!("the kernel refused program {program}"))?;
+    attach_syscall_program(ebpf, names::BIND_ENTER_PROGRAM, &["sys_enter_bind"])?;
+    attach_syscall_program(ebpf, names::BIND_EXIT_PROGRAM, &["sys_exit_bind"])
+}
+
+/// Loads the classic tracepoint program `program` and attaches it to these `syscalls/`
+/// tracepoints.
+fn attach_syscall_program(ebpf: &mut Ebpf, program: &str, tracepoints: &[&str]) -> Result<()> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program} missing"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("the kernel refused program {program}"))?;
+    for tracepoint in tracepoints {
         prog.attach("syscalls", tracepoint)
             .with_context(|| format!("attaching to tracepoint syscalls/{tracepoint}"))?;
     }

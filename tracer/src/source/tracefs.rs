@@ -199,7 +199,7 @@ print fmt: \"family=%s\"";
         let tracefs = ensure_mounted().unwrap();
         let format = Format::read(&tracefs, "syscalls", "sys_exit_accept4").unwrap();
         format
-            .check("ret", tracer_common::ACCEPT_RET_OFFSET, 8)
+            .check("ret", tracer_common::SYSCALL_RET_OFFSET, 8)
             .unwrap();
         assert!(
             Format::read(Path::new("/nonexistent"), "sock", "x")
